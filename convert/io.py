@@ -1,0 +1,115 @@
+"""File I/O shared by both twins: atomic writes and checked safetensors reads.
+
+Everything written by this project goes to a temporary file in the target
+directory first and is renamed into place, so a failure midway never leaves a
+half-written file or destroys the previous version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_write_json(path: str | Path, values: Mapping) -> None:
+    atomic_write_text(path, json.dumps(values, indent=2) + "\n")
+
+
+def save_numpy_safetensors(
+    path: str | Path, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
+) -> None:
+    """Write numpy arrays to safetensors atomically."""
+    from safetensors.numpy import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata=dict(metadata or {}))
+
+
+def read_safetensors_header(path: str | Path) -> dict:
+    """Return the JSON header of a safetensors file, raising a clear error if it is damaged."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights file at {path}")
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise ValueError(f"{path} is not a safetensors file (only {size} bytes); re-download or re-convert it")
+        header_len = int.from_bytes(prefix, "little")
+        if header_len <= 0 or header_len > size - 8:
+            raise ValueError(f"{path} is truncated or corrupt (bad header length); re-download or re-convert it")
+        try:
+            header = json.loads(handle.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path} has a corrupt safetensors header ({err}); re-download or re-convert it") from err
+    data_len = size - 8 - header_len
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if end > data_len:
+        raise ValueError(
+            f"{path} is truncated: the header describes {end} bytes of tensor data but the file holds "
+            f"{data_len}; re-download or re-convert it"
+        )
+    return header
+
+
+def load_numpy_safetensors(path: str | Path) -> dict[str, np.ndarray]:
+    """Load a safetensors file into numpy arrays after validating it (bf16 is widened to fp32)."""
+    read_safetensors_header(path)
+    from safetensors import safe_open
+
+    out = {}
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            for key in handle.keys():
+                out[key] = handle.get_tensor(key)
+    except TypeError:  # numpy has no bfloat16: go through the raw bytes
+        out = _load_bf16_aware(path)
+    return out
+
+
+def _load_bf16_aware(path: str | Path) -> dict[str, np.ndarray]:
+    header = read_safetensors_header(path)
+    with open(path, "rb") as handle:
+        handle.seek(8 + int.from_bytes(open(path, "rb").read(8), "little"))
+        blob = handle.read()
+    dtypes = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32, "U8": np.uint8,
+              "F64": np.float64, "I8": np.int8, "BOOL": np.bool_, "U32": np.uint32}
+    out = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        raw = blob[start:end]
+        if info["dtype"] == "BF16":
+            bits = np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16
+            out[key] = bits.view(np.float32).reshape(info["shape"])
+        else:
+            out[key] = np.frombuffer(raw, dtype=dtypes[info["dtype"]]).reshape(info["shape"]).copy()
+    return out

@@ -1,0 +1,1 @@
+"""STARFlow in MLX: arrays are NHWC (batch, height, width, channels)."""

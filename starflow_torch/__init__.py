@@ -1,0 +1,1 @@
+"""STARFlow in PyTorch: tensors are NCHW (batch, channels, height, width)."""
