@@ -83,7 +83,15 @@ class FlowConfig:
             fail("seq_order", f"must be one of {SEQ_ORDERS}")
         if self.norm_type not in NORM_TYPES:
             fail("norm_type", "only layer_norm is implemented (rms_norm variants are not supported yet)")
-        for name in ("in_channels", "img_size", "patch_size", "channels", "num_blocks", "head_dim", "expansion"):
+        for name in (
+            "in_channels",
+            "img_size",
+            "patch_size",
+            "channels",
+            "num_blocks",
+            "head_dim",
+            "expansion",
+        ):
             if int(getattr(self, name)) <= 0:
                 fail(name, "must be a positive integer")
         if self.img_size % self.patch_size:
@@ -99,7 +107,9 @@ class FlowConfig:
         if self.txt_size < 0 or self.txt_dim < 0 or self.num_classes < 0:
             fail("txt_size", "txt_size, txt_dim and num_classes must be >= 0")
         if (self.txt_dim > 0) != (self.txt_size > 0) and self.family == "starflow":
-            fail("txt_dim", f"text conditioning needs both txt_size and txt_dim > 0 (txt_size={self.txt_size})")
+            fail(
+                "txt_dim", f"text conditioning needs both txt_size and txt_dim > 0 (txt_size={self.txt_size})"
+            )
         if self.cond_top_only and self.txt_size == 0:
             fail("cond_top_only", "needs txt_size > 0")
         if self.rope:
@@ -400,15 +410,58 @@ _YAML_DEFAULT_ONLY = {
 }
 # Training / data / logging arguments of official train.py that do not shape the model.
 _YAML_TRAINING_KEYS = {
-    "no_flip", "fsdp", "fsdp_text_encoder", "batch_size", "lr", "min_lr", "wds", "gradient_checkpoint",
-    "gradient_checkpoint_mlp", "vae", "text", "cfg", "drop_label", "drop_image", "sample_freq",
-    "latent_norm_regularization", "noise_type", "epochs", "epoch_length", "acc", "dataset", "data",
-    "logdir", "mix_aspect", "caption_column", "train_seed", "warmup_steps", "compile", "fp8",
-    "use_8bit_adam", "resume_path", "resume_epoch", "finetuned_vae", "vae_decoder_factor",
-    "secondary_dataset", "secondary_img_size", "secondary_vid_size", "secondary_batch_size",
-    "secondary_ratio", "fps_cond", "last_frame_cond", "video_to_video", "loss_scaling",
-    "cond_noise_level", "conditional_denoiser", "noise_embed_denoiser", "denoiser_window",
-    "model_config_path", "save_freq", "log_freq", "eval_freq", "seed",
+    "no_flip",
+    "fsdp",
+    "fsdp_text_encoder",
+    "batch_size",
+    "lr",
+    "min_lr",
+    "wds",
+    "gradient_checkpoint",
+    "gradient_checkpoint_mlp",
+    "vae",
+    "text",
+    "cfg",
+    "drop_label",
+    "drop_image",
+    "sample_freq",
+    "latent_norm_regularization",
+    "noise_type",
+    "epochs",
+    "epoch_length",
+    "acc",
+    "dataset",
+    "data",
+    "logdir",
+    "mix_aspect",
+    "caption_column",
+    "train_seed",
+    "warmup_steps",
+    "compile",
+    "fp8",
+    "use_8bit_adam",
+    "resume_path",
+    "resume_epoch",
+    "finetuned_vae",
+    "vae_decoder_factor",
+    "secondary_dataset",
+    "secondary_img_size",
+    "secondary_vid_size",
+    "secondary_batch_size",
+    "secondary_ratio",
+    "fps_cond",
+    "last_frame_cond",
+    "video_to_video",
+    "loss_scaling",
+    "cond_noise_level",
+    "conditional_denoiser",
+    "noise_embed_denoiser",
+    "denoiser_window",
+    "model_config_path",
+    "save_freq",
+    "log_freq",
+    "eval_freq",
+    "seed",
 }
 
 
@@ -440,7 +493,9 @@ def from_official_yaml(path: str | Path, txt_dim: int | None = None) -> FlowConf
     if unknown:
         raise ValueError(f"{path}: unknown official arguments {unknown}")
     unsupported = [
-        f"{key}={raw[key]!r}" for key, default in _YAML_DEFAULT_ONLY.items() if key in raw and raw[key] != default
+        f"{key}={raw[key]!r}"
+        for key, default in _YAML_DEFAULT_ONLY.items()
+        if key in raw and raw[key] != default
     ]
     if unsupported:
         raise ValueError(f"{path}: official features not implemented here: {', '.join(unsupported)}")
@@ -470,22 +525,62 @@ def from_official_yaml(path: str | Path, txt_dim: int | None = None) -> FlowConf
 PRESETS: dict[str, FlowConfig] = {
     # configs/starflow_3B_t2i_256x256.yaml with train.py defaults (SPEC section 4)
     "starflow-3b-t2i-256": FlowConfig(
-        in_channels=4, img_size=32, patch_size=1, channels=3072, num_blocks=6,
-        layers_per_block=(2, 2, 2, 2, 2, 24), head_dim=64, rope=True, sos=True, txt_size=128,
-        txt_dim=2048, cond_top_only=True, use_softplus=True, use_final_norm=True, soft_clip=4.0,
-        seq_order="L2R", noise_std=0.3,
+        in_channels=4,
+        img_size=32,
+        patch_size=1,
+        channels=3072,
+        num_blocks=6,
+        layers_per_block=(2, 2, 2, 2, 2, 24),
+        head_dim=64,
+        rope=True,
+        sos=True,
+        txt_size=128,
+        txt_dim=2048,
+        cond_top_only=True,
+        use_softplus=True,
+        use_final_norm=True,
+        soft_clip=4.0,
+        seq_order="L2R",
+        noise_std=0.3,
     ),
     # the fast-sampling benchmark model (57M parameters, 16x16x4 latents)
     "bench-small": FlowConfig(
-        in_channels=4, img_size=16, patch_size=1, channels=512, num_blocks=6,
-        layers_per_block=(2, 2, 2, 2, 2, 8), head_dim=64, rope=True, sos=True, txt_size=16,
-        txt_dim=64, cond_top_only=True, use_softplus=True, use_final_norm=True, soft_clip=4.0,
-        seq_order="L2R", noise_std=0.3,
+        in_channels=4,
+        img_size=16,
+        patch_size=1,
+        channels=512,
+        num_blocks=6,
+        layers_per_block=(2, 2, 2, 2, 2, 8),
+        head_dim=64,
+        rope=True,
+        sos=True,
+        txt_size=16,
+        txt_dim=64,
+        cond_top_only=True,
+        use_softplus=True,
+        use_final_norm=True,
+        soft_clip=4.0,
+        seq_order="L2R",
+        noise_std=0.3,
     ),
     "tiny": FlowConfig(
-        in_channels=4, img_size=8, patch_size=1, channels=64, num_blocks=3, layers_per_block=(1, 1, 2),
-        head_dim=32, rope=True, sos=True, txt_size=6, txt_dim=32, cond_top_only=True, use_softplus=True,
-        use_final_norm=True, soft_clip=4.0, seq_order="L2R", noise_std=0.3,
+        in_channels=4,
+        img_size=8,
+        patch_size=1,
+        channels=64,
+        num_blocks=3,
+        layers_per_block=(1, 1, 2),
+        head_dim=32,
+        rope=True,
+        sos=True,
+        txt_size=6,
+        txt_dim=32,
+        cond_top_only=True,
+        use_softplus=True,
+        use_final_norm=True,
+        soft_clip=4.0,
+        seq_order="L2R",
+        noise_std=0.3,
     ),
 }
 

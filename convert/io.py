@@ -49,7 +49,9 @@ def save_numpy_safetensors(
     from safetensors.numpy import save_file
 
     with atomic_path(path) as tmp:
-        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata=dict(metadata or {}))
+        save_file(
+            {k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata=dict(metadata or {})
+        )
 
 
 def read_safetensors_header(path: str | Path) -> dict:
@@ -61,14 +63,20 @@ def read_safetensors_header(path: str | Path) -> dict:
     with open(path, "rb") as handle:
         prefix = handle.read(8)
         if len(prefix) < 8:
-            raise ValueError(f"{path} is not a safetensors file (only {size} bytes); re-download or re-convert it")
+            raise ValueError(
+                f"{path} is not a safetensors file (only {size} bytes); re-download or re-convert it"
+            )
         header_len = int.from_bytes(prefix, "little")
         if header_len <= 0 or header_len > size - 8:
-            raise ValueError(f"{path} is truncated or corrupt (bad header length); re-download or re-convert it")
+            raise ValueError(
+                f"{path} is truncated or corrupt (bad header length); re-download or re-convert it"
+            )
         try:
             header = json.loads(handle.read(header_len))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path} has a corrupt safetensors header ({err}); re-download or re-convert it") from err
+            raise ValueError(
+                f"{path} has a corrupt safetensors header ({err}); re-download or re-convert it"
+            ) from err
     data_len = size - 8 - header_len
     end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     if end > data_len:
@@ -99,8 +107,17 @@ def _load_bf16_aware(path: str | Path) -> dict[str, np.ndarray]:
     with open(path, "rb") as handle:
         handle.seek(8 + int.from_bytes(open(path, "rb").read(8), "little"))
         blob = handle.read()
-    dtypes = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32, "U8": np.uint8,
-              "F64": np.float64, "I8": np.int8, "BOOL": np.bool_, "U32": np.uint32}
+    dtypes = {
+        "F32": np.float32,
+        "F16": np.float16,
+        "I64": np.int64,
+        "I32": np.int32,
+        "U8": np.uint8,
+        "F64": np.float64,
+        "I8": np.int8,
+        "BOOL": np.bool_,
+        "U32": np.uint32,
+    }
     out = {}
     for key, info in header.items():
         if key == "__metadata__":

@@ -1,0 +1,70 @@
+"""Checkpoint key tables: every difference between official and our weight names lives here.
+
+Our attribute paths are the official ones, so converting an official state_dict is
+identity on names, minus buffers that carry no information. Checking is strict:
+missing, unexpected and mis-shaped tensors are all listed by name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+# Buffers of the official STARFlow Model that carry no information (SPEC section 2):
+# `var` (a constant ones prior), causal masks, and zero-filled RoPE tables.
+DEPRECATED_STARFLOW_KEYS = (
+    re.compile(r"^var$"),
+    re.compile(r"^blocks\.\d+\.attn_mask$"),
+    re.compile(r"^feat_rope(_gen)?\.freqs_(cos|sin)$"),
+)
+# TARFlow keeps `var` (its prior variance, used to scale sampling noise); only masks go.
+DEPRECATED_TARFLOW_KEYS = (re.compile(r"^blocks\.\d+\.attn_mask$"),)
+
+
+def deprecated_patterns(family: str) -> tuple[re.Pattern, ...]:
+    return DEPRECATED_TARFLOW_KEYS if family == "tarflow" else DEPRECATED_STARFLOW_KEYS
+
+
+def is_deprecated(name: str, family: str) -> bool:
+    return any(p.match(name) for p in deprecated_patterns(family))
+
+
+def split_deprecated(names: Iterable[str], family: str) -> tuple[list[str], list[str]]:
+    """Split official names into (kept, dropped)."""
+    kept, dropped = [], []
+    for name in names:
+        (dropped if is_deprecated(name, family) else kept).append(name)
+    return kept, dropped
+
+
+def official_to_ours(name: str) -> str:
+    """Name of an official tensor in our modules (identity: we keep the official paths)."""
+    return name
+
+
+class CheckpointMismatchError(ValueError):
+    """The weights do not fit the model: lists every missing, unexpected and mis-shaped name."""
+
+
+def check_weights(
+    expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]], source: str
+) -> None:
+    """Raise CheckpointMismatchError naming each missing, unexpected or mis-shaped tensor."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    mis_shaped = [
+        f"{name}: checkpoint {tuple(found[name])} vs model {tuple(expected[name])}"
+        for name in sorted(set(expected) & set(found))
+        if tuple(found[name]) != tuple(expected[name])
+    ]
+    if not (missing or unexpected or mis_shaped):
+        return
+    lines = [f"weights in {source} do not match the model configuration:"]
+    if missing:
+        lines.append(f"  missing ({len(missing)}): " + ", ".join(missing))
+    if unexpected:
+        lines.append(f"  unexpected ({len(unexpected)}): " + ", ".join(unexpected))
+    if mis_shaped:
+        lines.append(f"  wrong shape ({len(mis_shaped)}): " + "; ".join(mis_shaped))
+    lines.append("  check that config.json belongs to these weights (channels, blocks, layers, text width).")
+    raise CheckpointMismatchError("\n".join(lines))

@@ -1,0 +1,59 @@
+"""Rotary position angles of SPEC section 1, framework-free (both twins use these numbers).
+
+Positions are assigned by *sequence index*, before a block permutes its tokens:
+text token k sits at (0, 0, k * P / txt_len), image token (i, j) of an h x w grid at
+(i * P / sqrt(hw), j * P / sqrt(hw), 0), where P is the training grid side. Scaling
+by sqrt(hw) is what lets one model sample other resolutions and aspect ratios.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ROPE_THETA = 10000.0
+TEXT_ROPE_FREQUENCIES = 8  # frequencies reserved for the third (text) coordinate
+
+
+def _inverse_frequencies(width: int, step: int) -> np.ndarray:
+    exponents = np.arange(0, width, step, dtype=np.float32)[: width // step] / np.float32(width)
+    return (np.float32(1.0) / np.power(np.float32(ROPE_THETA), exponents)).astype(np.float32)
+
+
+def rope_angles(
+    head_dim: int, height: int, width: int, pt_seq_len: int, txt_len: int = 0, three_d: bool = False
+) -> np.ndarray:
+    """Angles (txt_len + height*width, head_dim) float32, each pair (2j, 2j+1) sharing angle j.
+
+    three_d: the model is text-conditioned (txt_size > 0), so every block, with or
+    without text, uses 3D positions; txt_len is the number of text tokens this block
+    attends to (0 for blocks without text).
+    """
+    half = head_dim // 2
+    mean_side = np.float32(np.sqrt(height * width))
+    scale = np.float32(pt_seq_len)
+    rows = np.arange(height, dtype=np.float32) / mean_side * scale
+    cols = np.arange(width, dtype=np.float32) / mean_side * scale
+    row_pos, col_pos = (a.reshape(-1) for a in np.meshgrid(rows, cols, indexing="ij"))
+    if three_d:
+        spatial = _inverse_frequencies(half - TEXT_ROPE_FREQUENCIES, 2)
+        third = (
+            np.float32(1.0)
+            / np.power(
+                np.float32(ROPE_THETA),
+                np.arange(TEXT_ROPE_FREQUENCIES, dtype=np.float32) / np.float32(TEXT_ROPE_FREQUENCIES),
+            )
+        ).astype(np.float32)
+        text_pos = np.arange(txt_len, dtype=np.float32) / np.float32(max(txt_len, 1)) * scale
+        zeros_txt = np.zeros(txt_len, dtype=np.float32)
+        pos_row = np.concatenate([zeros_txt, row_pos])
+        pos_col = np.concatenate([zeros_txt, col_pos])
+        pos_third = np.concatenate([text_pos, np.zeros_like(row_pos)])
+        angles = np.concatenate(
+            [pos_row[:, None] * spatial, pos_col[:, None] * spatial, pos_third[:, None] * third], axis=-1
+        )
+    else:
+        if txt_len:
+            raise ValueError("2D RoPE has no text coordinate; text models use 3D positions")
+        spatial = _inverse_frequencies(half, 2)
+        angles = np.concatenate([row_pos[:, None] * spatial, col_pos[:, None] * spatial], axis=-1)
+    return np.repeat(angles.astype(np.float32), 2, axis=-1)  # (L, head_dim): interleaved pairs

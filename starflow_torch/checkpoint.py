@@ -1,0 +1,111 @@
+"""Loading and saving weights: official `.pth` files and our safetensors folders.
+
+Our folder format: `config.json` (FlowConfig) + `model.safetensors` with the official
+tensor names, deprecated buffers dropped. Official pickles are only ever opened
+with `torch.load(weights_only=True)`, which refuses files that carry code.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from starflow_convert.config import FlowConfig
+from starflow_convert.io import atomic_path, read_safetensors_header
+from starflow_convert.keys import check_weights, official_to_ours, split_deprecated
+
+if TYPE_CHECKING:
+    from .model import StarFlow
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def resolve_config(config: FlowConfig | dict | str | Path) -> FlowConfig:
+    """A FlowConfig from itself, a dict (ours, or {"family", "constructor"}), or a JSON path."""
+    if isinstance(config, FlowConfig):
+        return config
+    if isinstance(config, str | Path):
+        return FlowConfig.load(config)
+    if isinstance(config, dict):
+        if "constructor" in config:
+            from starflow_convert.config import from_official_arguments
+
+            return from_official_arguments(config["constructor"], family=config.get("family", "starflow"))
+        return FlowConfig.from_dict(config)
+    raise TypeError(f"config must be a FlowConfig, dict or path, got {type(config).__name__}")
+
+
+def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"refused to load {path}: it is not a plain tensor checkpoint (it may carry pickled code). "
+            f"Only state_dicts loadable with torch.load(weights_only=True) are accepted. ({err})"
+        ) from err
+    except (RuntimeError, EOFError, OSError) as err:
+        raise ValueError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): {err}") from err
+    for wrapper in ("model", "state_dict", "ema"):
+        if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
+            state = state[wrapper]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state_dict of tensors")
+    return state
+
+
+def _load_into(model: StarFlow, tensors: dict[str, torch.Tensor], source: str) -> None:
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    check_weights(expected, {name: tuple(t.shape) for name, t in tensors.items()}, source)
+    model.load_state_dict(tensors, strict=True)
+
+
+def load_official(cls, path: str | Path, config: FlowConfig | dict | str | Path) -> StarFlow:
+    config = resolve_config(config)
+    state = read_official_state_dict(path)
+    kept, _ = split_deprecated(state, config.family)
+    model = cls(config)
+    _load_into(model, {official_to_ours(name): state[name].float() for name in kept}, str(path))
+    return model.eval()
+
+
+def load_pretrained(cls, folder: str | Path, dtype: torch.dtype | None = None) -> StarFlow:
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    config = FlowConfig.load(folder / CONFIG_NAME)
+    if config.quantization is not None:
+        raise ValueError(
+            f"{folder} holds {config.quantization[0]}-bit MLX-quantized weights, which only starflow_mlx "
+            "loads; convert the original (unquantized) weights for torch"
+        )
+    weights = folder / WEIGHTS_NAME
+    read_safetensors_header(weights)  # clear errors for missing / truncated files
+    tensors = load_file(str(weights))
+    model = cls(config)
+    _load_into(model, tensors, str(weights))
+    if dtype is not None:
+        model = model.to(dtype)
+    return model.eval()
+
+
+def save_pretrained(model: StarFlow, folder: str | Path, dtype: torch.dtype | None = None) -> None:
+    """Write config.json and model.safetensors atomically (each file complete or untouched)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        name: (t.to(dtype) if dtype is not None and t.is_floating_point() else t).detach().cpu().contiguous()
+        for name, t in model.state_dict().items()
+    }
+    with atomic_path(folder / WEIGHTS_NAME) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", "config": json.dumps(model.config.to_dict())})
+    model.config.save(folder / CONFIG_NAME)

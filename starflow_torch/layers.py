@@ -1,0 +1,112 @@
+"""Transformer layers of a flow block (pre-norm attention + MLP), official attribute names.
+
+Weight names follow the official checkpoints: `attention.{norm,qkv,proj}`,
+`mlp.{norm,main.0,main.2}`. Tensors here are token sequences (B, L, C).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .kv_cache import LayerCache
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with the weight stored as an offset: x * rsqrt(mean(x^2) + eps) * (1 + w), in fp32."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed * (1.0 + self.weight.float())).type_as(x)
+
+
+def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (x0, x1) by the angles behind cos/sin: x*cos + (-x1, x0)*sin."""
+    pairs = x.unflatten(-1, (-1, 2))
+    rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, channels: int, head_dim: int, use_bias: bool = True):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+        self.qkv = nn.Linear(channels, 3 * channels, bias=use_bias)
+        self.proj = nn.Linear(channels, channels, bias=use_bias)
+        self.head_dim = head_dim
+        self.num_heads = channels // head_dim
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: LayerCache | None = None,
+        query_scale: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x (B, L, C); rope = (cos, sin) for these L positions, each (L, head_dim).
+
+        Without a cache the attention is causal over the L positions. With a cache the
+        L new keys/values are appended at the cache's write index and the queries
+        attend causally to everything written so far. query_scale (B, 1, 1, 1) divides
+        the logits per sample: the inverse attention temperature.
+        """
+        B, L, C = x.shape
+        normed = self.norm(x.float()).type_as(x)
+        q, k, v = self.qkv(normed).view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        # q, k, v: (B, nh, L, hd)
+        if rope is not None:
+            cos, sin = rope
+            q, k = rotate_pairs(q, cos, sin), rotate_pairs(k, cos, sin)
+        if query_scale is not None:
+            q = q * query_scale.to(q.dtype)
+        scale = self.head_dim**-0.5
+        if cache is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        else:
+            start = cache.length
+            keys, values = cache.append(k, v)  # (B, nh, start + L, hd)
+            mask = None
+            if L > 1:
+                mask = torch.ones(L, start + L, dtype=torch.bool, device=x.device).tril(diagonal=start)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
+        return self.proj(out.transpose(1, 2).reshape(B, L, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, channels: int, expansion: int, use_bias: bool = True):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+        self.main = nn.Sequential(
+            nn.Linear(channels, channels * expansion, bias=use_bias),
+            nn.GELU(),
+            nn.Linear(channels * expansion, channels, bias=use_bias),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(self.norm(x.float()).type_as(x))
+
+
+class TransformerLayer(nn.Module):
+    """One pre-norm residual layer (the official AttentionBlock)."""
+
+    def __init__(self, channels: int, head_dim: int, expansion: int, use_bias: bool = True):
+        super().__init__()
+        self.attention = Attention(channels, head_dim, use_bias)
+        self.mlp = MLP(channels, expansion, use_bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: LayerCache | None = None,
+        query_scale: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = x + self.attention(x, rope, cache, query_scale)
+        return x + self.mlp(x)
