@@ -95,7 +95,7 @@ def load_numpy_safetensors(path: str | Path) -> dict[str, np.ndarray]:
     out = {}
     try:
         with safe_open(str(path), framework="numpy") as handle:
-            for key in handle.keys():
+            for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
                 out[key] = handle.get_tensor(key)
     except TypeError:  # numpy has no bfloat16: go through the raw bytes
         out = _load_bf16_aware(path)
@@ -105,7 +105,8 @@ def load_numpy_safetensors(path: str | Path) -> dict[str, np.ndarray]:
 def _load_bf16_aware(path: str | Path) -> dict[str, np.ndarray]:
     header = read_safetensors_header(path)
     with open(path, "rb") as handle:
-        handle.seek(8 + int.from_bytes(open(path, "rb").read(8), "little"))
+        header_len = int.from_bytes(handle.read(8), "little")
+        handle.seek(8 + header_len)
         blob = handle.read()
     dtypes = {
         "F32": np.float32,
