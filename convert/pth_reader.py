@@ -115,15 +115,29 @@ class _StorageType:
 
 def _rebuild_tensor(storage: Any, offset: Any, shape: Any, stride: Any, *_: Any) -> TensorInfo:
     """Replaces torch._utils._rebuild_tensor(_v2); extra arguments (requires_grad, hooks) carry no data."""
-    if not isinstance(storage, StorageRef):
-        raise pickle.UnpicklingError(f"tensor built from {type(storage).__name__}, expected a storage")
-    shape, stride = tuple(shape), tuple(stride)
-    if not all(isinstance(v, int) and v >= 0 for v in (offset, *shape, *stride)) or len(shape) != len(stride):
-        raise pickle.UnpicklingError(f"bad tensor layout: offset={offset} shape={shape} stride={stride}")
-    info = TensorInfo(storage, offset, shape, stride)
-    if info.numel and info.element_span()[1] > storage.numel:
-        raise pickle.UnpicklingError(f"tensor {shape} at offset {offset} overruns storage of {storage.numel}")
+    info = TensorInfo(storage, offset, tuple(shape), tuple(stride))
+    _check_layout(info)
     return info
+
+
+def _check_layout(info: TensorInfo) -> None:
+    """Refuse layouts that would read outside their storage.
+
+    Checked when unpickling and again before reading, because a pickle's BUILD opcode can
+    overwrite a descriptor's fields after it was made.
+    """
+    storage = info.storage
+    if not (isinstance(storage, StorageRef) and storage.dtype in DTYPES and isinstance(storage.numel, int)):
+        raise CheckpointFormatError(f"tensor built from {storage!r:.80}, expected a storage")
+    values = (info.offset, *info.shape, *info.stride)
+    if not all(isinstance(v, int) and v >= 0 for v in values) or len(info.shape) != len(info.stride):
+        raise CheckpointFormatError(
+            f"bad tensor layout: offset={info.offset} shape={info.shape} stride={info.stride}"
+        )
+    if info.numel and info.element_span()[1] > storage.numel:
+        raise CheckpointFormatError(
+            f"tensor {info.shape} at offset {info.offset} overruns its storage of {storage.numel} elements"
+        )
 
 
 def _rebuild_parameter(data: Any, *_: Any) -> Any:
@@ -218,6 +232,7 @@ class _Archive:
 
     def read_tensor(self, info: TensorInfo) -> np.ndarray:
         """The tensor as a numpy view of a fresh buffer holding just the storage bytes it uses."""
+        _check_layout(info)
         np_dtype = np.dtype(DTYPES[info.dtype][0])
         if info.numel == 0:
             return np.empty(info.shape, np_dtype)
@@ -351,7 +366,7 @@ def iter_pth_tensors(
             if dtype is not None and info.dtype in FLOAT_DTYPES and info.dtype != dtype:
                 yield name, convert_float_array(array, info.dtype, dtype)
             else:
-                yield name, np.ascontiguousarray(array)
+                yield name, _c_order(array)
 
 
 def read_pth_state_dict(
@@ -364,7 +379,7 @@ def read_pth_state_dict(
 def convert_float_array(array: np.ndarray, source: str, target: str) -> np.ndarray:
     """Convert between float dtypes by name, bfloat16 being uint16 bits; rounds to nearest even like torch."""
     if source == target:
-        return np.ascontiguousarray(array)
+        return _c_order(array)
     if source == "bfloat16":
         array = (array.astype(np.uint32) << 16).view(np.float32)
     if target == "bfloat16":
@@ -373,13 +388,18 @@ def convert_float_array(array: np.ndarray, source: str, target: str) -> np.ndarr
 
 
 def _float32_to_bfloat16_bits(values: np.ndarray) -> np.ndarray:
-    bits = np.ascontiguousarray(values).view(np.uint32)
+    bits = _c_order(values).view(np.uint32)
     # Round to nearest, ties to even: add 0x7FFF plus the lowest kept bit, then truncate.
     rounded = ((bits + (((bits >> 16) & 1) + 0x7FFF)) >> 16).astype(np.uint16)
     nan = np.isnan(values)
     if nan.any():  # rounding could carry a NaN's payload into the exponent; keep it a quiet NaN
         rounded[nan] = ((bits[nan] >> 16) | 0x0040).astype(np.uint16)
     return rounded
+
+
+def _c_order(array: np.ndarray) -> np.ndarray:
+    """Like np.ascontiguousarray, but keeps 0-d arrays 0-d."""
+    return array if array.flags.c_contiguous else array.copy(order="C")
 
 
 def _check_output_dtype(dtype: str | None) -> None:
@@ -407,6 +427,8 @@ def stream_pth_to_safetensors(
     Returns (written output names, dropped checkpoint names).
     """
     _check_output_dtype(dtype)
+    if isinstance(drop, str):
+        drop = (drop,)
     should_drop = drop if callable(drop) else frozenset(drop).__contains__
     if rename is None:
         new_name: Callable[[str], str] = str
