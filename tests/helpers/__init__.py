@@ -1,0 +1,1 @@
+"""Builders of tiny random model folders shared by the tests."""
