@@ -4,3 +4,10 @@
 from .blas import load_system_blas as _load_system_blas
 
 _load_system_blas()
+
+from starflow_convert.config import FlowConfig  # noqa: E402
+
+from .model import StarFlow  # noqa: E402
+from .sampling import SamplingStats  # noqa: E402
+
+__all__ = ["FlowConfig", "SamplingStats", "StarFlow"]

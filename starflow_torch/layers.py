@@ -63,7 +63,8 @@ class Attention(nn.Module):
         # q, k, v: (B, nh, L, hd)
         if rope is not None:
             cos, sin = rope
-            q, k = rotate_pairs(q, cos, sin), rotate_pairs(k, cos, sin)
+            q = rotate_pairs(q, cos, sin).to(x.dtype)
+            k = rotate_pairs(k, cos, sin).to(x.dtype)
         if query_scale is not None:
             q = q * query_scale.to(q.dtype)
         scale = self.head_dim**-0.5

@@ -1,0 +1,124 @@
+"""Loading and saving weights: official `.pth` files and our safetensors folders.
+
+Our folder format: `config.json` (FlowConfig) + `model.safetensors` with the official
+tensor names, deprecated buffers dropped. Official pickles are read without torch by
+a restricted unpickler that refuses files carrying code (as weights_only=True does).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from starflow_convert.config import FlowConfig
+from starflow_convert.io import atomic_path, read_safetensors_header
+from starflow_convert.keys import check_weights, official_to_ours, split_deprecated
+from starflow_convert.pth_reader import list_pth_tensors, read_pth_state_dict
+
+if TYPE_CHECKING:
+    from .model import StarFlow
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def resolve_config(config: FlowConfig | dict | str | Path) -> FlowConfig:
+    """A FlowConfig from itself, a dict (ours, or {"family", "constructor"}), or a JSON path."""
+    if isinstance(config, FlowConfig):
+        return config
+    if isinstance(config, str | Path):
+        return FlowConfig.load(config)
+    if isinstance(config, dict):
+        if "constructor" in config:
+            from starflow_convert.config import from_official_arguments
+
+            return from_official_arguments(config["constructor"], family=config.get("family", "starflow"))
+        return FlowConfig.from_dict(config)
+    raise TypeError(f"config must be a FlowConfig, dict or path, got {type(config).__name__}")
+
+
+def read_official_state_dict(path: str | Path) -> dict[str, mx.array]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    key = None
+    names = list_pth_tensors_or_wrapped(path)
+    if isinstance(names, str):
+        key = names
+    return {
+        name: mx.array(array) for name, array in read_pth_state_dict(path, dtype="float32", key=key).items()
+    }
+
+
+def list_pth_tensors_or_wrapped(path: Path) -> str | None:
+    """None for a plain state_dict, or the wrapper key ("model", "state_dict", "ema") holding one."""
+    try:
+        list_pth_tensors(path)
+        return None
+    except ValueError as err:
+        for wrapper in ("model", "state_dict", "ema"):
+            try:
+                list_pth_tensors(path, key=wrapper)
+                return wrapper
+            except ValueError:
+                continue
+        raise err
+
+
+def parameter_shapes(model: StarFlow) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(v.shape) for name, v in tree_flatten(model.parameters())}
+
+
+def _load_into(model: StarFlow, tensors: dict[str, mx.array], source: str) -> None:
+    check_weights(parameter_shapes(model), {name: tuple(t.shape) for name, t in tensors.items()}, source)
+    model.load_weights(list(tensors.items()), strict=True)
+
+
+def load_official(cls, path: str | Path, config: FlowConfig | dict | str | Path) -> StarFlow:
+    config = resolve_config(config)
+    state = read_official_state_dict(path)
+    kept, _ = split_deprecated(state, config.family)
+    model = cls(config)
+    _load_into(model, {official_to_ours(name): state[name] for name in kept}, str(path))
+    mx.eval(model.parameters())
+    return model
+
+
+def load_pretrained(cls, folder: str | Path, dtype: mx.Dtype | None = None) -> StarFlow:
+    folder = Path(folder)
+    config = FlowConfig.load(folder / CONFIG_NAME)
+    weights = folder / WEIGHTS_NAME
+    read_safetensors_header(weights)  # clear errors for missing / truncated files
+    tensors = mx.load(str(weights))
+    model = cls(config)
+    if config.quantization is not None:
+        from .quantize import quantize_model
+
+        quantize_model(model, *config.quantization)
+    _load_into(model, tensors, str(weights))
+    if dtype is not None:
+        model.set_dtype(dtype)
+    mx.eval(model.parameters())
+    return model
+
+
+def save_pretrained(model: StarFlow, folder: str | Path, dtype: mx.Dtype | None = None) -> None:
+    """Write config.json and model.safetensors atomically (each file complete or untouched)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for name, value in tree_flatten(model.parameters()):
+        if dtype is not None and mx.issubdtype(value.dtype, mx.floating):
+            value = value.astype(dtype)
+        tensors[name] = value
+    with atomic_path(folder / WEIGHTS_NAME) as tmp:
+        target = tmp.with_suffix(".safetensors")
+        mx.save_safetensors(
+            str(target), tensors, metadata={"format": "mlx", "config": json.dumps(model.config.to_dict())}
+        )
+        target.replace(tmp)
+    model.config.save(folder / CONFIG_NAME)

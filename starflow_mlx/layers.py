@@ -1,0 +1,117 @@
+"""Transformer layers of a flow block (pre-norm attention + MLP), official attribute names.
+
+Weight names follow the official checkpoints: `attention.{norm,qkv,proj}`,
+`mlp.{norm,main.0,main.2}`. Arrays here are token sequences (B, L, C).
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .kv_cache import LayerCache
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with the weight stored as an offset: x * rsqrt(mean(x^2) + eps) * (1 + w), in fp32."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = mx.zeros((dim,))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        x32 = x.astype(mx.float32)
+        normed = x32 * mx.rsqrt(mx.mean(mx.square(x32), axis=-1, keepdims=True) + self.eps)
+        return (normed * (1.0 + self.weight.astype(mx.float32))).astype(x.dtype)
+
+
+def rotate_pairs(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
+    """Rotate interleaved pairs (x0, x1) by the angles behind cos/sin: x*cos + (-x1, x0)*sin."""
+    pairs = x.reshape(*x.shape[:-1], -1, 2)
+    rotated = mx.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, channels: int, head_dim: int, use_bias: bool = True):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+        self.qkv = nn.Linear(channels, 3 * channels, bias=use_bias)
+        self.proj = nn.Linear(channels, channels, bias=use_bias)
+        self.head_dim = head_dim
+        self.num_heads = channels // head_dim
+
+    def __call__(
+        self,
+        x: mx.array,
+        rope: tuple[mx.array, mx.array] | None,
+        cache: LayerCache | None = None,
+        query_scale: mx.array | None = None,
+    ) -> mx.array:
+        """x (B, L, C); rope = (cos, sin) for these L positions, each (L, head_dim).
+
+        Without a cache the attention is causal over the L positions. With a cache the
+        L new keys/values are appended at the cache's write index and the queries
+        attend causally to everything written so far. query_scale (B, 1, 1, 1) divides
+        the logits per sample: the inverse attention temperature.
+        """
+        B, L, C = x.shape
+        normed = self.norm(x.astype(mx.float32)).astype(x.dtype)
+        qkv = self.qkv(normed).reshape(B, L, 3, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, nh, L, hd)
+        if rope is not None:
+            cos, sin = rope
+            q = rotate_pairs(q, cos, sin).astype(x.dtype)
+            k = rotate_pairs(k, cos, sin).astype(x.dtype)
+        if query_scale is not None:
+            q = q * query_scale.astype(q.dtype)
+        scale = self.head_dim**-0.5
+        if cache is None:
+            out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal")
+        else:
+            start = cache.length
+            keys, values = cache.append(k, v)  # (B, nh, start + L, hd)
+            mask = None
+            if L > 1:
+                rows = mx.arange(L)[:, None] + start
+                mask = mx.arange(start + L)[None, :] <= rows
+            out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=scale, mask=mask)
+        return self.proj(out.transpose(0, 2, 1, 3).reshape(B, L, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, channels: int, expansion: int, use_bias: bool = True):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+        # a list, not nn.Sequential, so the weight names are the official `main.0` / `main.2`
+        self.main = [
+            nn.Linear(channels, channels * expansion, bias=use_bias),
+            nn.GELU(),
+            nn.Linear(channels * expansion, channels, bias=use_bias),
+        ]
+
+    def __call__(self, x: mx.array) -> mx.array:
+        h = self.norm(x.astype(mx.float32)).astype(x.dtype)
+        for layer in self.main:
+            h = layer(h)
+        return h
+
+
+class TransformerLayer(nn.Module):
+    """One pre-norm residual layer (the official AttentionBlock)."""
+
+    def __init__(self, channels: int, head_dim: int, expansion: int, use_bias: bool = True):
+        super().__init__()
+        self.attention = Attention(channels, head_dim, use_bias)
+        self.mlp = MLP(channels, expansion, use_bias)
+
+    def __call__(
+        self,
+        x: mx.array,
+        rope: tuple[mx.array, mx.array] | None,
+        cache: LayerCache | None = None,
+        query_scale: mx.array | None = None,
+    ) -> mx.array:
+        x = x + self.attention(x, rope, cache, query_scale)
+        return x + self.mlp(x)

@@ -1,0 +1,256 @@
+"""STARFlow / TARFlow: a stack of autoregressive flow blocks over patch tokens.
+
+Arrays are NHWC (batch, height, width, channels). Forward maps data to noise with
+an exact log-determinant; `sample` inverts it (STARFlow paper, section 3). The last
+block is the deep block; the others are shallow. Attribute paths equal the official
+checkpoint names, so official weights load with no renaming.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten
+
+from starflow_convert.config import FlowConfig
+from starflow_convert.positions import rope_angles
+
+from . import checkpoint
+from .flow_block import FlowBlock, Rope
+from .sampling import BlockConditions, SamplingStats, sample_block_jacobi, sample_block_sequential
+
+
+class StarFlow(nn.Module):
+    def __init__(self, config: FlowConfig):
+        super().__init__()
+        self.config = config
+        self.blocks = [
+            FlowBlock(config, i) if n > 0 else nn.Module() for i, n in enumerate(config.layers_per_block)
+        ]
+        if config.family == "tarflow":  # prior variance of the noise (ones for nvp models)
+            self.var = mx.ones((config.grid_size**2, config.token_dim))
+
+    # ----- loading and saving (see checkpoint.py) ----------------------------------------
+    @classmethod
+    def from_official(cls, path: str | Path, config: FlowConfig | dict | str | Path) -> StarFlow:
+        """Load an official `.pth` state_dict without torch (restricted unpickler), strict key checks."""
+        return checkpoint.load_official(cls, path, config)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, dtype: mx.Dtype | None = None) -> StarFlow:
+        """Load our format: config.json + model.safetensors."""
+        return checkpoint.load_pretrained(cls, folder, dtype)
+
+    def save_pretrained(self, folder: str | Path, dtype: mx.Dtype | None = None) -> None:
+        checkpoint.save_pretrained(self, folder, dtype)
+
+    # ----- layout ---------------------------------------------------------------------
+    def is_identity(self, index: int) -> bool:
+        return self.config.layers_per_block[index] == 0
+
+    def patchify(self, x: mx.array) -> mx.array:
+        """(B, H, W, C) -> (B, T, C'), raster order; STARFlow (p1 p2 c), TARFlow unfold (c p1 p2)."""
+        B, H, W, C = x.shape
+        p = self.config.patch_size
+        x = x.reshape(B, H // p, p, W // p, p, C)
+        order = (0, 1, 3, 5, 2, 4) if self.config.patch_layout == "c p1 p2" else (0, 1, 3, 2, 4, 5)
+        return x.transpose(*order).reshape(B, (H // p) * (W // p), C * p * p)
+
+    def unpatchify(self, tokens: mx.array, height: int, width: int) -> mx.array:
+        """(B, T, C') -> (B, H, W, C), the inverse of patchify."""
+        B = tokens.shape[0]
+        p, C = self.config.patch_size, self.config.in_channels
+        h, w = height // p, width // p
+        if self.config.patch_layout == "c p1 p2":
+            x = tokens.reshape(B, h, w, C, p, p).transpose(0, 1, 4, 2, 5, 3)
+        else:
+            x = tokens.reshape(B, h, w, p, p, C).transpose(0, 1, 3, 2, 4, 5)
+        return x.reshape(B, height, width, C)
+
+    def _check_input(self, x: mx.array) -> None:
+        if x.ndim != 4:
+            raise ValueError(f"expected an NHWC array (B, H, W, C), got shape {tuple(x.shape)}")
+        self.config.check_image_size(x.shape[1], x.shape[2], x.shape[3])
+
+    def rope(self, index: int, height: int, width: int, txt_len: int) -> Rope | None:
+        """(cos, sin) for block `index` at a token grid of height x width, text first."""
+        config = self.config
+        if not config.rope:
+            return None
+        angles = rope_angles(
+            config.head_dim,
+            height,
+            width,
+            config.rope_seq_len,
+            txt_len if config.block_has_text(index) else 0,
+            three_d=config.txt_size > 0,
+        )
+        return mx.array(np.cos(angles)), mx.array(np.sin(angles))
+
+    # ----- conditioning -----------------------------------------------------------------
+    def text_features(self, y: mx.array | None, batch: int) -> mx.array | None:
+        """Conditioning as (B, txt_len, txt_dim) features, or None for TARFlow / unconditional."""
+        config = self.config
+        if config.txt_dim == 0:
+            return None
+        if y is None:
+            raise ValueError("this model is conditioned: pass y (text features or integer labels)")
+        if config.label_conditioned and not mx.issubdtype(y.dtype, mx.floating):
+            labels = mx.where(y < 0, config.num_classes, y)  # -1: the null label
+            one_hot = (labels[:, None] == mx.arange(config.txt_dim)[None, :]).astype(mx.float32)
+            return one_hot[:, None, :]
+        if y.ndim != 3 or y.shape[0] != batch or y.shape[2] != config.txt_dim:
+            raise ValueError(
+                f"text features must be (B={batch}, txt_len, txt_dim={config.txt_dim}), got {tuple(y.shape)}"
+            )
+        return y.astype(self.blocks[config.deep_block].proj_txt.weight.dtype)
+
+    def class_labels(self, y: mx.array | None, batch: int) -> mx.array | None:
+        if not (self.config.family == "tarflow" and self.config.num_classes):
+            return None
+        if y is None:
+            return None
+        if tuple(y.shape) != (batch,) or mx.issubdtype(y.dtype, mx.floating):
+            raise ValueError(
+                f"class labels must be an integer array of shape ({batch},), got {tuple(y.shape)}"
+            )
+        if mx.any(y >= self.config.num_classes).item():
+            raise ValueError(f"class labels must be < num_classes={self.config.num_classes}")
+        return y
+
+    # ----- data -> noise ----------------------------------------------------------------
+    def __call__(self, x: mx.array, y: mx.array | None = None) -> tuple[mx.array, mx.array]:
+        """x (B, H, W, C) -> (z (B, H, W, C), total log|det dz/dx| (B,) in nats)."""
+        self._check_input(x)
+        B, H, W, _ = x.shape
+        p = self.config.patch_size
+        text, labels = self.text_features(y, B), self.class_labels(y, B)
+        tokens = self.patchify(x)
+        logdet = mx.zeros((B,), dtype=mx.float32)
+        for i, block in enumerate(self.blocks):
+            if self.is_identity(i):
+                continue
+            txt_len = text.shape[1] if text is not None else 0
+            rope = self.rope(i, H // p, W // p, txt_len)
+            tokens, block_logdet = block(tokens, text if block.has_text else None, rope, labels)
+            logdet = logdet + block_logdet
+        return self.unpatchify(tokens, H, W), logdet
+
+    def log_prob(self, x: mx.array, y: mx.array | None = None) -> mx.array:
+        """Exact log p(x | y) in nats, (B,): log N(z; 0, var) + log|det|."""
+        z, logdet = self(x, y)
+        z = self.patchify(z).astype(mx.float32)
+        var = self.var.astype(mx.float32) if self.config.family == "tarflow" else mx.ones(z.shape[1:])
+        log_normal = -0.5 * (mx.square(z) / var + mx.log(2 * math.pi * var))
+        return mx.sum(log_normal, axis=(1, 2)) + logdet
+
+    def bits_per_dim(self, x: mx.array, y: mx.array | None = None) -> mx.array:
+        """-log2 p(x | y) per dimension (B,), for the continuous density of x in model units."""
+        return -self.log_prob(x, y) / (x[0].size * math.log(2.0))
+
+    def loss(self, x: mx.array, y: mx.array | None = None) -> mx.array:
+        """The official objective: 0.5 mean(z^2) - sum over blocks of mean(log-det), batch mean."""
+        z, logdet = self(x, y)
+        dims = x[0].size
+        return mx.mean(
+            0.5 * mx.mean(mx.square(z.astype(mx.float32)).reshape(z.shape[0], -1), axis=1) - logdet / dims
+        )
+
+    # ----- noise -> data ----------------------------------------------------------------
+    def sample(
+        self,
+        noise: mx.array,
+        y: mx.array | None = None,
+        y_null: mx.array | None = None,
+        guidance: float = 0.0,
+        *,
+        jacobi: bool = False,
+        block_size: int = 16,
+        tol: float = 1e-3,
+        max_iter: int = 32,
+        annealed_guidance: bool = False,
+        attn_temp: float = 1.0,
+        progress: bool = False,
+        stats: SamplingStats | None = None,
+    ) -> mx.array:
+        """noise (B, H, W, C) ~ N(0, I) -> sample (B, H, W, C).
+
+        Guidance w > 0 applies in conditioned blocks (only the deep block when
+        cond_top_only); text models need y_null (the encoded empty prompt), label
+        models use the null label. jacobi=True samples chunks of block_size tokens in
+        parallel (sos models); `stats`, if given, receives the iteration counts.
+        """
+        self._check_input(noise)
+        if jacobi and not self.config.sos:
+            raise ValueError("Jacobi sampling needs a model with sos=True; use jacobi=False")
+        if jacobi and (block_size < 1 or max_iter < 1):
+            raise ValueError("block_size and max_iter must be >= 1")
+        B, H, W, _ = noise.shape
+        p = self.config.patch_size
+        tokens = self.patchify(noise).astype(mx.float32)
+        if self.config.family == "tarflow":
+            tokens = tokens * mx.sqrt(self.var.astype(mx.float32))
+        plain, guided = self._conditions(y, y_null, B, guidance, annealed_guidance, attn_temp)
+        stats = stats if stats is not None else SamplingStats()
+        for i in reversed(range(len(self.blocks))):
+            if self.is_identity(i):
+                continue
+            block = self.blocks[i]
+            cond = guided if (guided is not None and self._block_is_conditioned(block)) else plain
+            txt_len = cond.text.shape[1] if (block.has_text and cond.text is not None) else 0
+            rope = self.rope(i, H // p, W // p, txt_len)
+            if jacobi:
+                tokens, iters = sample_block_jacobi(
+                    block, tokens, cond, rope, block_size, tol, max_iter, progress
+                )
+                stats.jacobi_iterations.append(iters)
+                stats.steps += sum(iters)
+            else:
+                tokens = sample_block_sequential(block, tokens, cond, rope, progress)
+                stats.steps += tokens.shape[1]
+        return self.unpatchify(tokens, H, W).astype(noise.dtype)
+
+    def _block_is_conditioned(self, block: FlowBlock) -> bool:
+        return block.has_text or block.has_class_embed
+
+    def _conditions(self, y, y_null, batch, guidance, annealed, attn_temp):
+        """BlockConditions without guidance, and with (2B rows) when guidance > 0."""
+        if guidance < 0:
+            raise ValueError(f"guidance must be >= 0, got {guidance}")
+        text, labels = self.text_features(y, batch), self.class_labels(y, batch)
+        plain = BlockConditions(text, labels, 0.0, annealed, attn_temp)
+        if guidance == 0:
+            return plain, None
+        config = self.config
+        if config.family == "tarflow":
+            if config.num_classes == 0:
+                return plain, None
+            null_labels = mx.full((batch,), -1, dtype=mx.int32)
+            labels = labels.astype(mx.int32) if labels is not None else null_labels
+            return plain, BlockConditions(
+                None, mx.concatenate([labels, null_labels]), guidance, annealed, attn_temp
+            )
+        if config.label_conditioned and y_null is None:
+            y_null = mx.full((batch,), -1, dtype=mx.int32)
+        if y_null is None:
+            raise ValueError('guidance > 0 needs y_null: the text features of the empty prompt ""')
+        null_text = self.text_features(y_null, batch)
+        if null_text.shape != text.shape:
+            raise ValueError(f"y_null {tuple(null_text.shape)} must match y {tuple(text.shape)}")
+        return plain, BlockConditions(mx.concatenate([text, null_text]), None, guidance, annealed, attn_temp)
+
+    # ----- score-based denoising ---------------------------------------------------------
+    def denoise(self, x: mx.array, y: mx.array | None = None, noise_std: float | None = None) -> mx.array:
+        """One Tweedie step x + sigma^2 * grad_x log p(x | y) (SPEC section 3), sigma = noise_std."""
+        sigma = self.config.noise_std if noise_std is None else noise_std
+        if sigma <= 0:
+            return x
+        score = mx.grad(lambda v: mx.sum(self.log_prob(v, y)))(x.astype(mx.float32))
+        return (x.astype(mx.float32) + sigma**2 * score).astype(x.dtype)
+
+    def num_parameters(self) -> int:
+        return sum(v.size for _, v in tree_flatten(self.parameters()))
