@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+
 from starflow_convert.config import FlowConfig
 from starflow_convert.io import atomic_path, read_safetensors_header
 from starflow_convert.keys import check_weights, official_to_ours, split_deprecated

@@ -9,8 +9,9 @@ first in the same causal sequence.
 from __future__ import annotations
 
 import torch
-from starflow_convert.config import FlowConfig
 from torch import nn
+
+from starflow_convert.config import FlowConfig
 
 from .flow_math import scale_and_log_scale, to_noise
 from .kv_cache import BlockCache

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+
 from starflow_convert.config import FlowConfig
 from starflow_convert.positions import rope_angles
-from torch import nn
 
 from . import checkpoint
 from .flow_block import FlowBlock, Rope
