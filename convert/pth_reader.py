@@ -123,12 +123,19 @@ def _rebuild_tensor(storage: Any, offset: Any, shape: Any, stride: Any, *_: Any)
 def _check_layout(info: TensorInfo) -> None:
     """Refuse layouts that would read outside their storage.
 
-    Checked when unpickling and again before reading, because a pickle's BUILD opcode can
-    overwrite a descriptor's fields after it was made.
+    Checked when unpickling and again before reading: a pickle's BUILD opcode can rewrite a
+    descriptor's fields (even a frozen dataclass's) after it was made.
     """
     storage = info.storage
-    if not (isinstance(storage, StorageRef) and storage.dtype in DTYPES and isinstance(storage.numel, int)):
+    if not (
+        isinstance(storage, StorageRef)
+        and isinstance(storage.dtype, str)
+        and storage.dtype in DTYPES
+        and isinstance(storage.numel, int)
+    ):
         raise CheckpointFormatError(f"tensor built from {storage!r:.80}, expected a storage")
+    if not (isinstance(info.shape, tuple) and isinstance(info.stride, tuple)):
+        raise CheckpointFormatError(f"bad tensor layout: shape={info.shape!r:.80} stride={info.stride!r:.80}")
     values = (info.offset, *info.shape, *info.stride)
     if not all(isinstance(v, int) and v >= 0 for v in values) or len(info.shape) != len(info.stride):
         raise CheckpointFormatError(
@@ -150,7 +157,6 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    **{("torch", name): _StorageType(dtype) for name, dtype in _STORAGE_DTYPES.items()},
 }
 
 
@@ -163,6 +169,9 @@ class _TensorUnpickler(pickle.Unpickler):
         self._storages: dict[str, StorageRef] = {}
 
     def find_class(self, module: str, name: str) -> Any:
+        if module == "torch" and name in _STORAGE_DTYPES:
+            # A fresh value per lookup: a BUILD opcode could otherwise alter one shared by later loads.
+            return _StorageType(_STORAGE_DTYPES[name])
         found = _ALLOWED_GLOBALS.get((module, name))
         if found is None:
             raise UnsafeCheckpointError(
@@ -176,7 +185,12 @@ class _TensorUnpickler(pickle.Unpickler):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
             raise pickle.UnpicklingError(f"unsupported persistent id {pid!r:.80}")
         _, storage_type, key, _location, numel = pid  # location (cpu, cuda:0) does not matter here
-        if not (isinstance(storage_type, _StorageType) and isinstance(key, str) and isinstance(numel, int)):
+        if not (
+            isinstance(storage_type, _StorageType)
+            and storage_type.dtype in _STORAGE_DTYPES.values()
+            and isinstance(key, str)
+            and isinstance(numel, int)
+        ):
             raise pickle.UnpicklingError(f"malformed storage reference {pid!r:.80}")
         ref = self._storages.setdefault(key, StorageRef(key, storage_type.dtype, numel))
         if ref != StorageRef(key, storage_type.dtype, numel):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from starflow_convert.io import read_safetensors_header
 from starflow_convert.pth_reader import (
     CheckpointFormatError,
@@ -187,8 +188,8 @@ def test_pickled_code_is_refused_like_torch(tmp_path: Path):
 
 
 def test_descriptor_tampering_is_caught_before_reading(tmp_path: Path):
-    """A pickle BUILD opcode can rewrite a descriptor's fields after it was checked; the reader
-    re-checks the layout so it never reads outside the storage."""
+    """A pickle BUILD opcode can rewrite a descriptor after its layout was checked; the reader
+    checks again before reading, so it never reads outside the storage."""
     torch.save({"w": torch.arange(4.0)}, tmp_path / "good.pth")
     with zipfile.ZipFile(tmp_path / "good.pth") as archive:
         data = archive.read("good/data.pkl")
@@ -200,6 +201,13 @@ def test_descriptor_tampering_is_caught_before_reading(tmp_path: Path):
     )
     with pytest.raises(CheckpointFormatError, match=r"overruns its storage of 4 elements"):
         read_pth_state_dict(tmp_path / "tampered.pth")
+    # The same BUILD on a storage type would poison every later load in the process.
+    shared_type = b"ctorch\nFloatStorage\n}X\x05\x00\x00\x00dtypeX\x05\x00\x00\x00int64sb0"
+    rewrite_record(
+        tmp_path / "good.pth", tmp_path / "poison.pth", "/data.pkl", data[:2] + shared_type + data[2:]
+    )
+    assert read_pth_state_dict(tmp_path / "poison.pth")["w"].dtype == np.float32  # the BUILD hit a copy
+    assert read_pth_state_dict(tmp_path / "good.pth")["w"].dtype == np.float32
     with pytest.raises((pickle.UnpicklingError, TypeError)):  # torch applies the state to a tensor and fails
         torch.load(tmp_path / "tampered.pth", weights_only=True)
 
