@@ -33,6 +33,18 @@ import numpy as np
 
 from .io import atomic_path
 
+__all__ = [
+    "CheckpointFormatError",
+    "StorageRef",
+    "TensorInfo",
+    "UnsafeCheckpointError",
+    "convert_float_array",
+    "iter_pth_tensors",
+    "list_pth_tensors",
+    "read_pth_state_dict",
+    "stream_pth_to_safetensors",
+]
+
 # torch dtype name -> (numpy dtype of the stored bytes, safetensors dtype name)
 DTYPES: dict[str, tuple[str, str]] = {
     "float64": ("<f8", "F64"),
@@ -435,7 +447,8 @@ def stream_pth_to_safetensors(
 
     The header is computed from the tensor layouts first, then each tensor's bytes are
     streamed after it, into a temporary file renamed onto `out_path` on success.
-    `drop` is a collection of checkpoint names or a predicate on them; `rename` maps
+    `drop` is a collection of checkpoint names (names the file lacks are ignored, as
+    deprecated buffers come and go between checkpoints) or a predicate; `rename` maps
     checkpoint names to output names (a mapping leaves unlisted names unchanged).
     `dtype` converts floating-point tensors; bfloat16 is written as safetensors "BF16".
     Returns (written output names, dropped checkpoint names).
@@ -475,6 +488,8 @@ def _plan_output(
         if name in skip:
             continue
         out_name = new_name(name)
+        if not isinstance(out_name, str):
+            raise TypeError(f"rename gave {out_name!r} for {name!r}; output names must be str")
         if out_name in plan:
             raise ValueError(f"rename maps both {plan[out_name][0]!r} and {name!r} to {out_name!r}")
         out_dtype = dtype if dtype is not None and info.dtype in FLOAT_DTYPES else info.dtype
@@ -508,11 +523,10 @@ def _safetensors_header(
 
 def _write_tensor(handle: BinaryIO, array: np.ndarray, source: str, target: str) -> None:
     """Write C-order bytes in slices along the first axis, so conversions need only a chunk of scratch."""
-    if array.flags.c_contiguous:
-        array = array.reshape(-1)
-    if array.ndim == 0 or array.size == 0:
-        handle.write(np.ascontiguousarray(convert_float_array(array, source, target)).tobytes())
+    if array.size == 0:
         return
+    if array.flags.c_contiguous:  # also every 0-d array
+        array = array.reshape(-1)
     rows = max(1, _CHUNK_BYTES // max(1, array[0].nbytes))
     for start in range(0, len(array), rows):
         block = array[start : start + rows]
