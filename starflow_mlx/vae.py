@@ -355,6 +355,18 @@ def check_weights_match(model: nn.Module, weights: dict[str, mx.array], source: 
         raise ValueError(f"{source}: weight shapes do not match the config: {wrong_shapes}")
 
 
+def read_weights(path: Path) -> dict[str, mx.array]:
+    """A safetensors file, or a torch zip checkpoint (``.bin``/``.pth``/``.pt``, e.g. the official
+    fine-tuned VAE) read without torch and without running pickled code."""
+    if path.suffix == ".safetensors":
+        return mx.load(str(path))
+    if path.suffix in (".bin", ".pth", ".pt"):
+        from starflow_convert.pth_reader import read_pth_state_dict
+
+        return {key: mx.array(value) for key, value in read_pth_state_dict(path, dtype="float32").items()}
+    raise ValueError(f"{path}: unsupported weights file type {path.suffix!r} (.safetensors, .bin, .pth, .pt)")
+
+
 class AutoencoderKL(nn.Module):
     """SD-VAE. ``encode``: images (B, H, W, C) in [-1, 1] -> scaled latents (B, H/f, W/f, latent_channels);
     ``decode``: scaled latents -> images (B, H, W, C), nominally in [-1, 1] (not clipped, like diffusers)."""
@@ -375,8 +387,9 @@ class AutoencoderKL(nn.Module):
     ) -> AutoencoderKL:
         """Load a diffusers folder (``config.json`` + ``diffusion_pytorch_model.safetensors``).
 
-        ``weights_file`` replaces the folder's weights, e.g. the official STARFlow decoder
-        fine-tuned on noisy latents converted to safetensors (official key naming accepted).
+        ``weights_file`` replaces the folder's weights, e.g. the official STARFlow VAE with the
+        decoder fine-tuned on noisy latents (``pytorch_model.bin``, official key naming), or
+        any safetensors file in diffusers or official naming.
         """
         folder = Path(folder)
         config_path = folder / CONFIG_NAME
@@ -388,13 +401,8 @@ class AutoencoderKL(nn.Module):
         weights_path = Path(weights_file) if weights_file is not None else folder / WEIGHTS_NAME
         if not weights_path.is_file():
             raise FileNotFoundError(f"VAE weights not found: {weights_path}")
-        if weights_path.suffix != ".safetensors":
-            raise ValueError(
-                f"{weights_path}: only .safetensors weights load in MLX; convert pickled torch "
-                "checkpoints to safetensors first (e.g. with the torch twin's state dict + safetensors.torch)"
-            )
         model = cls(config)
-        weights = sanitize(mx.load(str(weights_path)))
+        weights = sanitize(read_weights(weights_path))
         check_weights_match(model, weights, str(weights_path))
         model.update(tree_unflatten([(key, value.astype(dtype)) for key, value in weights.items()]))
         mx.eval(model.parameters())
