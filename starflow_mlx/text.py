@@ -14,7 +14,7 @@ import mlx.core as mx
 import numpy as np
 import sentencepiece
 
-from .t5 import T5Encoder
+from .t5 import CONFIG_NAME, T5Encoder
 
 SPIECE_NAME = "spiece.model"
 
@@ -98,6 +98,8 @@ class TextEncoder:
     @classmethod
     def from_pretrained(cls, folder: str | Path, dtype: mx.Dtype = mx.float32) -> TextEncoder:
         folder = Path(folder)
+        if not (folder / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"T5 config not found: {folder / CONFIG_NAME}")
         tokenizer = T5Tokenizer(folder / SPIECE_NAME)
         return cls(tokenizer, T5Encoder.from_pretrained(folder, dtype=dtype))
 
