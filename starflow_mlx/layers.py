@@ -26,6 +26,13 @@ class RMSNorm(nn.Module):
         return (normed * (1.0 + self.weight.astype(mx.float32))).astype(x.dtype)
 
 
+def norm_in_float32(norm: nn.Module, x: mx.array) -> mx.array:
+    """Apply a norm in at least fp32 (the official code normalises half-precision input in fp32)."""
+    if x.dtype in (mx.float16, mx.bfloat16):
+        return norm(x.astype(mx.float32)).astype(x.dtype)
+    return norm(x)
+
+
 def rotate_pairs(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
     """Rotate interleaved pairs (x0, x1) by the angles behind cos/sin: x*cos + (-x1, x0)*sin."""
     pairs = x.reshape(*x.shape[:-1], -1, 2)
@@ -57,7 +64,7 @@ class Attention(nn.Module):
         the logits per sample: the inverse attention temperature.
         """
         B, L, C = x.shape
-        normed = self.norm(x.astype(mx.float32)).astype(x.dtype)
+        normed = norm_in_float32(self.norm, x)
         qkv = self.qkv(normed).reshape(B, L, 3, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, nh, L, hd)
         if rope is not None:
@@ -92,7 +99,7 @@ class MLP(nn.Module):
         ]
 
     def __call__(self, x: mx.array) -> mx.array:
-        h = self.norm(x.astype(mx.float32)).astype(x.dtype)
+        h = norm_in_float32(self.norm, x)
         for layer in self.main:
             h = layer(h)
         return h

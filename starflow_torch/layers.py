@@ -27,6 +27,13 @@ class RMSNorm(nn.Module):
         return (normed * (1.0 + self.weight.float())).type_as(x)
 
 
+def norm_in_float32(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply a norm in at least fp32 (the official code normalises half-precision input in fp32)."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return norm(x.float()).type_as(x)
+    return norm(x)
+
+
 def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate interleaved pairs (x0, x1) by the angles behind cos/sin: x*cos + (-x1, x0)*sin."""
     pairs = x.unflatten(-1, (-1, 2))
@@ -58,7 +65,7 @@ class Attention(nn.Module):
         the logits per sample: the inverse attention temperature.
         """
         B, L, C = x.shape
-        normed = self.norm(x.float()).type_as(x)
+        normed = norm_in_float32(self.norm, x)
         q, k, v = self.qkv(normed).view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         # q, k, v: (B, nh, L, hd)
         if rope is not None:
@@ -91,7 +98,7 @@ class MLP(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.main(self.norm(x.float()).type_as(x))
+        return self.main(norm_in_float32(self.norm, x))
 
 
 class TransformerLayer(nn.Module):

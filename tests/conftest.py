@@ -1,0 +1,48 @@
+"""Shared test fixtures. starflow_mlx is imported first so MLX picks up the system BLAS."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlx.core as mx  # noqa: I001
+import numpy as np
+import pytest
+import torch
+
+import starflow_mlx  # noqa: F401  (before mlx: loads OpenBLAS on Linux)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def load_vectors(name: str) -> tuple[dict, dict[str, np.ndarray]]:
+    from safetensors.numpy import load_file
+
+    folder = FIXTURES / name
+    return json.loads((folder / "config.json").read_text()), load_file(str(folder / "io.safetensors"))
+
+
+def to_nhwc(array: np.ndarray) -> mx.array:
+    return mx.array(np.ascontiguousarray(array.transpose(0, 2, 3, 1)))
+
+
+def to_nchw(array: mx.array) -> np.ndarray:
+    return np.array(array).transpose(0, 3, 1, 2)
+
+
+def max_relative_error(got: np.ndarray, want: np.ndarray) -> float:
+    """max |got - want| / max |want|: error relative to the array's scale.
+
+    Per-element relative error is meaningless for entries near zero (a log-det that
+    is a sum of +/- terms can be ~0.01 while each term is ~1).
+    """
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    torch.manual_seed(0)
+    mx.random.seed(0)
+    np.random.seed(0)
+    yield

@@ -1,0 +1,188 @@
+"""Bad input gets a clear error naming the problem, and loses nothing."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+
+import mlx.core as mx
+import numpy as np
+import pytest
+import torch
+from conftest import FIXTURES
+from helpers.twins import random_torch_model
+
+import starflow_mlx
+import starflow_torch
+from starflow_convert.config import FlowConfig
+from starflow_convert.keys import CheckpointMismatchError
+from starflow_convert.official import convert_official_checkpoint
+
+CONFIG = FlowConfig(
+    in_channels=3,
+    img_size=8,
+    patch_size=2,
+    channels=32,
+    num_blocks=2,
+    layers_per_block=(1, 1),
+    head_dim=16,
+    rope=True,
+    sos=True,
+    use_softplus=True,
+)
+STARFLOW_TINY = FIXTURES / "starflow_tiny"
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [((1, 4, 8, 8), "channels"), ((1, 3, 7, 8), "divisible by patch_size"), ((3, 8, 8), "(B, C, H, W)")],
+)
+def test_torch_rejects_bad_image_shapes(shape, message):
+    model = starflow_torch.StarFlow(CONFIG)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        model(torch.zeros(shape))
+    with pytest.raises(ValueError):
+        model.sample(torch.zeros(shape))
+
+
+@pytest.mark.parametrize(
+    "shape, message", [((1, 8, 8, 4), "channels"), ((1, 8, 7, 3), "divisible by patch_size")]
+)
+def test_mlx_rejects_bad_image_shapes(shape, message):
+    model = starflow_mlx.StarFlow(CONFIG)
+    with pytest.raises(ValueError, match=message):
+        model(mx.zeros(shape))
+
+
+def test_wrong_text_shape_and_missing_null_prompt():
+    model = starflow_torch.StarFlow.from_official(
+        STARFLOW_TINY / "official.pth", STARFLOW_TINY / "config.json"
+    )
+    with pytest.raises(ValueError, match="txt_dim=32"):
+        model(torch.zeros(2, 4, 8, 8), torch.zeros(2, 6, 31))
+    with pytest.raises(ValueError, match="y_null"):
+        model.sample(torch.zeros(2, 4, 8, 8), torch.zeros(2, 6, 32), guidance=2.0)
+    with pytest.raises(ValueError, match="pass y"):
+        model(torch.zeros(2, 4, 8, 8))
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("touch pwned_marker",))
+
+
+def test_pickled_code_is_refused_by_both_twins(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pth"
+    torch.save({"blocks.0.proj_in.weight": torch.zeros(1), "payload": _Payload()}, path)
+    with pytest.raises(ValueError, match="refused"):
+        starflow_torch.StarFlow.from_official(path, STARFLOW_TINY / "config.json")
+    with pytest.raises(pickle.UnpicklingError, match="refused"):
+        starflow_mlx.StarFlow.from_official(path, STARFLOW_TINY / "config.json")
+    assert not (tmp_path / "pwned_marker").exists()
+
+
+def _state_dict_with(change):
+    state = torch.load(STARFLOW_TINY / "official.pth", weights_only=True)
+    change(state)
+    return state
+
+
+@pytest.mark.parametrize(
+    "change, names",
+    [
+        (lambda s: s.pop("blocks.1.proj_in.weight"), ["missing", "blocks.1.proj_in.weight"]),
+        (lambda s: s.update({"blocks.9.extra": torch.zeros(2)}), ["unexpected", "blocks.9.extra"]),
+        (
+            lambda s: s.update({"blocks.0.proj_out.bias": torch.zeros(5)}),
+            ["wrong shape", "blocks.0.proj_out.bias"],
+        ),
+    ],
+    ids=["missing", "extra", "mis-shaped"],
+)
+def test_checkpoint_key_mismatches_are_listed(change, names, tmp_path):
+    path = tmp_path / "edited.pth"
+    torch.save(_state_dict_with(change), path)
+    config = STARFLOW_TINY / "config.json"
+    for loader in (starflow_torch.StarFlow.from_official, starflow_mlx.StarFlow.from_official):
+        with pytest.raises(CheckpointMismatchError) as info:
+            loader(path, config)
+        for name in names:
+            assert name in str(info.value)
+    with pytest.raises(CheckpointMismatchError):
+        convert_official_checkpoint(path, FlowConfig.load(config), tmp_path / "out")
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_truncated_safetensors_gives_a_clear_error(tmp_path):
+    random_torch_model(CONFIG).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    for loader in (starflow_torch.StarFlow.from_pretrained, starflow_mlx.StarFlow.from_pretrained):
+        with pytest.raises(ValueError, match="truncated"):
+            loader(tmp_path)
+
+
+def test_truncated_pth_gives_a_clear_error(tmp_path):
+    data = (STARFLOW_TINY / "official.pth").read_bytes()
+    path = tmp_path / "cut.pth"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError):
+        starflow_torch.StarFlow.from_official(path, STARFLOW_TINY / "config.json")
+    with pytest.raises((ValueError, zipfile.BadZipFile)):
+        starflow_mlx.StarFlow.from_official(path, STARFLOW_TINY / "config.json")
+
+
+def test_failed_save_leaves_previous_files_intact(tmp_path, monkeypatch):
+    model = random_torch_model(CONFIG)
+    model.save_pretrained(tmp_path)
+    before = (tmp_path / "model.safetensors").read_bytes()
+
+    import safetensors.torch
+
+    def explode(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", explode)
+    with pytest.raises(OSError, match="disk full"):
+        random_torch_model(CONFIG, seed=1).save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_mlx_failed_save_leaves_previous_files_intact(tmp_path, monkeypatch):
+    random_torch_model(CONFIG).save_pretrained(tmp_path)
+    before = (tmp_path / "model.safetensors").read_bytes()
+    model = starflow_mlx.StarFlow.from_pretrained(tmp_path)
+
+    def explode(path, tensors, metadata=None):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(mx, "save_safetensors", explode)
+    with pytest.raises(OSError, match="disk full"):
+        model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_mlx_and_torch_round_trip_our_format(tmp_path):
+    torch_model = random_torch_model(CONFIG)
+    torch_model.save_pretrained(tmp_path / "a")
+    mlx_model = starflow_mlx.StarFlow.from_pretrained(tmp_path / "a")
+    mlx_model.save_pretrained(tmp_path / "b")
+    again = starflow_torch.StarFlow.from_pretrained(tmp_path / "b")
+    for (name, p), (_, q) in zip(torch_model.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(p, q), name
+    bf16 = tmp_path / "bf16"
+    torch_model.save_pretrained(bf16, dtype=torch.bfloat16)
+    loaded = starflow_mlx.StarFlow.from_pretrained(bf16)
+    assert loaded.blocks[0].proj_in.weight.dtype == mx.bfloat16
+    np.testing.assert_allclose(
+        np.array(loaded.blocks[0].proj_in.weight.astype(mx.float32)),
+        torch_model.blocks[0].proj_in.weight.detach().numpy(),
+        atol=1e-2,
+    )
