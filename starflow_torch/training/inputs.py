@@ -1,0 +1,155 @@
+"""From a TrainConfig to batches of model inputs: dataset, loader, augmentation, conditions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from starflow_convert.config import FlowConfig
+
+from ..data import (
+    SHARD_INDEX,
+    ImageFolderDataset,
+    LatentShardDataset,
+    SampleRef,
+    ShardedBatchSampler,
+    check_batches_exist,
+    collate,
+    epoch_batches,
+)
+from .config import TrainConfig
+from .objective import augment, drop_mask, micro_step_generator
+from .parallel import ProcessInfo
+
+
+def conditioning_of(config: FlowConfig) -> str:
+    if config.num_classes > 0:
+        return "label"
+    return "text" if config.txt_dim > 0 else "none"
+
+
+def build_dataset(config: FlowConfig, train: TrainConfig) -> torch.utils.data.Dataset:
+    folder = Path(train.data)
+    use_shards = train.data_format == "latents" or (
+        train.data_format == "auto" and (folder / SHARD_INDEX).is_file()
+    )
+    if train.buckets and not config.rope:
+        raise ValueError("train.buckets needs a RoPE model (rope=True); a learned pos_embed has one size")
+    if use_shards:
+        if train.noise_type == "uniform":
+            raise ValueError("train.noise_type=uniform dequantises 8-bit pixels; latents use gaussian")
+        dataset = LatentShardDataset(folder)
+        if dataset.index["in_channels"] != config.in_channels:
+            raise ValueError(
+                f"{folder} holds {dataset.index['in_channels']}-channel latents, the model expects "
+                f"in_channels={config.in_channels}"
+            )
+        return dataset
+    if config.in_channels != 3:
+        raise ValueError(
+            f"{folder} is an image folder but the model takes {config.in_channels}-channel latents; "
+            "encode it first: python -m starflow_torch.encode_dataset"
+        )
+    conditioning = conditioning_of(config)
+    if conditioning == "text" and train.text_encoder is None:
+        raise ValueError("a captioned image folder for a text model needs train.text_encoder (a T5 folder)")
+    size = train.image_size or config.img_size
+    return ImageFolderDataset(folder, conditioning, size, config.patch_size, train.buckets)
+
+
+def batch_stream(
+    dataset, train: TrainConfig, info: ProcessInfo, epoch: int, start: int
+) -> Iterator[tuple[int, int, dict]]:
+    """Endless (epoch, next batch index, batch) for this process, from position (epoch, start)."""
+    global_batch = train.micro_batch_size
+    if global_batch % info.world_size:
+        raise ValueError(
+            f"batch_size/grad_accum={global_batch} must be divisible by the {info.world_size} processes"
+        )
+    flip = train.flip and isinstance(dataset, ImageFolderDataset)
+    while True:
+        batches = epoch_batches(dataset.buckets, global_batch, train.seed, epoch, flip)
+        check_batches_exist(len(batches), len(dataset), global_batch, train.buckets)
+        sampler = ShardedBatchSampler(batches, info.rank, info.world_size, start)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=sampler, collate_fn=collate, num_workers=train.num_workers
+        )
+        for number, batch in enumerate(loader, start=start + 1):
+            yield epoch, number, batch
+        epoch, start = epoch + 1, 0
+
+
+@dataclass
+class ModelInputs:
+    x: torch.Tensor  # (B, C, H, W), augmented
+    y: torch.Tensor | None
+    weight: float  # 0 when every image of this process's share failed to decode
+
+
+class InputBuilder:
+    """Turns a collated batch into augmented model inputs with condition dropout."""
+
+    def __init__(
+        self, config: FlowConfig, train: TrainConfig, dataset, device: torch.device, text_encoder=None
+    ):
+        self.config = config
+        self.train = train
+        self.device = device
+        self.text_encoder = text_encoder
+        self.noise_std = train.noise_std if train.noise_std is not None else config.noise_std
+        self.null_text = getattr(dataset, "null_text", None)
+
+    def __call__(self, batch: dict, micro_step: int) -> ModelInputs:
+        x = (batch["image"] if "image" in batch else batch["latent"]).to(self.device)
+        rows = batch["slot"]
+        global_rows = self.train.micro_batch_size
+        generator = micro_step_generator(self.train.seed, micro_step)
+        x = augment(x, rows, global_rows, generator, self.train.noise_type, self.noise_std)
+        dropped = drop_mask(rows, global_rows, generator, self.train.drop_label)
+        return ModelInputs(x, self.conditions(batch, dropped), 1.0 if batch["valid"] else 0.0)
+
+    def conditions(self, batch: dict, dropped: torch.Tensor) -> torch.Tensor | None:
+        if "label" in batch:
+            return torch.where(dropped, -1, batch["label"]).to(self.device)
+        if "text_features" in batch:
+            null = self.null_text.expand_as(batch["text_features"])
+            return torch.where(dropped[:, None, None], null, batch["text_features"]).to(self.device)
+        if "text" in batch:
+            prompts = [
+                "" if drop else text for text, drop in zip(batch["text"], dropped.tolist(), strict=True)
+            ]
+            with torch.no_grad():
+                return self.text_encoder.encode(prompts, self.config.txt_size).float().to(self.device)
+        return None
+
+    def null_condition(self, count: int) -> torch.Tensor | None:
+        """The null condition for guidance: label -1 or the encoded empty prompt."""
+        if self.config.num_classes > 0:
+            return torch.full((count,), -1, dtype=torch.long)
+        if self.null_text is not None:
+            return self.null_text.expand(count, -1, -1).clone()
+        if self.text_encoder is not None:
+            with torch.no_grad():
+                return self.text_encoder.encode([""] * count, self.config.txt_size).float()
+        return None
+
+
+def sample_conditions(config: FlowConfig, dataset, builder: InputBuilder, count: int) -> tuple:
+    """(conditions, rows) for the sample grid: one row per class, or the first captions."""
+    if config.num_classes > 0:
+        classes = min(config.num_classes, 10)
+        per_class = max(1, count // classes)
+        labels = torch.arange(classes).repeat_interleave(per_class)
+        return labels, classes
+    if config.txt_dim == 0:
+        return None, max(1, int(count**0.5))
+    items = [dataset[SampleRef(i % len(dataset), False, 0)] for i in range(count)]
+    items = [item for item in items if not item.get("corrupt", False)] or items
+    if "text_features" in items[0]:
+        return torch.stack([item["text_features"] for item in items]), max(1, int(count**0.5))
+    with torch.no_grad():
+        features = builder.text_encoder.encode([item["text"] for item in items], config.txt_size).float()
+    return features, max(1, int(count**0.5))

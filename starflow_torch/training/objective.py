@@ -1,0 +1,116 @@
+"""The training objective of the official train.py, and the learning-rate schedule.
+
+Per step: noise augmentation (Gaussian x + noise_std*eps, or uniform 8-bit
+dequantisation for pixel models), condition dropout for classifier-free guidance,
+then the flow loss 0.5*mean(z^2) - sum_blocks mean(logdet_block) (`StarFlow.loss`),
+plus optionally latent_norm_reg * sum of the mean squares of every block's input
+(official `outputs[:-1]`: the noisy input and the outputs of the shallow blocks).
+
+The random numbers of a micro-step are drawn for the whole global micro-batch from a
+generator seeded by (seed, micro-step) and each process takes its rows: one process
+and N processes see the same noise, and a resumed run continues the same sequence.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..model import StarFlow
+
+
+def micro_step_generator(seed: int, micro_step: int) -> torch.Generator:
+    # odd multiplier: distinct (seed, step) pairs map to distinct 63-bit seeds
+    return torch.Generator().manual_seed((seed * 0x9E3779B97F4A7C15 + micro_step) % (2**63))
+
+
+def augment(
+    x: torch.Tensor,
+    rows: torch.Tensor,
+    global_rows: int,
+    generator: torch.Generator,
+    noise_type: str,
+    std: float,
+) -> torch.Tensor:
+    """Add the noise of global rows `rows` (drawn on CPU for all `global_rows`) to x."""
+    shape = (global_rows, *x.shape[1:])
+    if noise_type == "gaussian":
+        noise = torch.randn(shape, generator=generator)[rows].to(x.device)
+        return x + std * noise
+    # official uniform dequantisation: pixel value v in [0, 255] becomes (v + u) / 256, u ~ U(0, 1)
+    uniform = torch.rand(shape, generator=generator)[rows].to(x.device)
+    return ((x + 1) * (255 / 2) + uniform) / 256 * 2 - 1
+
+
+def drop_mask(rows: torch.Tensor, global_rows: int, generator: torch.Generator, prob: float) -> torch.Tensor:
+    """(B,) bool: which rows lose their condition (label dropout for guidance)."""
+    return (torch.rand(global_rows, generator=generator) < prob)[rows]
+
+
+class FlowObjective(nn.Module):
+    """Wraps the model so that DDP / FSDP see one forward that returns the loss.
+
+    forward(x, y) -> (loss, per-sample flow loss (B,) detached) on already augmented x.
+    """
+
+    def __init__(self, model: StarFlow, latent_norm_reg: float = 0.0):
+        super().__init__()
+        self.model = model
+        self.latent_norm_reg = latent_norm_reg
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.latent_norm_reg == 0:
+            return self.model.loss(x, y), torch.zeros(())
+        z, block_logdets, block_inputs = forward_by_block(self.model, x, y)
+        flow_loss = official_loss(z, block_logdets)
+        regulariser = torch.stack([tokens.float().square().mean() for tokens in block_inputs]).sum()
+        return flow_loss + self.latent_norm_reg * regulariser, regulariser.detach()
+
+
+def forward_by_block(
+    model: StarFlow, x: torch.Tensor, y: torch.Tensor | None
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """Run the flow one block at a time: z tokens, per-block logdet (B,) and each block's input."""
+    B, _, H, W = x.shape
+    p = model.config.patch_size
+    text, labels = model.text_features(y, B), model.class_labels(y, B)
+    tokens = model.patchify(x)
+    logdets, inputs = [], []
+    for i, block in enumerate(model.blocks):
+        if model.is_identity(i):
+            continue
+        inputs.append(tokens)
+        txt_len = text.shape[1] if text is not None else 0
+        rope = model.rope(i, H // p, W // p, txt_len, x.device)
+        tokens, logdet = block(tokens, text if block.has_text else None, rope, labels)
+        logdets.append(logdet)
+    return tokens, logdets, inputs
+
+
+def official_loss(z: torch.Tensor, block_logdets: list[torch.Tensor]) -> torch.Tensor:
+    """0.5 mean(z^2) - sum_blocks mean(logdet_block), batch mean (official Model.get_loss).
+
+    Block logdets here are sums over the elements of a sample, so their mean is sum / dims.
+    """
+    dims = z[0].numel()
+    per_sample = 0.5 * z.float().square().flatten(1).mean(1) - sum(ld / dims for ld in block_logdets)
+    return per_sample.mean()
+
+
+def bits_per_dim_from_loss(loss: float) -> float:
+    """The flow loss is the NLL per dimension minus 0.5 log(2 pi) (the Gaussian normaliser)."""
+    return (loss + 0.5 * math.log(2 * math.pi)) / math.log(2)
+
+
+def learning_rate(step: int, max_lr: float, min_lr: float, warmup_steps: int, total_steps: int) -> float:
+    """Official CosineLRSchedule: linear from min(min_lr, 1e-6) to max_lr, cosine down to min_lr.
+
+    `step` counts the optimizer steps already taken.
+    """
+    start_lr = min(min_lr, 1e-6)
+    if step <= warmup_steps and warmup_steps > 0:
+        return start_lr + step / warmup_steps * (max_lr - start_lr)
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (max_lr - min_lr)

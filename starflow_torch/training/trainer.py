@@ -1,0 +1,309 @@
+"""The training loop: one function, `train(run)`, for one process, DDP or FSDP2 under torchrun.
+
+A step accumulates `grad_accum` micro-batches, clips the gradient, and applies AdamW
+unless the loss or gradient norm is not finite (then the update is skipped and
+counted). SIGTERM / SIGINT finish the current step, save a checkpoint and return.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+
+from ..data import ImageFolderDataset
+from ..model import StarFlow
+from . import parallel, state
+from .config import RunConfig
+from .inputs import InputBuilder, batch_stream, build_dataset, sample_conditions
+from .objective import FlowObjective, bits_per_dim_from_loss, learning_rate
+from .progress import JsonlLog, plot_loss_curve, sample_grid, save_png
+
+
+@dataclass
+class TrainResult:
+    progress: state.Progress
+    losses: list[float] = field(default_factory=list)  # mean loss of every step of this invocation
+    checkpoint: Path | None = None
+    interrupted: bool = False
+
+
+class StopSignal:
+    """Records SIGTERM / SIGINT instead of dying, so the step in flight can finish and save."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignal:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def train(run: RunConfig, resume: str | Path | None = None, stop_at_step: int | None = None) -> TrainResult:
+    """Train (or continue) a run; stop_at_step saves and stops early, like a signal would."""
+    info = parallel.init_processes()
+    try:
+        with StopSignal() as stop:
+            return Trainer(run, info, resume).run(stop, stop_at_step)
+    finally:
+        parallel.close_processes(info)
+
+
+class Trainer:
+    def __init__(self, run: RunConfig, info: parallel.ProcessInfo, resume: str | Path | None):
+        self.run_config, self.config, self.train = run, run.model, run.train
+        self.info = info
+        self.out_dir = Path(self.train.out_dir)
+        self.progress = state.Progress()
+        resume_dir = state.resolve_checkpoint(resume) if resume is not None else None
+        if resume_dir is not None:
+            state.check_resume_compatible(resume_dir, self.config, self.train.to_dict())
+
+        text_encoder = self._load_component("text", self.train.text_encoder)
+        self.dataset = build_dataset(self.config, self.train)
+        self.inputs = InputBuilder(self.config, self.train, self.dataset, info.device, text_encoder)
+
+        model = self._initial_model(resume_dir)
+        if self.train.gradient_checkpointing:
+            parallel.enable_gradient_checkpointing(model)
+        self.objective = parallel.wrap(
+            FlowObjective(model, self.train.latent_norm_reg), self.train.parallel, info, self.train.bf16
+        )
+        params = list(parallel.model_parameters(self.objective).values())
+        self.optimizer = torch.optim.AdamW(
+            params, lr=self.train.lr, betas=self.train.betas, weight_decay=self.train.weight_decay
+        )
+        self.ema = None
+        if self.train.ema_decay > 0:
+            self.ema = parallel.EMA(parallel.model_parameters(self.objective), self.train.ema_decay)
+        if resume_dir is not None:
+            self._restore(resume_dir)
+        self.autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if info.device.type == "cuda" and self.train.bf16
+            else contextlib.nullcontext()
+        )
+        self.log = JsonlLog(self.out_dir / "log.jsonl", self.progress.step if resume_dir else None)
+        self.vae = self._load_component("vae", self.train.vae) if info.is_main else None
+
+    # ----- setup ------------------------------------------------------------------------
+    def _initial_model(self, resume_dir: Path | None) -> StarFlow:
+        if resume_dir is not None:
+            return StarFlow.from_pretrained(resume_dir).train()
+        if self.train.init_weights:
+            model = StarFlow.from_pretrained(self.train.init_weights)
+            if model.config != self.config:
+                raise ValueError(
+                    f"train.init_weights={self.train.init_weights} holds a different model config"
+                )
+            return model.train()
+        torch.manual_seed(self.train.seed)  # the same initial weights on every process
+        return StarFlow(self.config).train()
+
+    @staticmethod
+    def _load_component(kind: str, folder: str | None):
+        if folder is None:
+            return None
+        if kind == "vae":
+            from ..vae import AutoencoderKL
+
+            return AutoencoderKL.from_pretrained(folder)
+        from ..text import TextEncoder
+
+        return TextEncoder.from_pretrained(folder)
+
+    def _restore(self, folder: Path) -> None:
+        saved = state.load_training_state(folder)
+        self.progress = state.Progress(**saved["progress"])
+        set_optimizer_state_dict(
+            self.objective,
+            self.optimizer,
+            optim_state_dict=saved["optimizer"],
+            options=StateDictOptions(full_state_dict=True),
+        )
+        if self.ema is not None:
+            from safetensors.torch import load_file
+
+            self.ema.load_full_state(load_file(str(folder / "ema" / "model.safetensors")))
+        rng = saved["rng"]
+        state.set_rng_state(rng[self.info.rank] if self.info.rank < len(rng) else rng[0])
+
+    # ----- the loop ---------------------------------------------------------------------
+    def run(self, stop: StopSignal, stop_at_step: int | None) -> TrainResult:
+        result = TrainResult(self.progress)
+        p = self.progress
+        stream = batch_stream(self.dataset, self.train, self.info, p.epoch, p.batch_in_epoch)
+        bar = self._progress_bar()
+        last_log_time, last_log_samples = time.perf_counter(), p.samples_seen
+        while p.step < self.train.steps:
+            metrics = self.step(stream)
+            result.losses.append(metrics["loss"])
+            stopping = self._agree(stop.received) or p.step == stop_at_step
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", skipped=p.skipped_steps)
+            if p.step % self.train.log_every == 0 or p.step == self.train.steps:
+                now = time.perf_counter()
+                metrics["samples_per_s"] = (p.samples_seen - last_log_samples) / max(
+                    now - last_log_time, 1e-9
+                )
+                last_log_time, last_log_samples = now, p.samples_seen
+                if self.info.is_main:
+                    self.log.write(metrics)
+            if self.train.sample_every and p.step % self.train.sample_every == 0:
+                self.save_samples()
+            if p.step % self.train.save_every == 0 or p.step == self.train.steps or stopping:
+                result.checkpoint = self.save()
+            if stopping:
+                result.interrupted = True
+                break
+        if bar is not None:
+            bar.close()
+        return result
+
+    def _progress_bar(self):
+        if not self.info.is_main:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.train.steps, initial=self.progress.step, desc="train", dynamic_ncols=True)
+
+    def _agree(self, flag: bool) -> bool:
+        """Whether any process got a stop signal (all processes must stop at the same step)."""
+        return bool(parallel.all_reduce_sum(torch.tensor([float(flag)]), self.info)[0] > 0)
+
+    def step(self, stream) -> dict:
+        p, train = self.progress, self.train
+        lr = learning_rate(p.step, train.lr, train.min_lr, train.warmup_steps, train.steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum, corrupt = 0.0, 0
+        for micro in range(train.grad_accum):
+            p.epoch, p.batch_in_epoch, batch = next(stream)
+            corrupt += batch["corrupt"]
+            inputs = self.inputs(batch, p.micro_step)
+            p.micro_step += 1
+            with parallel.gradient_sync(self.objective, micro == train.grad_accum - 1), self.autocast:
+                loss, _ = self.objective(inputs.x, inputs.y)
+                (loss * (inputs.weight / train.grad_accum)).backward()
+            loss_sum += loss.item() * inputs.weight
+        params = list(parallel.model_parameters(self.objective).values())
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            params, train.grad_clip if train.grad_clip > 0 else math.inf
+        )
+        grad_norm = (
+            float(parallel.full_tensor(grad_norm)) if hasattr(grad_norm, "full_tensor") else float(grad_norm)
+        )
+        totals = parallel.all_reduce_sum(
+            torch.tensor([loss_sum, float(not math.isfinite(loss_sum)), float(corrupt)], dtype=torch.float64),
+            self.info,
+        )
+        loss_mean = float(totals[0]) / (train.grad_accum * self.info.world_size)
+        if totals[1] > 0 or not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)  # the NaN/inf guard: no update from this step
+            p.skipped_steps += 1
+        else:
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update()
+        p.step += 1
+        p.corrupt_images += int(totals[2])
+        p.samples_seen += train.batch_size
+        return {
+            "step": p.step,
+            "loss": loss_mean,
+            "bits_per_dim": bits_per_dim_from_loss(loss_mean) if math.isfinite(loss_mean) else loss_mean,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "skipped_steps": p.skipped_steps,
+            "corrupt_images": p.corrupt_images,
+        }
+
+    # ----- outputs ----------------------------------------------------------------------
+    def _full_states(self) -> tuple[dict, dict | None]:
+        """Full model and EMA state_dicts on CPU (collectives: every process calls this)."""
+        model_state = parallel.full_model_state(self.objective)
+        if self.ema is None:
+            return model_state, None
+        buffers = dict(parallel.unwrapped(self.objective).model.named_buffers())
+        return model_state, self.ema.full_state(buffers)
+
+    def save(self) -> Path | None:
+        model_state, ema_state = self._full_states()
+        optimizer_state = get_optimizer_state_dict(
+            self.objective, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+        rng = [state.rng_state()]
+        if self.info.distributed:
+            rng = [None] * self.info.world_size
+            torch.distributed.all_gather_object(rng, state.rng_state())
+        path = None
+        if self.info.is_main:
+            training_state = {
+                "format": state.STATE_FORMAT,
+                "progress": self.progress.to_dict(),
+                "optimizer": optimizer_state,
+                "scheduler": {"kind": "warmup_cosine", "step": self.progress.step},
+                "rng": rng,
+                "world_size": self.info.world_size,
+            }
+            path = state.save_checkpoint(
+                self.out_dir,
+                self.config,
+                self.run_config.to_dict(),
+                model_state,
+                ema_state,
+                training_state,
+                self.train.keep_checkpoints,
+            )
+            plot_loss_curve(self.log.records(), self.out_dir / "loss.png")
+        if self.info.distributed:
+            torch.distributed.barrier()
+        return path
+
+    def save_samples(self) -> None:
+        model_state, ema_state = self._full_states()
+        if not self.info.is_main:
+            return
+        with torch.device("meta"):
+            model = StarFlow(self.config)
+        model.load_state_dict(ema_state or model_state, assign=True)
+        model.to(self.info.device).eval()
+        conditions, rows = sample_conditions(self.config, self.dataset, self.inputs, self.train.sample_count)
+        count = len(conditions) if conditions is not None else self.train.sample_count
+        null = self.inputs.null_condition(count)
+        pixel_space = isinstance(self.dataset, ImageFolderDataset)
+        image = sample_grid(
+            model,
+            conditions,
+            null,
+            count,
+            rows,
+            self.train.sample_guidance,
+            self.train.seed,
+            pixel_space,
+            self.vae,
+        )
+        text = {"step": str(self.progress.step), "config": json.dumps(self.run_config.to_dict())}
+        save_png(image, self.out_dir / "samples" / f"step_{self.progress.step:08d}.png", text)
