@@ -13,12 +13,12 @@ import json
 import time
 from pathlib import Path
 
-import starflow_mlx  # noqa: F401  (first: loads OpenBLAS on Linux before mlx)
 import mlx.core as mx  # noqa: I001
 import numpy as np
 from PIL import Image, PngImagePlugin
 from safetensors.numpy import load_file
 
+import starflow_mlx  # noqa: F401  (first: loads OpenBLAS on Linux before mlx)
 from starflow_mlx import SamplingStats, StarFlow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,16 +62,31 @@ def main() -> None:
     mx.eval(jacobi)
     jac_time = time.perf_counter() - start
     official = io["sample_cfg"].transpose(0, 2, 3, 1)
-    print(f"guided sample (w={args.guidance}) vs the official implementation: "
-          f"max abs diff {np.abs(np.array(sequential) - official).max():.2e}")
-    print(f"sequential {seq_time:.2f} s, Jacobi {jac_time:.2f} s, Jacobi iterations per chunk {stats.jacobi_iterations}")
+    print(
+        f"guided sample (w={args.guidance}) vs the official implementation: "
+        f"max abs diff {np.abs(np.array(sequential) - official).max():.2e}"
+    )
+    print(
+        f"sequential {seq_time:.2f} s, Jacobi {jac_time:.2f} s, Jacobi iterations per chunk {stats.jacobi_iterations}"
+    )
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     info = PngImagePlugin.PngInfo()
-    info.add_text("starflow", json.dumps({"model": "starflow_tiny (random weights)", "guidance": args.guidance,
-                                          "sampler": "sequential", "version": "0.1.0"}))
+    info.add_text(
+        "starflow",
+        json.dumps(
+            {
+                "model": "starflow_tiny (random weights)",
+                "guidance": args.guidance,
+                "sampler": "sequential",
+                "version": "0.1.0",
+            }
+        ),
+    )
     latents_to_image(np.array(sequential)).save(args.output, pnginfo=info)
-    print(f"wrote {args.output} (latent channels 0-2 of 2 guided samples; random weights, not an image model)")
+    print(
+        f"wrote {args.output} (latent channels 0-2 of 2 guided samples; random weights, not an image model)"
+    )
 
 
 if __name__ == "__main__":
