@@ -201,8 +201,9 @@ class LatentShardDataset(torch.utils.data.Dataset):
             raise ValueError(f"{folder} holds no encoded samples")
         self.locations = [(s, row) for s, shard in enumerate(self.shards) for row in range(shard["count"])]
         self.buckets = [self.shards[s]["bucket"] for s, _ in self.locations]
-        null = load_file(str(folder / self.index["null_text"]))
-        self.null_text = null["text"].float()  # (txt_size, txt_dim): the encoded empty prompt
+        self.null_text = None  # (txt_size, txt_dim): the encoded empty prompt, for text models
+        if "null_text" in self.index:
+            self.null_text = load_file(str(folder / self.index["null_text"]))["text"].float()
         self._handles: dict[int, object] = {}  # opened lazily, per worker process
 
     def __len__(self) -> int:
@@ -218,11 +219,12 @@ class LatentShardDataset(torch.utils.data.Dataset):
     def __getitem__(self, ref: SampleRef) -> dict:
         number, row = self.locations[ref.index]
         shard = self._shard(number)
-        return {
-            "latent": shard.get_slice("latents")[row].float(),
-            "text_features": shard.get_slice("text")[row].float(),
-            "slot": ref.slot,
-        }
+        item = {"latent": shard.get_slice("latents")[row : row + 1][0].float(), "slot": ref.slot}
+        if "text" in shard.keys():  # noqa: SIM118 (safe_open is not a dict)
+            item["text_features"] = shard.get_slice("text")[row : row + 1][0].float()
+        if "label" in shard.keys():  # noqa: SIM118
+            item["label"] = int(shard.get_slice("label")[row : row + 1][0])
+        return item
 
     def __getstate__(self) -> dict:  # safetensors handles cannot be pickled to workers
         state = dict(self.__dict__)

@@ -1,0 +1,131 @@
+"""Encode an image folder once into safetensors shards for latent models.
+
+Each shard holds one aspect-ratio bucket: `latents` (N, C, h, w) (VAE latents already
+times the scaling factor), and for text models `text` (N, txt_size, txt_dim) T5
+features with zero padding rows and `mask` (N, txt_size) uint8, or for label models
+`label` (N,) int64. `null_text.safetensors` holds the encoded empty prompt (the null
+condition of guidance); `index.json`, written last, lists the shards, so a folder
+without it is an unfinished encoding.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from starflow_convert.io import atomic_path, atomic_write_json
+
+from ..data import SHARD_INDEX, ImageFolderDataset
+
+INDEX_FORMAT = 1
+
+
+def _write_shard(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+
+
+@torch.no_grad()
+def encode_dataset(
+    images: str | Path,
+    out_dir: str | Path,
+    vae,
+    text_encoder=None,
+    *,
+    conditioning: str = "text",
+    image_size: int = 256,
+    txt_size: int = 128,
+    multiple: int = 8,
+    buckets: bool = False,
+    batch_size: int = 16,
+    shard_size: int = 1024,
+    dtype: torch.dtype = torch.float16,
+    device: str | torch.device = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Encode `images` with `vae` (and captions with `text_encoder`) into shards in `out_dir`.
+
+    vae: `.encode(images (B, 3, H, W) in [-1, 1], sample=False)` -> scaled latents;
+    text_encoder: `.encode(prompts, max_length)` -> (B, max_length, d). Corrupt images
+    are skipped and counted in the index. Returns the index.
+    """
+    if conditioning == "text" and text_encoder is None:
+        raise ValueError("text conditioning needs a text encoder (--text-encoder)")
+    dataset = ImageFolderDataset(images, conditioning, image_size, multiple, buckets)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    by_bucket: dict[str, list[int]] = {}
+    for index, bucket in enumerate(dataset.buckets):
+        by_bucket.setdefault(bucket, []).append(index)
+
+    shards, corrupt = [], 0
+    for bucket in sorted(by_bucket):
+        pending: dict[str, list[torch.Tensor]] = {}
+        for start in range(0, len(by_bucket[bucket]), batch_size):
+            chunk = by_bucket[bucket][start : start + batch_size]
+            pixels = [dataset.load_image(i, flip=False) for i in chunk]
+            kept = [(i, p) for i, p in zip(chunk, pixels, strict=True) if p is not None]
+            corrupt += len(chunk) - len(kept)
+            if progress is not None:
+                progress(len(chunk))
+            if not kept:
+                continue
+            batch = torch.stack([p for _, p in kept]).to(device)
+            encoded = {"latents": vae.encode(batch, sample=False).float().cpu().to(dtype)}
+            targets = [dataset.targets[i] for i, _ in kept]
+            if conditioning == "text":
+                features = text_encoder.encode(targets, txt_size).float().cpu()
+                encoded["text"] = features.to(dtype)
+                encoded["mask"] = (features.abs().sum(-1) > 0).to(torch.uint8)
+            elif conditioning == "label":
+                encoded["label"] = torch.tensor(targets, dtype=torch.long)
+            for key, value in encoded.items():
+                pending.setdefault(key, []).append(value)
+            while pending and sum(len(v) for v in pending["latents"]) >= shard_size:
+                shards.append(_flush(out_dir, len(shards), bucket, pending, shard_size))
+        if pending:
+            shards.append(_flush(out_dir, len(shards), bucket, pending, None))
+    if not shards:
+        raise ValueError(f"no image of {images} could be decoded ({corrupt} corrupt); nothing was encoded")
+
+    index = {
+        "format": INDEX_FORMAT,
+        "conditioning": conditioning,
+        "in_channels": shards[0]["shape"][0],
+        "image_size": image_size,
+        "txt_size": txt_size if conditioning == "text" else 0,
+        "class_names": dataset.class_names,
+        "corrupt_images": corrupt,
+        "count": sum(s["count"] for s in shards),
+        "shards": shards,
+    }
+    if conditioning == "text":
+        null = text_encoder.encode([""], txt_size).float().cpu()[0]
+        _write_shard(out_dir / "null_text.safetensors", {"text": null.to(dtype)})
+        index["null_text"] = "null_text.safetensors"
+        index["txt_dim"] = int(null.shape[-1])
+    atomic_write_json(out_dir / SHARD_INDEX, index)
+    return index
+
+
+def _flush(out_dir: Path, number: int, bucket: str, pending: dict, limit: int | None) -> dict:
+    """Write up to `limit` pending samples (all if None) as one shard; keep the rest pending."""
+    merged = {key: torch.cat(values) for key, values in pending.items()}
+    count = len(merged["latents"]) if limit is None else limit
+    name = f"shard_{number:05d}.safetensors"
+    _write_shard(out_dir / name, {key: value[:count] for key, value in merged.items()})
+    pending.clear()
+    if count < len(merged["latents"]):
+        pending.update({key: [value[count:]] for key, value in merged.items()})
+    return {"file": name, "count": count, "bucket": bucket, "shape": list(merged["latents"].shape[1:])}
+
+
+def describe(index: dict) -> str:
+    return (
+        json.dumps({k: v for k, v in index.items() if k != "shards"}) + f" in {len(index['shards'])} shards"
+    )
