@@ -1,0 +1,254 @@
+"""The generation command line shared by `python -m starflow_mlx.generate` and
+`python -m starflow_torch.sample`: argument parsing, then library calls.
+
+Each twin supplies a `Backend` (how to load its pipeline, measure peak memory, and which
+data-parallel rank it is). Errors a user can cause print one clear line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import secrets
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .generation import (
+    aspect_ratio_size,
+    check_output_writable,
+    check_size,
+    parse_aspect_ratio,
+    png_metadata,
+    rank_share,
+    snap_size,
+)
+from .hub import resolve
+from .pipeline_folder import PipelineParts
+
+EXIT_USAGE = 2
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass
+class Backend:
+    """What differs between the twins' CLIs."""
+
+    name: str  # "mlx" | "torch"
+    load: Callable[[PipelineParts, argparse.Namespace], Any]  # -> StarFlowPipeline
+    peak_memory: Callable[[], int | None]  # bytes
+    demo_folder: Path
+    rank: int = 0
+    world_size: int = 1
+
+
+def build_parser(prog: str, description: str, torch: bool = False) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("prompts", nargs="*", help="prompt(s); class names or indices for label models")
+    parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    parser.add_argument("--prompt-file", type=Path, help="a text file with one prompt per line")
+    parser.add_argument(
+        "--model", help="release name (starflow-3b-t2i-256), pipeline folder or Hub repo id; default: demo"
+    )
+    parser.add_argument("--decoder", type=Path, help="VAE folder / weights fine-tuned on noisy latents")
+    parser.add_argument("--seed", type=int, nargs="+", help="seed(s); each prompt is sampled with each seed")
+    parser.add_argument("--n-images", type=int, help="images per prompt (seeds seed, seed+1, ...)")
+    parser.add_argument("--cfg", type=float, help="classifier-free guidance weight (default: the model's)")
+    sampler = parser.add_mutually_exclusive_group()
+    sampler.add_argument("--jacobi", action="store_true", default=None, help="block-parallel Jacobi sampling")
+    sampler.add_argument("--sequential", dest="jacobi", action="store_false", help="token-by-token sampling")
+    parser.add_argument("--jacobi-block-size", type=int, help="tokens per Jacobi chunk (default 16)")
+    parser.add_argument("--jacobi-tol", type=float, help="Jacobi convergence tolerance (default 1e-3)")
+    parser.add_argument("--jacobi-max-iter", type=int, help="Jacobi iterations per chunk at most (32)")
+    parser.add_argument("--aspect-ratio", help="W:H such as 1:1, 3:2, 16:9 (area of the training size)")
+    parser.add_argument("--height", type=int, help="image height in pixels")
+    parser.add_argument("--width", type=int, help="image width in pixels")
+    parser.add_argument("--snap", action="store_true", help="round --height/--width to valid sizes")
+    parser.add_argument("--no-denoise", action="store_true", help="decode the noisy flow samples as they are")
+    parser.add_argument("--batch-size", type=int, default=4, help="images sampled together")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    if torch:
+        parser.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when available)")
+    else:
+        parser.add_argument("--quantize", type=int, choices=(4, 8), help="quantize the flow to 4 or 8 bits")
+    parser.add_argument("--output", type=Path, default=Path("starflow.png"), help="PNG file or directory")
+    parser.add_argument("--grid", action="store_true", help="write one grid image instead of one per image")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+# ----- requests ---------------------------------------------------------------------------
+def read_prompts(args: argparse.Namespace, parts: PipelineParts) -> list[str]:
+    prompts = list(args.prompts) + list(args.prompt)
+    if args.prompt_file is not None:
+        try:
+            lines = args.prompt_file.read_text(encoding="utf-8").splitlines()
+        except OSError as err:
+            raise ValueError(f"cannot read --prompt-file {args.prompt_file}: {err.strerror or err}") from err
+        from_file = [line.strip() for line in lines if line.strip()]
+        if not from_file:
+            raise ValueError(f"--prompt-file {args.prompt_file} holds no prompts (it is empty)")
+        prompts += from_file
+    if not prompts:
+        config = parts.flow_config
+        if parts.default_prompts:
+            prompts = list(parts.default_prompts)
+        elif config.txt_dim == 0 and config.num_classes == 0:
+            prompts = [""]  # unconditional
+        else:
+            raise ValueError("give a prompt (positional, --prompt or --prompt-file)")
+    return prompts
+
+
+def read_seeds(args: argparse.Namespace) -> list[int]:
+    if args.n_images is not None and args.n_images < 1:
+        raise ValueError(f"--n-images must be >= 1, got {args.n_images}")
+    if args.seed and len(args.seed) > 1:
+        if args.n_images not in (None, len(args.seed)):
+            raise ValueError(f"--n-images {args.n_images} disagrees with the {len(args.seed)} seeds given")
+        return list(args.seed)
+    first = args.seed[0] if args.seed else secrets.randbelow(2**31)
+    return [first + i for i in range(args.n_images or 1)]
+
+
+def image_size(args: argparse.Namespace, parts: PipelineParts) -> tuple[int, int]:
+    """(height, width) from --height/--width/--aspect-ratio, checked before any weights load."""
+    config = parts.flow_config
+    multiple = parts.vae_downsample * config.patch_size
+    base = config.img_size * parts.vae_downsample
+    if args.height and args.width:
+        if args.aspect_ratio:
+            raise ValueError("give --aspect-ratio or both --height and --width, not all three")
+        height, width = args.height, args.width
+    elif args.height or args.width:  # the other side from the aspect ratio, rounded to a valid size
+        ratio = parse_aspect_ratio(args.aspect_ratio or "1:1")
+        height = args.height or max(multiple, round(args.width / ratio / multiple) * multiple)
+        width = args.width or max(multiple, round(args.height * ratio / multiple) * multiple)
+    elif args.aspect_ratio:
+        height, width = aspect_ratio_size(base, args.aspect_ratio, multiple)
+    else:
+        height, width = base, base
+    if args.snap:
+        height, width = snap_size(height, width, multiple)
+    check_size(height, width, multiple, f"VAE downsample {parts.vae_downsample} x patch {config.patch_size}")
+    if config.uses_pos_embed and (height, width) != (base, base):
+        raise ValueError(f"this model has a learned position embedding and only makes {base}x{base} images")
+    return height, width
+
+
+# ----- outputs ----------------------------------------------------------------------------
+def output_directory(output: Path) -> Path:
+    return output.parent if output.suffix.lower() == ".png" else output
+
+
+def image_path(output: Path, index: int, seed: int, total: int) -> Path:
+    """Where image `index` (global over all ranks, so names never collide) goes."""
+    if output.suffix.lower() == ".png":
+        if total == 1:
+            return output
+        return output.with_name(f"{output.stem}_{index:04d}_seed{seed}.png")
+    return output / f"{index:04d}_seed{seed}.png"
+
+
+def grid_path(output: Path, rank: int, world_size: int) -> Path:
+    path = output if output.suffix.lower() == ".png" else output / "grid.png"
+    return path.with_name(f"{path.stem}_rank{rank}.png") if world_size > 1 else path
+
+
+def make_grid(images: Sequence[np.ndarray]) -> np.ndarray:
+    """uint8 (H, W, 3) images of one size -> one near-square grid, black padding."""
+    count = len(images)
+    cols = int(np.ceil(np.sqrt(count)))
+    rows = int(np.ceil(count / cols))
+    height, width, channels = images[0].shape
+    grid = np.zeros((rows * height, cols * width, channels), dtype=np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, cols)
+        grid[r * height : (r + 1) * height, c * width : (c + 1) * width] = image
+    return grid
+
+
+def save_png(path: Path, pixels: np.ndarray, metadata: dict[str, str]) -> None:
+    from PIL import Image
+
+    from .io import atomic_path
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(pixels).save(tmp, format="PNG", pnginfo=png_metadata(metadata))
+
+
+# ----- the run -----------------------------------------------------------------------------
+def run(args: argparse.Namespace, backend: Backend) -> int:
+    if args.model is None:
+        if not (backend.demo_folder / "model_index.json").is_file():
+            raise FileNotFoundError(
+                f"the embedded demo model is not installed yet ({backend.demo_folder} is missing); "
+                "pass --model starflow-3b-t2i-256 (or a pipeline folder) and a prompt"
+            )
+        args.model = str(backend.demo_folder)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_output_writable(output_directory(args.output))
+    parts = resolve(args.model)
+    prompts, seeds = read_prompts(args, parts), read_seeds(args)
+    height, width = image_size(args, parts)
+    jobs = [(p, s) for p in prompts for s in seeds]  # every prompt with every seed
+    mine = rank_share(jobs, backend.rank, backend.world_size)
+    start = time.perf_counter()
+    pipe = backend.load(parts, args)
+    written, grid_images, grid_meta = [], [], []
+    for first in range(0, len(mine), args.batch_size):
+        indices = mine[first : first + args.batch_size]
+        result = pipe.generate(
+            [jobs[i][0] for i in indices],
+            seeds=[jobs[i][1] for i in indices],
+            guidance=args.cfg,
+            jacobi=args.jacobi,
+            block_size=args.jacobi_block_size,
+            tol=args.jacobi_tol,
+            max_iter=args.jacobi_max_iter,
+            height=height,
+            width=width,
+            denoise=not args.no_denoise,
+            progress=not args.quiet,
+        )
+        for row, (index, pixels) in enumerate(zip(indices, result.uint8(), strict=True)):
+            if args.grid:
+                grid_images.append(pixels)
+                grid_meta.append(result.metadata(row))
+                continue
+            path = image_path(args.output, index, jobs[index][1], len(jobs))
+            save_png(path, pixels, result.metadata(row))
+            written.append(path)
+    if args.grid and grid_images:
+        path = grid_path(args.output, backend.rank, backend.world_size)
+        meta = dict(grid_meta[0])
+        meta["prompt"] = json.dumps([m["prompt"] for m in grid_meta])
+        meta["seed"] = json.dumps([int(m["seed"]) for m in grid_meta])
+        save_png(path, make_grid(grid_images), meta)
+        written.append(path)
+    elapsed = time.perf_counter() - start
+    for path in written:
+        print(f"wrote {path}")
+    peak = backend.peak_memory()
+    memory = f", peak memory {peak / 2**30:.2f} GB" if peak else ""
+    count = len(mine)
+    print(f"{count} image(s) in {elapsed:.1f} s ({elapsed / max(count, 1):.1f} s/image){memory}")
+    return 0
+
+
+def main(argv: Sequence[str] | None, parser: argparse.ArgumentParser, backend: Backend) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    warnings.simplefilter("default")
+    try:
+        return run(args, backend)
+    except (ValueError, OSError, NotImplementedError) as err:  # the user's input; message says the fix
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE

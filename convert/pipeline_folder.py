@@ -1,0 +1,232 @@
+"""Our pipeline folder format, laid out like a diffusers pipeline (framework-free).
+
+    model_index.json        which parts exist, sampling defaults, class names
+    transformer/            the flow: config.json + model.safetensors (our format)
+    vae/                    diffusers AutoencoderKL folder (latent models only)
+    text_encoder/           transformers T5 encoder folder (text models only)
+    tokenizer/              spiece.model (+ tokenizer.json ...) for that encoder
+    decoder/                optional: a VAE whose decoder was fine-tuned on noisy latents
+
+`PipelineParts` is where each part lives on disk, whatever the source (a local folder,
+the Hub snapshots of an official release); both twins load from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .config import FlowConfig
+from .generation import GenerationSettings
+from .io import atomic_write_json
+
+MODEL_INDEX = "model_index.json"
+FLOW_CONFIG = "config.json"
+FLOW_WEIGHTS = "model.safetensors"
+TOKENIZER_FILES = ("spiece.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+COMPONENT_CLASSES = {
+    "transformer": ["starflow", "StarFlow"],
+    "vae": ["diffusers", "AutoencoderKL"],
+    "text_encoder": ["transformers", "T5EncoderModel"],
+    "tokenizer": ["transformers", "T5Tokenizer"],
+    "decoder": ["diffusers", "AutoencoderKL"],
+}
+_INDEX_KEYS = {"_class_name", "_starflow_version", "name", "sampling", "labels", "default_prompts"}
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("starflow-mlx")
+    except PackageNotFoundError:
+        return "0.1.0"
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineParts:
+    """Where the parts of one pipeline live. `decoder` is a VAE folder or a weights file
+    (e.g. the official fine-tuned `pytorch_model.bin`) whose decoder replaces score denoising."""
+
+    name: str
+    transformer: Path
+    vae: Path | None = None
+    text_encoder: Path | None = None
+    tokenizer: Path | None = None
+    decoder: Path | None = None
+    sampling: GenerationSettings = GenerationSettings()
+    labels: tuple[str, ...] | None = None
+    default_prompts: tuple[str, ...] = ()
+
+    @property
+    def flow_config(self) -> FlowConfig:
+        return FlowConfig.load(self.transformer / FLOW_CONFIG)
+
+    @property
+    def vae_downsample(self) -> int:
+        """Pixels per latent pixel: 2^(len(block_out_channels) - 1) of the VAE, 1 without one."""
+        if self.vae is None:
+            return 1
+        config = json.loads((self.vae / "config.json").read_text())
+        return 2 ** (len(config.get("block_out_channels", (128, 256, 512, 512))) - 1)
+
+    def with_decoder(self, decoder: str | Path | None) -> PipelineParts:
+        if decoder is None:
+            return self
+        decoder = Path(decoder)
+        if not decoder.exists():
+            raise FileNotFoundError(f"no fine-tuned decoder at {decoder}")
+        if self.vae is None:
+            raise ValueError("a fine-tuned decoder needs a latent model with a VAE")
+        return dataclasses.replace(self, decoder=decoder)
+
+    def check(self) -> None:
+        """Raise naming the missing part if these parts cannot make images."""
+        config = self.flow_config
+        for name in ("transformer", "vae", "text_encoder", "tokenizer"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_dir():
+                raise FileNotFoundError(f"{self.name}: the {name} folder {path} does not exist")
+        text_model = config.txt_dim > 0 and not config.label_conditioned
+        if text_model and (self.text_encoder is None or self.tokenizer is None):
+            raise ValueError(
+                f"{self.name}: the flow is text-conditioned (txt_dim={config.txt_dim}) but the pipeline "
+                "has no text_encoder/ and tokenizer/; add them (starflow-convert pipeline)"
+            )
+        if self.vae is None and config.in_channels != 3:
+            raise ValueError(
+                f"{self.name}: the flow makes {config.in_channels}-channel latents "
+                "but the pipeline has no vae/"
+            )
+        if self.vae is not None:
+            latent = json.loads((self.vae / "config.json").read_text()).get("latent_channels", 4)
+            if latent != config.in_channels:
+                raise ValueError(
+                    f"{self.name}: the VAE has {latent} latent channels, "
+                    f"the flow in_channels={config.in_channels}"
+                )
+
+
+def _component(index: dict[str, Any], folder: Path, name: str) -> Path | None:
+    entry = index.get(name)
+    if entry is None or entry == [None, None]:
+        return None
+    path = folder / name
+    if not path.is_dir():
+        raise FileNotFoundError(f"{folder / MODEL_INDEX} names {name!r} but {path} is missing")
+    return path
+
+
+def read_pipeline_folder(folder: str | Path) -> PipelineParts:
+    """Parts of a pipeline folder (model_index.json), or of a bare flow folder (config.json +
+    model.safetensors) for pixel models that need no VAE or text encoder."""
+    folder = Path(folder)
+    index_path = folder / MODEL_INDEX
+    if not index_path.is_file():
+        if (folder / FLOW_CONFIG).is_file() and (folder / FLOW_WEIGHTS).is_file():
+            parts = PipelineParts(name=folder.name, transformer=folder)
+            parts.check()
+            return parts
+        raise FileNotFoundError(
+            f"{folder} is neither a pipeline folder ({MODEL_INDEX}) nor a flow folder "
+            f"({FLOW_CONFIG} + {FLOW_WEIGHTS}); build one with starflow-convert"
+        )
+    try:
+        index = json.loads(index_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{index_path} is not valid JSON: {err}") from err
+    unknown = sorted(set(index) - _INDEX_KEYS - set(COMPONENT_CLASSES))
+    if unknown:
+        raise ValueError(f"{index_path}: unknown keys {unknown}")
+    transformer = _component(index, folder, "transformer")
+    if transformer is None:
+        raise ValueError(f"{index_path} names no transformer")
+    labels = index.get("labels")
+    parts = PipelineParts(
+        name=index.get("name") or folder.name,
+        transformer=transformer,
+        vae=_component(index, folder, "vae"),
+        text_encoder=_component(index, folder, "text_encoder"),
+        tokenizer=_component(index, folder, "tokenizer"),
+        decoder=_component(index, folder, "decoder"),
+        sampling=GenerationSettings.from_dict(index.get("sampling") or {}),
+        labels=tuple(labels) if labels else None,
+        default_prompts=tuple(index.get("default_prompts") or ()),
+    )
+    parts.check()
+    return parts
+
+
+def model_index(parts: PipelineParts) -> dict[str, Any]:
+    index: dict[str, Any] = {
+        "_class_name": "StarFlowPipeline",
+        "_starflow_version": package_version(),
+        "name": parts.name,
+    }
+    for name, classes in COMPONENT_CLASSES.items():
+        index[name] = classes if getattr(parts, name) is not None else [None, None]
+    index["sampling"] = dataclasses.asdict(parts.sampling)
+    index["labels"] = list(parts.labels) if parts.labels else None
+    index["default_prompts"] = list(parts.default_prompts)
+    return index
+
+
+def _place(source: Path, target: Path) -> None:
+    """Hard-link (free, and safe if the source is deleted) or copy one file."""
+    source = source.resolve()  # Hub snapshots hold symlinks into blobs/
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _component_files(name: str, folder: Path) -> list[Path]:
+    if name == "tokenizer":
+        files = [folder / f for f in TOKENIZER_FILES if (folder / f).is_file()]
+        if not files or not (folder / "spiece.model").is_file():
+            raise FileNotFoundError(f"{folder} holds no spiece.model for the tokenizer")
+        return files
+    if name == "text_encoder":
+        patterns = ("config.json", "model*.safetensors", "model.safetensors.index.json")
+    elif name in ("vae", "decoder"):
+        patterns = ("config.json", "*.safetensors", "*.bin")
+    else:
+        patterns = (FLOW_CONFIG, FLOW_WEIGHTS)
+    files = sorted({p for pattern in patterns for p in folder.glob(pattern) if p.is_file()})
+    if not any(p.name == "config.json" for p in files):
+        raise FileNotFoundError(f"{folder} holds no config.json for the {name}")
+    return files
+
+
+def write_pipeline_folder(parts: PipelineParts, out: str | Path, overwrite: bool = False) -> list[Path]:
+    """Assemble `parts` into a pipeline folder at `out` (files hard-linked or copied); returns the
+    files written. Refuses an existing `out` unless overwrite."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    parts.check()
+    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    if staging.exists():
+        shutil.rmtree(staging)
+    written = []
+    for name in ("transformer", "vae", "text_encoder", "tokenizer", "decoder"):
+        source = getattr(parts, name)
+        if source is None:
+            continue
+        source = Path(source)
+        if name == "decoder" and source.is_file():
+            raise ValueError("write_pipeline_folder needs the decoder as a VAE folder, not a weights file")
+        for file in _component_files(name, source):
+            _place(file, staging / name / file.name)
+            written.append(out / name / file.name)
+    atomic_write_json(staging / MODEL_INDEX, model_index(parts))
+    written.append(out / MODEL_INDEX)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(staging, out)
+    return written

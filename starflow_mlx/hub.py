@@ -1,0 +1,49 @@
+"""Model sources for MLX: resolve a folder, release name or Hub repo (starflow_convert.hub)
+and load each part of the pipeline as an MLX module."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+from starflow_convert.hub import RELEASES, MissingModelFileError, resolve
+from starflow_convert.pipeline_folder import PipelineParts
+
+from .model import StarFlow
+from .t5 import T5Encoder
+from .text import SPIECE_NAME, T5Tokenizer, TextEncoder
+from .vae import AutoencoderKL
+
+__all__ = [
+    "RELEASES",
+    "MissingModelFileError",
+    "load_decoder",
+    "load_flow",
+    "load_text_encoder",
+    "load_vae",
+    "resolve",
+]
+
+
+def load_flow(parts: PipelineParts, dtype: mx.Dtype | None = None) -> StarFlow:
+    return StarFlow.from_pretrained(parts.transformer, dtype=dtype)
+
+
+def load_vae(parts: PipelineParts, dtype: mx.Dtype = mx.float32) -> AutoencoderKL | None:
+    return None if parts.vae is None else AutoencoderKL.from_pretrained(parts.vae, dtype=dtype)
+
+
+def load_decoder(parts: PipelineParts, dtype: mx.Dtype = mx.float32) -> AutoencoderKL | None:
+    """The VAE with the decoder fine-tuned on noisy latents: a VAE folder, or a weights file
+    (official `pytorch_model.bin` naming) read into the pipeline's VAE architecture."""
+    if parts.decoder is None:
+        return None
+    if parts.decoder.is_dir():
+        return AutoencoderKL.from_pretrained(parts.decoder, dtype=dtype)
+    return AutoencoderKL.from_pretrained(parts.vae, weights_file=parts.decoder, dtype=dtype)
+
+
+def load_text_encoder(parts: PipelineParts, dtype: mx.Dtype = mx.float32) -> TextEncoder | None:
+    if parts.text_encoder is None:
+        return None
+    tokenizer = T5Tokenizer(parts.tokenizer / SPIECE_NAME)
+    return TextEncoder(tokenizer, T5Encoder.from_pretrained(parts.text_encoder, dtype=dtype))
