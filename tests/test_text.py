@@ -146,6 +146,8 @@ def test_full_t5_checkpoint_decoder_is_ignored(tiny_t5, tmp_path):
     features = TextEncoder.from_pretrained(tmp_path).encode(PROMPTS, MAX_LENGTH)
     expected = reference_features(full.get_encoder(), tokenizer, PROMPTS)
     assert np.abs(np.array(features) - expected).max() < FP32_TOLERANCE
+    twin_features = TorchTextEncoder.from_pretrained(tmp_path).encode(PROMPTS, MAX_LENGTH).numpy()
+    assert np.abs(twin_features - expected).max() < FP32_TOLERANCE
 
 
 def test_original_t5_relu_feed_forward(tiny_t5, tmp_path):
