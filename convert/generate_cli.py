@@ -237,7 +237,13 @@ def run(args: argparse.Namespace, backend: Backend) -> int:
     for path in written:
         print(f"wrote {path}")
     peak = backend.peak_memory()
-    memory = f", peak memory {peak / 2**30:.2f} GB" if peak else ""
+    memory = ""
+    if peak:
+        memory = (
+            f", peak memory {peak / 2**30:.2f} GB"
+            if peak >= 2**30
+            else f", peak memory {peak / 2**20:.0f} MB"
+        )
     count = len(mine)
     print(f"{count} image(s) in {elapsed:.1f} s ({elapsed / max(count, 1):.1f} s/image){memory}")
     return 0

@@ -1,0 +1,147 @@
+"""starflow-convert: official checkpoints and Hub repos -> our folders.
+
+    starflow-convert flow starflow_3B_t2i_256x256.pth --preset starflow-3b-t2i-256 -o flow/
+    starflow-convert flow official.pth --config starflow_3B_t2i_256x256.yaml -o flow/ --dtype bfloat16
+    starflow-convert flow flow/ -o flow-q4/ --quantize 4          # MLX quantization (starflow_mlx)
+    starflow-convert pipeline --model starflow-3b-t2i-256 -o starflow-3b/   # flow + VAE + T5 folder
+
+`.pth` files are converted without torch, one tensor in memory at a time. Outputs are
+never overwritten without --overwrite. Errors a user can cause exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import FlowConfig, from_official_yaml, preset
+from .hub import convert_official_flow, resolve
+from .pipeline_folder import FLOW_CONFIG, FLOW_WEIGHTS, write_pipeline_folder
+
+EXIT_USAGE = 2
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="starflow-convert", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    flow = commands.add_parser(
+        "flow", help="an official .pth (or one of our flow folders) -> our flow folder"
+    )
+    flow.add_argument("source", type=Path, help="official .pth checkpoint, or our flow folder to re-save")
+    config = flow.add_mutually_exclusive_group()
+    config.add_argument("--preset", help="named configuration, e.g. starflow-3b-t2i-256")
+    config.add_argument(
+        "--config", type=Path, help="official YAML, official constructor JSON or our config.json"
+    )
+    flow.add_argument("--txt-dim", type=int, help="text encoder width, if an official YAML cannot tell")
+    add_output_arguments(flow)
+
+    pipeline = commands.add_parser("pipeline", help="a full pipeline folder: flow + vae + text encoder")
+    pipeline.add_argument("--model", default="starflow-3b-t2i-256", help="release name, folder or Hub repo")
+    add_output_arguments(pipeline)
+    return parser
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--output", type=Path, required=True, help="folder to write")
+    parser.add_argument("--dtype", choices=DTYPES, help="store floating-point weights in this dtype")
+    parser.add_argument("--quantize", type=int, choices=(4, 8), help="MLX-quantize the flow to 4 or 8 bits")
+    parser.add_argument("--group-size", type=int, default=64, choices=(32, 64, 128))
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
+# ----- library calls ------------------------------------------------------------------------
+def flow_config(args: argparse.Namespace, source: Path) -> FlowConfig:
+    if args.preset:
+        return preset(args.preset)
+    if args.config is None:
+        raise ValueError(f"{source} is an official checkpoint: pass --preset NAME or --config FILE")
+    if args.config.suffix in (".yaml", ".yml"):
+        return from_official_yaml(args.config, txt_dim=args.txt_dim)
+    return FlowConfig.load(args.config)
+
+
+def resave_with_mlx(folder: Path, out: Path, dtype: str | None, bits: int | None, group_size: int) -> None:
+    """Load our flow folder in MLX, cast and/or quantize it, save it to `out`."""
+    try:
+        import starflow_mlx  # before mlx.core: it selects MLX's BLAS
+        from starflow_mlx.pipeline import quantize_flow
+    except ImportError as err:
+        raise NotImplementedError(
+            f"--quantize and re-saving a folder need starflow_mlx (MLX): {err}"
+        ) from err
+    import mlx.core as mx
+
+    model = starflow_mlx.StarFlow.from_pretrained(folder, dtype=getattr(mx, dtype) if dtype else None)
+    if bits is not None:
+        quantize_flow(model, bits, group_size)
+        if model.config.quantization is None:
+            model.config = model.config.replace(quantization=(bits, group_size))
+    model.save_pretrained(out)
+
+
+def convert_flow(args: argparse.Namespace) -> Path:
+    source, out = args.source, args.output
+    if source.is_dir():
+        if not (source / FLOW_CONFIG).is_file():
+            raise FileNotFoundError(f"{source} is not one of our flow folders (no {FLOW_CONFIG})")
+        if args.dtype is None and args.quantize is None:
+            raise ValueError("re-saving a flow folder needs --dtype and/or --quantize")
+        resave_with_mlx(source, out, args.dtype, args.quantize, args.group_size)
+        return out
+    if not source.is_file():
+        raise FileNotFoundError(f"no checkpoint at {source}")
+    config = flow_config(args, source)
+    if args.quantize is None:
+        return convert_official_flow(source, config, out, dtype=args.dtype or "float32")
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        convert_official_flow(source, config, Path(tmp) / "flow")
+        resave_with_mlx(Path(tmp) / "flow", out, args.dtype, args.quantize, args.group_size)
+    return out
+
+
+def convert_pipeline(args: argparse.Namespace) -> Path:
+    parts = resolve(args.model)
+    if args.dtype is None and args.quantize is None:
+        write_pipeline_folder(parts, args.output, overwrite=args.overwrite)
+        return args.output
+    with tempfile.TemporaryDirectory(dir=args.output.parent) as tmp:
+        flow = Path(tmp) / "transformer"
+        resave_with_mlx(parts.transformer, flow, args.dtype, args.quantize, args.group_size)
+        write_pipeline_folder(dataclasses.replace(parts, transformer=flow), args.output, overwrite=True)
+    return args.output
+
+
+def run(args: argparse.Namespace) -> int:
+    out = args.output
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.command == "flow":
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        convert_flow(args)
+    else:
+        convert_pipeline(args)
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)")
+    if (out / FLOW_WEIGHTS).is_file() or (out / "model_index.json").is_file():
+        print(f"done: {out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, OSError, NotImplementedError) as err:
+        print(f"starflow-convert: error: {err}", file=sys.stderr)
+        return EXIT_USAGE

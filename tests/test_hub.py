@@ -1,0 +1,132 @@
+"""Model sources against a fake Hugging Face cache laid out as huggingface_hub lays it out.
+
+The official release "starflow-3b-t2i-256" resolves through its real repo and file names
+(apple/starflow / starflow_3B_t2i_256x256.pth, stabilityai/sd-vae-ft-ema, google/flan-t5-xl);
+a tiny checkpoint with the official key names (deprecated buffers included) stands in for
+the 3B one through the `flow_config` override. Nothing touches the network.
+"""
+
+from __future__ import annotations
+
+import huggingface_hub
+import numpy as np
+import pytest
+import torch
+
+import starflow_convert.hub as hub
+import starflow_mlx.pipeline as mlx_pipeline
+from starflow_convert.hub import MissingModelFileError, resolve
+from tests.helpers.tiny_components import make_tiny_t5_folder, make_tiny_vae_folder
+from tests.helpers.tiny_pipeline import TINY_TEXT_FLOW, add_to_fake_hub, make_tiny_pipeline
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def official_checkpoint(path):
+    """A tiny STARFlow state_dict as the official code saves it (with its dead buffers)."""
+    from starflow_torch import StarFlow
+
+    torch.manual_seed(0)
+    state = StarFlow(TINY_TEXT_FLOW).state_dict()
+    state["var"] = torch.ones(64, 4)
+    state["blocks.0.attn_mask"] = torch.ones(64, 64, dtype=torch.bool)
+    torch.save(state, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hub_sources")
+    make_tiny_t5_folder(root / "t5")
+    make_tiny_vae_folder(root / "vae")
+    return {
+        "pth": official_checkpoint(root / "official.pth"),
+        "t5": root / "t5",
+        "vae": root / "vae",
+        "pipeline": make_tiny_pipeline(root / "ours"),
+    }
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch, sources):
+    cache = tmp_path / "hf_cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("STARFLOW_MLX_CACHE", str(tmp_path / "converted"))
+    add_to_fake_hub(cache, "apple/starflow", {"starflow_3B_t2i_256x256.pth": sources["pth"]}, COMMIT)
+    vae_files = {name: sources["vae"] / name for name in hub.VAE_PATTERNS}
+    add_to_fake_hub(cache, "stabilityai/sd-vae-ft-ema", vae_files, COMMIT)
+    t5_files = {p.name: p for p in sources["t5"].iterdir() if p.is_file()}
+    add_to_fake_hub(cache, "google/flan-t5-xl", t5_files, COMMIT)
+    return cache
+
+
+def test_release_resolves_converts_once_and_generates(fake_hub, tmp_path, monkeypatch):
+    parts = resolve("starflow-3b-t2i-256", flow_config=TINY_TEXT_FLOW)
+    assert parts.transformer.is_relative_to(tmp_path / "converted")
+    assert parts.flow_config == TINY_TEXT_FLOW
+    assert parts.vae.name == COMMIT and parts.text_encoder.name == COMMIT  # the snapshots themselves
+    assert parts.sampling.guidance == 3.6 and parts.sampling.jacobi  # the official README settings
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("the converted cache should have been reused")
+
+    monkeypatch.setattr(hub, "convert_official_checkpoint", no_conversion)
+    again = resolve("starflow-3b-t2i-256", flow_config=TINY_TEXT_FLOW)
+    assert again.transformer == parts.transformer
+
+    pipe = mlx_pipeline.StarFlowPipeline.from_pretrained(parts)
+    result = pipe.generate("a cat", seeds=0, jacobi=False, guidance=1.0)
+    assert result.images.shape == (1, 16, 16, 3) and np.isfinite(result.images).all()
+
+
+def test_complete_cache_needs_no_network(fake_hub, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    calls = []
+    real_file, real_snapshot = huggingface_hub.hf_hub_download, huggingface_hub.snapshot_download
+
+    def file_download(*args, **kwargs):
+        calls.append(kwargs.get("local_files_only"))
+        return real_file(*args, **kwargs)
+
+    def snapshot_download(*args, **kwargs):
+        calls.append(kwargs.get("local_files_only"))
+        return real_snapshot(*args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", file_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    resolve("starflow-3b", flow_config=TINY_TEXT_FLOW)  # an alias
+    assert calls == [True, True, True]
+
+
+def test_missing_checkpoint_names_repo_file_and_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(MissingModelFileError) as info:
+        resolve("starflow-3b-t2i-256")
+    message = str(info.value)
+    assert "apple/starflow" in message and "HF_HUB_OFFLINE" in message
+    assert "hf download apple/starflow starflow_3B_t2i_256x256.pth" in message
+
+
+def test_missing_text_encoder_names_its_repo(fake_hub, monkeypatch):
+    import shutil
+
+    shutil.rmtree(fake_hub / "models--google--flan-t5-xl" / "snapshots" / COMMIT)
+    with pytest.raises(MissingModelFileError, match="hf download google/flan-t5-xl --include"):
+        resolve("starflow-3b-t2i-256", flow_config=TINY_TEXT_FLOW)
+
+
+def test_our_pipeline_repo_on_the_hub(fake_hub, sources):
+    folder = sources["pipeline"]
+    files = {str(p.relative_to(folder)): p for p in folder.rglob("*") if p.is_file()}
+    add_to_fake_hub(fake_hub, "someone/tiny-starflow", files, COMMIT)
+    parts = resolve("someone/tiny-starflow")
+    assert parts.name == "tiny-t2i" and parts.tokenizer.name == "tokenizer"
+
+
+def test_unknown_model_lists_the_choices(tmp_path):
+    with pytest.raises(ValueError, match="starflow-3b-t2i-256"):
+        resolve("not-a-model")
+    with pytest.raises(FileNotFoundError, match="neither a pipeline folder"):
+        resolve(tmp_path)
