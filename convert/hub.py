@@ -6,7 +6,7 @@ cache first (`local_files_only=True`), so a complete cache needs no network; wit
 HF_HUB_OFFLINE=1 the network is never used. A missing file raises
 `MissingModelFileError` naming the repo, the file and the `hf download` command.
 
-An official `.pth` is converted once, streaming (about one tensor in memory), into our
+An official `.pth` is converted once (convert.official: streaming, about one tensor in memory) into our
 format under the conversion cache (STARFLOW_MLX_CACHE, default ~/.cache/starflow_mlx),
 then reused. Framework-free: both twins call this.
 """
@@ -22,9 +22,8 @@ from pathlib import Path
 
 from .config import FlowConfig, preset
 from .generation import GenerationSettings
-from .keys import is_deprecated
+from .official import convert_official_checkpoint
 from .pipeline_folder import FLOW_CONFIG, FLOW_WEIGHTS, PipelineParts, read_pipeline_folder
-from .pth_reader import list_pth_tensors, stream_pth_to_safetensors
 
 __all__ = ["RELEASES", "MissingModelFileError", "OfficialRelease", "convert_official_flow", "resolve"]
 
@@ -180,73 +179,16 @@ def hub_snapshot(repo_id: str, patterns: tuple[str, ...], required: tuple[str, .
 
 
 # ----- official checkpoint -> our format ------------------------------------------------------
-def _state_dict_key(path: Path) -> str | None:
-    """None for a plain state dict, else the wrapper key ("model", "state_dict", "ema") holding it."""
-    errors = []
-    for key in (None, "model", "state_dict", "ema"):
-        try:
-            list_pth_tensors(path, key=key)
-            return key
-        except ValueError as err:
-            errors.append(err)
-    raise errors[0]
-
-
-def check_official_layout(
-    names_and_shapes: dict[str, tuple[int, ...]], config: FlowConfig, source: str
-) -> None:
-    """Cheap structural check before a long conversion: per-block layer counts and widths."""
-    problems = []
-    for i, layers in enumerate(config.layers_per_block):
-        found = {int(n.split(".")[3]) for n in names_and_shapes if n.startswith(f"blocks.{i}.attn_blocks.")}
-        if len(found) != layers:
-            problems.append(f"block {i} has {len(found)} layers, the config says {layers}")
-        shape = names_and_shapes.get(f"blocks.{i}.proj_in.weight")
-        if layers and shape != (config.channels, config.token_dim):
-            problems.append(
-                f"blocks.{i}.proj_in.weight is {shape}, expected {(config.channels, config.token_dim)}"
-            )
-        text = names_and_shapes.get(f"blocks.{i}.proj_txt.weight")
-        if layers and config.block_has_text(i) and text != (config.channels, config.txt_dim):
-            problems.append(
-                f"blocks.{i}.proj_txt.weight is {text}, expected {(config.channels, config.txt_dim)}"
-            )
-    extra = {n.split(".")[1] for n in names_and_shapes if n.startswith("blocks.")} - {
-        str(i) for i in range(config.num_blocks)
-    }
-    if extra:
-        problems.append(f"blocks {sorted(extra)} are not in the config (num_blocks={config.num_blocks})")
-    if problems:
-        raise ValueError(
-            f"{source} does not fit the configuration: " + "; ".join(problems) + ". Pass the matching "
-            "--preset or --config."
-        )
-
-
 def convert_official_flow(
-    pth: str | Path, config: FlowConfig, out: str | Path, dtype: str | None = None
+    pth: str | Path, config: FlowConfig, out: str | Path, dtype: str = "float32"
 ) -> Path:
-    """Official `.pth` -> our flow folder (config.json + model.safetensors), streaming one tensor
-    at a time, written into a temporary folder renamed onto `out` when complete."""
-    pth, out = Path(pth), Path(out)
-    if not pth.is_file():
-        raise FileNotFoundError(f"no checkpoint at {pth}")
-    key = _state_dict_key(pth)
-    infos = list_pth_tensors(pth, key=key)
-    check_official_layout({n: tuple(i.shape) for n, i in infos.items()}, config, str(pth))
+    """Official `.pth` -> our flow folder (convert.official: strict name/shape checks, then one
+    tensor at a time), written into a temporary folder renamed onto `out` when complete."""
+    out = Path(out)
     staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
     try:
-        stream_pth_to_safetensors(
-            pth,
-            staging / FLOW_WEIGHTS,
-            dtype=dtype,
-            key=key,
-            drop=lambda name: is_deprecated(name, config.family),
-            metadata={"format": "pt", "config": json.dumps(config.to_dict()), "source": pth.name},
-        )
-        config.save(staging / FLOW_CONFIG)
+        convert_official_checkpoint(pth, config, staging, dtype=dtype)
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)
