@@ -181,3 +181,27 @@ def test_shards_from_an_unfinished_encoding_are_refused(tmp_path):
     (shards / "index.json").unlink()
     with pytest.raises(FileNotFoundError, match="index.json"):
         LatentShardDataset(Path(shards))
+
+
+def test_non_finite_loss_skips_the_update_and_counts_it(tmp_path, monkeypatch):
+    import starflow_torch.training.inputs as inputs
+
+    real_augment = inputs.augment
+    calls = []
+
+    def poisoned(x, *args):  # the second micro-batch becomes NaN
+        calls.append(1)
+        out = real_augment(x, *args)
+        return out * float("nan") if len(calls) == 2 else out
+
+    monkeypatch.setattr(inputs, "augment", poisoned)
+    data = make_class_folder(tmp_path / "images")
+    out = tmp_path / "run"
+    result = train(
+        load_run_config(None, [*overrides(TARFLOW_TINY, data=str(data), steps=3), f"train.out_dir={out}"])
+    )
+    assert result.progress.skipped_steps == 1 and result.progress.step == 3
+    log = read_log(out)
+    assert [r["skipped_steps"] for r in log] == [0, 1, 1]
+    weights = load_file(str(result.checkpoint / "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in weights.values())

@@ -52,7 +52,8 @@ def drop_mask(rows: torch.Tensor, global_rows: int, generator: torch.Generator, 
 class FlowObjective(nn.Module):
     """Wraps the model so that DDP / FSDP see one forward that returns the loss.
 
-    forward(x, y) -> (loss, per-sample flow loss (B,) detached) on already augmented x.
+    forward(x, y) -> (loss to minimise, the flow loss alone, detached) on augmented x; they
+    differ by the latent-norm regulariser.
     """
 
     def __init__(self, model: StarFlow, latent_norm_reg: float = 0.0):
@@ -62,11 +63,12 @@ class FlowObjective(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.latent_norm_reg == 0:
-            return self.model.loss(x, y), torch.zeros(())
+            loss = self.model.loss(x, y)
+            return loss, loss.detach()
         z, block_logdets, block_inputs = forward_by_block(self.model, x, y)
         flow_loss = official_loss(z, block_logdets)
         regulariser = torch.stack([tokens.float().square().mean() for tokens in block_inputs]).sum()
-        return flow_loss + self.latent_norm_reg * regulariser, regulariser.detach()
+        return flow_loss + self.latent_norm_reg * regulariser, flow_loss.detach()
 
 
 def forward_by_block(
@@ -101,6 +103,8 @@ def official_loss(z: torch.Tensor, block_logdets: list[torch.Tensor]) -> torch.T
 
 def bits_per_dim_from_loss(loss: float) -> float:
     """The flow loss is the NLL per dimension minus 0.5 log(2 pi) (the Gaussian normaliser)."""
+    if not math.isfinite(loss):
+        return loss
     return (loss + 0.5 * math.log(2 * math.pi)) / math.log(2)
 
 

@@ -103,7 +103,9 @@ class Trainer:
             if info.device.type == "cuda" and self.train.bf16
             else contextlib.nullcontext()
         )
-        self.log = JsonlLog(self.out_dir / "log.jsonl", self.progress.step if resume_dir else None)
+        self.log = None  # written by the main process only
+        if info.is_main:
+            self.log = JsonlLog(self.out_dir / "log.jsonl", self.progress.step if resume_dir else None)
         self.vae = self._load_component("vae", self.train.vae) if info.is_main else None
 
     # ----- setup ------------------------------------------------------------------------
@@ -198,16 +200,17 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, corrupt = 0.0, 0
+        loss_sum, flow_loss_sum, corrupt = 0.0, 0.0, 0
         for micro in range(train.grad_accum):
             p.epoch, p.batch_in_epoch, batch = next(stream)
             corrupt += batch["corrupt"]
             inputs = self.inputs(batch, p.micro_step)
             p.micro_step += 1
             with parallel.gradient_sync(self.objective, micro == train.grad_accum - 1), self.autocast:
-                loss, _ = self.objective(inputs.x, inputs.y)
+                loss, flow_loss = self.objective(inputs.x, inputs.y)
                 (loss * (inputs.weight / train.grad_accum)).backward()
             loss_sum += loss.item() * inputs.weight
+            flow_loss_sum += flow_loss.item() * inputs.weight
         params = list(parallel.model_parameters(self.objective).values())
         grad_norm = torch.nn.utils.clip_grad_norm_(
             params, train.grad_clip if train.grad_clip > 0 else math.inf
@@ -215,12 +218,10 @@ class Trainer:
         grad_norm = (
             float(parallel.full_tensor(grad_norm)) if hasattr(grad_norm, "full_tensor") else float(grad_norm)
         )
-        totals = parallel.all_reduce_sum(
-            torch.tensor([loss_sum, float(not math.isfinite(loss_sum)), float(corrupt)], dtype=torch.float64),
-            self.info,
-        )
-        loss_mean = float(totals[0]) / (train.grad_accum * self.info.world_size)
-        if totals[1] > 0 or not math.isfinite(grad_norm):
+        values = [loss_sum, flow_loss_sum, float(not math.isfinite(loss_sum)), float(corrupt)]
+        totals = parallel.all_reduce_sum(torch.tensor(values, dtype=torch.float64), self.info)
+        loss_mean, flow_loss_mean = (float(t) / (train.grad_accum * self.info.world_size) for t in totals[:2])
+        if totals[2] > 0 or not math.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)  # the NaN/inf guard: no update from this step
             p.skipped_steps += 1
         else:
@@ -228,12 +229,13 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update()
         p.step += 1
-        p.corrupt_images += int(totals[2])
+        p.corrupt_images += int(totals[3])
         p.samples_seen += train.batch_size
         return {
             "step": p.step,
             "loss": loss_mean,
-            "bits_per_dim": bits_per_dim_from_loss(loss_mean) if math.isfinite(loss_mean) else loss_mean,
+            "flow_loss": flow_loss_mean,
+            "bits_per_dim": bits_per_dim_from_loss(flow_loss_mean),
             "lr": lr,
             "grad_norm": grad_norm,
             "skipped_steps": p.skipped_steps,
