@@ -8,17 +8,21 @@ The pictures are noise-like on purpose: the weights are random.
 
 from __future__ import annotations
 
+# isort: off
+import starflow_mlx  # noqa: F401  (first: loads OpenBLAS on Linux before mlx is imported)
+import mlx.core as mx
+
+# isort: on
+
 import argparse
 import json
 import time
 from pathlib import Path
 
-import mlx.core as mx  # noqa: I001
 import numpy as np
 from PIL import Image, PngImagePlugin
 from safetensors.numpy import load_file
 
-import starflow_mlx  # noqa: F401  (first: loads OpenBLAS on Linux before mlx)
 from starflow_mlx import SamplingStats, StarFlow
 
 ROOT = Path(__file__).resolve().parents[1]

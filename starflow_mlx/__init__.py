@@ -9,5 +9,7 @@ from starflow_convert.config import FlowConfig  # noqa: E402
 
 from .model import StarFlow  # noqa: E402
 from .sampling import SamplingStats  # noqa: E402
+from .text import T5Tokenizer, TextEncoder  # noqa: E402
+from .vae import AutoencoderKL  # noqa: E402
 
-__all__ = ["FlowConfig", "SamplingStats", "StarFlow"]
+__all__ = ["AutoencoderKL", "FlowConfig", "SamplingStats", "StarFlow", "T5Tokenizer", "TextEncoder"]

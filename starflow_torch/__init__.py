@@ -8,5 +8,7 @@ from starflow_convert.config import FlowConfig
 
 from .model import StarFlow
 from .sampling import SamplingStats
+from .text import TextEncoder
+from .vae import AutoencoderKL
 
-__all__ = ["FlowConfig", "SamplingStats", "StarFlow"]
+__all__ = ["AutoencoderKL", "FlowConfig", "SamplingStats", "StarFlow", "TextEncoder"]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+# isort: off
+import starflow_mlx  # noqa: F401  (first: loads OpenBLAS on Linux before mlx is imported)
+import mlx.core as mx
+
+# isort: on
+
 import json
 from pathlib import Path
 
-import mlx.core as mx  # noqa: I001
 import numpy as np
 import pytest
 import torch
-
-import starflow_mlx  # noqa: F401  (before mlx: loads OpenBLAS on Linux)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
