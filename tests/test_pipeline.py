@@ -14,7 +14,7 @@ import pytest
 import starflow_mlx.pipeline as mlx_pipeline
 import starflow_torch.pipeline as torch_pipeline
 from starflow_convert.generation import NonFiniteSampleError, make_noise
-from tests.helpers.tiny_pipeline import make_label_pipeline, make_tiny_pipeline
+from tests.helpers.tiny_pipeline import make_label_pipeline, make_nan_pipeline, make_tiny_pipeline
 
 PROMPTS = ["a photo of a cat", "two dogs in the park"]
 SEEDS = [0, 5]
@@ -23,11 +23,8 @@ SEEDS = [0, 5]
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_pipeline")
-    return {
-        "text": make_tiny_pipeline(root),
-        "labels": make_label_pipeline(root),
-        "nan": make_tiny_pipeline(root / "nan", nan=True),
-    }
+    text = make_tiny_pipeline(root)
+    return {"text": text, "labels": make_label_pipeline(root), "nan": make_nan_pipeline(text, root)}
 
 
 @pytest.fixture(scope="module")

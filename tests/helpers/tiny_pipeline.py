@@ -6,6 +6,7 @@ parameter get random offsets, so sampling, guidance and denoising all do somethi
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -57,11 +58,11 @@ def make_flow_folder(path: Path, config: FlowConfig, seed: int = 0, nan: bool = 
     return path
 
 
-def make_tiny_pipeline(root: Path, nan: bool = False) -> Path:
+def make_tiny_pipeline(root: Path) -> Path:
     """root/pipeline: a text-to-image pipeline folder of tiny random parts."""
     make_tiny_t5_folder(root / "t5")
     make_tiny_vae_folder(root / "vae")
-    make_flow_folder(root / "flow", TINY_TEXT_FLOW, nan=nan)
+    make_flow_folder(root / "flow", TINY_TEXT_FLOW)
     parts = PipelineParts(
         name="tiny-t2i",
         transformer=root / "flow",
@@ -73,6 +74,16 @@ def make_tiny_pipeline(root: Path, nan: bool = False) -> Path:
     )
     write_pipeline_folder(parts, root / "pipeline")
     return root / "pipeline"
+
+
+def make_nan_pipeline(pipeline: Path, root: Path) -> Path:
+    """A copy of `pipeline` (files hard-linked) whose flow weights hold a NaN."""
+    from starflow_convert.pipeline_folder import read_pipeline_folder
+
+    parts = read_pipeline_folder(pipeline)
+    flow = make_flow_folder(root / "nan_flow", parts.flow_config, nan=True)
+    write_pipeline_folder(dataclasses.replace(parts, transformer=flow), root / "nan_pipeline")
+    return root / "nan_pipeline"
 
 
 def make_label_pipeline(root: Path) -> Path:

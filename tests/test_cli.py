@@ -1,0 +1,153 @@
+"""The command lines, run as a user runs them (subprocesses, offline, caches in tmp)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.helpers.tiny_pipeline import make_nan_pipeline, make_tiny_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli_pipeline")
+    text = make_tiny_pipeline(root)
+    return {"text": text, "nan": make_nan_pipeline(text, root)}
+
+
+def run(module: str, *args, tmp: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(tmp / "hf"),
+        "STARFLOW_MLX_CACHE": str(tmp / "converted"),
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        cwd=tmp,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+def test_generate_metadata_and_reproducibility(folders, tmp_path):
+    common = ["a photo of a cat", "--model", folders["text"], "--seed", 3, 4, "--quiet", "--jacobi"]
+    first = run("starflow_mlx.generate", *common, "--output", tmp_path / "a" / "cat.png", tmp=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "2 image(s) in" in first.stdout and "peak memory" in first.stdout
+    path = tmp_path / "a" / "cat_0001_seed4.png"
+    text = Image.open(path).text
+    assert text["model"] == "tiny-t2i" and text["prompt"] == "a photo of a cat" and text["seed"] == "4"
+    assert text["cfg"] == "1.5" and text["sampler"].startswith("jacobi(block_size=4")
+    assert int(text["steps"]) > 0 and text["version"].startswith("starflow-mlx")
+
+    again = run("starflow_mlx.generate", *common, "--output", tmp_path / "b", tmp=tmp_path)
+    assert again.returncode == 0, again.stderr
+    np.testing.assert_array_equal(pixels(tmp_path / "b" / "0001_seed4.png"), pixels(path))
+
+    # the torch twin, same flags, as rank 1 of 2 under torchrun: only job 1 is its share
+    ranked = run(
+        "starflow_torch.sample",
+        *common,
+        "--output",
+        tmp_path / "c",
+        tmp=tmp_path,
+        env={"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"},
+    )
+    assert ranked.returncode == 0, ranked.stderr
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["0001_seed4.png"]
+    assert np.abs(pixels(tmp_path / "c" / "0001_seed4.png") - pixels(path)).max() <= 1
+
+
+def test_grid_and_sizes(folders, tmp_path):
+    result = run(
+        "starflow_mlx.generate",
+        "--prompt",
+        "a cat",
+        "--prompt",
+        "a dog",
+        "--model",
+        folders["text"],
+        "--seed",
+        1,
+        "--sequential",
+        "--cfg",
+        0,
+        "--aspect-ratio",
+        "16:9",
+        "--grid",
+        "--quiet",
+        "--output",
+        tmp_path / "grid.png",
+        tmp=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    image = Image.open(tmp_path / "grid.png")
+    assert image.size == (2 * 22, 12)  # two 22x12 images (16:9 of 16x16, multiples of 2) side by side
+    assert json.loads(image.text["prompt"]) == ["a cat", "a dog"]
+    assert image.text["sampler"] == "sequential" and image.text["cfg"] == "0"
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["unknown-model", "bad-size", "empty-prompt-file", "unwritable-output", "nan-sample", "no-demo"],
+)
+def test_bad_input_exits_2_with_a_clear_message(case, folders, tmp_path):
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    (tmp_path / "a-file").write_text("")
+    out = ["--output", tmp_path / "out"]
+    args, expected = {
+        "unknown-model": (["a cat", "--model", "no-such-model", *out], "unknown model 'no-such-model'"),
+        "bad-size": (["a cat", "--model", folders["text"], "--height", 15, "--width", 16, *out], "height 15"),
+        "empty-prompt-file": (
+            ["--prompt-file", tmp_path / "empty.txt", "--model", folders["text"], *out],
+            "empty",
+        ),
+        # checked before the model is even looked up (it does not exist either)
+        "unwritable-output": (
+            ["a cat", "--model", "nowhere", "--output", tmp_path / "a-file" / "x"],
+            "cannot write",
+        ),
+        "nan-sample": (["a cat", "--model", folders["nan"], "--seed", 0, *out], "NaN"),
+        "no-demo": ([], "demo model is not installed"),
+    }[case]
+    result = run("starflow_mlx.generate", *args, tmp=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.rglob("*.png"))
+
+
+def test_convert_checkpoint_and_refuse_overwrite(tmp_path):
+    official = FIXTURES / "starflow_tiny"
+    args = ["flow", official / "official.pth", "--config", official / "config.json", "-o", tmp_path / "flow"]
+    first = run("starflow_convert", *args, tmp=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "model.safetensors" in first.stdout
+    assert (tmp_path / "flow" / "config.json").is_file()
+    second = run("starflow_convert", *args, tmp=tmp_path)
+    assert second.returncode == 2 and "--overwrite" in second.stderr
+    assert run("starflow_convert", *args, "--overwrite", "--dtype", "bfloat16", tmp=tmp_path).returncode == 0
+    missing = run(
+        "starflow_convert", "pipeline", "--model", "starflow-3b-t2i-256", "-o", tmp_path / "p", tmp=tmp_path
+    )
+    assert (
+        missing.returncode == 2 and "hf download apple/starflow starflow_3B_t2i_256x256.pth" in missing.stderr
+    )
