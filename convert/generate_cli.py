@@ -40,7 +40,6 @@ DTYPES = ("float32", "bfloat16", "float16")
 class Backend:
     """What differs between the twins' CLIs."""
 
-    name: str  # "mlx" | "torch"
     load: Callable[[PipelineParts, argparse.Namespace], Any]  # -> StarFlowPipeline
     peak_memory: Callable[[], int | None]  # bytes
     demo_folder: Path

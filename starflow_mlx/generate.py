@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = generate_cli.build_parser("starflow-generate", "Generate images with STARFlow (MLX).")
     mx.reset_peak_memory()
     backend = generate_cli.Backend(
-        name="mlx", load=load_pipeline, peak_memory=mx.get_peak_memory, demo_folder=DEMO_FOLDER
+        load=load_pipeline, peak_memory=mx.get_peak_memory, demo_folder=DEMO_FOLDER
     )
     return generate_cli.main(argv, parser, backend)
 

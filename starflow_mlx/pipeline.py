@@ -55,7 +55,7 @@ class StarFlowPipeline:
     @classmethod
     def from_pretrained(
         cls,
-        source: str | Path,
+        source: str | Path | PipelineParts,
         *,
         dtype: mx.Dtype = mx.float32,
         decoder: str | Path | None = None,
@@ -64,7 +64,8 @@ class StarFlowPipeline:
         keep_text_encoder: bool = False,
         flow_config: FlowConfig | None = None,
     ) -> StarFlowPipeline:
-        """Load from a pipeline folder, a release name or a Hub repo id (see starflow_convert.hub).
+        """Load from a pipeline folder, a release name, a Hub repo id (see starflow_convert.hub)
+        or already resolved parts.
 
         `decoder`: a VAE folder or weights file fine-tuned on noisy latents, used instead of
         score denoising. `quantize`: 4 or 8 bit flow weights. `flow_config` replaces a

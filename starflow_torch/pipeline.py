@@ -56,7 +56,7 @@ class StarFlowPipeline:
     @classmethod
     def from_pretrained(
         cls,
-        source: str | Path,
+        source: str | Path | PipelineParts,
         *,
         dtype: torch.dtype = torch.float32,
         decoder: str | Path | None = None,
@@ -66,7 +66,8 @@ class StarFlowPipeline:
         flow_config: FlowConfig | None = None,
         device: str | torch.device = "cpu",
     ) -> StarFlowPipeline:
-        """Load from a pipeline folder, a release name or a Hub repo id (see starflow_convert.hub).
+        """Load from a pipeline folder, a release name, a Hub repo id (see starflow_convert.hub)
+        or already resolved parts.
 
         `decoder`: a VAE folder or weights file fine-tuned on noisy latents, used instead of
         score denoising. `quantize` exists for symmetry with MLX and is refused here.

@@ -67,7 +67,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
     backend = generate_cli.Backend(
-        name="torch",
         load=load_pipeline,
         peak_memory=peak_memory,
         demo_folder=DEMO_FOLDER,
