@@ -15,13 +15,6 @@ from .vae import AutoencoderKL  # noqa: E402
 __all__ = ["AutoencoderKL", "FlowConfig", "SamplingStats", "StarFlow", "T5Tokenizer", "TextEncoder"]
 
 
-def __getattr__(name: str):
-    # The pipeline pulls in the VAE and T5 modules: import it only when asked for.
-    if name == "StarFlowPipeline":
-        from .pipeline import StarFlowPipeline
-
-        return StarFlowPipeline
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+from .pipeline import StarFlowPipeline  # noqa: E402
 
 __all__ += ["StarFlowPipeline"]
