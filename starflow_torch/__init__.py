@@ -8,7 +8,18 @@ from starflow_convert.config import FlowConfig
 
 from .model import StarFlow
 from .sampling import SamplingStats
-from .text import TextEncoder
-from .vae import AutoencoderKL
 
-__all__ = ["AutoencoderKL", "FlowConfig", "SamplingStats", "StarFlow", "TextEncoder"]
+# The VAE, text encoder and pipeline wrap diffusers / transformers, which take seconds to import:
+# load them on first use so `import starflow_torch` stays fast for training and sampling.
+_LAZY = {"AutoencoderKL": ".vae", "TextEncoder": ".text", "StarFlowPipeline": ".pipeline"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["AutoencoderKL", "FlowConfig", "SamplingStats", "StarFlow", "StarFlowPipeline", "TextEncoder"]
