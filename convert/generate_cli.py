@@ -252,6 +252,7 @@ def main(argv: Sequence[str] | None, parser: argparse.ArgumentParser, backend: B
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     warnings.simplefilter("default")
+    warnings.formatwarning = lambda message, *_args, **_kwargs: f"{parser.prog}: warning: {message}\n"
     try:
         return run(args, backend)
     except (ValueError, OSError, NotImplementedError) as err:  # the user's input; message says the fix

@@ -71,6 +71,8 @@ class StarFlowPipeline:
         score denoising. `quantize`: 4 or 8 bit flow weights. `flow_config` replaces a
         release's flow configuration (tests).
         """
+        if quantize is not None:
+            quantizer()  # fail before loading gigabytes of weights
         parts = hub.resolve(source, flow_config=flow_config).with_decoder(decoder)
         flow = hub.load_flow(parts, dtype)
         if quantize is not None:
@@ -217,7 +219,12 @@ class StarFlowPipeline:
 
 
 def quantize_flow(flow: StarFlow, bits: int, group_size: int = 64) -> None:
-    """Quantize the flow's weights in place (starflow_mlx.quantize), with a clear error without it."""
+    """Quantize the flow's weights in place (starflow_mlx.quantize)."""
+    quantizer()(flow, bits, group_size)
+
+
+def quantizer():
+    """starflow_mlx.quantize.quantize_model, or a clear error when this version lacks it."""
     try:
         from .quantize import quantize_model
     except ImportError as err:
@@ -225,4 +232,4 @@ def quantize_flow(flow: StarFlow, bits: int, group_size: int = 64) -> None:
             "quantization is not available in this version of starflow_mlx (no starflow_mlx.quantize); "
             "run without --quantize"
         ) from err
-    quantize_model(flow, bits, group_size)
+    return quantize_model
