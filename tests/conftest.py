@@ -17,6 +17,9 @@ import torch
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
+# Test models are tiny: one torch thread avoids oversubscribing the cores MLX also uses.
+torch.set_num_threads(1)
+
 
 def load_vectors(name: str) -> tuple[dict, dict[str, np.ndarray]]:
     from safetensors.numpy import load_file
