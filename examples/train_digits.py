@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from starflow_convert.digits import load_digits_split, write_demo_index
-from starflow_torch.digits import DIGITS_CONFIG, DigitsTraining, train_digits
+from starflow_convert.digits import DIGITS_CONFIG, DigitsTraining, load_digits_split, write_demo_index
+from starflow_torch.digits import train_digits
 
 DEMO_FOLDER = Path(__file__).resolve().parents[1] / "starflow_mlx" / "assets" / "demo"
 

@@ -8,8 +8,6 @@ guidance), AdamW with warmup + cosine decay, gradient clipping and an EMA of the
 from __future__ import annotations
 
 import copy
-import dataclasses
-import math
 import time
 from collections.abc import Callable
 
@@ -17,53 +15,9 @@ import numpy as np
 import torch
 
 from starflow_convert.config import FlowConfig
-from starflow_convert.digits import DigitsSplit
+from starflow_convert.digits import DIGITS_CONFIG, DigitsSplit, DigitsTraining, learning_rate
 
 from .model import StarFlow
-
-DIGITS_CONFIG = FlowConfig(
-    in_channels=1,
-    img_size=8,
-    patch_size=2,  # 16 tokens of 2x2 pixels: 3x cheaper than single pixels on CPU
-    channels=128,
-    num_blocks=4,
-    layers_per_block=(1, 1, 1, 4),
-    head_dim=32,
-    rope=True,
-    sos=True,
-    txt_size=1,
-    txt_dim=11,
-    cond_top_only=True,
-    use_softplus=True,
-    use_final_norm=True,
-    soft_clip=4.0,
-    seq_order="L2R",
-    num_classes=10,
-    noise_std=0.08,
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class DigitsTraining:
-    steps: int = 2000
-    batch_size: int = 64
-    lr: float = 1e-3
-    min_lr: float = 1e-5
-    warmup_steps: int = 200
-    weight_decay: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
-    ema_decay: float = 0.998
-    label_dropout: float = 0.1
-    seed: int = 0
-
-
-def learning_rate(step: int, settings: DigitsTraining) -> float:
-    """Linear warmup, then cosine decay to min_lr."""
-    if step < settings.warmup_steps:
-        return settings.lr * (step + 1) / settings.warmup_steps
-    progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
-    return settings.min_lr + 0.5 * (settings.lr - settings.min_lr) * (1 + math.cos(math.pi * progress))
 
 
 def noisy_batch(
@@ -88,11 +42,12 @@ def update_ema(ema: StarFlow, model: StarFlow, decay: float) -> None:
 def train_digits(
     split: DigitsSplit,
     config: FlowConfig = DIGITS_CONFIG,
-    settings: DigitsTraining = DigitsTraining(),
+    settings: DigitsTraining | None = None,
     log: Callable[[str], None] = print,
     log_every: int = 100,
 ) -> tuple[StarFlow, list[dict]]:
     """Train from scratch, reproducibly from settings.seed; returns the EMA model and the loss log."""
+    settings = settings or DigitsTraining()
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     images = torch.from_numpy(split.train_images).unsqueeze(1)  # (N, 1, 8, 8)
