@@ -113,3 +113,21 @@ def class_accuracy(
     noise = make_noise(range(seed, seed + len(labels)), 1, model.config.img_size, model.config.img_size)
     digits = sample_digits(model, labels, noise, guidance)
     return float(np.mean(classify(classifier, digits) == labels)), digits, labels
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m starflow_mlx.demo", description="Generate demo digits.")
+    parser.add_argument("prompts", nargs="*", help='digits ("7" or "seven"); "" for any; default: 0..9')
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
+    parser.add_argument("--guidance", type=float, help="default: the model's (model_index.json)")
+    parser.add_argument("--output", type=Path, default=Path("digits.png"))
+    parser.add_argument("--model", type=Path, default=DEMO_FOLDER, help="demo pipeline folder")
+    args = parser.parse_args(argv)
+    prompts = args.prompts or [str(d) for d in range(10)]
+    generate_digits(prompts, args.seeds, args.guidance, args.output, folder=args.model)
+
+
+if __name__ == "__main__":
+    main()
