@@ -24,6 +24,7 @@ from .generation import (
     aspect_ratio_size,
     check_output_writable,
     check_size,
+    enlarge_for_viewing,
     parse_aspect_ratio,
     png_metadata,
     rank_share,
@@ -160,10 +161,10 @@ def grid_path(output: Path, rank: int, world_size: int) -> Path:
     return path.with_name(f"{path.stem}_rank{rank}.png") if world_size > 1 else path
 
 
-def make_grid(images: Sequence[np.ndarray]) -> np.ndarray:
-    """uint8 (H, W, 3) images of one size -> one near-square grid, black padding."""
+def make_grid(images: Sequence[np.ndarray], cols: int | None = None) -> np.ndarray:
+    """uint8 (H, W, 3) images of one size -> one grid (near-square unless cols), black padding."""
     count = len(images)
-    cols = int(np.ceil(np.sqrt(count)))
+    cols = cols or int(np.ceil(np.sqrt(count)))
     rows = int(np.ceil(count / cols))
     height, width, channels = images[0].shape
     grid = np.zeros((rows * height, cols * width, channels), dtype=np.uint8)
@@ -191,6 +192,11 @@ def run(args: argparse.Namespace, backend: Backend) -> int:
                 "pass --model starflow-3b-t2i-256 (or a pipeline folder) and a prompt"
             )
         args.model = str(backend.demo_folder)
+        args.grid = True  # the demo shows one row per prompt, one column per seed
+        if not args.seed:
+            args.seed = [0]
+        if args.n_images is None and len(args.seed) == 1:
+            args.n_images = 8
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     check_output_writable(output_directory(args.output))
@@ -219,18 +225,19 @@ def run(args: argparse.Namespace, backend: Backend) -> int:
         )
         for row, (index, pixels) in enumerate(zip(indices, result.uint8(), strict=True)):
             if args.grid:
-                grid_images.append(pixels)
+                grid_images.append(enlarge_for_viewing(pixels))
                 grid_meta.append(result.metadata(row))
                 continue
             path = image_path(args.output, index, jobs[index][1], len(jobs))
-            save_png(path, pixels, result.metadata(row))
+            save_png(path, enlarge_for_viewing(pixels), result.metadata(row))
             written.append(path)
     if args.grid and grid_images:
         path = grid_path(args.output, backend.rank, backend.world_size)
         meta = dict(grid_meta[0])
         meta["prompt"] = json.dumps([m["prompt"] for m in grid_meta])
         meta["seed"] = json.dumps([int(m["seed"]) for m in grid_meta])
-        save_png(path, make_grid(grid_images), meta)
+        cols = len(seeds) if len(prompts) > 1 and len(grid_images) == len(jobs) else None
+        save_png(path, make_grid(grid_images, cols), meta)
         written.append(path)
     elapsed = time.perf_counter() - start
     for path in written:

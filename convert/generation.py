@@ -197,8 +197,21 @@ def check_finite(samples: np.ndarray, seeds: Sequence[int], what: str) -> None:
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
-    """[-1, 1] floats -> uint8 (round half up after clipping, as torchvision's save_image)."""
-    return np.clip((images.astype(np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    """[-1, 1] floats (..., H, W, C) -> uint8 RGB (round half up after clipping, as torchvision's
+    save_image); grey images (C = 1) are repeated to three channels."""
+    pixels = np.clip((images.astype(np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    return np.repeat(pixels, 3, axis=-1) if pixels.shape[-1] == 1 else pixels
+
+
+VIEWING_SIDE = 64  # images smaller than this are enlarged (nearest neighbour) when saved
+
+
+def enlarge_for_viewing(pixels: np.ndarray) -> np.ndarray:
+    """(H, W, C) uint8 -> enlarged by an integer factor so the shorter side is >= 64 px."""
+    factor = -(-VIEWING_SIDE // min(pixels.shape[0], pixels.shape[1]))
+    if factor <= 1:
+        return pixels
+    return np.repeat(np.repeat(pixels, factor, axis=0), factor, axis=1)
 
 
 def png_metadata(values: dict[str, Any]):

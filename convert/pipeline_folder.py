@@ -97,7 +97,7 @@ class PipelineParts:
                 f"{self.name}: the flow is text-conditioned (txt_dim={config.txt_dim}) but the pipeline "
                 "has no text_encoder/ and tokenizer/; add them (starflow-convert pipeline)"
             )
-        if self.vae is None and config.in_channels != 3:
+        if self.vae is None and config.in_channels not in (1, 3):  # pixel models: grey or RGB
             raise ValueError(
                 f"{self.name}: the flow makes {config.in_channels}-channel latents "
                 "but the pipeline has no vae/"

@@ -100,14 +100,16 @@ def test_grid_and_sizes(folders, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     image = Image.open(tmp_path / "grid.png")
-    assert image.size == (2 * 22, 12)  # two 22x12 images (16:9 of 16x16, multiples of 2) side by side
+    # two 22x12 images (16:9 of 16x16, multiples of 2), enlarged 6x for viewing (shorter side >= 64),
+    # one row per prompt and one column per seed
+    assert image.size == (6 * 22, 2 * 6 * 12)
     assert json.loads(image.text["prompt"]) == ["a cat", "a dog"]
     assert image.text["sampler"] == "sequential" and image.text["cfg"] == "0"
 
 
 @pytest.mark.parametrize(
     "case",
-    ["unknown-model", "bad-size", "empty-prompt-file", "unwritable-output", "nan-sample", "no-demo"],
+    ["unknown-model", "bad-size", "empty-prompt-file", "unwritable-output", "nan-sample"],
 )
 def test_bad_input_exits_2_with_a_clear_message(case, folders, tmp_path):
     (tmp_path / "empty.txt").write_text("\n  \n")
@@ -126,13 +128,27 @@ def test_bad_input_exits_2_with_a_clear_message(case, folders, tmp_path):
             "cannot write",
         ),
         "nan-sample": (["a cat", "--model", folders["nan"], "--seed", 0, *out], "NaN"),
-        "no-demo": ([], "demo model is not installed"),
     }[case]
     result = run("starflow_mlx.generate", *args, tmp=tmp_path)
     assert result.returncode == 2, result.stderr
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
     assert not list(tmp_path.rglob("*.png"))
+
+
+def test_no_arguments_runs_the_embedded_demo_model(tmp_path):
+    """`python -m starflow_mlx.generate` alone: a grid of digits, one row per digit, 8 seeds."""
+    from PIL import Image
+
+    result = run("starflow_mlx.generate", tmp=tmp_path)
+    assert result.returncode == 0, result.stderr
+    grid = tmp_path / "starflow.png"
+    assert f"wrote {grid.name}" in result.stdout
+    image = Image.open(grid)
+    assert image.size == (8 * 64, 10 * 64)  # 8x8 digits enlarged to 64 px: 8 seeds x 10 digits
+    prompts = json.loads(image.text["prompt"])
+    assert len(prompts) == 80 and prompts[:8] == ["zero"] * 8 and prompts[-1] == "nine"
+    assert "peak memory" in result.stdout
 
 
 def test_convert_checkpoint_and_refuse_overwrite(tmp_path):
