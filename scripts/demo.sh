@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up (idempotent) and run the main job.
+# Set up (idempotent) and run the main job: generation with the embedded demo model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/python examples/demo_tiny.py "$@"
+.venv/bin/python -m starflow_mlx.generate "$@"
