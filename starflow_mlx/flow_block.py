@@ -58,12 +58,16 @@ class FlowBlock(nn.Module):
         """(B, txt_len, txt_dim) features -> (B, txt_len, C) tokens."""
         return self.proj_txt(text.astype(self.proj_txt.weight.dtype))
 
-    def embed(self, inputs: mx.array, start: int, labels: mx.array | None) -> mx.array:
-        """Embed input tokens (B, L, C') that sit at sequence positions start..start+L-1."""
+    def embed(self, inputs: mx.array, start: int | mx.array, labels: mx.array | None) -> mx.array:
+        """Embed input tokens (B, L, C') that sit at sequence positions start..start+L-1.
+
+        start may be an int32 array so a compiled sampling step can take it as an input.
+        """
         h = self.proj_in(inputs.astype(self.proj_in.weight.dtype))
         if self.config.uses_pos_embed:
             pos_embed = self.pos_embed[::-1] if self.flipped else self.pos_embed  # (T, C)
-            h = h + pos_embed[start : start + inputs.shape[1]]
+            start = mx.array(start, dtype=mx.int32)
+            h = h + mx.slice(pos_embed, start, axes=(0,), slice_size=(inputs.shape[1], pos_embed.shape[1]))
         if self.has_class_embed:
             h = h + self.class_embedding(labels, inputs.shape[0])
         return h

@@ -4,11 +4,17 @@ Both samplers walk the block's causal sequence. Target j is token j with sos
 (input j is sos for j = 0, else token j-1) and token j+1 without sos (token 0 is
 copied from the noise). Guidance doubles the batch: the first half is conditional,
 the second null, and both continue with the guided token (SPEC section 3).
+
+Speed: one step (L target tokens: L = 1 sequential, L = block_size Jacobi) is a single
+`mx.compile`d function of fixed-shape inputs (the whole sequence, the noise, the write
+position and the preallocated KV cache), evaluated with one `mx.eval`. A sequential
+step is a Jacobi step of one token, which is exact after one iteration.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import mlx.core as mx
 from tqdm.auto import tqdm
@@ -42,6 +48,15 @@ class BlockConditions:
 
 
 class _BlockSampler:
+    """The state of inverting one block: the causal sequence, the noise and the KV cache.
+
+    `sequence` holds the block's inputs and, one position later, its outputs: with sos
+    it is [sos, x_0 .. x_{T-1}] and target j (token j) reads position j and is written at
+    j + 1; without sos it is x itself and target j (token j + 1) reads j and is written
+    at j + 1. So a step over targets first..first+L-1 reads positions first..first+L-1
+    and writes first+1..first+L.
+    """
+
     def __init__(self, block: FlowBlock, noise: mx.array, cond: BlockConditions, rope: Rope | None):
         self.block, self.cond, self.rope = block, cond, rope
         config = block.config
@@ -49,60 +64,88 @@ class _BlockSampler:
         self.batch = noise.shape[0]
         z = block.permute(noise).astype(mx.float32)
         self.z = mx.concatenate([z, z]) if self.guided else z  # (B', T, C')
-        self.x = mx.array(self.z)  # the sample being built; starts at the Jacobi guess x = z
+        rows, tokens, token_dim = self.z.shape
         self.offset = 0 if config.sos else 1  # target j is token j + offset
-        self.num_targets = self.z.shape[1] - self.offset
-        rows = self.z.shape[0]
+        self.num_targets = tokens - self.offset
+        if config.sos:  # (B', 1 + T, C'); x starts at the Jacobi guess x = z
+            sos = mx.broadcast_to(block.sos_embed.astype(mx.float32), (rows, 1, token_dim))
+            self.sequence = mx.concatenate([sos, self.z], axis=1)
+        else:  # (B', T, C'); token 0 is copied from the noise
+            self.sequence = mx.array(self.z)
         self.query_scale = None
         if cond.attn_temp != 1.0:  # official STARFlow: every row; TARFlow: the null branch only
             first = self.batch if (config.family == "tarflow" and self.guided) else 0
             factors = [1.0] * first + [1.0 / cond.attn_temp] * (rows - first)
             self.query_scale = mx.array(factors).reshape(rows, 1, 1, 1)
-        txt_len = cond.text.shape[1] if block.has_text else 0
-        self.txt_len = txt_len
-        self.cache = BlockCache(
+        self.txt_len = cond.text.shape[1] if block.has_text else 0
+        cache = BlockCache.empty(
             len(block.attn_blocks),
             rows,
             config.num_heads,
-            txt_len + self.z.shape[1],
+            self.txt_len + self.num_targets,
             config.head_dim,
             block.proj_in.weight.dtype,
         )
-        if block.has_text:  # text tokens fill the cache first
-            block.trunk(block.text_tokens(cond.text), self._rope(-txt_len, 0), self.cache, self.query_scale)
-            mx.eval(self.cache.state())
+        if block.has_text:  # text tokens fill the cache first, at positions 0..txt_len-1
+            cache.prepare_write(mx.array(0, dtype=mx.int32), self.txt_len)
+            text_rope = None if rope is None else (rope[0][: self.txt_len], rope[1][: self.txt_len])
+            block.trunk(block.text_tokens(cond.text), text_rope, cache, self.query_scale)
+        self.cache_state = cache.state()
+        mx.eval(self.sequence, self.cache_state)
+        self._compiled_steps: dict[int, object] = {}
 
-    def _rope(self, start: int, stop: int) -> Rope | None:
+    def _rope(self, cache_start: mx.array, length: int) -> Rope | None:
+        """(cos, sin) rows for cache positions cache_start..cache_start+length-1, each (L, head_dim)."""
         if self.rope is None:
             return None
-        cos, sin = self.rope
-        lo, hi = self.txt_len + start, self.txt_len + stop
-        return cos[lo:hi], sin[lo:hi]
+        return tuple(
+            mx.slice(table, cache_start, axes=(0,), slice_size=(length, table.shape[1]))
+            for table in self.rope
+        )
 
-    def inputs(self, first: int, stop: int) -> mx.array:
-        """Input tokens for targets first..stop-1: token (target - 1), sos for target 0."""
-        lo = first + self.offset - 1
-        if lo >= 0:
-            return self.x[:, lo : stop + self.offset - 1]
-        sos = mx.broadcast_to(self.block.sos_embed.astype(mx.float32), (self.x.shape[0], 1, self.x.shape[2]))
-        return mx.concatenate([sos, self.x[:, : stop + self.offset - 1]], axis=1)
+    def _step(self, length: int, sequence: mx.array, z: mx.array, first: mx.array, *cache_state: mx.array):
+        """Evaluate targets first..first+L-1 from the current sequence; a pure function of its inputs.
 
-    def run(self, first: int, stop: int) -> mx.array:
-        """Evaluate targets first..stop-1 (appending to the cache); return their new values."""
-        h = self.block.embed(self.inputs(first, stop), first, self.cond.labels)
-        h = self.block.trunk(h, self._rope(first, stop), self.cache, self.query_scale)
+        Returns the updated sequence, the relative change mean((new - old)^2) / mean(new^2)
+        of the written tokens, and the updated cache arrays.
+        """
+        rows, _, token_dim = sequence.shape
+        inputs = mx.slice(sequence, first, axes=(1,), slice_size=(rows, length, token_dim))  # (B', L, C')
+        cache = BlockCache.from_state(list(cache_state))
+        cache_start = first + self.txt_len
+        cache.prepare_write(cache_start, length)
+        h = self.block.embed(inputs, first, self.cond.labels)
+        h = self.block.trunk(h, self._rope(cache_start, length), cache, self.query_scale)
         raw_scale, shift = self.block.head(h)
-        shift, scale = self.combine(raw_scale, shift, first, stop)
-        return to_data(self.z[:, first + self.offset : stop + self.offset], shift, scale)
+        shift, scale = self.combine(raw_scale, shift, first, length)
+        noise = mx.slice(z, first + self.offset, axes=(1,), slice_size=(rows, length, token_dim))
+        new = to_data(noise, shift, scale)  # (B', L, C')
+        old = mx.slice(sequence, first + 1, axes=(1,), slice_size=(rows, length, token_dim))
+        change = mx.mean(mx.square(new - old)) / mx.maximum(mx.mean(mx.square(new)), 1e-30)
+        sequence = mx.slice_update(sequence, new, first + 1, axes=(1,))
+        return (sequence, change, *cache.state())
 
-    def combine(self, raw_scale, shift, first: int, stop: int) -> tuple[mx.array, mx.array]:
+    def step(self, first: int, length: int) -> mx.array:
+        """Run targets first..first+length-1 (one evaluation); return the relative change (scalar)."""
+        compiled = self._compiled_steps.get(length)
+        if compiled is None:
+            compiled = mx.compile(functools.partial(self._step, length))
+            self._compiled_steps[length] = compiled
+        outputs = compiled(self.sequence, self.z, mx.array(first, dtype=mx.int32), *self.cache_state)
+        # drop the old arrays before evaluating so the cache updates can reuse their buffers
+        self.sequence, change, self.cache_state = outputs[0], outputs[1], list(outputs[2:])
+        del outputs
+        mx.eval(self.sequence, change, self.cache_state)
+        return change
+
+    def combine(self, raw_scale, shift, first: mx.array, length: int) -> tuple[mx.array, mx.array]:
         config = self.block.config
         if not self.guided:
             scale, _ = scale_and_log_scale(raw_scale, config.use_softplus)
             return shift, scale
         weight = self.cond.guidance
         if self.cond.annealed:  # w * (t + 1) / T, per target
-            steps = mx.arange(first + 1, stop + 1, dtype=mx.float32)
+            steps = (first + 1 + mx.arange(length, dtype=mx.int32)).astype(mx.float32)
             weight = (weight * steps / self.num_targets).reshape(1, -1, 1)
         shift_c, shift_u = mx.split(shift, 2, axis=0)
         if config.family == "tarflow":
@@ -116,7 +159,8 @@ class _BlockSampler:
         return mx.concatenate([guided_shift, guided_shift]), mx.concatenate([scale, scale])
 
     def result(self) -> mx.array:
-        return self.block.permute(self.x[: self.batch])
+        tokens = self.sequence[: self.batch, 1:] if self.block.config.sos else self.sequence[: self.batch]
+        return self.block.permute(tokens)
 
 
 def sample_block_sequential(
@@ -124,10 +168,8 @@ def sample_block_sequential(
 ) -> mx.array:
     """Invert one block token by token with a KV cache. noise/result: (B, T, C') raster order."""
     sampler = _BlockSampler(block, noise, cond, rope)
-    offset = sampler.offset
     for j in tqdm(range(sampler.num_targets), disable=not progress, desc=f"block {block.index}", leave=False):
-        sampler.x[:, j + offset] = sampler.run(j, j + 1)[:, 0]
-        mx.eval(sampler.x, sampler.cache.state())
+        sampler.step(j, 1)
     return sampler.result()
 
 
@@ -145,28 +187,21 @@ def sample_block_jacobi(
 
     Each chunk starts from x = z, re-evaluates all its tokens in parallel from the
     current guess, and stops when mean((x_new - x)^2) / mean(x_new^2) < tol or after
-    max_iter; the chunk's cache entries are rewound before every retry. Returns the
+    max_iter; a retry overwrites the chunk's cache entries in place. Returns the
     sample and the iteration count of each chunk.
     """
     sampler = _BlockSampler(block, noise, cond, rope)
-    offset, iterations = sampler.offset, []
+    iterations = []
     bar = tqdm(
         total=sampler.num_targets, disable=not progress, desc=f"block {block.index} (Jacobi)", leave=False
     )
     for first in range(0, sampler.num_targets, block_size):
-        stop = min(first + block_size, sampler.num_targets)
-        lo, hi = first + offset, stop + offset
+        length = min(block_size, sampler.num_targets - first)
         for iteration in range(1, max_iter + 1):
-            new = sampler.run(first, stop)
-            change = mx.mean(mx.square(new - sampler.x[:, lo:hi])) / mx.maximum(
-                mx.mean(mx.square(new)), 1e-30
-            )
-            sampler.x[:, lo:hi] = new
-            mx.eval(change, sampler.x, sampler.cache.state())
-            if change.item() < tol or iteration == max_iter:
+            change = sampler.step(first, length)
+            if iteration == max_iter or change.item() < tol:
                 break
-            sampler.cache.rewind(stop - first)
         iterations.append(iteration)
-        bar.update(stop - first)
+        bar.update(length)
     bar.close()
     return sampler.result(), iterations
