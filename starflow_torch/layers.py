@@ -60,8 +60,8 @@ class Attention(nn.Module):
         """x (B, L, C); rope = (cos, sin) for these L positions, each (L, head_dim).
 
         Without a cache the attention is causal over the L positions. With a cache the
-        L new keys/values are appended at the cache's write index and the queries
-        attend causally to everything written so far. query_scale (B, 1, 1, 1) divides
+        L new keys/values are written at the cache's position `start` and the queries
+        attend to the positions written so far through its mask (positions <= their own). query_scale (B, 1, 1, 1) divides
         the logits per sample: the inverse attention temperature.
         """
         B, L, C = x.shape
@@ -78,12 +78,8 @@ class Attention(nn.Module):
         if cache is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
         else:
-            start = cache.length
-            keys, values = cache.append(k, v)  # (B, nh, start + L, hd)
-            mask = None
-            if L > 1:
-                mask = torch.ones(L, start + L, dtype=torch.bool, device=x.device).tril(diagonal=start)
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
+            keys, values = cache.write(k, v)  # (B, nh, start + L, hd)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=cache.mask, scale=scale)
         return self.proj(out.transpose(1, 2).reshape(B, L, C))
 
 

@@ -4,6 +4,10 @@ Both samplers walk the block's causal sequence. Target j is token j with sos
 (input j is sos for j = 0, else token j-1) and token j+1 without sos (token 0 is
 copied from the noise). Guidance doubles the batch: the first half is conditional,
 the second null, and both continue with the guided token (SPEC section 3).
+
+A sequential step is a Jacobi step of one token, which is exact after one iteration.
+Everything runs under torch.no_grad (not inference_mode: samples may feed the autograd
+of denoising); the causal mask is built once per cache.
 """
 
 from __future__ import annotations
@@ -42,6 +46,15 @@ class BlockConditions:
 
 
 class _BlockSampler:
+    """The state of inverting one block: the causal sequence, the noise and the KV cache.
+
+    `sequence` holds the block's inputs and, one position later, its outputs: with sos
+    it is [sos, x_0 .. x_{T-1}] and target j (token j) reads position j and is written at
+    j + 1; without sos it is x itself and target j (token j + 1) reads j and is written
+    at j + 1. So a step over targets first..first+L-1 reads positions first..first+L-1
+    and writes first+1..first+L.
+    """
+
     def __init__(self, block: FlowBlock, noise: torch.Tensor, cond: BlockConditions, rope: Rope | None):
         self.block, self.cond, self.rope = block, cond, rope
         config = block.config
@@ -49,63 +62,70 @@ class _BlockSampler:
         self.batch = noise.shape[0]
         z = block.permute(noise).float()
         self.z = torch.cat([z, z]) if self.guided else z  # (B', T, C')
-        self.x = self.z.clone()  # the sample being built; starts at the Jacobi guess x = z
+        rows, tokens, token_dim = self.z.shape
         self.offset = 0 if config.sos else 1  # target j is token j + offset
-        self.num_targets = self.z.shape[1] - self.offset
-        rows = self.z.shape[0]
+        self.num_targets = tokens - self.offset
+        if config.sos:  # (B', 1 + T, C'); x starts at the Jacobi guess x = z
+            sos = block.sos_embed.float().expand(rows, 1, token_dim)
+            self.sequence = torch.cat([sos, self.z], dim=1)
+        else:  # (B', T, C'); token 0 is copied from the noise
+            self.sequence = self.z.clone()
         self.query_scale = None
         if cond.attn_temp != 1.0:  # official STARFlow: every row; TARFlow: the null branch only
             scale = torch.ones(rows, 1, 1, 1, device=z.device)
             first = self.batch if (config.family == "tarflow" and self.guided) else 0
             scale[first:] = 1.0 / cond.attn_temp
             self.query_scale = scale
-        txt_len = cond.text.shape[1] if block.has_text else 0
-        self.txt_len = txt_len
+        self.txt_len = cond.text.shape[1] if block.has_text else 0
         weight = block.proj_in.weight
-        self.cache = BlockCache(
+        self.cache = BlockCache.empty(
             len(block.attn_blocks),
             rows,
             config.num_heads,
-            txt_len + self.z.shape[1],
+            self.txt_len + self.num_targets,
             config.head_dim,
             weight.dtype,
             weight.device,
         )
-        if block.has_text:  # text tokens fill the cache first
-            block.trunk(block.text_tokens(cond.text), self._rope(-txt_len, 0), self.cache, self.query_scale)
+        if block.has_text:  # text tokens fill the cache first, at positions 0..txt_len-1
+            self.cache.prepare_write(0, self.txt_len)
+            text_rope = None if rope is None else (rope[0][: self.txt_len], rope[1][: self.txt_len])
+            block.trunk(block.text_tokens(cond.text), text_rope, self.cache, self.query_scale)
 
-    def _rope(self, start: int, stop: int) -> Rope | None:
+    def _rope(self, cache_start: int, length: int) -> Rope | None:
+        """(cos, sin) rows for cache positions cache_start..cache_start+length-1, each (L, head_dim)."""
         if self.rope is None:
             return None
         cos, sin = self.rope
-        return cos[self.txt_len + start : self.txt_len + stop], sin[
-            self.txt_len + start : self.txt_len + stop
-        ]
+        return cos[cache_start : cache_start + length], sin[cache_start : cache_start + length]
 
-    def inputs(self, first: int, stop: int) -> torch.Tensor:
-        """Input tokens for targets first..stop-1: token (target - 1), sos for target 0."""
-        lo = first + self.offset - 1
-        if lo >= 0:
-            return self.x[:, lo : stop + self.offset - 1]
-        sos = self.block.sos_embed.float().expand(self.x.shape[0], -1, -1)
-        return torch.cat([sos, self.x[:, : stop + self.offset - 1]], dim=1)
+    def step(self, first: int, length: int) -> torch.Tensor:
+        """Run targets first..first+length-1 (one evaluation); return the relative change (scalar).
 
-    def run(self, first: int, stop: int) -> torch.Tensor:
-        """Evaluate targets first..stop-1 (appending to the cache); return their new values."""
-        h = self.block.embed(self.inputs(first, stop), first, self.cond.labels)
-        h = self.block.trunk(h, self._rope(first, stop), self.cache, self.query_scale)
+        The change is mean((new - old)^2) / mean(new^2) over the written tokens.
+        """
+        inputs = self.sequence[:, first : first + length]  # (B', L, C')
+        cache_start = first + self.txt_len
+        self.cache.prepare_write(cache_start, length)
+        h = self.block.embed(inputs, first, self.cond.labels)
+        h = self.block.trunk(h, self._rope(cache_start, length), self.cache, self.query_scale)
         raw_scale, shift = self.block.head(h)
-        shift, scale = self.combine(raw_scale, shift, first, stop)
-        return to_data(self.z[:, first + self.offset : stop + self.offset], shift, scale)
+        shift, scale = self.combine(raw_scale, shift, first, length)
+        noise = self.z[:, first + self.offset : first + self.offset + length]
+        new = to_data(noise, shift, scale)  # (B', L, C')
+        written = self.sequence[:, first + 1 : first + 1 + length]
+        change = (new - written).square().mean() / new.square().mean().clamp_min(1e-30)
+        written.copy_(new)
+        return change
 
-    def combine(self, raw_scale, shift, first: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def combine(self, raw_scale, shift, first: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         config = self.block.config
         if not self.guided:
             scale, _ = scale_and_log_scale(raw_scale, config.use_softplus)
             return shift, scale
         weight = self.cond.guidance
         if self.cond.annealed:  # w * (t + 1) / T, per target
-            steps = torch.arange(first + 1, stop + 1, device=shift.device, dtype=torch.float32)
+            steps = torch.arange(first + 1, first + length + 1, device=shift.device, dtype=torch.float32)
             weight = (weight * steps / self.num_targets).view(1, -1, 1)
         if config.family == "tarflow":
             raw_c, raw_u = raw_scale.chunk(2)
@@ -120,7 +140,8 @@ class _BlockSampler:
         return torch.cat([guided_shift, guided_shift]), torch.cat([scale, scale])
 
     def result(self) -> torch.Tensor:
-        return self.block.permute(self.x[: self.batch])
+        tokens = self.sequence[: self.batch, 1:] if self.block.config.sos else self.sequence[: self.batch]
+        return self.block.permute(tokens)
 
 
 @torch.no_grad()
@@ -129,9 +150,8 @@ def sample_block_sequential(
 ) -> torch.Tensor:
     """Invert one block token by token with a KV cache. noise/result: (B, T, C') raster order."""
     sampler = _BlockSampler(block, noise, cond, rope)
-    offset = sampler.offset
     for j in tqdm(range(sampler.num_targets), disable=not progress, desc=f"block {block.index}", leave=False):
-        sampler.x[:, j + offset] = sampler.run(j, j + 1)[:, 0]
+        sampler.step(j, 1)
     return sampler.result()
 
 
@@ -150,25 +170,21 @@ def sample_block_jacobi(
 
     Each chunk starts from x = z, re-evaluates all its tokens in parallel from the
     current guess, and stops when mean((x_new - x)^2) / mean(x_new^2) < tol or after
-    max_iter; the chunk's cache entries are rewound before every retry. Returns the
+    max_iter; a retry overwrites the chunk's cache entries in place. Returns the
     sample and the iteration count of each chunk.
     """
     sampler = _BlockSampler(block, noise, cond, rope)
-    offset, iterations = sampler.offset, []
+    iterations = []
     bar = tqdm(
         total=sampler.num_targets, disable=not progress, desc=f"block {block.index} (Jacobi)", leave=False
     )
     for first in range(0, sampler.num_targets, block_size):
-        stop = min(first + block_size, sampler.num_targets)
-        targets = slice(first + offset, stop + offset)
+        length = min(block_size, sampler.num_targets - first)
         for iteration in range(1, max_iter + 1):
-            new = sampler.run(first, stop)
-            change = (new - sampler.x[:, targets]).square().mean() / new.square().mean().clamp_min(1e-30)
-            sampler.x[:, targets] = new
-            if change < tol or iteration == max_iter:
+            change = sampler.step(first, length)
+            if iteration == max_iter or change.item() < tol:
                 break
-            sampler.cache.rewind(stop - first)
         iterations.append(iteration)
-        bar.update(stop - first)
+        bar.update(length)
     bar.close()
     return sampler.result(), iterations
