@@ -48,6 +48,12 @@ class StarFlow(nn.Module):
     def save_pretrained(self, folder: str | Path, dtype: mx.Dtype | None = None) -> None:
         checkpoint.save_pretrained(self, folder, dtype)
 
+    def quantize(self, bits: int = 8, group_size: int = 64) -> StarFlow:
+        """Quantize the transformer linears in place (see quantize.py); save_pretrained keeps it."""
+        from .quantize import quantize
+
+        return quantize(self, bits, group_size)
+
     # ----- layout ---------------------------------------------------------------------
     def is_identity(self, index: int) -> bool:
         return self.config.layers_per_block[index] == 0

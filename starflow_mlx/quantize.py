@@ -1,0 +1,59 @@
+"""Weight-only quantization of the transformer linears (MLX affine, 4 or 8 bits per weight).
+
+Quantized: every Linear inside the transformer layers (attention qkv/proj, MLP main.0/main.2)
+whose input width is a multiple of the group size. Kept in full precision: the flow's
+input/output projections proj_in and proj_out (the affine map's shift and scale come
+straight out of proj_out, and both are tiny) and proj_txt. The rule lives in
+`is_quantized`, and `quantize_model` is what checkpoint.load_pretrained calls for a
+folder whose config.json records `quantization: [bits, group_size]`.
+
+On Apple GPUs quantized matmuls cut weight traffic (what bounds sequential sampling);
+on the Linux CPU backend they mainly save memory (the CPU kernels are slower than BLAS).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import mlx.nn as nn
+
+if TYPE_CHECKING:
+    from .model import StarFlow
+
+FULL_PRECISION_LINEARS = ("proj_in", "proj_out", "proj_txt")
+
+
+def is_quantized(path: str, module: nn.Module, group_size: int) -> bool:
+    """Whether the module at `path` (e.g. "blocks.5.attn_blocks.0.mlp.main.0") gets quantized."""
+    if not isinstance(module, nn.Linear):
+        return False
+    if path.rsplit(".", 1)[-1] in FULL_PRECISION_LINEARS:
+        return False
+    return module.weight.shape[1] % group_size == 0  # weight (out, in): groups run along `in`
+
+
+def quantize_model(model: StarFlow, bits: int, group_size: int) -> None:
+    """Replace the selected Linears of `model` by QuantizedLinear, in place (weights quantized now)."""
+    nn.quantize(
+        model,
+        group_size=group_size,
+        bits=bits,
+        class_predicate=lambda path, module: is_quantized(path, module, group_size),
+    )
+
+
+def quantize(model: StarFlow, bits: int = 8, group_size: int = 64) -> StarFlow:
+    """Quantize `model` in place and record (bits, group_size) in its config; returns the model.
+
+    `save_pretrained` then writes the packed weights with their scales and biases, and
+    config.json carries `quantization`, so `StarFlow.from_pretrained` rebuilds it.
+    """
+    if model.config.quantization is not None:
+        raise ValueError(f"model is already quantized {model.config.quantization}; load full weights")
+    config = model.config.replace(quantization=(bits, group_size))  # validates bits and group_size
+    quantize_model(model, bits, group_size)
+    model.config = config
+    for block in model.blocks:
+        if hasattr(block, "config"):
+            block.config = config
+    return model
