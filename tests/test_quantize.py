@@ -1,0 +1,106 @@
+"""8- and 4-bit MLX quantization of the transformer linears (starflow_mlx/quantize.py)."""
+
+from __future__ import annotations
+
+import json
+
+# isort: off
+import starflow_mlx  # noqa: F401  (loads OpenBLAS before mlx)
+import mlx.core as mx
+
+# isort: on
+import mlx.nn as nn
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+from starflow_convert.config import preset
+from starflow_mlx import StarFlow
+from starflow_mlx.bench import BenchSettings, build_random_folder
+
+GROUP_SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny_flow")
+    build_random_folder(preset("tiny"), path, BenchSettings(proj_out_std=0.05))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    config = preset("tiny")
+    x = rng.standard_normal((2, config.img_size, config.img_size, config.in_channels), dtype=np.float32)
+    y = rng.standard_normal((2, config.txt_size, config.txt_dim), dtype=np.float32)
+    return mx.array(x), mx.array(y)
+
+
+# Affine quantization rounds each weight to within half a step of its group's grid,
+# step = (max - min) / (2^bits - 1): 17x coarser at 4 bits than at 8 (255 / 15). On this
+# random tiny model (seeded, so deterministic) the observed max |dz| / max |z| is 3.9e-3
+# (8-bit) and 6.7e-2 (4-bit), 17x apart as the step predicts, and bits/dim moves by 9.7e-4
+# and 1.5e-2. Bounds are ~4-5x the observations: loose enough for BLAS/thread rounding,
+# tight enough to catch a wrong group size, bit width or an unquantized/mis-scaled layer.
+Z_BOUND = {8: 2e-2, 4: 3e-1}
+BITS_PER_DIM_BOUND = {8: 5e-3, 4: 6e-2}
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantized_output_close_to_full_precision(folder, data, bits):
+    x, y = data
+    full = StarFlow.from_pretrained(folder)
+    quantized = StarFlow.from_pretrained(folder).quantize(bits, GROUP_SIZE)
+    z_full, logdet_full = full(x, y)
+    z_quant, logdet_quant = quantized(x, y)
+    deviation = float(mx.max(mx.abs(z_quant - z_full)) / mx.max(mx.abs(z_full)))
+    assert deviation < Z_BOUND[bits]
+    assert deviation > 0  # the quantized path really ran
+    bpd_delta = float(mx.max(mx.abs(quantized.bits_per_dim(x, y) - full.bits_per_dim(x, y))))
+    assert bpd_delta < BITS_PER_DIM_BOUND[bits]
+
+
+def test_skip_rule(folder):
+    model = StarFlow.from_pretrained(folder).quantize(8, GROUP_SIZE)
+    for block in model.blocks:
+        if not hasattr(block, "proj_out"):
+            continue
+        for name in ("proj_in", "proj_out", "proj_txt"):
+            if hasattr(block, name):
+                assert type(getattr(block, name)) is nn.Linear, name
+        for layer in block.attn_blocks:
+            linears = [layer.attention.qkv, layer.attention.proj, layer.mlp.main[0], layer.mlp.main[2]]
+            assert all(isinstance(linear, nn.QuantizedLinear) for linear in linears)
+
+
+def test_input_width_not_multiple_of_group_stays_full_precision():
+    config = preset("tiny").replace(channels=96, head_dim=32)  # 96 % 64 != 0; MLP out-proj reads 384
+    model = StarFlow(config).quantize(8, GROUP_SIZE)
+    layer = model.blocks[-1].attn_blocks[0]
+    assert type(layer.attention.qkv) is nn.Linear and type(layer.attention.proj) is nn.Linear
+    assert type(layer.mlp.main[0]) is nn.Linear
+    assert isinstance(layer.mlp.main[2], nn.QuantizedLinear)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_round_trip_through_save_pretrained(folder, data, tmp_path, bits):
+    x, y = data
+    quantized = StarFlow.from_pretrained(folder).quantize(bits, GROUP_SIZE)
+    quantized.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["quantization"] == [bits, GROUP_SIZE]
+    loaded = StarFlow.from_pretrained(tmp_path)
+    assert loaded.config.quantization == (bits, GROUP_SIZE)
+    saved = dict(tree_flatten(quantized.parameters()))
+    assert set(saved) == set(dict(tree_flatten(loaded.parameters())))
+    assert any(name.endswith(".scales") for name in saved)
+    z_saved, logdet_saved = quantized(x, y)
+    z_loaded, logdet_loaded = loaded(x, y)
+    assert np.array_equal(np.array(z_saved), np.array(z_loaded))
+    assert np.array_equal(np.array(logdet_saved), np.array(logdet_loaded))
+
+
+def test_quantizing_twice_is_an_error(folder):
+    model = StarFlow.from_pretrained(folder).quantize(8, GROUP_SIZE)
+    with pytest.raises(ValueError, match="already quantized"):
+        model.quantize(4, GROUP_SIZE)
