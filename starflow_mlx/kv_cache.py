@@ -12,11 +12,21 @@ from __future__ import annotations
 
 import mlx.core as mx
 
+# Attention reads the cache in prefixes of a multiple of this many positions: the softmax
+# over masked-out positions is most of the attention time on CPU, and each distinct prefix
+# size costs one more compilation of the step.
+VISIBLE_STEP = 64
 
-def visible_keys_mask(start: mx.array, length: int, capacity: int) -> mx.array:
-    """(length, capacity) bool: query i (at position start + i) sees keys at positions <= start + i."""
+
+def visible_positions(end: int, capacity: int) -> int:
+    """The prefix size that covers cache positions 0..end-1: end rounded up to VISIBLE_STEP."""
+    return min(capacity, -(-end // VISIBLE_STEP) * VISIBLE_STEP)
+
+
+def visible_keys_mask(start: mx.array, length: int, visible: int) -> mx.array:
+    """(length, visible) bool: query i (at position start + i) sees keys at positions <= start + i."""
     query_positions = start + mx.arange(length, dtype=mx.int32)
-    return mx.arange(capacity, dtype=mx.int32)[None, :] <= query_positions[:, None]
+    return mx.arange(visible, dtype=mx.int32)[None, :] <= query_positions[:, None]
 
 
 class LayerCache:
@@ -26,7 +36,8 @@ class LayerCache:
         self.keys = keys
         self.values = values
         self.start: mx.array | None = None  # write position of the current step (int32 scalar)
-        self.mask: mx.array | None = None  # (L, capacity) visibility of the current step
+        self.visible = keys.shape[2]  # cache positions the current step attends to (a prefix)
+        self.mask: mx.array | None = None  # (L, visible) visibility of the current step
 
     @classmethod
     def empty(cls, batch: int, heads: int, capacity: int, head_dim: int, dtype: mx.Dtype) -> LayerCache:
@@ -38,10 +49,10 @@ class LayerCache:
         return self.keys.shape[2]
 
     def write(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
-        """Write (B, heads, L, head_dim) at `start`; return the full (B, heads, capacity, head_dim) arrays."""
+        """Write (B, heads, L, head_dim) at `start`; return the first `visible` positions of keys, values."""
         self.keys = mx.slice_update(self.keys, keys.astype(self.keys.dtype), self.start, axes=(2,))
         self.values = mx.slice_update(self.values, values.astype(self.values.dtype), self.start, axes=(2,))
-        return self.keys, self.values
+        return self.keys[:, :, : self.visible], self.values[:, :, : self.visible]
 
 
 class BlockCache:
@@ -65,11 +76,14 @@ class BlockCache:
     def capacity(self) -> int:
         return self.layers[0].capacity if self.layers else 0
 
-    def prepare_write(self, start: mx.array, length: int) -> None:
-        """Set the write position and mask of the next step (L = length new tokens) in every layer."""
-        mask = visible_keys_mask(start, length, self.capacity)
+    def prepare_write(self, start: mx.array, length: int, visible: int) -> None:
+        """Set the write position, attended prefix and mask of the next step (L = length new tokens).
+
+        `visible` must cover start + length (a static size; `start` may be a traced array).
+        """
+        mask = visible_keys_mask(start, length, visible)
         for layer in self.layers:
-            layer.start, layer.mask = start, mask
+            layer.start, layer.visible, layer.mask = start, visible, mask
 
     def state(self) -> list[mx.array]:
         """The cache arrays (keys, values per layer), for mx.eval and compiled steps."""

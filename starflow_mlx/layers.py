@@ -100,7 +100,7 @@ class Attention(nn.Module):
 
         Without a cache the attention is causal over the L positions. With a cache the
         L new keys/values are written at the cache's position `start` and the queries
-        attend to the whole preallocated cache through its mask (positions <= their own). query_scale (B, 1, 1, 1) divides
+        attend to a fixed-size prefix of the cache through its mask (positions <= their own). query_scale (B, 1, 1, 1) divides
         the logits per sample: the inverse attention temperature.
         """
         B, L, C = x.shape
@@ -117,7 +117,7 @@ class Attention(nn.Module):
         if cache is None:
             out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal")
         else:
-            keys, values = cache.write(k, v)  # (B, nh, capacity, hd)
+            keys, values = cache.write(k, v)  # (B, nh, visible, hd)
             out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=scale, mask=cache.mask)
         return self.proj(out.transpose(0, 2, 1, 3).reshape(B, L, C))
 

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .flow_block import FlowBlock, Rope
 from .flow_math import guide_linear, guide_scale_shift, scale_and_log_scale, to_data
-from .kv_cache import BlockCache
+from .kv_cache import BlockCache, visible_positions
 
 
 @dataclasses.dataclass
@@ -87,12 +87,13 @@ class _BlockSampler:
             block.proj_in.weight.dtype,
         )
         if block.has_text:  # text tokens fill the cache first, at positions 0..txt_len-1
-            cache.prepare_write(mx.array(0, dtype=mx.int32), self.txt_len)
+            cache.prepare_write(mx.array(0, dtype=mx.int32), self.txt_len, self.txt_len)
             text_rope = None if rope is None else (rope[0][: self.txt_len], rope[1][: self.txt_len])
             block.trunk(block.text_tokens(cond.text), text_rope, cache, self.query_scale)
         self.cache_state = cache.state()
         mx.eval(self.sequence, self.cache_state)
-        self._compiled_steps: dict[int, object] = {}
+        self.capacity = cache.capacity
+        self._compiled_steps: dict[tuple[int, int], object] = {}
 
     def _rope(self, cache_start: mx.array, length: int) -> Rope | None:
         """(cos, sin) rows for cache positions cache_start..cache_start+length-1, each (L, head_dim)."""
@@ -103,8 +104,18 @@ class _BlockSampler:
             for table in self.rope
         )
 
-    def _step(self, length: int, sequence: mx.array, z: mx.array, first: mx.array, *cache_state: mx.array):
+    def _step(
+        self,
+        length: int,
+        visible: int,
+        sequence: mx.array,
+        z: mx.array,
+        first: mx.array,
+        *cache_state: mx.array,
+    ):
         """Evaluate targets first..first+L-1 from the current sequence; a pure function of its inputs.
+
+        Attention reads the first `visible` cache positions (static, covers first + L).
 
         Returns the updated sequence, the relative change mean((new - old)^2) / mean(new^2)
         of the written tokens, and the updated cache arrays.
@@ -113,7 +124,7 @@ class _BlockSampler:
         inputs = mx.slice(sequence, first, axes=(1,), slice_size=(rows, length, token_dim))  # (B', L, C')
         cache = BlockCache.from_state(list(cache_state))
         cache_start = first + self.txt_len
-        cache.prepare_write(cache_start, length)
+        cache.prepare_write(cache_start, length, visible)
         h = self.block.embed(inputs, first, self.cond.labels)
         h = self.block.trunk(h, self._rope(cache_start, length), cache, self.query_scale)
         raw_scale, shift = self.block.head(h)
@@ -127,10 +138,11 @@ class _BlockSampler:
 
     def step(self, first: int, length: int) -> mx.array:
         """Run targets first..first+length-1 (one evaluation); return the relative change (scalar)."""
-        compiled = self._compiled_steps.get(length)
+        key = (length, visible_positions(self.txt_len + first + length, self.capacity))
+        compiled = self._compiled_steps.get(key)
         if compiled is None:
-            compiled = mx.compile(functools.partial(self._step, length))
-            self._compiled_steps[length] = compiled
+            compiled = mx.compile(functools.partial(self._step, *key))
+            self._compiled_steps[key] = compiled
         outputs = compiled(self.sequence, self.z, mx.array(first, dtype=mx.int32), *self.cache_state)
         # drop the old arrays before evaluating so the cache updates can reuse their buffers
         self.sequence, change, self.cache_state = outputs[0], outputs[1], list(outputs[2:])
