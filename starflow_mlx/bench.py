@@ -2,7 +2,8 @@
 
     python -m starflow_mlx.bench                       # presets tiny and bench-small
     python -m starflow_mlx.bench --preset bench-small --repeats 5 --out bench_results/
-    python -m starflow_mlx.bench --preset starflow-3b-t2i-256 --dtype bfloat16 --no-sweep
+    python -m starflow_mlx.bench --preset starflow-3b-t2i-256 --dtype bfloat16 --repeats 1 \
+        --no-sweep --no-quantization --no-torch     # 3B-shaped random weights, ~6 GB; very slow on CPU
 
 One process builds a torch StarFlow with random weights, perturbs every proj_out
 (std --proj-out-std) and sos embedding so that no block is the identity and Jacobi
@@ -72,7 +73,12 @@ def build_random_folder(config: FlowConfig, folder: Path, settings: BenchSetting
     from starflow_torch import StarFlow as TorchStarFlow
 
     torch.manual_seed(settings.seed)
-    model = TorchStarFlow(config).to(getattr(torch, settings.dtype))
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, settings.dtype))  # build in bf16 directly: 3B is 12 GB in fp32
+    try:
+        model = TorchStarFlow(config)
+    finally:
+        torch.set_default_dtype(default_dtype)
     with torch.no_grad():
         for block in model.blocks:
             if hasattr(block, "proj_out"):  # zero-initialised proj_out makes the block the identity
