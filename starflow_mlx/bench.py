@@ -413,7 +413,8 @@ def plot(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 1 + any(r["jacobi_sweep"] for r in results), figsize=(12, 4.5))
+    swept = [r for r in results if r["jacobi_sweep"]]
+    figure, axes = plt.subplots(1, 1 + bool(swept), figsize=(12, 4.5))
     axes = np.atleast_1d(axes)
     width = 0.8 / len(results)
     for k, result in enumerate(results):
@@ -428,9 +429,8 @@ def plot(results: list[dict], path: Path) -> None:
     axes[0].set_yscale("log")
     axes[0].set_ylabel("seconds per batch")
     axes[0].legend()
-    for result in results:
-        if not result["jacobi_sweep"]:
-            continue
+    if swept:  # the last (largest) preset's sweep
+        result = swept[-1]
         for tol in SWEEP_TOLERANCES:
             entries = [e for e in result["jacobi_sweep"] if e["tol"] == tol]
             axes[1].plot(
@@ -442,7 +442,7 @@ def plot(results: list[dict], path: Path) -> None:
         axes[1].set_xscale("log", base=2)
         axes[1].set_xlabel("Jacobi block size")
         axes[1].set_ylabel("seconds per batch (MLX)")
-        axes[1].set_title(f"{result['preset']} Jacobi sweep")
+        axes[1].set_title(f"{result['preset']}: MLX Jacobi sweep")
         axes[1].legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
