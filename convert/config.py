@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -585,12 +584,20 @@ PRESETS: dict[str, FlowConfig] = {
 }
 
 
+def resolve_config(config: FlowConfig | Mapping[str, Any] | str | Path) -> FlowConfig:
+    """A FlowConfig from itself, a dict (ours, or {"family", "constructor"}), or a JSON path."""
+    if isinstance(config, FlowConfig):
+        return config
+    if isinstance(config, str | Path):
+        return FlowConfig.load(config)
+    if isinstance(config, Mapping):
+        if "constructor" in config:
+            return from_official_arguments(config["constructor"], family=config.get("family", "starflow"))
+        return FlowConfig.from_dict(config)
+    raise TypeError(f"config must be a FlowConfig, dict or path, got {type(config).__name__}")
+
+
 def preset(name: str) -> FlowConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]
-
-
-def bits_per_dim_from_log_prob(log_prob: float, dims: int) -> float:
-    """Convert a log-likelihood in nats to bits per dimension."""
-    return -log_prob / (dims * math.log(2.0))

@@ -14,8 +14,6 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-import numpy as np
-
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -43,18 +41,6 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, values: Mapping) -> None:
     atomic_write_text(path, json.dumps(values, indent=2) + "\n")
-
-
-def save_numpy_safetensors(
-    path: str | Path, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
-) -> None:
-    """Write numpy arrays to safetensors atomically."""
-    from safetensors.numpy import save_file
-
-    with atomic_path(path) as tmp:
-        save_file(
-            {k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata=dict(metadata or {})
-        )
 
 
 def read_safetensors_header(path: str | Path) -> dict:
@@ -88,49 +74,3 @@ def read_safetensors_header(path: str | Path) -> dict:
             f"{data_len}; re-download or re-convert it"
         )
     return header
-
-
-def load_numpy_safetensors(path: str | Path) -> dict[str, np.ndarray]:
-    """Load a safetensors file into numpy arrays after validating it (bf16 is widened to fp32)."""
-    read_safetensors_header(path)
-    from safetensors import safe_open
-
-    out = {}
-    try:
-        with safe_open(str(path), framework="numpy") as handle:
-            for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
-                out[key] = handle.get_tensor(key)
-    except TypeError:  # numpy has no bfloat16: go through the raw bytes
-        out = _load_bf16_aware(path)
-    return out
-
-
-def _load_bf16_aware(path: str | Path) -> dict[str, np.ndarray]:
-    header = read_safetensors_header(path)
-    with open(path, "rb") as handle:
-        header_len = int.from_bytes(handle.read(8), "little")
-        handle.seek(8 + header_len)
-        blob = handle.read()
-    dtypes = {
-        "F32": np.float32,
-        "F16": np.float16,
-        "I64": np.int64,
-        "I32": np.int32,
-        "U8": np.uint8,
-        "F64": np.float64,
-        "I8": np.int8,
-        "BOOL": np.bool_,
-        "U32": np.uint32,
-    }
-    out = {}
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        start, end = info["data_offsets"]
-        raw = blob[start:end]
-        if info["dtype"] == "BF16":
-            bits = np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16
-            out[key] = bits.view(np.float32).reshape(info["shape"])
-        else:
-            out[key] = np.frombuffer(raw, dtype=dtypes[info["dtype"]]).reshape(info["shape"]).copy()
-    return out

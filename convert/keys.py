@@ -68,3 +68,34 @@ def check_weights(
         lines.append(f"  wrong shape ({len(mis_shaped)}): " + "; ".join(mis_shaped))
     lines.append("  check that config.json belongs to these weights (channels, blocks, layers, text width).")
     raise CheckpointMismatchError("\n".join(lines))
+
+
+# ----- SD-VAE weights ------------------------------------------------------------------
+# Official STARFlow fine-tuned VAE checkpoints wrap the diffusers modules in two
+# Sequentials: encoder = (encoder, quant_conv), decoder = (post_quant_conv, decoder).
+OFFICIAL_VAE_PREFIXES = {
+    "encoder.0.": "encoder.",
+    "encoder.1.": "quant_conv.",
+    "decoder.0.": "post_quant_conv.",
+    "decoder.1.": "decoder.",
+}
+# Attention parameter names of checkpoints saved by old diffusers versions
+# (e.g. stabilityai/sd-vae-ft-ema) -> current names.
+DEPRECATED_VAE_ATTENTION_NAMES = {
+    "query": "to_q",
+    "key": "to_k",
+    "value": "to_v",
+    "proj_attn": "to_out.0",
+}
+
+
+def vae_key_to_diffusers(key: str) -> str:
+    """Official fine-tuned or old-diffusers VAE weight name -> the current diffusers name."""
+    for official_prefix, diffusers_prefix in OFFICIAL_VAE_PREFIXES.items():
+        if key.startswith(official_prefix):
+            key = diffusers_prefix + key[len(official_prefix) :]
+            break
+    parts = key.split(".")
+    if "attentions" in parts and len(parts) >= 2 and parts[-2] in DEPRECATED_VAE_ATTENTION_NAMES:
+        parts[-2] = DEPRECATED_VAE_ATTENTION_NAMES[parts[-2]]
+    return ".".join(parts)

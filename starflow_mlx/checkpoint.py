@@ -14,59 +14,36 @@ from typing import TYPE_CHECKING
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from starflow_convert.config import FlowConfig
+from starflow_convert.config import FlowConfig, resolve_config
 from starflow_convert.io import atomic_path, read_safetensors_header
 from starflow_convert.keys import check_weights, official_to_ours, split_deprecated
-from starflow_convert.pth_reader import list_pth_tensors, read_pth_state_dict
+from starflow_convert.pth_reader import read_pth_state_dict
 
 if TYPE_CHECKING:
     from .model import StarFlow
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-
-
-def resolve_config(config: FlowConfig | dict | str | Path) -> FlowConfig:
-    """A FlowConfig from itself, a dict (ours, or {"family", "constructor"}), or a JSON path."""
-    if isinstance(config, FlowConfig):
-        return config
-    if isinstance(config, str | Path):
-        return FlowConfig.load(config)
-    if isinstance(config, dict):
-        if "constructor" in config:
-            from starflow_convert.config import from_official_arguments
-
-            return from_official_arguments(config["constructor"], family=config.get("family", "starflow"))
-        return FlowConfig.from_dict(config)
-    raise TypeError(f"config must be a FlowConfig, dict or path, got {type(config).__name__}")
+WRAPPER_KEYS = ("model", "state_dict", "ema")  # official training checkpoints nest the weights
 
 
 def read_official_state_dict(path: str | Path) -> dict[str, mx.array]:
+    """The tensors of an official .pth, plain or wrapped as {"model" | "state_dict" | "ema": ...}."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    key = None
-    names = list_pth_tensors_or_wrapped(path)
-    if isinstance(names, str):
-        key = names
-    return {
-        name: mx.array(array) for name, array in read_pth_state_dict(path, dtype="float32", key=key).items()
-    }
-
-
-def list_pth_tensors_or_wrapped(path: Path) -> str | None:
-    """None for a plain state_dict, or the wrapper key ("model", "state_dict", "ema") holding one."""
     try:
-        list_pth_tensors(path)
-        return None
-    except ValueError as err:
-        for wrapper in ("model", "state_dict", "ema"):
+        arrays = read_pth_state_dict(path, dtype="float32")
+    except ValueError as not_plain:
+        for wrapper in WRAPPER_KEYS:
             try:
-                list_pth_tensors(path, key=wrapper)
-                return wrapper
-            except ValueError:
+                arrays = read_pth_state_dict(path, dtype="float32", key=wrapper)
+                break
+            except (KeyError, ValueError):
                 continue
-        raise err
+        else:
+            raise not_plain
+    return {name: mx.array(array) for name, array in arrays.items()}
 
 
 def parameter_shapes(model: StarFlow) -> dict[str, tuple[int, ...]]:

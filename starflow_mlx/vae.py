@@ -23,6 +23,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
+from starflow_convert.keys import vae_key_to_diffusers
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
@@ -39,24 +41,6 @@ _IGNORED_CONFIG_KEYS = frozenset(
         "latents_std",
     }
 )
-
-# Official STARFlow fine-tuned VAE checkpoints wrap the diffusers modules in two
-# Sequentials: encoder = (encoder, quant_conv), decoder = (post_quant_conv, decoder).
-OFFICIAL_FINETUNED_PREFIXES = {
-    "encoder.0.": "encoder.",
-    "encoder.1.": "quant_conv.",
-    "decoder.0.": "post_quant_conv.",
-    "decoder.1.": "decoder.",
-}
-
-# Attention parameter names of checkpoints saved by old diffusers versions
-# (e.g. stabilityai/sd-vae-ft-ema) -> current names.
-DEPRECATED_ATTENTION_NAMES = {
-    "query": "to_q",
-    "key": "to_k",
-    "value": "to_v",
-    "proj_attn": "to_out.0",
-}
 
 
 @dataclass(frozen=True)
@@ -305,30 +289,19 @@ class Decoder(nn.Module):
         return self.conv_out(nn.silu(self.conv_norm_out(x)))
 
 
-def _rename_key(key: str) -> str:
-    for official_prefix, diffusers_prefix in OFFICIAL_FINETUNED_PREFIXES.items():
-        if key.startswith(official_prefix):
-            key = diffusers_prefix + key[len(official_prefix) :]
-            break
-    parts = key.split(".")
-    if "attentions" in parts and len(parts) >= 2 and parts[-2] in DEPRECATED_ATTENTION_NAMES:
-        parts[-2] = DEPRECATED_ATTENTION_NAMES[parts[-2]]
-    return ".".join(parts)
-
-
 def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
     """diffusers (or official STARFlow fine-tuned) VAE weights -> this module's names and layouts.
 
     Every change in one place:
     - official fine-tuned prefixes ``encoder.0/encoder.1/decoder.0/decoder.1`` ->
-      ``encoder/quant_conv/post_quant_conv/decoder`` (``OFFICIAL_FINETUNED_PREFIXES``);
+      ``encoder/quant_conv/post_quant_conv/decoder`` (``starflow_convert.keys.OFFICIAL_VAE_PREFIXES``);
     - deprecated attention names ``query/key/value/proj_attn`` -> ``to_q/to_k/to_v/to_out.0``;
     - attention projections stored as 1x1 convs (C, C, 1, 1) -> linear (C, C);
     - conv weights torch OIHW -> MLX OHWI: ``transpose(0, 2, 3, 1)``.
     """
     sanitized = {}
     for key, value in weights.items():
-        new_key = _rename_key(key)
+        new_key = vae_key_to_diffusers(key)
         if ".attentions." in new_key and value.ndim == 4:
             value = value.reshape(value.shape[0], value.shape[1])
         elif value.ndim == 4:

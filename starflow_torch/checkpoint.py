@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from starflow_convert.config import FlowConfig
+from starflow_convert.config import FlowConfig, resolve_config
 from starflow_convert.io import atomic_path, read_safetensors_header
 from starflow_convert.keys import check_weights, official_to_ours, split_deprecated
 
@@ -23,21 +23,7 @@ if TYPE_CHECKING:
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-
-
-def resolve_config(config: FlowConfig | dict | str | Path) -> FlowConfig:
-    """A FlowConfig from itself, a dict (ours, or {"family", "constructor"}), or a JSON path."""
-    if isinstance(config, FlowConfig):
-        return config
-    if isinstance(config, str | Path):
-        return FlowConfig.load(config)
-    if isinstance(config, dict):
-        if "constructor" in config:
-            from starflow_convert.config import from_official_arguments
-
-            return from_official_arguments(config["constructor"], family=config.get("family", "starflow"))
-        return FlowConfig.from_dict(config)
-    raise TypeError(f"config must be a FlowConfig, dict or path, got {type(config).__name__}")
+WRAPPER_KEYS = ("model", "state_dict", "ema")  # official training checkpoints nest the weights
 
 
 def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -53,7 +39,7 @@ def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         ) from err
     except (RuntimeError, EOFError, OSError) as err:
         raise ValueError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): {err}") from err
-    for wrapper in ("model", "state_dict", "ema"):
+    for wrapper in WRAPPER_KEYS:
         if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
             state = state[wrapper]
             break

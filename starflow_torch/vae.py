@@ -15,33 +15,10 @@ import diffusers
 import safetensors.torch
 import torch
 
+from starflow_convert.keys import vae_key_to_diffusers
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
-
-# Same tables as starflow_mlx.vae (each twin is importable without the other framework).
-OFFICIAL_FINETUNED_PREFIXES = {
-    "encoder.0.": "encoder.",
-    "encoder.1.": "quant_conv.",
-    "decoder.0.": "post_quant_conv.",
-    "decoder.1.": "decoder.",
-}
-DEPRECATED_ATTENTION_NAMES = {
-    "query": "to_q",
-    "key": "to_k",
-    "value": "to_v",
-    "proj_attn": "to_out.0",
-}
-
-
-def _rename_key(key: str) -> str:
-    for official_prefix, diffusers_prefix in OFFICIAL_FINETUNED_PREFIXES.items():
-        if key.startswith(official_prefix):
-            key = diffusers_prefix + key[len(official_prefix) :]
-            break
-    parts = key.split(".")
-    if "attentions" in parts and len(parts) >= 2 and parts[-2] in DEPRECATED_ATTENTION_NAMES:
-        parts[-2] = DEPRECATED_ATTENTION_NAMES[parts[-2]]
-    return ".".join(parts)
 
 
 def sanitize(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -49,7 +26,7 @@ def sanitize(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     projections stored as 1x1 convs -> linear. Layouts stay torch (OIHW)."""
     sanitized = {}
     for key, value in weights.items():
-        new_key = _rename_key(key)
+        new_key = vae_key_to_diffusers(key)
         if ".attentions." in new_key and value.ndim == 4:
             value = value.reshape(value.shape[0], value.shape[1])
         sanitized[new_key] = value
