@@ -1,187 +1,65 @@
-"""Training data: image folders, encoded latent shards, and a sharded bucket batch sampler.
+"""Training data of the torch twin: image folders, encoded latent shards, a sharded batch sampler.
 
-Image folders follow the Hugging Face imagefolder convention: captions in
-`metadata.jsonl` (one JSON object per line with `file_name` and `text`), or one
-subfolder per class for label models. Images are centre-cropped to their aspect
-ratio bucket, resized, optionally flipped and scaled to [-1, 1].
-
-Randomness lives in the sampler, which is a pure function of (seed, epoch): it
-decides the order, the flips and which process reads which sample, so a run can be
-resumed at any batch and any number of processes sees the same global batches.
+The folder conventions, buckets and the seeded epoch order are framework-free
+(starflow_convert.image_folders); this module turns them into torch Datasets and a
+Sampler that gives each process its share of every global batch.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import random
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-# The official training buckets (dataset.py), width:height.
-ASPECT_RATIOS = ("1:1", "2:3", "3:2", "16:9", "9:16", "4:5", "5:4", "21:9", "9:21")
+from starflow_convert.image_folders import (
+    ASPECT_RATIOS,
+    IMAGE_SUFFIXES,
+    SHARD_INDEX,
+    ImageFolder,
+    SampleRef,
+    aspect_ratio_to_size,
+    center_crop_resize,
+    check_batches_exist,
+    epoch_batches,
+    nearest_bucket,
+)
 
-
-def aspect_ratio_to_size(target_size: int, ratio: str, multiple: int) -> tuple[int, int]:
-    """(height, width) with area about target_size^2 and sides multiples of `multiple` (official)."""
-    rw, rh = (int(v) for v in ratio.split(":"))
-    r = rw / rh
-    area = target_size**2
-    height = max(multiple, round(math.sqrt(area / r) / multiple) * multiple)
-    width = max(multiple, round(math.sqrt(area * r) / multiple) * multiple)
-    return height, width
-
-
-def nearest_bucket(width: int, height: int) -> str:
-    """The aspect-ratio bucket closest to width/height in log space."""
-    log_ratio = math.log(width / height)
-
-    def distance(ratio: str) -> float:
-        rw, rh = (int(v) for v in ratio.split(":"))
-        return abs(math.log(rw / rh) - log_ratio)
-
-    return min(ASPECT_RATIOS, key=distance)
-
-
-@dataclass(frozen=True)
-class SampleRef:
-    """One sample of a global batch: dataset index, flip decision, position in the global batch."""
-
-    index: int
-    flip: bool
-    slot: int
+__all__ = [
+    "ASPECT_RATIOS",
+    "IMAGE_SUFFIXES",
+    "SHARD_INDEX",
+    "ImageFolderDataset",
+    "LatentShardDataset",
+    "SampleRef",
+    "ShardedBatchSampler",
+    "aspect_ratio_to_size",
+    "center_crop_resize",
+    "check_batches_exist",
+    "collate",
+    "epoch_batches",
+    "nearest_bucket",
+]
 
 
 # ----- image folders --------------------------------------------------------------------
-class ImageFolderDataset(torch.utils.data.Dataset):
-    """Images with captions (metadata.jsonl), class labels (subfolders) or nothing (unconditional)."""
-
-    def __init__(
-        self, folder: str | Path, conditioning: str, image_size: int, multiple: int, buckets: bool = False
-    ):
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"no image folder at {folder}")
-        self.folder = folder
-        self.conditioning = conditioning
-        self.image_size = image_size
-        self.multiple = multiple
-        self.class_names: list[str] = []
-        if conditioning == "text":
-            self.files, self.targets = self._read_metadata(folder)
-        elif conditioning == "label":
-            self.files, self.targets = self._read_class_folders(folder)
-        elif conditioning == "none":
-            self.files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-            self.targets = [None] * len(self.files)
-        else:
-            raise ValueError(f"conditioning must be text, label or none, got {conditioning!r}")
-        if not self.files:
-            raise ValueError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}); nothing to train on")
-        self.buckets = [self._bucket_of(path) if buckets else "1:1" for path in self.files]
-
-    @staticmethod
-    def _read_metadata(folder: Path) -> tuple[list[Path], list[str]]:
-        metadata = folder / "metadata.jsonl"
-        if not metadata.is_file():
-            raise FileNotFoundError(
-                f"{folder} has no metadata.jsonl; a text model needs one line per image: "
-                '{"file_name": "a.png", "text": "a caption"}'
-            )
-        files, texts = [], []
-        for number, line in enumerate(metadata.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            where = f"{metadata}, line {number}"
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where} is not valid JSON: {err}") from err
-            if not isinstance(entry, dict) or "file_name" not in entry:
-                raise ValueError(f"{where} has no 'file_name'")
-            if not isinstance(entry.get("text"), str):
-                raise ValueError(f"{where} ({entry['file_name']}) has no 'text' caption string")
-            path = folder / entry["file_name"]
-            if not path.is_file():
-                raise FileNotFoundError(f"{where} names {entry['file_name']}, which does not exist")
-            files.append(path)
-            texts.append(entry["text"])
-        return files, texts
-
-    def _read_class_folders(self, folder: Path) -> tuple[list[Path], list[int]]:
-        self.class_names = sorted(p.name for p in folder.iterdir() if p.is_dir())
-        if not self.class_names:
-            raise ValueError(
-                f"{folder} has no class subfolders; a label model needs <folder>/<class>/<image>"
-            )
-        files, labels = [], []
-        for label, name in enumerate(self.class_names):
-            for path in sorted((folder / name).rglob("*")):
-                if path.suffix.lower() in IMAGE_SUFFIXES:
-                    files.append(path)
-                    labels.append(label)
-        return files, labels
-
-    @staticmethod
-    def _bucket_of(path: Path) -> str:
-        try:
-            with Image.open(path) as image:  # reads the header only
-                return nearest_bucket(*image.size)
-        except (OSError, ValueError, SyntaxError):
-            return "1:1"  # unreadable: reported as corrupt when loaded
-
-    def __len__(self) -> int:
-        return len(self.files)
+class ImageFolderDataset(ImageFolder, torch.utils.data.Dataset):
+    """An ImageFolder whose items are (C, H, W) tensors in [-1, 1] with their condition."""
 
     def load_image(self, index: int, flip: bool) -> torch.Tensor | None:
-        """(3, H, W) in [-1, 1], or None if the file cannot be decoded."""
-        height, width = aspect_ratio_to_size(self.image_size, self.buckets[index], self.multiple)
-        try:
-            with Image.open(self.files[index]) as image:
-                image = image.convert("RGB")
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-            return None
-        image = center_crop_resize(image, height, width)
-        if flip:
-            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, H, W)
-        return pixels.float() / 127.5 - 1.0
+        pixels = self.read_pixels(index, flip)
+        return None if pixels is None else torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
     def __getitem__(self, ref: SampleRef) -> dict:
         image = self.load_image(ref.index, ref.flip)
-        item = {"image": image, "slot": ref.slot, "corrupt": image is None}
+        item = {"image": image, "slot": ref.slot, "corrupt": image is None, **self.target_of(ref.index)}
         if image is None:  # a placeholder, dropped by collate unless the whole share is corrupt
-            height, width = aspect_ratio_to_size(self.image_size, self.buckets[ref.index], self.multiple)
-            item["image"] = torch.zeros(3, height, width)
-        if self.conditioning == "text":
-            item["text"] = self.targets[ref.index]
-        elif self.conditioning == "label":
-            item["label"] = self.targets[ref.index]
+            item["image"] = torch.zeros(self.channels, *self.image_size_of(ref.index))
         return item
 
 
-def center_crop_resize(image: Image.Image, height: int, width: int) -> Image.Image:
-    """Crop the largest centred window of aspect width/height, then resize (antialiased)."""
-    w, h = image.size
-    if w * height > h * width:  # too wide: trim the width
-        crop_w, crop_h = round(h * width / height), h
-    else:
-        crop_w, crop_h = w, round(w * height / width)
-    left, top = (w - crop_w) // 2, (h - crop_h) // 2
-    image = image.crop((left, top, left + crop_w, top + crop_h))
-    return image.resize((width, height), Image.Resampling.BICUBIC)
-
-
 # ----- encoded latent shards -----------------------------------------------------------
-SHARD_INDEX = "index.json"
-
-
 class LatentShardDataset(torch.utils.data.Dataset):
     """Latents and text features written by `python -m starflow_torch.encode_dataset`."""
 
@@ -233,25 +111,6 @@ class LatentShardDataset(torch.utils.data.Dataset):
 
 
 # ----- batching -------------------------------------------------------------------------
-def epoch_batches(
-    buckets: Sequence[str], global_batch: int, seed: int, epoch: int, flip: bool
-) -> list[list[SampleRef]]:
-    """All global batches of one epoch: shuffled within buckets, incomplete batches dropped."""
-    rng = random.Random(f"{seed}:{epoch}")
-    by_bucket: dict[str, list[int]] = {}
-    for index, bucket in enumerate(buckets):
-        by_bucket.setdefault(bucket, []).append(index)
-    batches = []
-    for bucket in sorted(by_bucket):
-        indices = by_bucket[bucket]
-        rng.shuffle(indices)
-        for start in range(0, len(indices) - global_batch + 1, global_batch):
-            chunk = indices[start : start + global_batch]
-            batches.append([SampleRef(i, flip and rng.random() < 0.5, slot) for slot, i in enumerate(chunk)])
-    rng.shuffle(batches)
-    return batches
-
-
 class ShardedBatchSampler(torch.utils.data.Sampler):
     """This process's share of each global batch of an epoch, starting at batch `start`.
 
@@ -271,15 +130,6 @@ class ShardedBatchSampler(torch.utils.data.Sampler):
         for batch in self.batches:
             share = len(batch) // self.world_size
             yield batch[self.rank * share : (self.rank + 1) * share]
-
-
-def check_batches_exist(num_batches: int, dataset_size: int, global_batch: int, buckets: bool) -> None:
-    if num_batches == 0:
-        where = " in any aspect-ratio bucket" if buckets else ""
-        raise ValueError(
-            f"the dataset has {dataset_size} usable samples, fewer than one global micro-batch of "
-            f"{global_batch}{where}; lower train.batch_size or add data"
-        )
 
 
 def collate(items: list[dict]) -> dict:

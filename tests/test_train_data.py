@@ -18,6 +18,7 @@ from helpers.training import (
 )
 from safetensors.torch import load_file
 
+from starflow_convert.training_config import TrainConfig
 from starflow_torch import StarFlow
 from starflow_torch.data import (
     ImageFolderDataset,
@@ -29,7 +30,6 @@ from starflow_torch.data import (
     epoch_batches,
 )
 from starflow_torch.training import load_run_config, train
-from starflow_torch.training.config import TrainConfig
 
 
 @pytest.fixture(autouse=True)

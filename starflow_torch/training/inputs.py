@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from starflow_convert.config import FlowConfig
+from starflow_convert.training_config import TrainConfig
 
 from ..data import (
     SHARD_INDEX,
@@ -20,7 +21,6 @@ from ..data import (
     collate,
     epoch_batches,
 )
-from .config import TrainConfig
 from .objective import augment, drop_mask, micro_step_generator
 from .parallel import ProcessInfo
 
@@ -48,7 +48,7 @@ def build_dataset(config: FlowConfig, train: TrainConfig) -> torch.utils.data.Da
                 f"in_channels={config.in_channels}"
             )
         return dataset
-    if config.in_channels != 3:
+    if config.in_channels not in (1, 3):
         raise ValueError(
             f"{folder} is an image folder but the model takes {config.in_channels}-channel latents; "
             "encode it first: python -m starflow_torch.encode_dataset"
@@ -57,7 +57,9 @@ def build_dataset(config: FlowConfig, train: TrainConfig) -> torch.utils.data.Da
     if conditioning == "text" and train.text_encoder is None:
         raise ValueError("a captioned image folder for a text model needs train.text_encoder (a T5 folder)")
     size = train.image_size or config.img_size
-    return ImageFolderDataset(folder, conditioning, size, config.patch_size, train.buckets)
+    return ImageFolderDataset(
+        folder, conditioning, size, config.patch_size, train.buckets, channels=config.in_channels
+    )
 
 
 def batch_stream(

@@ -13,17 +13,25 @@ and N processes see the same noise, and a resumed run continues the same sequenc
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+from starflow_convert.training_config import bits_per_dim_from_loss, learning_rate, micro_step_seed
+
 from ..model import StarFlow
+
+__all__ = [
+    "FlowObjective",
+    "augment",
+    "bits_per_dim_from_loss",
+    "drop_mask",
+    "learning_rate",
+    "micro_step_generator",
+]
 
 
 def micro_step_generator(seed: int, micro_step: int) -> torch.Generator:
-    # odd multiplier: distinct (seed, step) pairs map to distinct 63-bit seeds
-    return torch.Generator().manual_seed((seed * 0x9E3779B97F4A7C15 + micro_step) % (2**63))
+    return torch.Generator().manual_seed(micro_step_seed(seed, micro_step))
 
 
 def augment(
@@ -99,22 +107,3 @@ def official_loss(z: torch.Tensor, block_logdets: list[torch.Tensor]) -> torch.T
     dims = z[0].numel()
     per_sample = 0.5 * z.float().square().flatten(1).mean(1) - sum(ld / dims for ld in block_logdets)
     return per_sample.mean()
-
-
-def bits_per_dim_from_loss(loss: float) -> float:
-    """The flow loss is the NLL per dimension minus 0.5 log(2 pi) (the Gaussian normaliser)."""
-    if not math.isfinite(loss):
-        return loss
-    return (loss + 0.5 * math.log(2 * math.pi)) / math.log(2)
-
-
-def learning_rate(step: int, max_lr: float, min_lr: float, warmup_steps: int, total_steps: int) -> float:
-    """Official CosineLRSchedule: linear from min(min_lr, 1e-6) to max_lr, cosine down to min_lr.
-
-    `step` counts the optimizer steps already taken.
-    """
-    start_lr = min(min_lr, 1e-6)
-    if step <= warmup_steps and warmup_steps > 0:
-        return start_lr + step / warmup_steps * (max_lr - start_lr)
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (max_lr - min_lr)

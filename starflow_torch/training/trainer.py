@@ -22,10 +22,11 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from starflow_convert.training_config import RunConfig
+
 from ..data import ImageFolderDataset
 from ..model import StarFlow
 from . import parallel, state
-from .config import RunConfig
 from .inputs import InputBuilder, batch_stream, build_dataset, sample_conditions
 from .objective import FlowObjective, bits_per_dim_from_loss, learning_rate
 from .progress import JsonlLog, plot_loss_curve, sample_grid, save_png

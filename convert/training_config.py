@@ -1,4 +1,6 @@
-"""Training configuration: a `model` section (a FlowConfig) and a `train` section (TrainConfig).
+"""Training configuration, shared by both trainers: a `model` section (a FlowConfig) and a
+`train` section (TrainConfig), plus the framework-free pieces of the objective's bookkeeping
+(learning-rate schedule, bits/dim, per-micro-step seeds, run progress counters).
 
 A run file is JSON or YAML:
 
@@ -14,13 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from starflow_convert.config import FlowConfig, preset
+from .config import FlowConfig, preset
 
 NOISE_TYPES = ("gaussian", "uniform")
 PARALLEL_MODES = ("ddp", "fsdp")
@@ -48,14 +51,14 @@ class TrainConfig:
     latent_norm_reg: float = 0.0  # official latent_norm_regularization (1e-4 for the 3B model)
     drop_label: float = 0.0  # probability of replacing the condition by the null one
     ema_decay: float = 0.9999  # 0 disables the EMA
-    gradient_checkpointing: bool = False
-    parallel: str = "ddp"  # multi-process mode: ddp or fsdp (FSDP2)
-    bf16: bool = True  # autocast / FSDP mixed precision, CUDA only
+    gradient_checkpointing: bool = False  # torch only
+    parallel: str = "ddp"  # torch multi-process mode: ddp or fsdp (FSDP2)
+    bf16: bool = True  # torch autocast / FSDP mixed precision, CUDA only (MLX trains in float32)
     seed: int = 0
     image_size: int | None = None  # pixels; None: the model's img_size
     buckets: bool = False  # aspect-ratio buckets (rope models only)
     flip: bool = True
-    num_workers: int = 2
+    num_workers: int = 2  # loader processes (torch) / decoding threads (MLX)
     init_weights: str | None = None  # start from a save_pretrained folder
     save_every: int = 500
     keep_checkpoints: int = 2
@@ -193,3 +196,46 @@ def load_run_config(path: str | Path | None, overrides: Sequence[str] = ()) -> R
     if not merged["model"]:
         raise ValueError("no model given: set a model section in the run file or model.preset=<name>")
     return RunConfig(model=model_config_from(merged["model"]), train=TrainConfig.from_dict(merged["train"]))
+
+
+@dataclasses.dataclass
+class Progress:
+    """The counters a resumed run continues from."""
+
+    step: int = 0  # optimizer steps taken (skipped ones included)
+    micro_step: int = 0  # accumulation micro-steps taken: seeds the noise of the next one
+    skipped_steps: int = 0  # steps whose update was dropped (non-finite loss or gradient)
+    corrupt_images: int = 0
+    samples_seen: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # global micro-batches of `epoch` already consumed
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def micro_step_seed(seed: int, micro_step: int) -> int:
+    """The seed of one micro-step's noise and condition dropout (63 bits).
+
+    An odd multiplier maps distinct (seed, step) pairs to distinct seeds.
+    """
+    return (seed * 0x9E3779B97F4A7C15 + micro_step) % (2**63)
+
+
+def learning_rate(step: int, max_lr: float, min_lr: float, warmup_steps: int, total_steps: int) -> float:
+    """Official CosineLRSchedule: linear from min(min_lr, 1e-6) to max_lr, cosine down to min_lr.
+
+    `step` counts the optimizer steps already taken.
+    """
+    start_lr = min(min_lr, 1e-6)
+    if step <= warmup_steps and warmup_steps > 0:
+        return start_lr + step / warmup_steps * (max_lr - start_lr)
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (max_lr - min_lr)
+
+
+def bits_per_dim_from_loss(loss: float) -> float:
+    """The flow loss is the NLL per dimension minus 0.5 log(2 pi) (the Gaussian normaliser)."""
+    if not math.isfinite(loss):
+        return loss
+    return (loss + 0.5 * math.log(2 * math.pi)) / math.log(2)

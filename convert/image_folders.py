@@ -1,0 +1,218 @@
+"""Training data without a framework: image folders, aspect-ratio buckets and the epoch order.
+
+Image folders follow the Hugging Face imagefolder convention: captions in
+`metadata.jsonl` (one JSON object per line with `file_name` and `text`), or one
+subfolder per class for label models, or just images (unconditional). Images are
+centre-cropped to their aspect ratio bucket, resized (bicubic), optionally flipped.
+
+Randomness lives in the epoch order, a pure function of (seed, epoch): it decides the
+order, the flips and which slot of the global batch each sample fills, so a run can be
+resumed at any batch and any number of processes sees the same global batches. Both
+twins' loaders (torch DataLoader, mlx-data stream) read from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SHARD_INDEX = "index.json"  # the index of a folder of encoded latent shards
+CONDITIONINGS = ("text", "label", "none")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+# The official training buckets (dataset.py), width:height.
+ASPECT_RATIOS = ("1:1", "2:3", "3:2", "16:9", "9:16", "4:5", "5:4", "21:9", "9:21")
+
+
+def aspect_ratio_to_size(target_size: int, ratio: str, multiple: int) -> tuple[int, int]:
+    """(height, width) with area about target_size^2 and sides multiples of `multiple` (official)."""
+    rw, rh = (int(v) for v in ratio.split(":"))
+    r = rw / rh
+    area = target_size**2
+    height = max(multiple, round(math.sqrt(area / r) / multiple) * multiple)
+    width = max(multiple, round(math.sqrt(area * r) / multiple) * multiple)
+    return height, width
+
+
+def nearest_bucket(width: int, height: int) -> str:
+    """The aspect-ratio bucket closest to width/height in log space."""
+    log_ratio = math.log(width / height)
+
+    def distance(ratio: str) -> float:
+        rw, rh = (int(v) for v in ratio.split(":"))
+        return abs(math.log(rw / rh) - log_ratio)
+
+    return min(ASPECT_RATIOS, key=distance)
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """One sample of a global batch: dataset index, flip decision, position in the global batch."""
+
+    index: int
+    flip: bool
+    slot: int
+
+
+# ----- image folders --------------------------------------------------------------------
+class ImageFolder:
+    """Images with captions (metadata.jsonl), class labels (subfolders) or nothing (unconditional)."""
+
+    def __init__(
+        self,
+        folder: str | Path,
+        conditioning: str,
+        image_size: int,
+        multiple: int,
+        buckets: bool = False,
+        channels: int = 3,
+    ):
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no image folder at {folder}")
+        if channels not in (1, 3):
+            raise ValueError(f"image folders give 1 (grey) or 3 (RGB) channels, not {channels}")
+        self.folder = folder
+        self.conditioning = conditioning
+        self.image_size = image_size
+        self.multiple = multiple
+        self.channels = channels
+        self.class_names: list[str] = []
+        if conditioning == "text":
+            self.files, self.targets = self._read_metadata(folder)
+        elif conditioning == "label":
+            self.files, self.targets = self._read_class_folders(folder)
+        elif conditioning == "none":
+            self.files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            self.targets = [None] * len(self.files)
+        else:
+            raise ValueError(f"conditioning must be text, label or none, got {conditioning!r}")
+        if not self.files:
+            raise ValueError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}); nothing to train on")
+        self.buckets = [self._bucket_of(path) if buckets else "1:1" for path in self.files]
+
+    @staticmethod
+    def _read_metadata(folder: Path) -> tuple[list[Path], list[str]]:
+        metadata = folder / "metadata.jsonl"
+        if not metadata.is_file():
+            raise FileNotFoundError(
+                f"{folder} has no metadata.jsonl; a text model needs one line per image: "
+                '{"file_name": "a.png", "text": "a caption"}'
+            )
+        files, texts = [], []
+        for number, line in enumerate(metadata.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"{metadata}, line {number}"
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where} is not valid JSON: {err}") from err
+            if not isinstance(entry, dict) or "file_name" not in entry:
+                raise ValueError(f"{where} has no 'file_name'")
+            if not isinstance(entry.get("text"), str):
+                raise ValueError(f"{where} ({entry['file_name']}) has no 'text' caption string")
+            path = folder / entry["file_name"]
+            if not path.is_file():
+                raise FileNotFoundError(f"{where} names {entry['file_name']}, which does not exist")
+            files.append(path)
+            texts.append(entry["text"])
+        return files, texts
+
+    def _read_class_folders(self, folder: Path) -> tuple[list[Path], list[int]]:
+        self.class_names = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        if not self.class_names:
+            raise ValueError(
+                f"{folder} has no class subfolders; a label model needs <folder>/<class>/<image>"
+            )
+        files, labels = [], []
+        for label, name in enumerate(self.class_names):
+            for path in sorted((folder / name).rglob("*")):
+                if path.suffix.lower() in IMAGE_SUFFIXES:
+                    files.append(path)
+                    labels.append(label)
+        return files, labels
+
+    @staticmethod
+    def _bucket_of(path: Path) -> str:
+        try:
+            with Image.open(path) as image:  # reads the header only
+                return nearest_bucket(*image.size)
+        except (OSError, ValueError, SyntaxError):
+            return "1:1"  # unreadable: reported as corrupt when loaded
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def image_size_of(self, index: int) -> tuple[int, int]:
+        """(height, width) of sample `index` after cropping to its bucket."""
+        return aspect_ratio_to_size(self.image_size, self.buckets[index], self.multiple)
+
+    def read_pixels(self, index: int, flip: bool) -> np.ndarray | None:
+        """(H, W, channels) in [-1, 1] (float32), or None if the file cannot be decoded."""
+        height, width = self.image_size_of(index)
+        try:
+            with Image.open(self.files[index]) as image:
+                image = image.convert("L" if self.channels == 1 else "RGB")
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            return None
+        image = center_crop_resize(image, height, width)
+        if flip:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        pixels = np.asarray(image, dtype=np.float32).reshape(height, width, self.channels)
+        return pixels / 127.5 - 1.0
+
+    def target_of(self, index: int) -> dict:
+        """The condition of sample `index`: {"text": caption}, {"label": class} or {}."""
+        if self.conditioning == "text":
+            return {"text": self.targets[index]}
+        if self.conditioning == "label":
+            return {"label": self.targets[index]}
+        return {}
+
+
+def center_crop_resize(image: Image.Image, height: int, width: int) -> Image.Image:
+    """Crop the largest centred window of aspect width/height, then resize (antialiased)."""
+    w, h = image.size
+    if w * height > h * width:  # too wide: trim the width
+        crop_w, crop_h = round(h * width / height), h
+    else:
+        crop_w, crop_h = w, round(w * height / width)
+    left, top = (w - crop_w) // 2, (h - crop_h) // 2
+    image = image.crop((left, top, left + crop_w, top + crop_h))
+    return image.resize((width, height), Image.Resampling.BICUBIC)
+
+
+# ----- the epoch order ------------------------------------------------------------------
+def epoch_batches(
+    buckets: Sequence[str], global_batch: int, seed: int, epoch: int, flip: bool
+) -> list[list[SampleRef]]:
+    """All global batches of one epoch: shuffled within buckets, incomplete batches dropped."""
+    rng = random.Random(f"{seed}:{epoch}")
+    by_bucket: dict[str, list[int]] = {}
+    for index, bucket in enumerate(buckets):
+        by_bucket.setdefault(bucket, []).append(index)
+    batches = []
+    for bucket in sorted(by_bucket):
+        indices = by_bucket[bucket]
+        rng.shuffle(indices)
+        for start in range(0, len(indices) - global_batch + 1, global_batch):
+            chunk = indices[start : start + global_batch]
+            batches.append([SampleRef(i, flip and rng.random() < 0.5, slot) for slot, i in enumerate(chunk)])
+    rng.shuffle(batches)
+    return batches
+
+
+def check_batches_exist(num_batches: int, dataset_size: int, global_batch: int, buckets: bool) -> None:
+    if num_batches == 0:
+        where = " in any aspect-ratio bucket" if buckets else ""
+        raise ValueError(
+            f"the dataset has {dataset_size} usable samples, fewer than one global micro-batch of "
+            f"{global_batch}{where}; lower train.batch_size or add data"
+        )

@@ -1,0 +1,193 @@
+"""What a training run writes to disk, shared by both trainers (framework-free).
+
+    <out_dir>/log.jsonl                    one JSON object per logged step
+    <out_dir>/loss.png                     the loss curve
+    <out_dir>/samples/step_XXXXXXXX.png    sample grids
+    <out_dir>/checkpoints/step_XXXXXXXX/   one folder per save, complete or absent:
+        config.json, model.safetensors     the weights in our format (either twin's from_pretrained)
+        ema/config.json, ema/model.safetensors
+        <training state>                   optimizer, schedule, counters (framework-specific file)
+        run.json                           the run configuration
+    <out_dir>/checkpoints/latest           name of the newest complete checkpoint
+
+A checkpoint is written into a temporary folder that is renamed into place only when
+every file is complete; `latest` is then replaced atomically. A failure midway leaves
+the previous checkpoint and `latest` untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import FlowConfig
+from .io import atomic_path, atomic_write_json, atomic_write_text
+
+RUN_NAME = "run.json"
+LATEST_NAME = "latest"
+# the training-state file of each twin: a checkpoint of one continues only in that twin
+TORCH_STATE_NAME = "training_state.pt"
+MLX_STATE_NAME = "training_state.safetensors"
+# train keys that decide which samples and noise a step sees: a resumed run must keep them
+DATA_DEFINING_KEYS = ("batch_size", "grad_accum", "seed", "buckets", "flip", "image_size", "noise_type")
+
+
+def checkpoint_dir(out_dir: str | Path, step: int) -> Path:
+    return Path(out_dir) / "checkpoints" / f"step_{step:08d}"
+
+
+def commit_checkpoint(
+    out_dir: str | Path, step: int, run: dict[str, Any], write_files: Callable[[Path], None], keep: int
+) -> Path:
+    """Write a complete checkpoint folder, point `latest` at it and prune all but `keep`.
+
+    `write_files(folder)` writes the weights and the training state into a fresh folder.
+    """
+    final = checkpoint_dir(out_dir, step)
+    root = final.parent
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write_files(tmp)
+        atomic_write_json(tmp / RUN_NAME, run)
+        if final.exists():  # the same step saved again (e.g. a signal right after a periodic save)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    atomic_write_text(root / LATEST_NAME, final.name + "\n")
+    saved = sorted(p for p in root.glob("step_*") if p.is_dir())
+    for old in saved[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def resolve_checkpoint(path: str | Path, state_name: str) -> Path:
+    """A checkpoint folder from itself, a run's out_dir, or its checkpoints/ folder."""
+    path = Path(path)
+    for root in (path / "checkpoints", path):
+        latest = root / LATEST_NAME
+        if latest.is_file():
+            path = root / latest.read_text().strip()
+            break
+    if not (path / state_name).is_file():
+        other = TORCH_STATE_NAME if state_name == MLX_STATE_NAME else MLX_STATE_NAME
+        if (path / other).is_file():
+            writer = "torch" if other == TORCH_STATE_NAME else "MLX"
+            raise FileNotFoundError(
+                f"{path} was written by the {writer} trainer; its optimizer state does not carry over. "
+                f"Start a new run from its weights instead: --set train.init_weights={path}"
+            )
+        raise FileNotFoundError(
+            f"no training checkpoint at {path} "
+            f"(expected {state_name}, or a run folder with checkpoints/latest)"
+        )
+    return path
+
+
+def check_resume_compatible(folder: Path, config: FlowConfig, train: dict[str, Any]) -> None:
+    """Raise a ValueError naming every setting that prevents continuing the saved run exactly."""
+    saved = json.loads((folder / RUN_NAME).read_text())
+    saved_model = FlowConfig.from_dict(saved["model"]).to_dict()
+    problems = [
+        f"model.{key}: checkpoint {saved_model[key]!r}, now {value!r}"
+        for key, value in config.to_dict().items()
+        if saved_model[key] != value
+    ]
+    problems += [
+        f"train.{key}: checkpoint {saved['train'].get(key)!r}, now {train[key]!r}"
+        for key in DATA_DEFINING_KEYS
+        if saved["train"].get(key) != train[key]
+    ]
+    if problems:
+        raise ValueError(
+            f"cannot resume from {folder}: the configuration differs from the saved run:\n  "
+            + "\n  ".join(problems)
+            + "\nresume with the run's own config (its run.json) or start a new run"
+        )
+
+
+class JsonlLog:
+    """Append-only log, one JSON object per line; a resumed run drops lines past its step."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and path.is_file():
+            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
+            path.write_text("".join(line + "\n" for line in kept))
+        elif resume_step is None and path.is_file():
+            path.unlink()  # a fresh run in a used folder starts a fresh log
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines()]
+
+
+def plot_loss_curve(records: list[dict[str, Any]], path: Path) -> None:
+    try:
+        import matplotlib
+    except ImportError:  # the curve is a convenience; the JSONL log has the numbers
+        return
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    if not records:
+        return
+    steps = [r["step"] for r in records]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.plot(steps, [r["loss"] for r in records], label="loss")
+    axis.set_xlabel("step")
+    axis.set_ylabel("loss (nats / dim)")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+    plt.close(figure)
+
+
+def latent_preview(channels_first: np.ndarray) -> np.ndarray:
+    """(B, C, H, W) latents -> (B, H, W, 3) uint8: the first three channels, min-max per image."""
+    channels = channels_first[:, :3].astype(np.float32)
+    if channels.shape[1] < 3:
+        channels = np.concatenate([channels] * 3, axis=1)[:, :3]
+    low = channels.min(axis=(1, 2, 3), keepdims=True)
+    high = channels.max(axis=(1, 2, 3), keepdims=True)
+    images = np.round((channels - low) / np.maximum(high - low, 1e-6) * 255)
+    return images.transpose(0, 2, 3, 1).astype(np.uint8)
+
+
+def grid(images: np.ndarray, rows: int) -> np.ndarray:
+    """(B, H, W, 3) -> one (rows*H, cols*W, 3) image, row-major, 2 px gaps."""
+    count, height, width, _ = images.shape
+    cols = -(-count // rows)
+    gap = 2
+    canvas = np.zeros((rows * (height + gap) - gap, cols * (width + gap) - gap, 3), np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, cols)
+        canvas[
+            r * (height + gap) : r * (height + gap) + height, c * (width + gap) : c * (width + gap) + width
+        ] = image
+    return canvas
+
+
+def save_png(image: np.ndarray, path: Path, text: dict[str, str]) -> None:
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    for key, value in text.items():
+        info.add_text(key, value)
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG", pnginfo=info)
