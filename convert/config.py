@@ -562,6 +562,27 @@ PRESETS: dict[str, FlowConfig] = {
         seq_order="L2R",
         noise_std=0.3,
     ),
+    # the embedded demo model: class-conditional, 8x8 grey digits (starflow_convert.digits)
+    "digits": FlowConfig(
+        in_channels=1,
+        img_size=8,
+        patch_size=2,  # 16 tokens of 2x2 pixels: 3x cheaper than single pixels on CPU
+        channels=128,
+        num_blocks=4,
+        layers_per_block=(1, 1, 1, 4),
+        head_dim=32,
+        rope=True,
+        sos=True,
+        txt_size=1,
+        txt_dim=11,
+        cond_top_only=True,
+        use_softplus=True,
+        use_final_norm=True,
+        soft_clip=4.0,
+        seq_order="L2R",
+        num_classes=10,
+        noise_std=0.08,
+    ),
     "tiny": FlowConfig(
         in_channels=4,
         img_size=8,

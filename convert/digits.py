@@ -11,33 +11,14 @@ import math
 
 import numpy as np
 
-from .config import FlowConfig
+from .config import preset
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 MAX_LEVEL = 16  # load_digits grey levels are 0..16
 LEVEL_STEP = 2.0 / MAX_LEVEL  # one grey level in model units ([-1, 1])
 
 
-DIGITS_CONFIG = FlowConfig(
-    in_channels=1,
-    img_size=8,
-    patch_size=2,  # 16 tokens of 2x2 pixels: 3x cheaper than single pixels on CPU
-    channels=128,
-    num_blocks=4,
-    layers_per_block=(1, 1, 1, 4),
-    head_dim=32,
-    rope=True,
-    sos=True,
-    txt_size=1,
-    txt_dim=11,
-    cond_top_only=True,
-    use_softplus=True,
-    use_final_norm=True,
-    soft_clip=4.0,
-    seq_order="L2R",
-    num_classes=10,
-    noise_std=0.08,
-)
+DIGITS_CONFIG = preset("digits")  # the embedded demo model
 
 
 @dataclasses.dataclass(frozen=True)

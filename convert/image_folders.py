@@ -189,6 +189,16 @@ def center_crop_resize(image: Image.Image, height: int, width: int) -> Image.Ima
     return image.resize((width, height), Image.Resampling.BICUBIC)
 
 
+def check_class_count(folder: ImageFolder, num_classes: int) -> None:
+    """Class subfolders map to labels 0..K-1 in sorted name order; K must fit the model."""
+    if folder.conditioning == "label" and len(folder.class_names) > num_classes:
+        raise ValueError(
+            f"{folder.folder} has {len(folder.class_names)} class subfolders "
+            f"({', '.join(folder.class_names[:12])}{', ...' if len(folder.class_names) > 12 else ''}) "
+            f"but the model has num_classes={num_classes}; set model.num_classes or remove folders"
+        )
+
+
 # ----- the epoch order ------------------------------------------------------------------
 def epoch_batches(
     buckets: Sequence[str], global_batch: int, seed: int, epoch: int, flip: bool

@@ -14,9 +14,11 @@ Unknown keys are an error in both sections.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
+import signal
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,19 @@ from .config import FlowConfig, preset
 NOISE_TYPES = ("gaussian", "uniform")
 PARALLEL_MODES = ("ddp", "fsdp")
 DATA_FORMATS = ("auto", "images", "latents")
+
+
+FLOAT_FIELDS = (
+    "lr",
+    "min_lr",
+    "weight_decay",
+    "grad_clip",
+    "noise_std",
+    "latent_norm_reg",
+    "drop_label",
+    "ema_decay",
+    "sample_guidance",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +85,13 @@ class TrainConfig:
     text_encoder: str | None = None  # TextEncoder folder, for captioned image folders
 
     def __post_init__(self) -> None:
+        for name in FLOAT_FIELDS:  # YAML 1.1 reads 1e-4 (no dot) as a string
+            value = getattr(self, name)
+            if isinstance(value, str):
+                try:
+                    object.__setattr__(self, name, float(value))
+                except ValueError:
+                    raise ValueError(f"TrainConfig.{name}={value!r}: must be a number") from None
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         self._validate()
 
@@ -239,3 +261,57 @@ def bits_per_dim_from_loss(loss: float) -> float:
     if not math.isfinite(loss):
         return loss
     return (loss + 0.5 * math.log(2 * math.pi)) / math.log(2)
+
+
+def conditioning_of(config: FlowConfig) -> str:
+    """How a model is conditioned, so how its training data is read: label, text or none."""
+    if config.num_classes > 0:
+        return "label"
+    return "text" if config.txt_dim > 0 else "none"
+
+
+class StopSignal:
+    """Records SIGTERM / SIGINT instead of dying, so the step in flight can finish and save."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignal:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def parse_train_arguments(prog: str, description: str, argv: Sequence[str] | None = None) -> tuple:
+    """The trainers' shared command line: (arguments, the `section.key=value` overrides)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", help="run file (JSON or YAML) with model and train sections")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one setting, e.g. --set train.lr=1e-4 --set model.preset=tiny (repeatable)",
+    )
+    parser.add_argument("--data", help="shortcut for --set train.data=...")
+    parser.add_argument("--out-dir", help="shortcut for --set train.out_dir=...")
+    parser.add_argument("--steps", type=int, help="shortcut for --set train.steps=...")
+    parser.add_argument("--resume", help="checkpoint folder, or a run folder (continues from its latest)")
+    parser.add_argument(
+        "--stop-at-step", type=int, help="save and stop after this step (for time-boxed jobs)"
+    )
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides)
+    for flag, key in ((args.data, "data"), (args.out_dir, "out_dir"), (args.steps, "steps")):
+        if flag is not None:
+            overrides.append(f"train.{key}={flag}")
+    return args, overrides

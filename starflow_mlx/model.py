@@ -33,6 +33,7 @@ class StarFlow(nn.Module):
         ]
         if config.family == "tarflow":  # prior variance of the noise (ones for nvp models)
             self.var = mx.ones((config.grid_size**2, config.token_dim))
+            self.freeze(recurse=False, keys=["var"])  # a buffer in torch: saved, never trained
 
     # ----- loading and saving (see checkpoint.py) ----------------------------------------
     @classmethod

@@ -1,133 +1,37 @@
-"""Train a class-conditional STARFlow on the scikit-learn digits with MLX (one device).
+"""Train or fine-tune a STARFlow / TARFlow model with MLX on one device (Apple GPU, or CPU).
 
-    python -m starflow_mlx.train --steps 2000 --out runs/digits_mlx
+    python -m starflow_mlx.train --config run.yaml [--set train.lr=1e-4 ...]
+    python -m starflow_mlx.train --set model.preset=digits --data digits_png/ --out-dir runs/digits
+    python -m starflow_mlx.train --config run.yaml --resume runs/my_run      # continue exactly
+    python -m starflow_mlx.train --config run.yaml --set train.init_weights=ckpt/  # fine-tune
 
-The MLX twin of starflow_torch/digits.py: the same objective (`StarFlow.loss`), noise
-augmentation, label dropout, AdamW with warmup + cosine decay, gradient clipping and
-EMA; batches come from an mlx-data pipeline over the digits arrays. Writes a pipeline
-folder (transformer/ in our checkpoint format + model_index.json).
+The same run file as the torch twin (`python -m starflow_torch.train`): a `model`
+section (a preset name or FlowConfig fields) and a `train` section (TrainConfig fields,
+see starflow_convert/training_config.py). Data: an image folder (class subfolders, or
+metadata.jsonl captions with train.text_encoder) or encoded latent shards. Checkpoint
+weights load in either twin.
 """
 
 from __future__ import annotations
 
-import argparse
-import time
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
-import mlx.core as mx
-import mlx.data as dx
-import mlx.nn as nn
-import mlx.optimizers as optim
-import numpy as np
-from mlx.utils import tree_map
+import starflow_mlx  # noqa: F401, I001  (loads a system BLAS into MLX on Linux before mlx.core)
+from starflow_convert.training_config import parse_train_arguments
 
-from starflow_convert.config import FlowConfig
-from starflow_convert.digits import (
-    DIGITS_CONFIG,
-    DigitsSplit,
-    DigitsTraining,
-    learning_rate,
-    load_digits_split,
-    write_demo_index,
-)
-
-from .model import StarFlow
-
-
-def digits_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int) -> Iterator[dict]:
-    """Endless shuffled batches {"image": (B, 8, 8, 1), "label": (B,)} from an mlx-data buffer."""
-    dx.core.set_state(seed)
-    samples = [
-        {"image": image[..., None].astype(np.float32), "label": np.array(label, dtype=np.int64)}
-        for image, label in zip(images, labels, strict=True)
-    ]
-    stream = dx.buffer_from_vector(samples).shuffle().to_stream().repeat(-1).batch(batch_size)
-    return iter(stream.prefetch(4, 1))
-
-
-def noisy_batch(
-    batch: dict, noise_std: float, label_dropout: float, rng: np.random.Generator
-) -> tuple[mx.array, mx.array]:
-    """x + noise_std * eps, and labels with a fraction dropped to the null label -1."""
-    images, labels = batch["image"], batch["label"]
-    x = images + noise_std * rng.standard_normal(images.shape).astype(np.float32)
-    labels = np.where(rng.random(labels.shape) < label_dropout, -1, labels)
-    return mx.array(x), mx.array(labels, dtype=mx.int32)
-
-
-def loss_and_gradients(model: StarFlow, x: mx.array, y: mx.array) -> tuple[mx.array, dict]:
-    """The training loss and its gradients with respect to the model's parameters."""
-    return nn.value_and_grad(model, lambda m, images, labels: m.loss(images, labels))(model, x, y)
-
-
-def update_ema(ema: StarFlow, model: StarFlow, decay: float) -> None:
-    ema.update(tree_map(lambda e, p: e + (1.0 - decay) * (p - e), ema.parameters(), model.parameters()))
-
-
-def train_digits(
-    split: DigitsSplit,
-    config: FlowConfig = DIGITS_CONFIG,
-    settings: DigitsTraining | None = None,
-    log: Callable[[str], None] = print,
-    log_every: int = 100,
-) -> tuple[StarFlow, list[dict]]:
-    """Train from scratch, reproducibly from settings.seed; returns the EMA model and the loss log."""
-    settings = settings or DigitsTraining()
-    mx.random.seed(settings.seed)
-    rng = np.random.default_rng(settings.seed)
-    model = StarFlow(config)
-    ema = StarFlow(config)
-    ema.update(model.parameters())
-    optimizer = optim.AdamW(
-        learning_rate=lambda step: mx.array(learning_rate(int(step), settings)),
-        betas=list(settings.betas),
-        weight_decay=settings.weight_decay,
-    )
-    batches = digits_batches(split.train_images, split.train_labels, settings.batch_size, settings.seed)
-    history, running, start = [], [], time.perf_counter()
-    for step in range(settings.steps):
-        x, y = noisy_batch(next(batches), config.noise_std, settings.label_dropout, rng)
-        loss, grads = loss_and_gradients(model, x, y)
-        grads, _ = optim.clip_grad_norm(grads, settings.grad_clip)
-        optimizer.update(model, grads)
-        update_ema(ema, model, settings.ema_decay if step >= settings.warmup_steps else 0.0)
-        mx.eval(loss, model.parameters(), ema.parameters(), optimizer.state)
-        running.append(loss.item())
-        if (step + 1) % log_every == 0 or step + 1 == settings.steps:
-            entry = {
-                "step": step + 1,
-                "loss": float(np.mean(running)),
-                "seconds": time.perf_counter() - start,
-            }
-            history.append(entry)
-            log(f"step {entry['step']:5d}  loss {entry['loss']:.4f}  {entry['seconds']:.0f}s")
-            running = []
-    return ema, history
+from .training import load_run_config, train
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    defaults = DigitsTraining()
-    parser = argparse.ArgumentParser(prog="starflow-mlx-train", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="pipeline folder to write")
-    parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--guidance", type=float, default=1.0, help="default guidance in model_index.json")
-    args = parser.parse_args(argv)
-
-    settings = DigitsTraining(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-        warmup_steps=min(defaults.warmup_steps, args.steps // 10),
-    )
-    model, _ = train_digits(load_digits_split(seed=args.seed), DIGITS_CONFIG, settings)
-    model.save_pretrained(args.out / "transformer", dtype=mx.float16)
-    write_demo_index(args.out, guidance=args.guidance)
-    print(f"wrote {args.out}")
+    args, overrides = parse_train_arguments("starflow-mlx-train", __doc__.splitlines()[0], argv)
+    try:
+        run = load_run_config(args.config, overrides)
+        result = train(run, resume=args.resume, stop_at_step=args.stop_at_step)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"starflow-mlx-train: {err}") from None
+    state = "stopped" if result.interrupted else "finished"
+    if result.checkpoint is not None:
+        print(f"{state} at step {result.progress.step}; checkpoint {result.checkpoint}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""MLX training (starflow_mlx.train): the loss and its gradients match the torch twin on
+"""MLX training, the digits recipe (starflow_mlx.digits): the loss and its gradients match the torch twin on
 the same batch, and a few optimiser steps reduce the loss.
 
 Tolerance: gradients 1e-4 of each tensor's scale (fp32 kernels of two libraries differ
@@ -13,8 +13,8 @@ import torch
 from mlx.utils import tree_flatten
 
 from starflow_convert.digits import DIGITS_CONFIG, DigitsTraining, load_digits_split
+from starflow_mlx.digits import loss_and_gradients, train_digits
 from starflow_mlx.model import StarFlow
-from starflow_mlx.train import loss_and_gradients, train_digits
 from starflow_torch.model import StarFlow as TorchStarFlow
 
 TINY = DIGITS_CONFIG.replace(channels=64, layers_per_block=(1, 1, 1, 1))

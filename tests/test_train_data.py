@@ -132,6 +132,16 @@ def test_unknown_config_keys_are_errors(tmp_path):
         load_run_config(run_file)
     with pytest.raises(ValueError, match="TrainConfig.batch_size=6: must be divisible by grad_accum=4"):
         TrainConfig(data="x", batch_size=6, grad_accum=4)
+    with pytest.raises(ValueError, match="TrainConfig.lr='fast': must be a number"):
+        TrainConfig(data="x", lr="fast")
+
+
+def test_exponents_without_a_dot_are_numbers(tmp_path):
+    """YAML 1.1 reads 1e-4 as a string; run files and --set both accept it as a number."""
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text("model: tiny\ntrain: {data: x, lr: 1e-4, min_lr: 1e-6}\n")
+    run = load_run_config(run_file, ["train.weight_decay=1e-2"])
+    assert (run.train.lr, run.train.min_lr, run.train.weight_decay) == (1e-4, 1e-6, 1e-2)
 
 
 def test_resume_with_a_different_config_is_refused(tmp_path):

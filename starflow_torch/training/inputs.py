@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from starflow_convert.config import FlowConfig
-from starflow_convert.training_config import TrainConfig
+from starflow_convert.image_folders import check_class_count
+from starflow_convert.training_config import TrainConfig, conditioning_of
 
 from ..data import (
     SHARD_INDEX,
@@ -23,12 +24,6 @@ from ..data import (
 )
 from .objective import augment, drop_mask, micro_step_generator
 from .parallel import ProcessInfo
-
-
-def conditioning_of(config: FlowConfig) -> str:
-    if config.num_classes > 0:
-        return "label"
-    return "text" if config.txt_dim > 0 else "none"
 
 
 def build_dataset(config: FlowConfig, train: TrainConfig) -> torch.utils.data.Dataset:
@@ -57,9 +52,11 @@ def build_dataset(config: FlowConfig, train: TrainConfig) -> torch.utils.data.Da
     if conditioning == "text" and train.text_encoder is None:
         raise ValueError("a captioned image folder for a text model needs train.text_encoder (a T5 folder)")
     size = train.image_size or config.img_size
-    return ImageFolderDataset(
+    dataset = ImageFolderDataset(
         folder, conditioning, size, config.patch_size, train.buckets, channels=config.in_channels
     )
+    check_class_count(dataset, config.num_classes)
+    return dataset
 
 
 def batch_stream(

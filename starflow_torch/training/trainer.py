@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from starflow_convert.training_config import RunConfig
+from starflow_convert.training_config import RunConfig, StopSignal
 
 from ..data import ImageFolderDataset
 from ..model import StarFlow
@@ -38,26 +37,6 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)  # mean loss of every step of this invocation
     checkpoint: Path | None = None
     interrupted: bool = False
-
-
-class StopSignal:
-    """Records SIGTERM / SIGINT instead of dying, so the step in flight can finish and save."""
-
-    def __init__(self) -> None:
-        self.received = False
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> StopSignal:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.received = True
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def train(run: RunConfig, resume: str | Path | None = None, stop_at_step: int | None = None) -> TrainResult:

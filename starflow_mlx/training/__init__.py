@@ -1,0 +1,7 @@
+"""Training the MLX twin: `python -m starflow_mlx.train --config run.yaml`."""
+
+from starflow_convert.training_config import RunConfig, TrainConfig, load_run_config
+
+from .trainer import TrainResult, train
+
+__all__ = ["RunConfig", "TrainConfig", "TrainResult", "load_run_config", "train"]

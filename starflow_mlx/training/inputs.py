@@ -1,0 +1,117 @@
+"""From a TrainConfig to batches of model inputs: dataset, loader, augmentation, conditions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+from starflow_convert.config import FlowConfig
+from starflow_convert.image_folders import check_class_count
+from starflow_convert.training_config import TrainConfig, conditioning_of
+
+from ..data import SHARD_INDEX, ImageFolderDataset, LatentShardDataset, SampleRef, batch_stream
+from .objective import augment, drop_mask, micro_step_keys
+
+__all__ = ["InputBuilder", "ModelInputs", "batch_stream", "build_dataset", "sample_conditions"]
+
+
+def build_dataset(config: FlowConfig, train: TrainConfig):
+    folder = Path(train.data)
+    use_shards = train.data_format == "latents" or (
+        train.data_format == "auto" and (folder / SHARD_INDEX).is_file()
+    )
+    if train.buckets and not config.rope:
+        raise ValueError("train.buckets needs a RoPE model (rope=True); a learned pos_embed has one size")
+    if use_shards:
+        if train.noise_type == "uniform":
+            raise ValueError("train.noise_type=uniform dequantises 8-bit pixels; latents use gaussian")
+        dataset = LatentShardDataset(folder)
+        if dataset.index["in_channels"] != config.in_channels:
+            raise ValueError(
+                f"{folder} holds {dataset.index['in_channels']}-channel latents, the model expects "
+                f"in_channels={config.in_channels}"
+            )
+        return dataset
+    if config.in_channels not in (1, 3):
+        raise ValueError(
+            f"{folder} is an image folder but the model takes {config.in_channels}-channel latents; "
+            "encode it first: python -m starflow_torch.encode_dataset"
+        )
+    conditioning = conditioning_of(config)
+    if conditioning == "text" and train.text_encoder is None:
+        raise ValueError("a captioned image folder for a text model needs train.text_encoder (a T5 folder)")
+    size = train.image_size or config.img_size
+    dataset = ImageFolderDataset(
+        folder, conditioning, size, config.patch_size, train.buckets, channels=config.in_channels
+    )
+    check_class_count(dataset, config.num_classes)
+    return dataset
+
+
+@dataclass
+class ModelInputs:
+    x: mx.array  # (B, H, W, C), augmented
+    y: mx.array | None
+    weight: float  # 0 when every image of the batch failed to decode
+
+
+class InputBuilder:
+    """Turns a batch from batch_stream into augmented model inputs with condition dropout."""
+
+    def __init__(self, config: FlowConfig, train: TrainConfig, dataset, text_encoder=None):
+        self.config = config
+        self.train = train
+        self.dataset = dataset
+        self.text_encoder = text_encoder
+        self.noise_std = train.noise_std if train.noise_std is not None else config.noise_std
+        null_text = getattr(dataset, "null_text", None)
+        self.null_text = mx.array(null_text) if null_text is not None else None
+
+    def __call__(self, batch: dict, micro_step: int) -> ModelInputs:
+        x = mx.array(batch["image"] if "image" in batch else batch["latent"])
+        rows = mx.array(batch["slot"].astype(np.int32))
+        global_rows = self.train.micro_batch_size
+        noise_key, drop_key = micro_step_keys(self.train.seed, micro_step)
+        x = augment(x, rows, global_rows, noise_key, self.train.noise_type, self.noise_std)
+        dropped = drop_mask(rows, global_rows, drop_key, self.train.drop_label)
+        return ModelInputs(x, self.conditions(batch, dropped), 1.0 if batch["valid"] else 0.0)
+
+    def conditions(self, batch: dict, dropped: mx.array) -> mx.array | None:
+        if "label" in batch:
+            return mx.where(dropped, -1, mx.array(batch["label"].astype(np.int32)))
+        if "text_features" in batch:
+            features = mx.array(batch["text_features"])
+            return mx.where(dropped[:, None, None], mx.broadcast_to(self.null_text, features.shape), features)
+        if isinstance(self.dataset, ImageFolderDataset) and self.dataset.conditioning == "text":
+            texts = [self.dataset.text_of(int(i)) for i in batch["index"]]
+            prompts = ["" if drop else text for text, drop in zip(texts, dropped.tolist(), strict=True)]
+            return self.text_encoder.encode(prompts, self.config.txt_size).astype(mx.float32)
+        return None
+
+    def null_condition(self, count: int) -> mx.array | None:
+        """The null condition for guidance: label -1 or the encoded empty prompt."""
+        if self.config.num_classes > 0:
+            return mx.full((count,), -1, dtype=mx.int32)
+        if self.null_text is not None:
+            return mx.broadcast_to(self.null_text, (count, *self.null_text.shape))
+        if self.text_encoder is not None:
+            return self.text_encoder.encode([""] * count, self.config.txt_size).astype(mx.float32)
+        return None
+
+
+def sample_conditions(config: FlowConfig, dataset, builder: InputBuilder, count: int) -> tuple:
+    """(conditions, rows) for the sample grid: one row per class, or the first captions."""
+    if config.num_classes > 0:
+        classes = min(config.num_classes, 10)
+        per_class = max(1, count // classes)
+        return mx.repeat(mx.arange(classes, dtype=mx.int32), per_class), classes
+    if config.txt_dim == 0:
+        return None, max(1, int(count**0.5))
+    if isinstance(dataset, LatentShardDataset):
+        items = [dataset[SampleRef(i % len(dataset), False, 0)] for i in range(count)]
+        return mx.array(np.stack([item["text_features"] for item in items])), max(1, int(count**0.5))
+    texts = [dataset.text_of(i % len(dataset)) for i in range(count)]
+    return builder.text_encoder.encode(texts, config.txt_size).astype(mx.float32), max(1, int(count**0.5))

@@ -1,0 +1,94 @@
+"""Training checkpoints of the MLX twin (layout and atomic commit: starflow_convert.training_files).
+
+training_state.safetensors holds the optimizer state as tensors named by their path in
+the optimizer's state tree, and the counters and schedule as JSON in the safetensors
+metadata: no pickle. The weights (model and EMA) are our format, so they load in
+either twin; the training state continues a run in this twin only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+from mlx.utils import tree_flatten, tree_unflatten
+
+from starflow_convert.config import FlowConfig
+from starflow_convert.training_config import Progress
+from starflow_convert.training_files import (
+    MLX_STATE_NAME,
+    check_resume_compatible,
+    checkpoint_dir,
+    commit_checkpoint,
+)
+from starflow_convert.training_files import resolve_checkpoint as resolve_checkpoint_of
+
+from ..model import StarFlow
+
+STATE_NAME = MLX_STATE_NAME
+STATE_FORMAT = 1
+
+__all__ = [
+    "Progress",
+    "check_resume_compatible",
+    "checkpoint_dir",
+    "load_training_state",
+    "resolve_checkpoint",
+    "save_checkpoint",
+]
+
+
+def write_weights(parameters: dict, config: FlowConfig, folder: Path) -> None:
+    """save_pretrained for a parameter tree (the model's, or the EMA's)."""
+    model = StarFlow(config)
+    model.update(parameters)
+    model.save_pretrained(folder)
+
+
+def save_checkpoint(
+    out_dir: str | Path,
+    config: FlowConfig,
+    run: dict[str, Any],
+    parameters: dict,
+    ema_parameters: dict | None,
+    optimizer_state: dict,
+    progress: Progress,
+    keep: int,
+) -> Path:
+    """Write a complete checkpoint folder, point `latest` at it, prune old ones."""
+    tensors = {f"optimizer.{name}": value for name, value in tree_flatten(optimizer_state)}
+    metadata = {
+        "format": str(STATE_FORMAT),
+        "progress": json.dumps(progress.to_dict()),
+        "scheduler": json.dumps({"kind": "warmup_cosine", "step": progress.step}),
+    }
+
+    def write_files(folder: Path) -> None:
+        write_weights(parameters, config, folder)
+        if ema_parameters is not None:
+            write_weights(ema_parameters, config, folder / "ema")
+        # the folder itself is temporary until committed, so the file needs no atomic rename
+        mx.save_safetensors(str(folder / STATE_NAME), tensors, metadata=metadata)
+
+    return commit_checkpoint(out_dir, progress.step, run, write_files, keep)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    return resolve_checkpoint_of(path, STATE_NAME)
+
+
+def load_training_state(folder: Path) -> tuple[Progress, dict]:
+    """(progress counters, optimizer state tree) of a checkpoint folder."""
+    tensors, metadata = mx.load(str(folder / STATE_NAME), return_metadata=True)
+    if metadata.get("format") != str(STATE_FORMAT):
+        raise ValueError(
+            f"{folder / STATE_NAME} has format {metadata.get('format')}, expected {STATE_FORMAT}"
+        )
+    progress = Progress(**json.loads(metadata["progress"]))
+    prefix = "optimizer."
+    optimizer_state = tree_unflatten(
+        [(name[len(prefix) :], value) for name, value in tensors.items() if name.startswith(prefix)]
+    )
+    return progress, optimizer_state

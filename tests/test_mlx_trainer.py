@@ -1,0 +1,191 @@
+"""The MLX trainer (python -m starflow_mlx.train): the torch twin's run files, data order and
+checkpoint layout; exact resume; weights that load in torch; clear errors.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+import torch
+from conftest import max_relative_error
+from helpers.tiny_components import make_tiny_t5_folder
+from helpers.training import (
+    STARFLOW_TINY,
+    TARFLOW_TINY,
+    encode_caption_shards,
+    make_caption_folder,
+    make_class_folder,
+    overrides,
+    read_log,
+)
+from PIL import Image
+
+from starflow_convert.training_config import load_run_config
+from starflow_mlx import StarFlow
+from starflow_mlx.data import batch_stream
+from starflow_mlx.training import train
+from starflow_mlx.training.inputs import build_dataset
+from starflow_torch import StarFlow as TorchStarFlow
+from starflow_torch.data import ImageFolderDataset as TorchImageFolder
+from starflow_torch.data import ShardedBatchSampler, collate, epoch_batches
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_config(model: dict, out: Path, **train_settings):
+    return load_run_config(None, [*overrides(model, **train_settings), f"train.out_dir={out}"])
+
+
+def weights(folder: Path) -> dict[str, np.ndarray]:
+    return {k: np.array(v) for k, v in mx.load(str(folder / "model.safetensors")).items()}
+
+
+def test_class_folder_training_reduces_the_loss_and_loads_in_torch(tmp_path):
+    data = make_class_folder(tmp_path / "images", per_class=8)
+    result = train(run_config(TARFLOW_TINY, tmp_path / "run", data=str(data), steps=12, sample_every=12))
+    log = read_log(tmp_path / "run")
+    assert [r["step"] for r in log] == list(range(1, 13))
+    assert np.mean([r["loss"] for r in log[-3:]]) < np.mean([r["loss"] for r in log[:3]])
+    assert (tmp_path / "run/samples/step_00000012.png").is_file()
+    assert (tmp_path / "run/loss.png").is_file()
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 3)).astype(np.float32)
+    labels = np.array([0, 1])
+    for folder in (result.checkpoint, result.checkpoint / "ema"):
+        got = np.array(StarFlow.from_pretrained(folder).log_prob(mx.array(x), mx.array(labels)))
+        want = (
+            TorchStarFlow.from_pretrained(folder)
+            .log_prob(
+                torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), torch.from_numpy(labels)
+            )
+            .detach()
+            .numpy()
+        )
+        assert max_relative_error(got, want) < 1e-4  # fp32 in both twins, different kernels
+
+
+def test_the_prior_variance_is_not_trained(tmp_path):
+    data = make_class_folder(tmp_path / "images")
+    result = train(run_config(TARFLOW_TINY, tmp_path / "run", data=str(data), steps=2))
+    np.testing.assert_array_equal(weights(result.checkpoint)["var"], 1.0)  # a buffer in torch
+
+
+def test_same_batches_and_pixels_as_the_torch_loader(tmp_path):
+    """Both twins read the shared epoch order: the same images, crops and flips per batch."""
+    data = make_class_folder(tmp_path / "images", per_class=6, size=(13, 9))
+    run = run_config(TARFLOW_TINY, tmp_path / "run", data=str(data), flip=True, seed=3)
+    dataset = build_dataset(run.model, run.train)
+    stream = batch_stream(dataset, run.train, epoch=0, start=1)
+    torch_data = TorchImageFolder(data, "label", 8, 2)
+    batches = epoch_batches(torch_data.buckets, 4, seed=3, epoch=0, flip=True)
+    sampler = ShardedBatchSampler(batches, rank=0, world_size=1, start=1)
+    for refs in list(sampler)[:2]:
+        want = collate([torch_data[ref] for ref in refs])
+        epoch, number, got = next(stream)
+        np.testing.assert_array_equal(got["label"], want["label"].numpy())
+        np.testing.assert_allclose(got["image"], want["image"].permute(0, 2, 3, 1).numpy(), atol=1e-6)
+    assert (epoch, number) == (0, 3)
+
+
+def test_resume_continues_exactly(tmp_path):
+    data = make_class_folder(tmp_path / "images")
+    settings = dict(data=str(data), steps=4, grad_accum=2, drop_label=0.3)
+    straight = train(run_config(TARFLOW_TINY, tmp_path / "straight", **settings))
+    first = train(run_config(TARFLOW_TINY, tmp_path / "split", **settings), stop_at_step=2)
+    assert first.interrupted and first.progress.step == 2
+    second = train(run_config(TARFLOW_TINY, tmp_path / "split", **settings), resume=tmp_path / "split")
+    assert first.losses + second.losses == straight.losses  # exact: same data, noise and arithmetic
+    for name in ("", "ema"):
+        a, b = weights(straight.checkpoint / name), weights(second.checkpoint / name)
+        assert all(np.array_equal(a[k], b[k]) for k in a), name
+    assert second.progress.step == 4 and second.progress.micro_step == 8
+
+
+def test_captioned_folder_with_the_t5_encoder(tmp_path):
+    data = make_caption_folder(tmp_path / "images", count=8)
+    t5 = tmp_path / "t5"
+    make_tiny_t5_folder(t5)
+    d_model = json.loads((t5 / "config.json").read_text())["d_model"]
+    model = dict(STARFLOW_TINY, in_channels=3, img_size=8, patch_size=2, txt_dim=d_model)
+    result = train(
+        run_config(
+            model,
+            tmp_path / "run",
+            data=str(data),
+            text_encoder=str(t5),
+            steps=2,
+            drop_label=0.5,
+            sample_every=2,
+            sample_count=4,
+            sample_guidance=1.5,
+        )
+    )
+    assert result.progress.step == 2 and np.isfinite(result.losses).all()
+    assert (tmp_path / "run/samples/step_00000002.png").is_file()
+
+
+def test_latent_shards_from_the_torch_encoder(tmp_path):
+    shards = encode_caption_shards(tmp_path / "data", buckets=True)
+    settings = dict(data=str(shards), steps=3, buckets=True, latent_norm_reg=1e-3, drop_label=0.3)
+    result = train(run_config(STARFLOW_TINY, tmp_path / "run", **settings))
+    log = read_log(tmp_path / "run")
+    assert all(r["loss"] > r["flow_loss"] for r in log)  # the latent-norm regulariser is added
+    assert result.progress.samples_seen == 12
+
+
+def test_corrupt_images_are_counted_not_fatal(tmp_path):
+    data = make_class_folder(tmp_path / "images", per_class=4)
+    (data / "class_0" / "broken.png").write_bytes(b"not a png")
+    result = train(run_config(TARFLOW_TINY, tmp_path / "run", data=str(data), steps=6))
+    assert result.progress.corrupt_images >= 1 and np.isfinite(result.losses).all()
+
+
+def test_grey_images_for_one_channel_models(tmp_path):
+    folder = tmp_path / "grey" / "seven"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), mode="L").save(folder / f"{i}.png")
+    model = dict(TARFLOW_TINY, in_channels=1, num_classes=1)
+    result = train(run_config(model, tmp_path / "run", data=str(tmp_path / "grey"), steps=2))
+    assert StarFlow.from_pretrained(result.checkpoint).config.in_channels == 1
+
+
+def test_a_torch_checkpoint_is_refused_with_the_fix(tmp_path):
+    from starflow_torch.training import train as torch_train
+
+    data = make_class_folder(tmp_path / "images")
+    torch_result = torch_train(run_config(TARFLOW_TINY, tmp_path / "torch", data=str(data), steps=1))
+    with pytest.raises(FileNotFoundError, match="init_weights"):
+        train(run_config(TARFLOW_TINY, tmp_path / "mlx", data=str(data), steps=2), resume=tmp_path / "torch")
+    # its weights start an MLX run
+    result = train(
+        run_config(
+            TARFLOW_TINY,
+            tmp_path / "mlx",
+            data=str(data),
+            steps=1,
+            init_weights=str(torch_result.checkpoint),
+            lr=1e-6,
+            min_lr=1e-6,
+        )
+    )
+    a, b = weights(torch_result.checkpoint), weights(result.checkpoint)
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-3
+
+
+def test_command_line_errors_name_the_problem(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "starflow_mlx.train", "--set", "model.preset=tiny", "--data", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode != 0
+    assert "encode it first" in completed.stderr  # a latent model given an image folder
