@@ -27,6 +27,25 @@ class RMSNorm(nn.Module):
         return mx.fast.rms_norm(x.astype(mx.float32), offset_weight, self.eps).astype(x.dtype)
 
 
+# Up to this many rows (B x L) Linear computes (W @ x^T)^T, not x @ W^T: with OpenBLAS
+# (0.3.21, one thread, 2-core CI machine) the MLP down-projection (512 x 2048) at 4 rows
+# took 0.36 ms instead of 0.82, and one layer's four linears 0.61x the time at 4 rows,
+# 0.83x at 64 (hot weights). Presumably OpenBLAS packs the weight more cheaply as the
+# first operand. Larger products (training, full forward passes) keep nn.Linear's path.
+FEW_ROWS = 64
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters, same quantization) with a faster few-row product on CPU."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        rows = x.size // x.shape[-1]
+        if rows > FEW_ROWS or mx.default_device() != mx.cpu:
+            return super().__call__(x)
+        out = (self.weight @ x.reshape(rows, x.shape[-1]).T).T.reshape(*x.shape[:-1], -1)
+        return out + self.bias if "bias" in self else out
+
+
 def norm_in_float32(norm: nn.Module, x: mx.array) -> mx.array:
     """Apply a norm in at least fp32 (the official code normalises half-precision input in fp32)."""
     if x.dtype in (mx.float16, mx.bfloat16):
@@ -123,8 +142,8 @@ class Attention(nn.Module):
     def __init__(self, channels: int, head_dim: int, use_bias: bool = True):
         super().__init__()
         self.norm = nn.LayerNorm(channels)
-        self.qkv = nn.Linear(channels, 3 * channels, bias=use_bias)
-        self.proj = nn.Linear(channels, channels, bias=use_bias)
+        self.qkv = Linear(channels, 3 * channels, bias=use_bias)
+        self.proj = Linear(channels, channels, bias=use_bias)
         self.head_dim = head_dim
         self.num_heads = channels // head_dim
 
@@ -170,9 +189,9 @@ class MLP(nn.Module):
         self.norm = nn.LayerNorm(channels)
         # a list, not nn.Sequential, so the weight names are the official `main.0` / `main.2`
         self.main = [
-            nn.Linear(channels, channels * expansion, bias=use_bias),
+            Linear(channels, channels * expansion, bias=use_bias),
             GELU(),
-            nn.Linear(channels * expansion, channels, bias=use_bias),
+            Linear(channels * expansion, channels, bias=use_bias),
         ]
 
     def __call__(self, x: mx.array) -> mx.array:
