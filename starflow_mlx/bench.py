@@ -60,6 +60,7 @@ class BenchSettings:
     proj_out_std: float = 0.03
     dtype: str = "float32"  # "bfloat16" for the 3B preset (12 GB in fp32)
     threads: int = 1
+    jacobi: bool = True  # False: sequential modes only (no Jacobi, sweep or quantization report)
     sweep: bool = True
     torch: bool = True
     quantization: bool = True
@@ -225,16 +226,16 @@ def run_preset(settings: BenchSettings, gemm_gflops: float) -> dict:
         build_random_folder(config, Path(folder), settings)
         dtype = getattr(mx, settings.dtype) if settings.dtype != "float32" else None
         mlx_model = StarFlow.from_pretrained(folder, dtype=dtype)
-        runners = {
-            "mlx sequential": mlx_sampler(mlx_model, inputs, settings, False),
-            "mlx jacobi": mlx_sampler(mlx_model, inputs, settings, True, **jacobi_args),
-        }
+        runners = {"mlx sequential": mlx_sampler(mlx_model, inputs, settings, False)}
+        if settings.jacobi:
+            runners["mlx jacobi"] = mlx_sampler(mlx_model, inputs, settings, True, **jacobi_args)
         if settings.torch:
             from starflow_torch import StarFlow as TorchStarFlow
 
             torch_model = TorchStarFlow.from_pretrained(folder)
             runners["torch sequential"] = torch_sampler(torch_model, inputs, settings, False)
-            runners["torch jacobi"] = torch_sampler(torch_model, inputs, settings, True, **jacobi_args)
+            if settings.jacobi:
+                runners["torch jacobi"] = torch_sampler(torch_model, inputs, settings, True, **jacobi_args)
         rows, samples = {}, {}
         for mode, run in runners.items():
             seconds, (sample, stats, peak) = timed(run, settings.repeats)
@@ -255,10 +256,12 @@ def run_preset(settings: BenchSettings, gemm_gflops: float) -> dict:
                 "roofline_fraction": executed / median / 1e9 / gemm_gflops,
                 "peak_memory_gb": None if peak is None else peak / 1e9,
             }
-        sweep = jacobi_sweep(mlx_model, inputs, settings, samples["mlx sequential"]) if settings.sweep else []
+        sweep = []
+        if settings.jacobi and settings.sweep:
+            sweep = jacobi_sweep(mlx_model, inputs, settings, samples["mlx sequential"])
         quantized = (
             quantization_report(Path(folder), mlx_model, inputs, settings, samples["mlx jacobi"])
-            if settings.quantization
+            if settings.jacobi and settings.quantization
             else []
         )
     for framework in ("mlx", "torch"):
@@ -301,7 +304,8 @@ def speedups(rows: dict, preset_name: str) -> dict:
     if reference is not None:
         out["official_sampler_reference_seconds"] = reference
         for mode in ("mlx sequential", "mlx jacobi"):
-            out[f"{mode} vs official reference"] = reference / rows[mode]["seconds"]
+            if mode in rows:
+                out[f"{mode} vs official reference"] = reference / rows[mode]["seconds"]
     return out
 
 
@@ -420,7 +424,7 @@ def plot(results: list[dict], path: Path) -> None:
     for k, result in enumerate(results):
         modes = list(result["modes"])
         axes[0].bar(
-            np.arange(len(modes)) + k * width,
+            np.array([MODES.index(m) for m in modes]) + k * width,  # modes not run leave a gap
             [result["modes"][m]["seconds"] for m in modes],
             width,
             label=result["preset"],
@@ -487,6 +491,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=defaults.threads, help="BLAS threads, both frameworks")
     parser.add_argument("--no-sweep", action="store_true", help="skip the Jacobi block-size/tol sweep")
     parser.add_argument("--no-torch", action="store_true", help="time MLX only")
+    parser.add_argument(
+        "--no-jacobi",
+        action="store_true",
+        help="time sequential sampling only (no Jacobi, sweep, quantization)",
+    )
     parser.add_argument("--no-quantization", action="store_true", help="skip the 8/4-bit report")
     args = parser.parse_args(argv)
     settings = BenchSettings(
@@ -500,6 +509,7 @@ def main(argv: list[str] | None = None) -> None:
         proj_out_std=args.proj_out_std,
         dtype=args.dtype,
         threads=args.threads,
+        jacobi=not args.no_jacobi,
         sweep=not args.no_sweep,
         torch=not args.no_torch,
         quantization=not args.no_quantization,
