@@ -199,6 +199,39 @@ def check_class_count(folder: ImageFolder, num_classes: int) -> None:
         )
 
 
+def training_data_kind(config, train) -> str:
+    """ "latents" (encoded shards) or "images" (an image folder) for a run, after checking that
+    the data fits the model (FlowConfig, TrainConfig); raises a ValueError naming the fix."""
+    from .training_config import conditioning_of
+
+    folder = Path(train.data)
+    use_shards = train.data_format == "latents" or (
+        train.data_format == "auto" and (folder / SHARD_INDEX).is_file()
+    )
+    if train.buckets and not config.rope:
+        raise ValueError("train.buckets needs a RoPE model (rope=True); a learned pos_embed has one size")
+    if use_shards:
+        if train.noise_type == "uniform":
+            raise ValueError("train.noise_type=uniform dequantises 8-bit pixels; latents use gaussian")
+        return "latents"
+    if config.in_channels not in (1, 3):
+        raise ValueError(
+            f"{folder} is an image folder but the model takes {config.in_channels}-channel latents; "
+            "encode it first: python -m starflow_torch.encode_dataset"
+        )
+    if conditioning_of(config) == "text" and train.text_encoder is None:
+        raise ValueError("a captioned image folder for a text model needs train.text_encoder (a T5 folder)")
+    return "images"
+
+
+def check_latent_channels(index: dict, folder: Path, in_channels: int) -> None:
+    if index["in_channels"] != in_channels:
+        raise ValueError(
+            f"{folder} holds {index['in_channels']}-channel latents, the model expects "
+            f"in_channels={in_channels}"
+        )
+
+
 # ----- the epoch order ------------------------------------------------------------------
 def epoch_batches(
     buckets: Sequence[str], global_batch: int, seed: int, epoch: int, flip: bool

@@ -9,11 +9,10 @@ from pathlib import Path
 import torch
 
 from starflow_convert.config import FlowConfig
-from starflow_convert.image_folders import check_class_count
+from starflow_convert.image_folders import check_class_count, check_latent_channels, training_data_kind
 from starflow_convert.training_config import TrainConfig, conditioning_of
 
 from ..data import (
-    SHARD_INDEX,
     ImageFolderDataset,
     LatentShardDataset,
     SampleRef,
@@ -28,32 +27,13 @@ from .parallel import ProcessInfo
 
 def build_dataset(config: FlowConfig, train: TrainConfig) -> torch.utils.data.Dataset:
     folder = Path(train.data)
-    use_shards = train.data_format == "latents" or (
-        train.data_format == "auto" and (folder / SHARD_INDEX).is_file()
-    )
-    if train.buckets and not config.rope:
-        raise ValueError("train.buckets needs a RoPE model (rope=True); a learned pos_embed has one size")
-    if use_shards:
-        if train.noise_type == "uniform":
-            raise ValueError("train.noise_type=uniform dequantises 8-bit pixels; latents use gaussian")
+    if training_data_kind(config, train) == "latents":
         dataset = LatentShardDataset(folder)
-        if dataset.index["in_channels"] != config.in_channels:
-            raise ValueError(
-                f"{folder} holds {dataset.index['in_channels']}-channel latents, the model expects "
-                f"in_channels={config.in_channels}"
-            )
+        check_latent_channels(dataset.index, folder, config.in_channels)
         return dataset
-    if config.in_channels not in (1, 3):
-        raise ValueError(
-            f"{folder} is an image folder but the model takes {config.in_channels}-channel latents; "
-            "encode it first: python -m starflow_torch.encode_dataset"
-        )
-    conditioning = conditioning_of(config)
-    if conditioning == "text" and train.text_encoder is None:
-        raise ValueError("a captioned image folder for a text model needs train.text_encoder (a T5 folder)")
     size = train.image_size or config.img_size
     dataset = ImageFolderDataset(
-        folder, conditioning, size, config.patch_size, train.buckets, channels=config.in_channels
+        folder, conditioning_of(config), size, config.patch_size, train.buckets, channels=config.in_channels
     )
     check_class_count(dataset, config.num_classes)
     return dataset
