@@ -13,6 +13,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from .blas import blas_status
 from .kv_cache import LayerCache
 
 
@@ -29,12 +30,13 @@ class RMSNorm(nn.Module):
         return mx.fast.rms_norm(x.astype(mx.float32), offset_weight, self.eps).astype(x.dtype)
 
 
-# Up to this many rows (B x L) Linear computes (W @ x^T)^T, not x @ W^T: with OpenBLAS
-# (0.3.21, one thread, 2-core CI machine) the MLP down-projection (512 x 2048) at 4 rows
-# took 0.36 ms instead of 0.82, and one layer's four linears 0.61x the time at 4 rows,
-# 0.83x at 64 (hot weights). Presumably OpenBLAS packs the weight more cheaply as the
-# first operand. Larger products (training, full forward passes) keep nn.Linear's path.
-FEW_ROWS = 64
+# Up to this many rows (B x L) Linear computes (W @ x^T)^T, not x @ W^T, when MLX uses
+# OpenBLAS: with OpenBLAS 0.3.21 (one thread, 2-core CI machine) the MLP down-projection
+# (512 x 2048) at 4 rows took 0.36 ms instead of 0.82, and one layer's four linears 0.61x
+# the time at 4 rows, 0.83x at 64 (hot weights). MKL (STARFLOW_BLAS) is faster the usual
+# way round (0.95 ms per layer at 4 rows, 1.6 ms weight first), so only OpenBLAS gets it.
+# Larger products (training, full forward passes) keep nn.Linear's path.
+FEW_ROWS = 64 if "openblas" in str(blas_status()["library"]).lower() else 0
 
 
 class Linear(nn.Linear):
