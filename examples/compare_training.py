@@ -85,7 +85,9 @@ def plot(runs: list[dict], window: int, summary: dict, path: Path) -> None:
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
     colours = {"torch": "tab:orange", "mlx": "tab:blue"}
-    for run, style in zip(runs, itertools.cycle(["-", "--", ":"]), strict=False):
+    seeds = sorted({run["seed"] for run in runs})
+    for run in runs:
+        style = ["-", "--", ":", "-."][seeds.index(run["seed"]) % 4]
         keep = run["steps"] > run["warmup_steps"]
         steps = run["steps"][keep][window - 1 :]
         label = f"{run['twin']} seed {run['seed']}"
