@@ -4,12 +4,15 @@
     python -m starflow_mlx.bench --preset bench-small --repeats 5 --out bench_results/
     python -m starflow_mlx.bench --preset starflow-3b-t2i-256 --dtype bfloat16 --repeats 1 \
         --no-sweep --no-quantization --no-torch     # 3B-shaped random weights, ~6 GB; very slow on CPU
+    python -m starflow_mlx.bench --weights starflow_mlx/assets/demo     # a trained model (the digits demo)
 
 One process builds a torch StarFlow with random weights, perturbs every proj_out
 (std --proj-out-std) and sos embedding so that no block is the identity and Jacobi
 has to iterate, saves it with save_pretrained and loads the same folder in MLX. Each
 mode is run once to warm up (compilation) and then --repeats times; medians are
-reported. Results go to <out>/bench.json and <out>/bench.png.
+reported. With --weights a trained model is timed instead (random noise, random labels or
+text features); Jacobi converges differently on trained weights than on perturbed random
+ones. Results go to <out>/bench.json and <out>/bench.png.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class BenchSettings:
     sweep: bool = True
     torch: bool = True
     quantization: bool = True
+    weights: str | None = None  # a trained model folder (ours) instead of perturbed random weights
 
 
 # ----- model, inputs, cost model ----------------------------------------------------------
@@ -89,12 +93,25 @@ def build_random_folder(config: FlowConfig, folder: Path, settings: BenchSetting
     model.save_pretrained(folder)
 
 
+def trained_folder(path: str) -> Path:
+    """The flow folder of --weights: a folder in our format, or a pipeline folder's transformer/."""
+    folder = Path(path)
+    if (folder / "transformer" / "config.json").is_file():
+        folder = folder / "transformer"
+    if not (folder / "config.json").is_file():
+        raise SystemExit(f"--weights {path}: no config.json (our format) or transformer/config.json there")
+    return folder
+
+
 def make_inputs(config: FlowConfig, batch: int, seed: int) -> dict[str, np.ndarray]:
-    """Noise (B, C, H, W) and text features y, y_null (B, txt_size, txt_dim) as numpy fp32."""
+    """Noise (B, C, H, W) and conditions as numpy: text features y, y_null (B, txt_size,
+    txt_dim) fp32 (zeros for the null prompt), or integer labels y (B,) for label models."""
     rng = np.random.default_rng(seed)
     shape = (batch, config.in_channels, config.img_size, config.img_size)
     inputs = {"noise": rng.standard_normal(shape, dtype=np.float32)}
-    if config.txt_size:
+    if config.num_classes:
+        inputs["y"] = rng.integers(0, config.num_classes, batch).astype(np.int64)
+    elif config.txt_size:
         text_shape = (batch, config.txt_size, config.txt_dim)
         inputs["y"] = rng.standard_normal(text_shape, dtype=np.float32)
         inputs["y_null"] = np.zeros(text_shape, dtype=np.float32)
@@ -178,7 +195,9 @@ def relative_rms(a: np.ndarray, b: np.ndarray) -> float:
 def mlx_sampler(model: StarFlow, inputs: dict, settings: BenchSettings, jacobi: bool, **jacobi_args):
     """A zero-argument function sampling with MLX; returns (NCHW numpy sample, stats, peak bytes)."""
     noise = mx.array(inputs["noise"].transpose(0, 2, 3, 1))
-    y = mx.array(inputs["y"]) if "y" in inputs else None
+    y = None
+    if "y" in inputs:
+        y = mx.array(inputs["y"].astype(np.int32) if inputs["y"].dtype.kind == "i" else inputs["y"])
     y_null = mx.array(inputs["y_null"]) if "y_null" in inputs else None
 
     def run():
@@ -216,23 +235,32 @@ def torch_sampler(model, inputs: dict, settings: BenchSettings, jacobi: bool, **
 
 def run_preset(settings: BenchSettings, gemm_gflops: float) -> dict:
     """Time the four modes (and the Jacobi sweep) on one preset; returns a JSON-ready dict."""
-    config = preset(settings.preset)
+    config = (
+        FlowConfig.load(trained_folder(settings.weights) / "config.json")
+        if settings.weights
+        else preset(settings.preset)
+    )
     inputs = make_inputs(config, settings.batch, settings.seed)
     jacobi_args = dict(block_size=settings.block_size, tol=settings.tol, max_iter=settings.max_iter)
     tokens_per_batch = settings.batch * config.grid_size**2
     flops = flops_per_pass(config, settings.batch, settings.guidance)
     bytes_per_weight = 2 if settings.dtype == "bfloat16" else 4
     with tempfile.TemporaryDirectory() as folder:
-        build_random_folder(config, Path(folder), settings)
-        dtype = getattr(mx, settings.dtype) if settings.dtype != "float32" else None
-        mlx_model = StarFlow.from_pretrained(folder, dtype=dtype)
+        if settings.weights:
+            folder = str(trained_folder(settings.weights))
+        else:
+            build_random_folder(config, Path(folder), settings)
+        # the requested dtype, whatever the folder stores (trained weights ship in fp16)
+        mlx_model = StarFlow.from_pretrained(folder, dtype=getattr(mx, settings.dtype))
         runners = {"mlx sequential": mlx_sampler(mlx_model, inputs, settings, False)}
         if settings.jacobi:
             runners["mlx jacobi"] = mlx_sampler(mlx_model, inputs, settings, True, **jacobi_args)
         if settings.torch:
+            import torch
+
             from starflow_torch import StarFlow as TorchStarFlow
 
-            torch_model = TorchStarFlow.from_pretrained(folder)
+            torch_model = TorchStarFlow.from_pretrained(folder, dtype=getattr(torch, settings.dtype))
             runners["torch sequential"] = torch_sampler(torch_model, inputs, settings, False)
             if settings.jacobi:
                 runners["torch jacobi"] = torch_sampler(torch_model, inputs, settings, True, **jacobi_args)
@@ -343,7 +371,7 @@ def quantization_report(
     jacobi_args = dict(block_size=settings.block_size, tol=settings.tol, max_iter=settings.max_iter)
     report = []
     for bits in QUANTIZATION_BITS:
-        model = StarFlow.from_pretrained(folder).quantize(bits, QUANTIZATION_GROUP_SIZE)
+        model = StarFlow.from_pretrained(folder, dtype=mx.float32).quantize(bits, QUANTIZATION_GROUP_SIZE)
         bpd = float(mx.mean(model.bits_per_dim(data, y)).item())
         entry = {"bits": bits, "group_size": QUANTIZATION_GROUP_SIZE, "bits_per_dim": bpd}
         entry.update(full_bits_per_dim=full_bpd, bits_per_dim_delta=bpd - full_bpd)
@@ -486,6 +514,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tol", type=float, default=defaults.tol)
     parser.add_argument("--max-iter", type=int, default=defaults.max_iter)
     parser.add_argument("--proj-out-std", type=float, default=defaults.proj_out_std)
+    parser.add_argument(
+        "--weights",
+        help="benchmark a trained model (our format, or a pipeline folder) instead of random weights",
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=defaults.dtype)
     parser.add_argument("--threads", type=int, default=defaults.threads, help="BLAS threads, both frameworks")
@@ -513,8 +545,12 @@ def main(argv: list[str] | None = None) -> None:
         sweep=not args.no_sweep,
         torch=not args.no_torch,
         quantization=not args.no_quantization,
+        weights=args.weights,
     )
-    run_benchmark(args.preset or list(DEFAULT_PRESETS), settings, args.out)
+    presets = args.preset or list(DEFAULT_PRESETS)
+    if args.weights:
+        presets = [Path(args.weights).name]  # a label for the table; the folder's config is used
+    run_benchmark(presets, settings, args.out)
 
 
 if __name__ == "__main__":
