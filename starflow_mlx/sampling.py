@@ -23,6 +23,8 @@ from .flow_block import FlowBlock, Rope
 from .flow_math import guide_linear, guide_scale_shift, scale_and_log_scale, to_data
 from .kv_cache import BlockCache, visible_positions
 
+PROGRESS_DELAY = 1.0  # seconds before a block's progress bar appears: fast blocks stay quiet
+
 
 @dataclasses.dataclass
 class SamplingStats:
@@ -180,7 +182,14 @@ def sample_block_sequential(
 ) -> mx.array:
     """Invert one block token by token with a KV cache. noise/result: (B, T, C') raster order."""
     sampler = _BlockSampler(block, noise, cond, rope)
-    for j in tqdm(range(sampler.num_targets), disable=not progress, desc=f"block {block.index}", leave=False):
+    bar = tqdm(
+        range(sampler.num_targets),
+        disable=not progress,
+        desc=f"block {block.index}",
+        leave=False,
+        delay=PROGRESS_DELAY,
+    )
+    for j in bar:
         sampler.step(j, 1)
     return sampler.result()
 
@@ -205,7 +214,11 @@ def sample_block_jacobi(
     sampler = _BlockSampler(block, noise, cond, rope)
     iterations = []
     bar = tqdm(
-        total=sampler.num_targets, disable=not progress, desc=f"block {block.index} (Jacobi)", leave=False
+        total=sampler.num_targets,
+        disable=not progress,
+        desc=f"block {block.index} (Jacobi)",
+        leave=False,
+        delay=PROGRESS_DELAY,
     )
     for first in range(0, sampler.num_targets, block_size):
         length = min(block_size, sampler.num_targets - first)
