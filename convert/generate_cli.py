@@ -251,7 +251,7 @@ def run(args: argparse.Namespace, backend: Backend) -> int:
             else f", peak memory {peak / 2**20:.0f} MB"
         )
     count = len(mine)
-    print(f"{count} image(s) in {elapsed:.1f} s ({elapsed / max(count, 1):.1f} s/image){memory}")
+    print(f"{count} image(s) in {elapsed:.1f} s ({elapsed / max(count, 1):.3g} s/image){memory}")
     return 0
 
 
