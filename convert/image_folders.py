@@ -24,6 +24,8 @@ import numpy as np
 from PIL import Image
 
 SHARD_INDEX = "index.json"  # the index of a folder of encoded latent shards
+SHARD_INDEX_FORMAT = 1
+NULL_TEXT_FILE = "null_text.safetensors"
 CONDITIONINGS = ("text", "label", "none")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 # The official training buckets (dataset.py), width:height.
@@ -217,7 +219,7 @@ def training_data_kind(config, train) -> str:
     if config.in_channels not in (1, 3):
         raise ValueError(
             f"{folder} is an image folder but the model takes {config.in_channels}-channel latents; "
-            "encode it first: python -m starflow_torch.encode_dataset"
+            "encode it first: python -m starflow_mlx.encode_dataset (or starflow_torch.encode_dataset)"
         )
     if conditioning_of(config) == "text" and train.text_encoder is None:
         raise ValueError("a captioned image folder for a text model needs train.text_encoder (a T5 folder)")
@@ -259,3 +261,43 @@ def check_batches_exist(num_batches: int, dataset_size: int, global_batch: int, 
             f"the dataset has {dataset_size} usable samples, fewer than one global micro-batch of "
             f"{global_batch}{where}; lower train.batch_size or add data"
         )
+
+
+# ----- encoded latent shards -------------------------------------------------------------
+def shard_index(
+    folder: ImageFolder, shards: list[dict], image_size: int, txt_size: int, corrupt: int
+) -> dict:
+    """index.json of an encoded folder (written last: a folder without it is unfinished).
+
+    Shards hold `latents` (N, C, h, w) (VAE latents times the scaling factor, one bucket per
+    shard) and for text models `text` (N, txt_size, txt_dim) with `mask` (N, txt_size), for
+    label models `label` (N,); NULL_TEXT_FILE holds the encoded empty prompt.
+    """
+    if not shards:
+        raise ValueError(
+            f"no image of {folder.folder} could be decoded ({corrupt} corrupt); nothing was encoded"
+        )
+    return {
+        "format": SHARD_INDEX_FORMAT,
+        "conditioning": folder.conditioning,
+        "in_channels": shards[0]["shape"][0],
+        "image_size": image_size,
+        "txt_size": txt_size if folder.conditioning == "text" else 0,
+        "class_names": folder.class_names,
+        "corrupt_images": corrupt,
+        "count": sum(s["count"] for s in shards),
+        "shards": shards,
+    }
+
+
+def indices_by_bucket(folder: ImageFolder) -> dict[str, list[int]]:
+    by_bucket: dict[str, list[int]] = {}
+    for index, bucket in enumerate(folder.buckets):
+        by_bucket.setdefault(bucket, []).append(index)
+    return {bucket: by_bucket[bucket] for bucket in sorted(by_bucket)}
+
+
+def describe_shards(index: dict) -> str:
+    return (
+        json.dumps({k: v for k, v in index.items() if k != "shards"}) + f" in {len(index['shards'])} shards"
+    )

@@ -54,7 +54,7 @@ class ImageFolderDataset(ImageFolder):
 
 
 class LatentShardDataset:
-    """Latents and text features written by the encoder (starflow_torch.encode_dataset).
+    """Latents and text features written by either twin's encoder (encode_dataset).
 
     Shards hold (N, C, h, w) latents; items are (h, w, C) float32.
     """
@@ -67,7 +67,7 @@ class LatentShardDataset:
         if not index_path.is_file():
             raise FileNotFoundError(
                 f"{folder} has no {SHARD_INDEX}; encode the image folder first: "
-                "python -m starflow_torch.encode_dataset"
+                "python -m starflow_mlx.encode_dataset"
             )
         self.folder = folder
         self.index = json.loads(index_path.read_text())

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import max_relative_error
-from helpers.tiny_components import make_tiny_t5_folder
+from helpers.tiny_components import make_tiny_t5_folder, make_tiny_vae_folder
 from helpers.training import (
     STARFLOW_TINY,
     TARFLOW_TINY,
@@ -189,3 +189,52 @@ def test_command_line_errors_name_the_problem(tmp_path):
     )
     assert completed.returncode != 0
     assert "encode it first" in completed.stderr  # a latent model given an image folder
+
+
+def test_mlx_encoder_writes_the_torch_encoders_shards(tmp_path):
+    """Same index and arrays from both twins' encoders (fp32 shards; tiny diffusers VAE, T5).
+
+    Tolerance 1e-5 absolute: the MLX VAE and T5 match diffusers / transformers to a few 1e-6
+    (tests/test_vae.py, tests/test_text.py).
+    """
+    from safetensors.numpy import load_file
+
+    from starflow_mlx.text import TextEncoder
+    from starflow_mlx.training.encode import encode_dataset
+    from starflow_mlx.vae import AutoencoderKL
+    from starflow_torch.text import TextEncoder as TorchTextEncoder
+    from starflow_torch.training.encode import encode_dataset as torch_encode_dataset
+    from starflow_torch.vae import AutoencoderKL as TorchAutoencoderKL
+
+    images = make_caption_folder(tmp_path / "images", count=7, sizes=((8, 8), (16, 9)))
+    make_tiny_vae_folder(tmp_path / "vae")
+    make_tiny_t5_folder(tmp_path / "t5")
+    options = dict(image_size=8, txt_size=4, multiple=2, buckets=True, batch_size=3, shard_size=2)
+    mlx_index = encode_dataset(
+        images,
+        tmp_path / "mlx",
+        AutoencoderKL.from_pretrained(tmp_path / "vae"),
+        TextEncoder.from_pretrained(tmp_path / "t5"),
+        dtype=mx.float32,
+        **options,
+    )
+    torch_index = torch_encode_dataset(
+        images,
+        tmp_path / "torch",
+        TorchAutoencoderKL.from_pretrained(tmp_path / "vae"),
+        TorchTextEncoder.from_pretrained(tmp_path / "t5"),
+        dtype=torch.float32,
+        **options,
+    )
+    assert mlx_index == torch_index
+    for shard in [*(s["file"] for s in mlx_index["shards"]), mlx_index["null_text"]]:
+        got, want = load_file(str(tmp_path / "mlx" / shard)), load_file(str(tmp_path / "torch" / shard))
+        assert set(got) == set(want), shard
+        for key in want:
+            assert got[key].dtype == want[key].dtype, (shard, key)
+            np.testing.assert_allclose(got[key], want[key], atol=1e-5, err_msg=f"{shard} {key}")
+
+    d_model = mlx_index["txt_dim"]
+    model = dict(STARFLOW_TINY, txt_dim=d_model)
+    result = train(run_config(model, tmp_path / "run", data=str(tmp_path / "mlx"), steps=2, buckets=True))
+    assert result.progress.step == 2 and np.isfinite(result.losses).all()

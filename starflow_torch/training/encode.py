@@ -10,17 +10,21 @@ without it is an unfinished encoding.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from starflow_convert.image_folders import (
+    NULL_TEXT_FILE,
+    SHARD_INDEX,
+    describe_shards,
+    indices_by_bucket,
+    shard_index,
+)
 from starflow_convert.io import atomic_path, atomic_write_json
 
-from ..data import SHARD_INDEX, ImageFolderDataset
-
-INDEX_FORMAT = 1
+from ..data import ImageFolderDataset
 
 
 def _write_shard(path: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -59,12 +63,9 @@ def encode_dataset(
     dataset = ImageFolderDataset(images, conditioning, image_size, multiple, buckets)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    by_bucket: dict[str, list[int]] = {}
-    for index, bucket in enumerate(dataset.buckets):
-        by_bucket.setdefault(bucket, []).append(index)
-
+    by_bucket = indices_by_bucket(dataset)
     shards, corrupt = [], 0
-    for bucket in sorted(by_bucket):
+    for bucket in by_bucket:
         pending: dict[str, list[torch.Tensor]] = {}
         for start in range(0, len(by_bucket[bucket]), batch_size):
             chunk = by_bucket[bucket][start : start + batch_size]
@@ -90,24 +91,11 @@ def encode_dataset(
                 shards.append(_flush(out_dir, len(shards), bucket, pending, shard_size))
         if pending:
             shards.append(_flush(out_dir, len(shards), bucket, pending, None))
-    if not shards:
-        raise ValueError(f"no image of {images} could be decoded ({corrupt} corrupt); nothing was encoded")
-
-    index = {
-        "format": INDEX_FORMAT,
-        "conditioning": conditioning,
-        "in_channels": shards[0]["shape"][0],
-        "image_size": image_size,
-        "txt_size": txt_size if conditioning == "text" else 0,
-        "class_names": dataset.class_names,
-        "corrupt_images": corrupt,
-        "count": sum(s["count"] for s in shards),
-        "shards": shards,
-    }
+    index = shard_index(dataset, shards, image_size, txt_size, corrupt)
     if conditioning == "text":
         null = text_encoder.encode([""], txt_size).float().cpu()[0]
-        _write_shard(out_dir / "null_text.safetensors", {"text": null.to(dtype)})
-        index["null_text"] = "null_text.safetensors"
+        _write_shard(out_dir / NULL_TEXT_FILE, {"text": null.to(dtype)})
+        index["null_text"] = NULL_TEXT_FILE
         index["txt_dim"] = int(null.shape[-1])
     atomic_write_json(out_dir / SHARD_INDEX, index)
     return index
@@ -125,7 +113,4 @@ def _flush(out_dir: Path, number: int, bucket: str, pending: dict, limit: int | 
     return {"file": name, "count": count, "bucket": bucket, "shape": list(merged["latents"].shape[1:])}
 
 
-def describe(index: dict) -> str:
-    return (
-        json.dumps({k: v for k, v in index.items() if k != "shards"}) + f" in {len(index['shards'])} shards"
-    )
+describe = describe_shards
