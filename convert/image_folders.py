@@ -13,6 +13,7 @@ twins' loaders (torch DataLoader, mlx-data stream) read from it.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import random
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from .training_config import conditioning_of
 
 SHARD_INDEX = "index.json"  # the index of a folder of encoded latent shards
 SHARD_INDEX_FORMAT = 1
@@ -204,8 +207,6 @@ def check_class_count(folder: ImageFolder, num_classes: int) -> None:
 def training_data_kind(config, train) -> str:
     """ "latents" (encoded shards) or "images" (an image folder) for a run, after checking that
     the data fits the model (FlowConfig, TrainConfig); raises a ValueError naming the fix."""
-    from .training_config import conditioning_of
-
     folder = Path(train.data)
     use_shards = train.data_format == "latents" or (
         train.data_format == "auto" and (folder / SHARD_INDEX).is_file()
@@ -301,3 +302,23 @@ def describe_shards(index: dict) -> str:
     return (
         json.dumps({k: v for k, v in index.items() if k != "shards"}) + f" in {len(index['shards'])} shards"
     )
+
+
+def encode_argument_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The encoders' shared command line (each twin may add its own options)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--images", required=True, help="image folder (metadata.jsonl or class subfolders)")
+    parser.add_argument("--out", required=True, help="output folder for the shards and index.json")
+    parser.add_argument("--vae", required=True, help="AutoencoderKL folder (diffusers layout)")
+    parser.add_argument("--text-encoder", help="T5 folder with tokenizer files (text conditioning)")
+    parser.add_argument("--conditioning", choices=CONDITIONINGS, default="text")
+    parser.add_argument("--image-size", type=int, default=256, help="pixels (the 1:1 side)")
+    parser.add_argument("--txt-size", type=int, default=128, help="text tokens (padded / truncated)")
+    parser.add_argument(
+        "--multiple", type=int, default=8, help="bucket sides are multiples of this (VAE x patch)"
+    )
+    parser.add_argument("--buckets", action="store_true", help="aspect-ratio buckets instead of 1:1 crops")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--shard-size", type=int, default=1024)
+    parser.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
+    return parser

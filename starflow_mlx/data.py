@@ -145,6 +145,8 @@ def batch_stream(dataset, train: TrainConfig, epoch: int, start: int) -> Iterato
 def drop_corrupt(batch: dict) -> dict:
     """Keep the readable samples; count the others in batch["corrupt"] (an int)."""
     corrupt = batch["corrupt"].astype(bool)
+    if not corrupt.any():
+        return {**batch, "corrupt": 0, "valid": True}
     kept = ~corrupt if not corrupt.all() else np.ones_like(corrupt)
     out = {key: value[kept] for key, value in batch.items() if key != "corrupt"}
     out["corrupt"] = int(corrupt.sum())

@@ -16,27 +16,13 @@ from collections.abc import Sequence
 
 import mlx.core as mx
 
-import starflow_mlx  # noqa: F401, I001  (loads a system BLAS into MLX on Linux before mlx.core)
+from starflow_convert.image_folders import encode_argument_parser
 
 from .training.encode import describe, encode_dataset
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="starflow-mlx-encode", description=__doc__.splitlines()[0])
-    parser.add_argument("--images", required=True, help="image folder (metadata.jsonl or class subfolders)")
-    parser.add_argument("--out", required=True, help="output folder for the shards and index.json")
-    parser.add_argument("--vae", required=True, help="AutoencoderKL folder (diffusers layout)")
-    parser.add_argument("--text-encoder", help="T5 folder with tokenizer files (text conditioning)")
-    parser.add_argument("--conditioning", choices=("text", "label", "none"), default="text")
-    parser.add_argument("--image-size", type=int, default=256, help="pixels (the 1:1 side)")
-    parser.add_argument("--txt-size", type=int, default=128, help="text tokens (padded / truncated)")
-    parser.add_argument(
-        "--multiple", type=int, default=8, help="bucket sides are multiples of this (VAE x patch)"
-    )
-    parser.add_argument("--buckets", action="store_true", help="aspect-ratio buckets instead of 1:1 crops")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--shard-size", type=int, default=1024)
-    parser.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
+    parser = encode_argument_parser("starflow-mlx-encode", __doc__.splitlines()[0])
     return parser.parse_args(argv)
 
 

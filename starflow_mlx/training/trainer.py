@@ -20,7 +20,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
-from mlx.utils import tree_flatten, tree_map
+from mlx.utils import tree_map
 
 from starflow_convert.training_config import Progress, RunConfig, StopSignal
 
@@ -44,10 +44,6 @@ def train(run: RunConfig, resume: str | Path | None = None, stop_at_step: int | 
     """Train (or continue) a run; stop_at_step saves and stops early, like a signal would."""
     with StopSignal() as stop:
         return Trainer(run, resume).run(stop, stop_at_step)
-
-
-def global_norm(grads: dict) -> mx.array:
-    return mx.sqrt(sum(mx.sum(mx.square(g.astype(mx.float32))) for _, g in tree_flatten(grads)))
 
 
 class Trainer:
@@ -175,11 +171,8 @@ class Trainer:
             mx.eval(loss, flow_loss, grads_sum)
             loss_sum += loss.item() * inputs.weight
             flow_loss_sum += flow_loss.item() * inputs.weight
-        grad_norm = global_norm(grads_sum)
-        if train.grad_clip > 0:
-            grads_sum = tree_map(
-                lambda g: g * mx.minimum(1.0, train.grad_clip / (grad_norm + 1e-6)), grads_sum
-            )
+        # a clip of 0 disables clipping; the norm is still measured and logged
+        grads_sum, grad_norm = optim.clip_grad_norm(grads_sum, train.grad_clip or math.inf)
         grad_norm = grad_norm.item()
         loss_mean, flow_loss_mean = loss_sum / train.grad_accum, flow_loss_sum / train.grad_accum
         if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
