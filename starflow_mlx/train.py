@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import starflow_mlx  # noqa: F401, I001  (loads a system BLAS into MLX on Linux before mlx.core)
 from starflow_convert.training_config import parse_train_arguments
 
 from .training import load_run_config, train
