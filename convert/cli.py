@@ -71,7 +71,7 @@ def flow_config(args: argparse.Namespace, source: Path) -> FlowConfig:
 def resave_with_mlx(folder: Path, out: Path, dtype: str | None, bits: int | None, group_size: int) -> None:
     """Load our flow folder in MLX, cast and/or quantize it, save it to `out`."""
     try:
-        import starflow_mlx  # before mlx.core: it selects MLX's BLAS
+        import starflow_mlx.command_setup  # noqa: F401  (before mlx.core: OpenBLAS on Linux)
         from starflow_mlx.pipeline import quantize_flow
     except ImportError as err:
         raise NotImplementedError(

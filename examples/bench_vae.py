@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL as DiffusersAutoencoderKL
 
-from starflow_mlx.blas import blas_status  # first: loads OpenBLAS before mlx.core on Linux
+from starflow_mlx import command_setup  # noqa: F401  (first: OpenBLAS for MLX on Linux)
+from starflow_mlx.blas import blas_status
 from starflow_mlx.vae import AutoencoderKL, mx  # mlx.core, imported after the BLAS loader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

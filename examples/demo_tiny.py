@@ -9,7 +9,7 @@ The pictures are noise-like on purpose: the weights are random.
 from __future__ import annotations
 
 # isort: off
-import starflow_mlx  # noqa: F401  (first: loads OpenBLAS on Linux before mlx is imported)
+import starflow_mlx.command_setup  # noqa: F401  (first: OpenBLAS for MLX on Linux)
 import mlx.core as mx
 
 # isort: on

@@ -1,20 +1,45 @@
-"""STARFlow in MLX: arrays are NHWC (batch, height, width, channels)."""
+"""STARFlow in MLX: arrays are NHWC (batch, height, width, channels).
 
-# Before anything imports mlx: on Linux, point MLX at the system OpenBLAS (see blas.py).
-from .blas import load_system_blas as _load_system_blas
+`import starflow_mlx` is cheap and changes nothing in the process: the classes below load
+(and import mlx) on first use. On Linux, MLX's bundled BLAS is slow; call
+`starflow_mlx.use_system_blas()` before anything imports mlx to run MLX's matmuls on the
+system OpenBLAS (docs/blas.md). The command lines (`python -m starflow_mlx.generate`, ...)
+do this themselves. It is a process-wide switch, so it is never a side effect of an import.
+"""
 
-_load_system_blas()
+from __future__ import annotations
 
-from starflow_convert.config import FlowConfig  # noqa: E402
+import importlib
 
-from .model import StarFlow  # noqa: E402
-from .sampling import SamplingStats  # noqa: E402
-from .text import T5Tokenizer, TextEncoder  # noqa: E402
-from .vae import AutoencoderKL  # noqa: E402
+from .blas import blas_status, use_system_blas
 
-__all__ = ["AutoencoderKL", "FlowConfig", "SamplingStats", "StarFlow", "T5Tokenizer", "TextEncoder"]
+# name -> module that defines it; imported on first attribute access (PEP 562)
+_LAZY = {
+    "AutoencoderKL": ".vae",
+    "FlowConfig": "starflow_convert.config",
+    "SamplingStats": ".sampling",
+    "StarFlow": ".model",
+    "StarFlowPipeline": ".pipeline",
+    "T5Tokenizer": ".text",
+    "TextEncoder": ".text",
+}
 
 
-from .pipeline import StarFlowPipeline  # noqa: E402
+def __getattr__(name: str):
+    if name in _LAZY:
+        module = importlib.import_module(_LAZY[name], __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-__all__ += ["StarFlowPipeline"]
+
+__all__ = [  # the class names resolve lazily through __getattr__
+    "AutoencoderKL",
+    "FlowConfig",
+    "SamplingStats",
+    "StarFlow",
+    "StarFlowPipeline",
+    "T5Tokenizer",
+    "TextEncoder",
+    "blas_status",
+    "use_system_blas",
+]

@@ -17,6 +17,9 @@ ones. Results go to <out>/bench.json and <out>/bench.png.
 
 from __future__ import annotations
 
+from . import command_setup  # noqa: F401  (first: OpenBLAS for MLX on Linux, before mlx loads)
+
+# isort: split
 import argparse
 import ctypes
 import dataclasses
@@ -27,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import mlx.core as mx  # importing starflow_mlx (this package) has already loaded OpenBLAS
+import mlx.core as mx
 import numpy as np
 
 from starflow_convert.config import FlowConfig, preset

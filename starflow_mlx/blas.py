@@ -1,4 +1,4 @@
-"""Use the system OpenBLAS for MLX on Linux.
+"""Use the system OpenBLAS for MLX on Linux: an explicit, process-wide switch.
 
 The ``mlx[cpu]`` Linux wheel links a bundled reference (netlib) BLAS and LAPACK that run a
 2048x2048 fp32 matmul at about 5 GFLOP/s, against about 200 GFLOP/s for OpenBLAS on the
@@ -8,8 +8,11 @@ the process's global scope first, so a ``libopenblas.so.0`` opened with ``RTLD_G
 *before* ``mlx.core`` is imported provides every one of those symbols. Loading it after
 ``mlx.core`` has no effect.
 
-This module must not import mlx at module level: ``starflow_mlx/__init__.py`` calls
-``load_system_blas()`` before anything else imports mlx.
+The switch is process-wide: every library loaded later that resolves BLAS symbols through
+the global scope gets OpenBLAS too. PyTorch does (its results change bit for bit and its
+CPU matmuls slow down several times), so importing starflow_mlx never does this. The MLX
+command lines call ``use_system_blas()`` first thing (they own their process); library
+users call it themselves, before anything imports mlx. This module must not import mlx.
 
 Environment variables:
     STARFLOW_BLAS=/path/to/libopenblas.so.0   load this library instead of searching
@@ -33,7 +36,7 @@ _INSTALL_HINT = (
     "openblas) or set STARFLOW_BLAS=/path/to/libopenblas.so.0; set STARFLOW_NO_BLAS=1 to silence"
 )
 
-# What load_system_blas() did in this process; the first call decides, later calls reuse it.
+# What use_system_blas() did in this process; the first call decides, later calls reuse it.
 _status: dict[str, Any] | None = None
 
 
@@ -89,11 +92,14 @@ def _finish(library: str | None, loaded: bool, reason: str, warn: bool = False) 
     return library if loaded else None
 
 
-def load_system_blas() -> str | None:
+def use_system_blas(warn_if_late: bool = True) -> str | None:
     """Make MLX use the system OpenBLAS; return the loaded library's path, or None.
 
-    Linux only and only before ``mlx.core`` is imported. Never raises: a missing or broken
-    library gives a RuntimeWarning naming the fix and MLX keeps its bundled BLAS.
+    Linux only and only before ``mlx.core`` is imported (later it has no effect: a
+    RuntimeWarning unless ``warn_if_late`` is False). Process-wide: torch in the same
+    process also switches to OpenBLAS (different rounding, slower), so call it only in a
+    process that runs MLX. Never raises: a missing or broken library gives a RuntimeWarning
+    naming the fix and MLX keeps its bundled BLAS.
     """
     if _status is not None:
         return _status["library"] if _status["loaded"] else None
@@ -105,9 +111,9 @@ def load_system_blas() -> str | None:
         return _finish(
             None,
             False,
-            "mlx.core was imported before starflow_mlx, too late to switch MLX to OpenBLAS "
-            "(matmuls run ~35x slower); import starflow_mlx before mlx",
-            warn=True,
+            "mlx.core was imported before use_system_blas(), too late to switch MLX to OpenBLAS "
+            "(matmuls run ~35x slower); call starflow_mlx.use_system_blas() before importing mlx",
+            warn=warn_if_late,
         )
 
     explicit = os.environ.get("STARFLOW_BLAS", "").strip()
@@ -127,7 +133,11 @@ def load_system_blas() -> str | None:
 
 def blas_status() -> dict[str, Any]:
     """Which BLAS MLX got and why: keys ``library``, ``loaded``, ``reason``, ``platform``."""
-    return dict(_status) if _status is not None else _record(None, False, "load_system_blas() not called")
+    return (
+        dict(_status)
+        if _status is not None
+        else _record(None, False, "use_system_blas() not called: MLX uses its bundled BLAS")
+    )
 
 
 def measure_gemm_gflops(n: int = 1024, repeats: int = 5, framework: str = "mlx") -> float:

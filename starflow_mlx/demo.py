@@ -11,6 +11,9 @@ by examples/train_digits.py).
 
 from __future__ import annotations
 
+from . import command_setup  # noqa: F401  (first: OpenBLAS for MLX on Linux, before mlx loads)
+
+# isort: split
 import json
 from collections.abc import Sequence
 from pathlib import Path

@@ -11,6 +11,9 @@ Training then reads the shards: python -m starflow_mlx.train --set train.data=my
 
 from __future__ import annotations
 
+from . import command_setup  # noqa: F401  (first: OpenBLAS for MLX on Linux, before mlx loads)
+
+# isort: split
 import argparse
 from collections.abc import Sequence
 

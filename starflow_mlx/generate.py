@@ -8,6 +8,9 @@ With no arguments it runs the embedded demo model. All flags: --help.
 
 from __future__ import annotations
 
+from . import command_setup  # noqa: F401  (first: OpenBLAS for MLX on Linux, before mlx loads)
+
+# isort: split
 import argparse
 import sys
 from collections.abc import Sequence

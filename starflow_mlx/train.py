@@ -14,6 +14,9 @@ weights load in either twin.
 
 from __future__ import annotations
 
+from . import command_setup  # noqa: F401  (first: OpenBLAS for MLX on Linux, before mlx loads)
+
+# isort: split
 from collections.abc import Sequence
 
 from starflow_convert.training_config import parse_train_arguments

@@ -1,16 +1,16 @@
-"""Shared test fixtures. starflow_mlx is imported first so MLX picks up the system BLAS."""
+"""Shared test fixtures.
+
+The suite never switches BLAS process-wide (starflow_mlx.use_system_blas): torch and MLX run
+in this one process, and torch's results change when OpenBLAS is loaded globally. MLX runs
+on its bundled BLAS here; tests/test_blas.py checks the switch in processes of its own.
+"""
 
 from __future__ import annotations
-
-# isort: off
-import starflow_mlx  # noqa: F401  (first: loads OpenBLAS on Linux before mlx is imported)
-import mlx.core as mx
-
-# isort: on
 
 import json
 from pathlib import Path
 
+import mlx.core as mx
 import numpy as np
 import pytest
 import torch

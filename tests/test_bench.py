@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import starflow_mlx  # noqa: F401  (loads OpenBLAS before mlx)
 from starflow_mlx.bench import MODES, BenchSettings, main, run_benchmark
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 # isort: off
-import starflow_mlx  # noqa: F401  (loads OpenBLAS before mlx)
 import mlx.core as mx
 
 # isort: on

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 # isort: off
-import starflow_mlx  # noqa: F401  (loads OpenBLAS before mlx)
 import mlx.core as mx
 
 # isort: on

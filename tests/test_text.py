@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 
-import mlx.core as mx  # conftest imports starflow_mlx first (OpenBLAS)
+import mlx.core as mx
 import numpy as np
 import pytest
 import torch
