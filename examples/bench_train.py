@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from starflow_convert.config import VAE_DOWNSAMPLE, preset
+from starflow_core.config import VAE_DOWNSAMPLE
+from starflow_core.presets import preset
 from starflow_torch import StarFlow
 from starflow_torch.training import load_run_config, train
 from starflow_torch.training.encode import encode_dataset

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from starflow_convert.digits import fit_classifier, load_digits_split, write_demo_index
-from starflow_convert.training_files import LATEST_NAME, TORCH_STATE_NAME, save_png
+from starflow_core.digits import fit_classifier, load_digits_split, write_demo_index
+from starflow_core.training.files import LATEST_NAME, TORCH_STATE_NAME, save_png
 
 
 def read_run(folder: Path) -> dict:

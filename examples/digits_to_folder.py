@@ -2,7 +2,7 @@
 
     python examples/digits_to_folder.py runs/digits_png            # train/ and test/ splits
 
-The same stratified split as the demo model's recipe (starflow_convert.digits). Grey
+The same stratified split as the demo model's recipe (starflow_core.digits). Grey
 levels 0..16 become pixels round(level * 255 / 16); read back in [-1, 1] they are within
 0.004 of the recipe's values (noise augmentation adds 0.08). Train on it with either twin:
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from starflow_convert.digits import DIGIT_NAMES, load_digits_split, to_levels
+from starflow_core.digits import DIGIT_NAMES, load_digits_split, to_levels
 
 
 def write_split(images: np.ndarray, labels: np.ndarray, folder: Path) -> None:

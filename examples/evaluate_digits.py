@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from starflow_convert.digits import (
+from starflow_core.digits import (
     classify,
     discrete_bits_per_dim,
     fit_classifier,

@@ -1,6 +1,6 @@
 """Train the embedded demo model (class-conditional STARFlow on the scikit-learn digits).
 
-    python examples/train_digits.py                      # writes starflow_mlx/assets/demo/
+    python examples/train_digits.py                      # writes starflow_core/assets/demo/
     python examples/train_digits.py --steps 200 --out /tmp/digits
 
 Reproducible from --seed (data split, initialisation, batches, noise). Weights are saved
@@ -16,10 +16,9 @@ from pathlib import Path
 
 import torch
 
-from starflow_convert.digits import DIGITS_CONFIG, DigitsTraining, load_digits_split, write_demo_index
+from starflow_core.digits import DIGITS_CONFIG, DigitsTraining, load_digits_split, write_demo_index
+from starflow_core.sources.releases import DEMO_FOLDER  # noqa: E402
 from starflow_torch.digits import train_digits
-
-DEMO_FOLDER = Path(__file__).resolve().parents[1] / "starflow_mlx" / "assets" / "demo"
 
 
 def main() -> None:

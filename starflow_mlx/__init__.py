@@ -16,7 +16,7 @@ from .blas import blas_status, use_system_blas
 # name -> module that defines it; imported on first attribute access (PEP 562)
 _LAZY = {
     "AutoencoderKL": ".vae",
-    "FlowConfig": "starflow_convert.config",
+    "FlowConfig": "starflow_core.config",
     "SamplingStats": ".sampling",
     "StarFlow": ".model",
     "StarFlowPipeline": ".pipeline",

@@ -4,7 +4,7 @@
     python -m starflow_mlx.bench --preset bench-small --repeats 5 --out bench_results/
     python -m starflow_mlx.bench --preset starflow-3b-t2i-256 --dtype bfloat16 --repeats 1 \
         --no-sweep --no-quantization --no-torch     # 3B-shaped random weights, ~6 GB; very slow on CPU
-    python -m starflow_mlx.bench --weights starflow_mlx/assets/demo     # a trained model (the digits demo)
+    python -m starflow_mlx.bench --weights starflow_core/assets/demo     # a trained model (the digits demo)
 
 One process builds a torch StarFlow with random weights, perturbs every proj_out
 (std --proj-out-std) and sos embedding so that no block is the identity and Jacobi
@@ -33,7 +33,8 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from starflow_convert.config import FlowConfig, preset
+from starflow_core.config import FlowConfig
+from starflow_core.presets import preset
 
 from .blas import blas_status, measure_gemm_gflops
 from .model import StarFlow

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from starflow_convert.config import FlowConfig, resolve_config
-from starflow_convert.io import atomic_path, read_safetensors_header
-from starflow_convert.keys import check_weights, official_to_ours, split_deprecated
-from starflow_convert.pth_reader import read_pth_state_dict
+from starflow_core.config import FlowConfig
+from starflow_core.io import atomic_path, read_safetensors_header
+from starflow_core.official.arguments import resolve_config
+from starflow_core.official.keys import check_weights, official_to_ours, split_deprecated
+from starflow_core.official.pth_reader import read_pth_state_dict
 
 if TYPE_CHECKING:
     from .model import StarFlow

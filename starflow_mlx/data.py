@@ -1,7 +1,7 @@
 """Training data of the MLX twin: image folders and encoded latent shards through mlx-data.
 
 The folder conventions, buckets and the seeded epoch order are framework-free
-(starflow_convert.image_folders) and shared with the torch twin, so both twins see the
+(starflow_core.training.image_folders) and shared with the torch twin, so both twins see the
 same samples, crops and flips in the same order. Here they become an mlx-data pipeline:
 a buffer of (index, flip, slot) in epoch order, decoded per sample in background
 threads, batched, prefetched in order. Arrays are NHWC numpy, turned into mx.arrays
@@ -17,14 +17,14 @@ from pathlib import Path
 import mlx.data as dx
 import numpy as np
 
-from starflow_convert.image_folders import (
+from starflow_core.training.config import TrainConfig
+from starflow_core.training.image_folders import (
     SHARD_INDEX,
     ImageFolder,
     SampleRef,
     check_batches_exist,
     epoch_batches,
 )
-from starflow_convert.training_config import TrainConfig
 
 __all__ = [
     "SHARD_INDEX",

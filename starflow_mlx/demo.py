@@ -21,13 +21,15 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from starflow_convert.digits import DIGIT_NAMES, classify
-from starflow_convert.generation import make_noise, png_metadata, prompts_to_labels
-from starflow_convert.pipeline_folder import MODEL_INDEX, package_version
+from starflow_core.digits import DIGIT_NAMES, classify
+from starflow_core.generation.images import png_metadata
+from starflow_core.generation.inputs import make_noise, prompts_to_labels
+from starflow_core.sources.pipeline_folder import MODEL_INDEX
+from starflow_core.sources.releases import DEMO_FOLDER  # noqa: E402
+from starflow_core.version import package_version
 
 from .model import StarFlow
 
-DEMO_FOLDER = Path(__file__).parent / "assets" / "demo"
 UPSCALE = 8  # 8x8 digits are shown as 64x64 pixels (nearest neighbour)
 
 

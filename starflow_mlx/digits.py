@@ -18,13 +18,8 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_map
 
-from starflow_convert.config import FlowConfig
-from starflow_convert.digits import (
-    DIGITS_CONFIG,
-    DigitsSplit,
-    DigitsTraining,
-    learning_rate,
-)
+from starflow_core.config import FlowConfig
+from starflow_core.digits import DIGITS_CONFIG, DigitsSplit, DigitsTraining, learning_rate
 
 from .model import StarFlow
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import mlx.core as mx
 
-from starflow_convert.image_folders import encode_argument_parser
+from starflow_core.training.image_folders import encode_argument_parser
 
 from .training.encode import describe, encode_dataset
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from starflow_convert.config import FlowConfig
+from starflow_core.config import FlowConfig
 
 from .flow_math import scale_and_log_scale, to_noise
 from .kv_cache import BlockCache

@@ -10,7 +10,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from starflow_convert.config import INV_SOFTPLUS_1
+from starflow_core.config import INV_SOFTPLUS_1
 
 
 def scale_and_log_scale(raw_scale: mx.array, use_softplus: bool) -> tuple[mx.array, mx.array]:

@@ -14,16 +14,14 @@ from . import command_setup  # noqa: F401  (first: OpenBLAS for MLX on Linux, be
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import mlx.core as mx
 
-from starflow_convert import generate_cli
-from starflow_convert.pipeline_folder import PipelineParts
+from starflow_core.generation import cli as generate_cli
+from starflow_core.sources.pipeline_folder import PipelineParts
 
 from .pipeline import StarFlowPipeline
 
-DEMO_FOLDER = Path(__file__).parent / "assets" / "demo"
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 
 
@@ -36,9 +34,7 @@ def load_pipeline(parts: PipelineParts, args: argparse.Namespace) -> StarFlowPip
 def main(argv: Sequence[str] | None = None) -> int:
     parser = generate_cli.build_parser("starflow-generate", "Generate images with STARFlow (MLX).")
     mx.reset_peak_memory()
-    backend = generate_cli.Backend(
-        load=load_pipeline, peak_memory=mx.get_peak_memory, demo_folder=DEMO_FOLDER
-    )
+    backend = generate_cli.Backend(load=load_pipeline, peak_memory=mx.get_peak_memory)
     return generate_cli.main(argv, parser, backend)
 
 

@@ -1,12 +1,14 @@
-"""Model sources for MLX: resolve a folder, release name or Hub repo (starflow_convert.hub)
+"""Model sources for MLX: resolve a folder, release name or Hub repo (starflow_core.sources)
 and load each part of the pipeline as an MLX module."""
 
 from __future__ import annotations
 
 import mlx.core as mx
 
-from starflow_convert.hub import RELEASES, MissingModelFileError, resolve
-from starflow_convert.pipeline_folder import PipelineParts
+from starflow_core.sources.hub import MissingModelFileError
+from starflow_core.sources.pipeline_folder import PipelineParts
+from starflow_core.sources.releases import RELEASES
+from starflow_core.sources.resolve import resolve
 
 from .model import StarFlow
 from .t5 import T5Encoder

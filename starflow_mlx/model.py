@@ -16,8 +16,8 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
-from starflow_convert.config import FlowConfig
-from starflow_convert.positions import rope_angles
+from starflow_core.config import FlowConfig
+from starflow_core.positions import rope_angles
 
 from . import checkpoint
 from .flow_block import FlowBlock, Rope

@@ -6,7 +6,7 @@
 
 Label-conditioned models take class names or indices as prompts; unconditional models
 ignore them. Pixel models (no VAE) map [-1, 1] samples straight to pixels. Noise comes
-from numpy per seed (starflow_convert.generation.make_noise), identical in both twins.
+from numpy per seed (starflow_core.generation.inputs.make_noise), identical in both twins.
 """
 
 from __future__ import annotations
@@ -17,16 +17,11 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from starflow_convert.config import FlowConfig
-from starflow_convert.generation import (
-    Generation,
-    batch_prompts_and_seeds,
-    check_finite,
-    check_size,
-    make_noise,
-    prompts_to_labels,
-)
-from starflow_convert.pipeline_folder import PipelineParts
+from starflow_core.config import FlowConfig
+from starflow_core.generation.inputs import batch_prompts_and_seeds, check_size, make_noise, prompts_to_labels
+from starflow_core.generation.result import Generation
+from starflow_core.generation.settings import check_finite
+from starflow_core.sources.pipeline_folder import PipelineParts
 
 from . import hub
 from .model import StarFlow
@@ -64,7 +59,7 @@ class StarFlowPipeline:
         keep_text_encoder: bool = False,
         flow_config: FlowConfig | None = None,
     ) -> StarFlowPipeline:
-        """Load from a pipeline folder, a release name, a Hub repo id (see starflow_convert.hub)
+        """Load from a pipeline folder, a release name, a Hub repo id (see starflow_core.sources)
         or already resolved parts.
 
         `decoder`: a VAE folder or weights file fine-tuned on noisy latents, used instead of

@@ -7,7 +7,7 @@
 
 The same run file as the torch twin (`python -m starflow_torch.train`): a `model`
 section (a preset name or FlowConfig fields) and a `train` section (TrainConfig fields,
-see starflow_convert/training_config.py). Data: an image folder (class subfolders, or
+see starflow_core/training/config.py). Data: an image folder (class subfolders, or
 metadata.jsonl captions with train.text_encoder) or encoded latent shards. Checkpoint
 weights load in either twin.
 """
@@ -19,7 +19,7 @@ from . import command_setup  # noqa: F401  (first: OpenBLAS for MLX on Linux, be
 # isort: split
 from collections.abc import Sequence
 
-from starflow_convert.training_config import parse_train_arguments
+from starflow_core.training.cli import parse_train_arguments
 
 from .training import load_run_config, train
 

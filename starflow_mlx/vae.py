@@ -23,7 +23,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
-from starflow_convert.keys import vae_key_to_diffusers
+from starflow_core.official.keys import vae_key_to_diffusers
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -294,7 +294,7 @@ def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
 
     Every change in one place:
     - official fine-tuned prefixes ``encoder.0/encoder.1/decoder.0/decoder.1`` ->
-      ``encoder/quant_conv/post_quant_conv/decoder`` (``starflow_convert.keys.OFFICIAL_VAE_PREFIXES``);
+      ``encoder/quant_conv/post_quant_conv/decoder`` (``starflow_core.official.keys.OFFICIAL_VAE_PREFIXES``);
     - deprecated attention names ``query/key/value/proj_attn`` -> ``to_q/to_k/to_v/to_out.0``;
     - attention projections stored as 1x1 convs (C, C, 1, 1) -> linear (C, C);
     - conv weights torch OIHW -> MLX OHWI: ``transpose(0, 2, 3, 1)``.
@@ -334,7 +334,7 @@ def read_weights(path: Path) -> dict[str, mx.array]:
     if path.suffix == ".safetensors":
         return mx.load(str(path))
     if path.suffix in (".bin", ".pth", ".pt"):
-        from starflow_convert.pth_reader import read_pth_state_dict
+        from starflow_core.official.pth_reader import read_pth_state_dict
 
         return {key: mx.array(value) for key, value in read_pth_state_dict(path, dtype="float32").items()}
     raise ValueError(f"{path}: unsupported weights file type {path.suffix!r} (.safetensors, .bin, .pth, .pt)")

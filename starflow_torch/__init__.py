@@ -4,7 +4,7 @@ The twin of starflow_mlx, with the same module names, classes and weight names,
 for multi-GPU training and CUDA sampling.
 """
 
-from starflow_convert.config import FlowConfig
+from starflow_core.config import FlowConfig
 
 from .model import StarFlow
 from .sampling import SamplingStats

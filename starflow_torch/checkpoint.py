@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from starflow_convert.config import FlowConfig, resolve_config
-from starflow_convert.io import atomic_path, read_safetensors_header
-from starflow_convert.keys import check_weights, official_to_ours, split_deprecated
+from starflow_core.config import FlowConfig
+from starflow_core.io import atomic_path, read_safetensors_header
+from starflow_core.official.arguments import resolve_config
+from starflow_core.official.keys import check_weights, official_to_ours, split_deprecated
 
 if TYPE_CHECKING:
     from .model import StarFlow

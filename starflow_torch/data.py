@@ -1,7 +1,7 @@
 """Training data of the torch twin: image folders, encoded latent shards, a sharded batch sampler.
 
 The folder conventions, buckets and the seeded epoch order are framework-free
-(starflow_convert.image_folders); this module turns them into torch Datasets and a
+(starflow_core.training.image_folders); this module turns them into torch Datasets and a
 Sampler that gives each process its share of every global batch.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from starflow_convert.image_folders import (
+from starflow_core.training.image_folders import (
     ASPECT_RATIOS,
     IMAGE_SUFFIXES,
     SHARD_INDEX,

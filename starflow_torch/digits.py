@@ -14,8 +14,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from starflow_convert.config import FlowConfig
-from starflow_convert.digits import DIGITS_CONFIG, DigitsSplit, DigitsTraining, learning_rate
+from starflow_core.config import FlowConfig
+from starflow_core.digits import DIGITS_CONFIG, DigitsSplit, DigitsTraining, learning_rate
 
 from .model import StarFlow
 

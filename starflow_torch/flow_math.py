@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from starflow_convert.config import INV_SOFTPLUS_1
+from starflow_core.config import INV_SOFTPLUS_1
 
 
 def scale_and_log_scale(raw_scale: torch.Tensor, use_softplus: bool) -> tuple[torch.Tensor, torch.Tensor]:

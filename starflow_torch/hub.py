@@ -1,4 +1,4 @@
-"""Model sources for PyTorch: resolve a folder, release name or Hub repo (starflow_convert.hub)
+"""Model sources for PyTorch: resolve a folder, release name or Hub repo (starflow_core.sources)
 and load each part of the pipeline as a torch module on `device`."""
 
 from __future__ import annotations
@@ -6,8 +6,10 @@ from __future__ import annotations
 import torch
 import transformers
 
-from starflow_convert.hub import RELEASES, MissingModelFileError, resolve
-from starflow_convert.pipeline_folder import PipelineParts
+from starflow_core.sources.hub import MissingModelFileError
+from starflow_core.sources.pipeline_folder import PipelineParts
+from starflow_core.sources.releases import RELEASES
+from starflow_core.sources.resolve import resolve
 
 from .model import StarFlow
 from .text import TextEncoder, _tokenizer_class

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from starflow_convert.config import FlowConfig
-from starflow_convert.positions import rope_angles
+from starflow_core.config import FlowConfig
+from starflow_core.positions import rope_angles
 
 from . import checkpoint
 from .flow_block import FlowBlock, Rope

@@ -17,16 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from starflow_convert.config import FlowConfig
-from starflow_convert.generation import (
-    Generation,
-    batch_prompts_and_seeds,
-    check_finite,
-    check_size,
-    make_noise,
-    prompts_to_labels,
-)
-from starflow_convert.pipeline_folder import PipelineParts
+from starflow_core.config import FlowConfig
+from starflow_core.generation.inputs import batch_prompts_and_seeds, check_size, make_noise, prompts_to_labels
+from starflow_core.generation.result import Generation
+from starflow_core.generation.settings import check_finite
+from starflow_core.sources.pipeline_folder import PipelineParts
 
 from . import hub
 from .model import StarFlow
@@ -66,7 +61,7 @@ class StarFlowPipeline:
         flow_config: FlowConfig | None = None,
         device: str | torch.device = "cpu",
     ) -> StarFlowPipeline:
-        """Load from a pipeline folder, a release name, a Hub repo id (see starflow_convert.hub)
+        """Load from a pipeline folder, a release name, a Hub repo id (see starflow_core.sources)
         or already resolved parts.
 
         `decoder`: a VAE folder or weights file fine-tuned on noisy latents, used instead of

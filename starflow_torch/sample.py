@@ -1,80 +1,9 @@
-"""Generate images with STARFlow in PyTorch (CUDA when available, else CPU).
+"""Deprecated: `python -m starflow_torch.sample` is now `python -m starflow_torch.generate` (same flags)."""
 
-    python -m starflow_torch.sample "a film still of a cat playing piano" \
-        --model starflow-3b-t2i-256 --seed 0 1 --cfg 3.6 --jacobi --output cat.png
-
-Under torchrun the prompt x seed jobs are split round-robin across ranks (data-parallel
-sampling for large sample sets, e.g. FID); each rank writes its own files, named by the
-job's global index, so nothing collides and no gather is needed:
-
-    torchrun --nproc_per_node 8 -m starflow_torch.sample --prompt-file captions.txt \
-        --model starflow-3b-t2i-256 --seed 0 --output samples/
-"""
-
-from __future__ import annotations
-
-import argparse
-import os
-import resource
 import sys
-from collections.abc import Sequence
-from pathlib import Path
 
-import torch
-
-from starflow_convert import generate_cli
-from starflow_convert.pipeline_folder import PipelineParts
-
-from .pipeline import StarFlowPipeline
-
-DEMO_FOLDER = Path(__file__).parents[1] / "starflow_mlx" / "assets" / "demo"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def distributed_rank() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from the torchrun environment; (0, 1, 0) without it."""
-    return (
-        int(os.environ.get("RANK", 0)),
-        int(os.environ.get("WORLD_SIZE", 1)),
-        int(os.environ.get("LOCAL_RANK", 0)),
-    )
-
-
-def choose_device(requested: str | None, local_rank: int) -> torch.device:
-    if requested:
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
-
-
-def peak_memory() -> int:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = generate_cli.build_parser(
-        "starflow-sample", "Generate images with STARFlow (PyTorch).", torch=True
-    )
-    rank, world_size, local_rank = distributed_rank()
-
-    def load_pipeline(parts: PipelineParts, args: argparse.Namespace) -> StarFlowPipeline:
-        device = choose_device(args.device, local_rank)
-        return StarFlowPipeline.from_pretrained(
-            parts, dtype=DTYPES[args.dtype], decoder=args.decoder, device=device
-        )
-
-    backend = generate_cli.Backend(
-        load=load_pipeline,
-        peak_memory=peak_memory,
-        demo_folder=DEMO_FOLDER,
-        rank=rank,
-        world_size=world_size,
-    )
-    return generate_cli.main(argv, parser, backend)
-
+from .generate import main
 
 if __name__ == "__main__":
+    print("note: starflow_torch.sample is deprecated; use python -m starflow_torch.generate", file=sys.stderr)
     sys.exit(main())

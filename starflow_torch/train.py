@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from starflow_convert.training_config import parse_train_arguments
+from starflow_core.training.cli import parse_train_arguments
 
 from .training import load_run_config, train
 

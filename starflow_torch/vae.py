@@ -15,7 +15,7 @@ import diffusers
 import safetensors.torch
 import torch
 
-from starflow_convert.keys import vae_key_to_diffusers
+from starflow_core.official.keys import vae_key_to_diffusers
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from conftest import FIXTURES
 
-from starflow_convert.config import FlowConfig, from_official_arguments, from_official_yaml, preset
+from starflow_core.config import FlowConfig
+from starflow_core.official.arguments import from_official_arguments, from_official_yaml, resolve_config
+from starflow_core.presets import preset
 
 OFFICIAL_3B_YAML = """\
 arguments:
@@ -79,7 +81,7 @@ def test_validation_names_the_field(changes, field):
 
 
 def test_official_constructor_arguments():
-    config = FlowConfig.load(FIXTURES / "starflow_tiny" / "config.json")
+    config = resolve_config(FIXTURES / "starflow_tiny" / "config.json")
     assert config.layers_per_block == (1, 1, 2) and config.seq_order == "L2R"
     with pytest.raises(ValueError, match="use_swiglu"):
         from_official_arguments(

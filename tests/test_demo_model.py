@@ -1,4 +1,4 @@
-"""The embedded demo model (starflow_mlx/assets/demo): it loads in both twins, they sample
+"""The embedded demo model (starflow_core/assets/demo): it loads in both twins, they sample
 the same digits from the same noise, and its digits are recognisable.
 
 Tolerance: samples 1e-3 absolute (fp32 kernels of two libraries differ in summation order;
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from starflow_convert.digits import fit_classifier, load_digits_split
-from starflow_convert.generation import make_noise
-from starflow_convert.pipeline_folder import MODEL_INDEX
+from starflow_core.digits import fit_classifier, load_digits_split
+from starflow_core.generation.inputs import make_noise
+from starflow_core.sources.pipeline_folder import MODEL_INDEX
 from starflow_mlx.demo import DEMO_FOLDER, class_accuracy, generate_digits, load_demo, sample_digits
 from starflow_torch.model import StarFlow as TorchStarFlow
 

@@ -15,9 +15,10 @@ from helpers.twins import random_torch_model
 
 import starflow_mlx
 import starflow_torch
-from starflow_convert.config import FlowConfig
-from starflow_convert.keys import CheckpointMismatchError
-from starflow_convert.official import convert_official_checkpoint
+from starflow_core.config import FlowConfig
+from starflow_core.official.arguments import resolve_config
+from starflow_core.official.convert import convert_official_checkpoint
+from starflow_core.official.keys import CheckpointMismatchError
 
 CONFIG = FlowConfig(
     in_channels=3,
@@ -111,7 +112,7 @@ def test_checkpoint_key_mismatches_are_listed(change, names, tmp_path):
         for name in names:
             assert name in str(info.value)
     with pytest.raises(CheckpointMismatchError):
-        convert_official_checkpoint(path, FlowConfig.load(config), tmp_path / "out")
+        convert_official_checkpoint(path, resolve_config(config), tmp_path / "out")
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
 

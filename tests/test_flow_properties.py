@@ -16,7 +16,7 @@ import torch
 from conftest import max_relative_error, to_nchw, to_nhwc
 from helpers.twins import random_inputs, twin_models
 
-from starflow_convert.config import FlowConfig
+from starflow_core.config import FlowConfig
 
 TEXT_CONFIG = FlowConfig(
     in_channels=2,

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-import starflow_convert.hub as hub
+import starflow_core.sources.hub as hub
+import starflow_core.sources.releases as releases
 import starflow_mlx.pipeline as mlx_pipeline
-from starflow_convert.hub import MissingModelFileError, resolve
+from starflow_core.sources.hub import MissingModelFileError
+from starflow_core.sources.resolve import resolve
 from tests.helpers.tiny_components import make_tiny_t5_folder, make_tiny_vae_folder
 from tests.helpers.tiny_pipeline import TINY_TEXT_FLOW, add_to_fake_hub, make_tiny_pipeline
 
@@ -71,7 +73,7 @@ def test_release_resolves_converts_once_and_generates(fake_hub, tmp_path, monkey
     def no_conversion(*args, **kwargs):
         raise AssertionError("the converted cache should have been reused")
 
-    monkeypatch.setattr(hub, "convert_official_checkpoint", no_conversion)
+    monkeypatch.setattr(releases, "convert_official_flow", no_conversion)
     again = resolve("starflow-3b-t2i-256", flow_config=TINY_TEXT_FLOW)
     assert again.transformer == parts.transformer
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from starflow_convert.config import preset
+from starflow_core.presets import preset
 from starflow_mlx import SamplingStats, StarFlow
 from starflow_mlx.bench import BenchSettings, build_random_folder, make_inputs
 from starflow_torch import SamplingStats as TorchStats

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from mlx.utils import tree_flatten
 
-from starflow_convert.digits import DIGITS_CONFIG, DigitsTraining, load_digits_split
+from starflow_core.digits import DIGITS_CONFIG, DigitsTraining, load_digits_split
 from starflow_mlx.digits import loss_and_gradients, train_digits
 from starflow_mlx.model import StarFlow
 from starflow_torch.model import StarFlow as TorchStarFlow

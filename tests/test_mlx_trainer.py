@@ -26,7 +26,7 @@ from helpers.training import (
 )
 from PIL import Image
 
-from starflow_convert.training_config import load_run_config
+from starflow_core.training.config import load_run_config
 from starflow_mlx import StarFlow
 from starflow_mlx.data import batch_stream
 from starflow_mlx.training import train

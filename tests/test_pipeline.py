@@ -13,7 +13,8 @@ import pytest
 
 import starflow_mlx.pipeline as mlx_pipeline
 import starflow_torch.pipeline as torch_pipeline
-from starflow_convert.generation import NonFiniteSampleError, make_noise
+from starflow_core.generation.inputs import make_noise
+from starflow_core.generation.settings import NonFiniteSampleError
 from tests.helpers.tiny_pipeline import make_label_pipeline, make_nan_pipeline, make_tiny_pipeline
 
 PROMPTS = ["a photo of a cat", "two dogs in the park"]

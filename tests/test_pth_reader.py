@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from starflow_convert.io import read_safetensors_header
-from starflow_convert.pth_reader import (
+from starflow_core.io import read_safetensors_header
+from starflow_core.official.pth_reader import (
     CheckpointFormatError,
     UnsafeCheckpointError,
     iter_pth_tensors,
     list_pth_tensors,
     read_pth_state_dict,
-    stream_pth_to_safetensors,
 )
+from starflow_core.official.safetensors_stream import stream_pth_to_safetensors
 
 torch = pytest.importorskip("torch")
 
@@ -343,7 +343,7 @@ def test_streaming_memory_is_about_one_tensor(tmp_path: Path):
 
 def test_reader_never_imports_torch():
     code = (
-        "import sys; from starflow_convert.pth_reader import read_pth_state_dict; "
+        "import sys; from starflow_core.official.pth_reader import read_pth_state_dict; "
         f"assert len(read_pth_state_dict({str(OFFICIAL[0])!r})) > 0; "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from starflow_convert.config import preset
+from starflow_core.presets import preset
 from starflow_mlx import StarFlow
 from starflow_mlx.bench import BenchSettings, build_random_folder
 

@@ -18,7 +18,7 @@ from helpers.training import (
 )
 from safetensors.torch import load_file
 
-from starflow_convert.training_config import TrainConfig
+from starflow_core.training.config import TrainConfig
 from starflow_torch import StarFlow
 from starflow_torch.data import (
     ImageFolderDataset,

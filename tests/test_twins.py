@@ -15,8 +15,8 @@ import torch
 from conftest import max_relative_error, to_nchw, to_nhwc
 from helpers.twins import random_inputs, twin_models
 
-from starflow_convert.config import FlowConfig
-from starflow_convert.shapes import expected_weight_shapes
+from starflow_core.config import FlowConfig
+from starflow_core.official.shapes import expected_weight_shapes
 
 CONFIGS = {
     "nonsquare_l2r_text": (

@@ -14,8 +14,8 @@ from conftest import FIXTURES, load_vectors, max_relative_error, to_nchw, to_nhw
 
 import starflow_mlx
 import starflow_torch
-from starflow_convert.config import FlowConfig
-from starflow_convert.official import convert_official_checkpoint
+from starflow_core.official.arguments import resolve_config
+from starflow_core.official.convert import convert_official_checkpoint
 
 FORWARD_TOL = 1e-4
 SAMPLE_TOL = 1e-3
@@ -88,7 +88,7 @@ def test_official_vectors_from_pth(name, twin):
 def test_official_vectors_through_converted_folder(name, tmp_path):
     """official .pth -> our folder (torch-free converter) -> both twins."""
     config, io = load_vectors(name)
-    flow_config = FlowConfig.load(FIXTURES / name / "config.json")
+    flow_config = resolve_config(FIXTURES / name / "config.json")
     report = convert_official_checkpoint(FIXTURES / name / "official.pth", flow_config, tmp_path)
     assert "blocks.0.attn_mask" in report["dropped"]
     want = _expected(name, io)

@@ -1,6 +1,6 @@
 """Training the MLX twin: `python -m starflow_mlx.train --config run.yaml`."""
 
-from starflow_convert.training_config import RunConfig, TrainConfig, load_run_config
+from starflow_core.training.config import RunConfig, TrainConfig, load_run_config
 
 from .trainer import TrainResult, train
 

@@ -1,7 +1,7 @@
 """Encode an image folder once into safetensors shards for latent models, with MLX.
 
 The twin of starflow_torch/training/encode.py, writing the same shard format (index
-and layout: starflow_convert.image_folders.shard_index): `latents` (N, C, h, w) in the
+and layout: starflow_core.training.image_folders.shard_index): `latents` (N, C, h, w) in the
 torch layout, so shards encoded by either twin train in either twin.
 """
 
@@ -13,14 +13,14 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from starflow_convert.image_folders import (
+from starflow_core.io import atomic_path, atomic_write_json
+from starflow_core.training.image_folders import (
     NULL_TEXT_FILE,
     SHARD_INDEX,
     describe_shards,
     indices_by_bucket,
     shard_index,
 )
-from starflow_convert.io import atomic_path, atomic_write_json
 
 from ..data import ImageFolderDataset
 

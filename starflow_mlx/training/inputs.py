@@ -8,9 +8,9 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from starflow_convert.config import FlowConfig
-from starflow_convert.image_folders import check_class_count, check_latent_channels, training_data_kind
-from starflow_convert.training_config import TrainConfig, conditioning_of
+from starflow_core.config import FlowConfig
+from starflow_core.training.config import TrainConfig, conditioning_of
+from starflow_core.training.image_folders import check_class_count, check_latent_channels, training_data_kind
 
 from ..data import ImageFolderDataset, LatentShardDataset, SampleRef, batch_stream
 from .objective import augment, drop_mask, micro_step_keys

@@ -5,8 +5,8 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 
-from starflow_convert.generation import to_uint8
-from starflow_convert.training_files import JsonlLog, grid, latent_preview, plot_loss_curve, save_png
+from starflow_core.generation.images import to_uint8
+from starflow_core.training.files import JsonlLog, grid, latent_preview, plot_loss_curve, save_png
 
 from ..model import StarFlow
 

@@ -1,4 +1,4 @@
-"""Training checkpoints of the MLX twin (layout and atomic commit: starflow_convert.training_files).
+"""Training checkpoints of the MLX twin (layout and atomic commit: starflow_core.training.files).
 
 training_state.safetensors holds the optimizer state as tensors named by their path in
 the optimizer's state tree, and the counters and schedule as JSON in the safetensors
@@ -15,15 +15,15 @@ from typing import Any
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from starflow_convert.config import FlowConfig
-from starflow_convert.training_config import Progress
-from starflow_convert.training_files import (
+from starflow_core.config import FlowConfig
+from starflow_core.training.files import (
     MLX_STATE_NAME,
     check_resume_compatible,
     checkpoint_dir,
     commit_checkpoint,
 )
-from starflow_convert.training_files import resolve_checkpoint as resolve_checkpoint_of
+from starflow_core.training.files import resolve_checkpoint as resolve_checkpoint_of
+from starflow_core.training.schedule import Progress
 
 from ..model import StarFlow
 

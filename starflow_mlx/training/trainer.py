@@ -22,7 +22,8 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_map
 
-from starflow_convert.training_config import Progress, RunConfig, StopSignal
+from starflow_core.training.config import RunConfig
+from starflow_core.training.schedule import Progress, StopSignal
 
 from ..data import ImageFolderDataset
 from ..model import StarFlow

@@ -1,6 +1,6 @@
 """Training the torch twin: `python -m starflow_torch.train --config run.yaml`."""
 
-from starflow_convert.training_config import RunConfig, TrainConfig, load_run_config
+from starflow_core.training.config import RunConfig, TrainConfig, load_run_config
 
 from .trainer import TrainResult, train
 

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import torch
 
-from starflow_convert.image_folders import (
+from starflow_core.io import atomic_path, atomic_write_json
+from starflow_core.training.image_folders import (
     NULL_TEXT_FILE,
     SHARD_INDEX,
     describe_shards,
     indices_by_bucket,
     shard_index,
 )
-from starflow_convert.io import atomic_path, atomic_write_json
 
 from ..data import ImageFolderDataset
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from starflow_convert.training_config import bits_per_dim_from_loss, learning_rate, micro_step_seed
+from starflow_core.training.schedule import bits_per_dim_from_loss, learning_rate, micro_step_seed
 
 from ..model import StarFlow
 

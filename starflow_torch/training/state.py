@@ -1,4 +1,4 @@
-"""Training checkpoints of the torch twin (layout and atomic commit: starflow_convert.training_files).
+"""Training checkpoints of the torch twin (layout and atomic commit: starflow_core.training.files).
 
 training_state.pt holds the optimizer, schedule, counters and RNG states as tensors and
 plain Python containers only, so it loads with torch.load(weights_only=True).
@@ -13,16 +13,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from starflow_convert.config import FlowConfig
-from starflow_convert.io import atomic_path
-from starflow_convert.training_config import Progress
-from starflow_convert.training_files import (
+from starflow_core.config import FlowConfig
+from starflow_core.io import atomic_path
+from starflow_core.training.files import (
     TORCH_STATE_NAME,
     check_resume_compatible,
     checkpoint_dir,
     commit_checkpoint,
 )
-from starflow_convert.training_files import resolve_checkpoint as resolve_checkpoint_of
+from starflow_core.training.files import resolve_checkpoint as resolve_checkpoint_of
+from starflow_core.training.schedule import Progress
 
 from ..model import StarFlow
 

@@ -21,7 +21,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from starflow_convert.training_config import RunConfig, StopSignal
+from starflow_core.training.config import RunConfig
+from starflow_core.training.schedule import StopSignal
 
 from ..data import ImageFolderDataset
 from ..model import StarFlow

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from starflow_convert.config import FlowConfig
-from starflow_convert.generation import GenerationSettings
-from starflow_convert.pipeline_folder import PipelineParts, write_pipeline_folder
+from starflow_core.config import FlowConfig
+from starflow_core.generation.settings import GenerationSettings
+from starflow_core.sources.pipeline_folder import PipelineParts, write_pipeline_folder
 
 from .tiny_components import TINY_T5_CONFIG, make_tiny_t5_folder, make_tiny_vae_folder, randomize_
 
@@ -78,7 +78,7 @@ def make_tiny_pipeline(root: Path) -> Path:
 
 def make_nan_pipeline(pipeline: Path, root: Path) -> Path:
     """A copy of `pipeline` (files hard-linked) whose flow weights hold a NaN."""
-    from starflow_convert.pipeline_folder import read_pipeline_folder
+    from starflow_core.sources.pipeline_folder import read_pipeline_folder
 
     parts = read_pipeline_folder(pipeline)
     flow = make_flow_folder(root / "nan_flow", parts.flow_config, nan=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from starflow_convert.config import FlowConfig
+from starflow_core.config import FlowConfig
 
 
 def random_torch_model(config: FlowConfig, seed: int = 0, scale: float = 0.05):

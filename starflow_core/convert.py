@@ -2,10 +2,12 @@
 
     starflow-convert flow starflow_3B_t2i_256x256.pth --preset starflow-3b-t2i-256 -o flow/
     starflow-convert flow official.pth --config starflow_3B_t2i_256x256.yaml -o flow/ --dtype bfloat16
-    starflow-convert flow flow/ -o flow-q4/ --quantize 4          # MLX quantization (starflow_mlx)
+    starflow-convert flow flow/ -o flow-q4/ --quantize 4          # MLX quantization
     starflow-convert pipeline --model starflow-3b-t2i-256 -o starflow-3b/   # flow + VAE + T5 folder
 
-`.pth` files are converted without torch, one tensor in memory at a time. Outputs are
+`.pth` files are converted without torch, one tensor in memory at a time. Casting or
+quantizing one of our folders runs in a twin: `starflow-convert` is `python -m
+starflow_mlx.convert`; `python -m starflow_torch.convert` casts with torch. Outputs are
 never overwritten without --overwrite. Errors a user can cause exit with status 2.
 """
 
@@ -16,19 +18,22 @@ import dataclasses
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .config import FlowConfig, from_official_yaml, preset
-from .hub import convert_official_flow, resolve
-from .pipeline_folder import FLOW_CONFIG, FLOW_WEIGHTS, write_pipeline_folder
+from starflow_core.config import FlowConfig
+from starflow_core.official.arguments import from_official_yaml, resolve_config
+from starflow_core.official.convert import convert_official_flow
+from starflow_core.presets import preset
+from starflow_core.sources.pipeline_folder import FLOW_CONFIG, FLOW_WEIGHTS, write_pipeline_folder
+from starflow_core.sources.resolve import resolve
 
 EXIT_USAGE = 2
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="starflow-convert", description=__doc__.split("\n\n")[0])
+def build_parser(prog: str = "starflow-convert") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     flow = commands.add_parser(
@@ -65,36 +70,28 @@ def flow_config(args: argparse.Namespace, source: Path) -> FlowConfig:
         raise ValueError(f"{source} is an official checkpoint: pass --preset NAME or --config FILE")
     if args.config.suffix in (".yaml", ".yml"):
         return from_official_yaml(args.config, txt_dim=args.txt_dim)
-    return FlowConfig.load(args.config)
+    return resolve_config(args.config)
 
 
-def resave_with_mlx(folder: Path, out: Path, dtype: str | None, bits: int | None, group_size: int) -> None:
-    """Load our flow folder in MLX, cast and/or quantize it, save it to `out`."""
-    try:
-        import starflow_mlx.command_setup  # noqa: F401  (before mlx.core: OpenBLAS on Linux)
-        from starflow_mlx.pipeline import quantize_flow
-    except ImportError as err:
-        raise NotImplementedError(
-            f"--quantize and re-saving a folder need starflow_mlx (MLX): {err}"
-        ) from err
-    import mlx.core as mx
-
-    model = starflow_mlx.StarFlow.from_pretrained(folder, dtype=getattr(mx, dtype) if dtype else None)
-    if bits is not None:
-        quantize_flow(model, bits, group_size)
-        if model.config.quantization is None:
-            model.config = model.config.replace(quantization=(bits, group_size))
-    model.save_pretrained(out)
+# (flow folder, output folder, dtype name or None, quantization bits or None, group size)
+Resaver = Callable[[Path, Path, "str | None", "int | None", int], None]
 
 
-def convert_flow(args: argparse.Namespace) -> Path:
+def no_resaver(folder: Path, out: Path, dtype: str | None, bits: int | None, group_size: int) -> None:
+    raise NotImplementedError(
+        "re-saving a flow folder in another dtype or quantized runs in a twin: use "
+        "python -m starflow_mlx.convert (MLX; --quantize) or python -m starflow_torch.convert"
+    )
+
+
+def convert_flow(args: argparse.Namespace, resave: Resaver) -> Path:
     source, out = args.source, args.output
     if source.is_dir():
         if not (source / FLOW_CONFIG).is_file():
             raise FileNotFoundError(f"{source} is not one of our flow folders (no {FLOW_CONFIG})")
         if args.dtype is None and args.quantize is None:
             raise ValueError("re-saving a flow folder needs --dtype and/or --quantize")
-        resave_with_mlx(source, out, args.dtype, args.quantize, args.group_size)
+        resave(source, out, args.dtype, args.quantize, args.group_size)
         return out
     if not source.is_file():
         raise FileNotFoundError(f"no checkpoint at {source}")
@@ -103,23 +100,23 @@ def convert_flow(args: argparse.Namespace) -> Path:
         return convert_official_flow(source, config, out, dtype=args.dtype or "float32")
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         convert_official_flow(source, config, Path(tmp) / "flow")
-        resave_with_mlx(Path(tmp) / "flow", out, args.dtype, args.quantize, args.group_size)
+        resave(Path(tmp) / "flow", out, args.dtype, args.quantize, args.group_size)
     return out
 
 
-def convert_pipeline(args: argparse.Namespace) -> Path:
+def convert_pipeline(args: argparse.Namespace, resave: Resaver) -> Path:
     parts = resolve(args.model)
     if args.dtype is None and args.quantize is None:
         write_pipeline_folder(parts, args.output, overwrite=args.overwrite)
         return args.output
     with tempfile.TemporaryDirectory(dir=args.output.parent) as tmp:
         flow = Path(tmp) / "transformer"
-        resave_with_mlx(parts.transformer, flow, args.dtype, args.quantize, args.group_size)
+        resave(parts.transformer, flow, args.dtype, args.quantize, args.group_size)
         write_pipeline_folder(dataclasses.replace(parts, transformer=flow), args.output, overwrite=True)
     return args.output
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, resave: Resaver) -> int:
     out = args.output
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
@@ -127,9 +124,9 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "flow":
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
-        convert_flow(args)
+        convert_flow(args, resave)
     else:
-        convert_pipeline(args)
+        convert_pipeline(args, resave)
     for path in sorted(p for p in out.rglob("*") if p.is_file()):
         print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)")
     if (out / FLOW_WEIGHTS).is_file() or (out / "model_index.json").is_file():
@@ -137,11 +134,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(
+    argv: Sequence[str] | None = None, resave: Resaver = no_resaver, prog: str = "starflow-convert"
+) -> int:
+    """The conversion command; `resave` (a twin's) casts or quantizes our flow folders."""
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:
-        return run(args)
+        return run(args, resave)
     except (ValueError, OSError, NotImplementedError) as err:
-        print(f"starflow-convert: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

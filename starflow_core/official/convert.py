@@ -9,13 +9,16 @@ fit the config fails with every missing, unexpected and mis-shaped name listed.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
-from .config import FlowConfig
-from .io import atomic_path
-from .keys import check_weights, official_to_ours, split_deprecated
-from .pth_reader import list_pth_tensors, stream_pth_to_safetensors
-from .shapes import expected_weight_shapes
+from starflow_core.config import FlowConfig
+from starflow_core.io import atomic_path
+from starflow_core.official.keys import check_weights, official_to_ours, split_deprecated
+from starflow_core.official.pth_reader import list_pth_tensors
+from starflow_core.official.safetensors_stream import stream_pth_to_safetensors
+from starflow_core.official.shapes import expected_weight_shapes
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -57,3 +60,22 @@ def convert_official_checkpoint(
     with atomic_path(out_dir / CONFIG_NAME) as tmp:
         tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     return {"written": list(result[0]), "dropped": list(result[1])}
+
+
+# ----- official checkpoint -> our format ------------------------------------------------------
+def convert_official_flow(
+    pth: str | Path, config: FlowConfig, out: str | Path, dtype: str = "float32"
+) -> Path:
+    """Official `.pth` -> our flow folder (convert.official: strict name/shape checks, then one
+    tensor at a time), written into a temporary folder renamed onto `out` when complete."""
+    out = Path(out)
+    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        convert_official_checkpoint(pth, config, staging, dtype=dtype)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out

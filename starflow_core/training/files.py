@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import FlowConfig
-from .io import atomic_path, atomic_write_json, atomic_write_text
+from starflow_core.config import FlowConfig
+from starflow_core.io import atomic_path, atomic_write_json, atomic_write_text
 
 RUN_NAME = "run.json"
 LATEST_NAME = "latest"

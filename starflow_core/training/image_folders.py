@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .training_config import conditioning_of
+from starflow_core.training.config import conditioning_of
 
 SHARD_INDEX = "index.json"  # the index of a folder of encoded latent shards
 SHARD_INDEX_FORMAT = 1

@@ -6,7 +6,7 @@ against a configuration before any framework or memory is involved.
 
 from __future__ import annotations
 
-from .config import FlowConfig
+from starflow_core.config import FlowConfig
 
 
 def expected_weight_shapes(config: FlowConfig) -> dict[str, tuple[int, ...]]:

@@ -20,9 +20,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .config import FlowConfig
-from .generation import GenerationSettings
-from .io import atomic_write_json
+from starflow_core.config import FlowConfig
+from starflow_core.generation.settings import GenerationSettings
+from starflow_core.io import atomic_write_json
+from starflow_core.version import package_version
 
 MODEL_INDEX = "model_index.json"
 FLOW_CONFIG = "config.json"
@@ -36,15 +37,6 @@ COMPONENT_CLASSES = {
     "decoder": ["diffusers", "AutoencoderKL"],
 }
 _INDEX_KEYS = {"_class_name", "_starflow_version", "name", "sampling", "labels", "default_prompts"}
-
-
-def package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("starflow-mlx")
-    except PackageNotFoundError:
-        return "0.1.0"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from .config import preset
+from starflow_core.presets import preset
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 MAX_LEVEL = 16  # load_digits grey levels are 0..16
@@ -112,9 +112,9 @@ def write_demo_index(folder, guidance: float, name: str = "starflow-digits-demo"
     """model_index.json of the demo pipeline folder (a pixel model: transformer/ only)."""
     from pathlib import Path
 
-    from .generation import GenerationSettings
-    from .io import atomic_write_json
-    from .pipeline_folder import MODEL_INDEX, PipelineParts, model_index
+    from starflow_core.generation.settings import GenerationSettings
+    from starflow_core.io import atomic_write_json
+    from starflow_core.sources.pipeline_folder import MODEL_INDEX, PipelineParts, model_index
 
     folder = Path(folder)
     parts = PipelineParts(

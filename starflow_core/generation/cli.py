@@ -1,5 +1,5 @@
 """The generation command line shared by `python -m starflow_mlx.generate` and
-`python -m starflow_torch.sample`: argument parsing, then library calls.
+`python -m starflow_torch.generate`: argument parsing, then library calls.
 
 Each twin supplies a `Backend` (how to load its pipeline, measure peak memory, and which
 data-parallel rank it is). Errors a user can cause print one clear line and exit 2.
@@ -18,22 +18,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from .generation import (
+from starflow_core.generation.images import enlarge_for_viewing, make_grid, save_png
+from starflow_core.generation.inputs import (
     aspect_ratio_size,
-    check_output_writable,
     check_size,
-    enlarge_for_viewing,
     parse_aspect_ratio,
-    png_metadata,
     rank_share,
     snap_size,
 )
-from .hub import resolve
-from .pipeline_folder import PipelineParts
+from starflow_core.generation.outputs import check_output_writable, grid_path, image_path, output_directory
+from starflow_core.sources import PipelineParts, resolve
+from starflow_core.sources.releases import DEMO_FOLDER
 
 EXIT_USAGE = 2
+
+
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -43,7 +42,6 @@ class Backend:
 
     load: Callable[[PipelineParts, argparse.Namespace], Any]  # -> StarFlowPipeline
     peak_memory: Callable[[], int | None]  # bytes
-    demo_folder: Path
     rank: int = 0
     world_size: int = 1
 
@@ -142,56 +140,15 @@ def image_size(args: argparse.Namespace, parts: PipelineParts) -> tuple[int, int
     return height, width
 
 
-# ----- outputs ----------------------------------------------------------------------------
-def output_directory(output: Path) -> Path:
-    return output.parent if output.suffix.lower() == ".png" else output
-
-
-def image_path(output: Path, index: int, seed: int, total: int) -> Path:
-    """Where image `index` (global over all ranks, so names never collide) goes."""
-    if output.suffix.lower() == ".png":
-        if total == 1:
-            return output
-        return output.with_name(f"{output.stem}_{index:04d}_seed{seed}.png")
-    return output / f"{index:04d}_seed{seed}.png"
-
-
-def grid_path(output: Path, rank: int, world_size: int) -> Path:
-    path = output if output.suffix.lower() == ".png" else output / "grid.png"
-    return path.with_name(f"{path.stem}_rank{rank}.png") if world_size > 1 else path
-
-
-def make_grid(images: Sequence[np.ndarray], cols: int | None = None) -> np.ndarray:
-    """uint8 (H, W, 3) images of one size -> one grid (near-square unless cols), black padding."""
-    count = len(images)
-    cols = cols or int(np.ceil(np.sqrt(count)))
-    rows = int(np.ceil(count / cols))
-    height, width, channels = images[0].shape
-    grid = np.zeros((rows * height, cols * width, channels), dtype=np.uint8)
-    for i, image in enumerate(images):
-        r, c = divmod(i, cols)
-        grid[r * height : (r + 1) * height, c * width : (c + 1) * width] = image
-    return grid
-
-
-def save_png(path: Path, pixels: np.ndarray, metadata: dict[str, str]) -> None:
-    from PIL import Image
-
-    from .io import atomic_path
-
-    with atomic_path(path) as tmp:
-        Image.fromarray(pixels).save(tmp, format="PNG", pnginfo=png_metadata(metadata))
-
-
 # ----- the run -----------------------------------------------------------------------------
 def run(args: argparse.Namespace, backend: Backend) -> int:
     if args.model is None:
-        if not (backend.demo_folder / "model_index.json").is_file():
+        if not (DEMO_FOLDER / "model_index.json").is_file():
             raise FileNotFoundError(
-                f"the embedded demo model is not installed yet ({backend.demo_folder} is missing); "
+                f"the embedded demo model is not installed yet ({DEMO_FOLDER} is missing); "
                 "pass --model starflow-3b-t2i-256 (or a pipeline folder) and a prompt"
             )
-        args.model = str(backend.demo_folder)
+        args.model = str(DEMO_FOLDER)
         args.grid = True  # the demo shows one row per prompt, one column per seed
         if not args.seed:
             args.seed = [0]

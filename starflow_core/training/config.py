@@ -1,6 +1,5 @@
 """Training configuration, shared by both trainers: a `model` section (a FlowConfig) and a
-`train` section (TrainConfig), plus the framework-free pieces of the objective's bookkeeping
-(learning-rate schedule, bits/dim, per-micro-step seeds, run progress counters).
+`train` section (TrainConfig).
 
 A run file is JSON or YAML:
 
@@ -14,21 +13,23 @@ Unknown keys are an error in both sections.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import math
-import signal
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .config import FlowConfig, preset
+from starflow_core.config import FlowConfig
+from starflow_core.presets import preset
 
 NOISE_TYPES = ("gaussian", "uniform")
+
+
 PARALLEL_MODES = ("ddp", "fsdp")
+
+
 DATA_FORMATS = ("auto", "images", "latents")
 
 
@@ -220,98 +221,8 @@ def load_run_config(path: str | Path | None, overrides: Sequence[str] = ()) -> R
     return RunConfig(model=model_config_from(merged["model"]), train=TrainConfig.from_dict(merged["train"]))
 
 
-@dataclasses.dataclass
-class Progress:
-    """The counters a resumed run continues from."""
-
-    step: int = 0  # optimizer steps taken (skipped ones included)
-    micro_step: int = 0  # accumulation micro-steps taken: seeds the noise of the next one
-    skipped_steps: int = 0  # steps whose update was dropped (non-finite loss or gradient)
-    corrupt_images: int = 0
-    samples_seen: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0  # global micro-batches of `epoch` already consumed
-
-    def to_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
-
-
-def micro_step_seed(seed: int, micro_step: int) -> int:
-    """The seed of one micro-step's noise and condition dropout (63 bits).
-
-    An odd multiplier maps distinct (seed, step) pairs to distinct seeds.
-    """
-    return (seed * 0x9E3779B97F4A7C15 + micro_step) % (2**63)
-
-
-def learning_rate(step: int, max_lr: float, min_lr: float, warmup_steps: int, total_steps: int) -> float:
-    """Official CosineLRSchedule: linear from min(min_lr, 1e-6) to max_lr, cosine down to min_lr.
-
-    `step` counts the optimizer steps already taken.
-    """
-    start_lr = min(min_lr, 1e-6)
-    if step <= warmup_steps and warmup_steps > 0:
-        return start_lr + step / warmup_steps * (max_lr - start_lr)
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (max_lr - min_lr)
-
-
-def bits_per_dim_from_loss(loss: float) -> float:
-    """The flow loss is the NLL per dimension minus 0.5 log(2 pi) (the Gaussian normaliser)."""
-    if not math.isfinite(loss):
-        return loss
-    return (loss + 0.5 * math.log(2 * math.pi)) / math.log(2)
-
-
 def conditioning_of(config: FlowConfig) -> str:
     """How a model is conditioned, so how its training data is read: label, text or none."""
     if config.num_classes > 0:
         return "label"
     return "text" if config.txt_dim > 0 else "none"
-
-
-class StopSignal:
-    """Records SIGTERM / SIGINT instead of dying, so the step in flight can finish and save."""
-
-    def __init__(self) -> None:
-        self.received = False
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> StopSignal:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        self.received = True
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def parse_train_arguments(prog: str, description: str, argv: Sequence[str] | None = None) -> tuple:
-    """The trainers' shared command line: (arguments, the `section.key=value` overrides)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--config", help="run file (JSON or YAML) with model and train sections")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one setting, e.g. --set train.lr=1e-4 --set model.preset=tiny (repeatable)",
-    )
-    parser.add_argument("--data", help="shortcut for --set train.data=...")
-    parser.add_argument("--out-dir", help="shortcut for --set train.out_dir=...")
-    parser.add_argument("--steps", type=int, help="shortcut for --set train.steps=...")
-    parser.add_argument("--resume", help="checkpoint folder, or a run folder (continues from its latest)")
-    parser.add_argument(
-        "--stop-at-step", type=int, help="save and stop after this step (for time-boxed jobs)"
-    )
-    args = parser.parse_args(argv)
-    overrides = list(args.overrides)
-    for flag, key in ((args.data, "data"), (args.out_dir, "out_dir"), (args.steps, "steps")):
-        if flag is not None:
-            overrides.append(f"train.{key}={flag}")
-    return args, overrides

@@ -1,7 +1,0 @@
-"""python -m starflow_convert: see cli.py."""
-
-import sys
-
-from .cli import main
-
-sys.exit(main())

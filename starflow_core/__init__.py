@@ -1,0 +1,25 @@
+"""starflow_core: the framework-free core shared by the MLX and PyTorch twins.
+
+    config.py, presets.py   FlowConfig, the one model configuration, and named presets
+    positions.py            RoPE angles (SPEC section 1), the same numbers for both twins
+    official/               the official format: .pth reader, key tables, shapes, arguments, conversion
+    generation/             settings, noise, sizes, prompts, images, results, the generate command line
+    sources/                where a model comes from: pipeline folders, the Hub, official releases
+    training/               run files, schedule, checkpoint files, image folders, the train command line
+    convert.py              the conversion command (python -m starflow_core.convert)
+
+It imports neither twin.
+"""
+
+from .config import FlowConfig
+from .official.arguments import from_official_arguments, from_official_yaml, resolve_config
+from .presets import PRESETS, preset
+
+__all__ = [
+    "FlowConfig",
+    "PRESETS",
+    "preset",
+    "from_official_arguments",
+    "from_official_yaml",
+    "resolve_config",
+]

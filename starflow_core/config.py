@@ -1,0 +1,263 @@
+"""The one model configuration shared by both twins (no framework imports).
+
+`FlowConfig` describes a STARFlow or TARFlow model completely: the twins build their
+modules from it and it is saved as config.json beside the weights. Unknown keys are an
+error. Named presets are in presets.py; reading the official constructor arguments and
+training YAMLs is in official/arguments.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from starflow_core.io import atomic_write_text
+
+FAMILIES = ("starflow", "tarflow")
+
+
+SEQ_ORDERS = ("L2R", "R2L")
+
+
+NORM_TYPES = ("layer_norm",)
+
+
+VAE_DOWNSAMPLE = 8  # SD-VAE: 256 px images -> 32x32 latents
+
+
+# The official flow implementations (TARFlow's ml-tarflow and STARFlow's ml-starflow)
+# share this constant: softplus(a + INV_SOFTPLUS_1) == 1 at a == 0.
+INV_SOFTPLUS_1 = 0.541324854612918
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowConfig:
+    """Hyperparameters of a transformer autoregressive flow (STARFlow paper section 3).
+
+    Image side lengths are in model-input pixels: latent pixels for latent models
+    (32 for the 256 px SD-VAE model), RGB pixels for pixel TARFlow.
+    """
+
+    family: str = "starflow"
+    in_channels: int = 4
+    img_size: int = 32
+    patch_size: int = 1
+    channels: int = 512
+    num_blocks: int = 4
+    layers_per_block: tuple[int, ...] = (8, 8, 8, 8)
+    head_dim: int = 64
+    expansion: int = 4
+    rope: bool = False
+    pt_seq_len: int | None = None
+    sos: bool = False
+    txt_size: int = 0
+    txt_dim: int = 0
+    cond_top_only: bool = False
+    use_softplus: bool = False
+    use_final_norm: bool = False
+    soft_clip: float = 0.0
+    seq_order: str = "R2L"
+    num_classes: int = 0
+    nvp: bool = True
+    norm_type: str = "layer_norm"
+    use_bias: bool = True
+    noise_std: float = 0.0
+    quantization: tuple[int, int] | None = None  # (bits, group_size) of quantized MLX weights
+
+    def __post_init__(self) -> None:
+        layers = self.layers_per_block
+        if isinstance(layers, int):
+            layers = (layers,)
+        layers = tuple(int(n) for n in layers)
+        if len(layers) == 1:
+            layers = layers * self.num_blocks
+        object.__setattr__(self, "layers_per_block", layers)
+        if self.quantization is not None:
+            object.__setattr__(self, "quantization", tuple(int(v) for v in self.quantization))
+        self._validate()
+
+    def _validate(self) -> None:
+        def fail(field: str, why: str) -> None:
+            raise ValueError(f"FlowConfig.{field}={getattr(self, field)!r}: {why}")
+
+        if self.family not in FAMILIES:
+            fail("family", f"must be one of {FAMILIES}")
+        if self.seq_order not in SEQ_ORDERS:
+            fail("seq_order", f"must be one of {SEQ_ORDERS}")
+        if self.norm_type not in NORM_TYPES:
+            fail("norm_type", "only layer_norm is implemented (rms_norm variants are not supported yet)")
+        for name in (
+            "in_channels",
+            "img_size",
+            "patch_size",
+            "channels",
+            "num_blocks",
+            "head_dim",
+            "expansion",
+        ):
+            if int(getattr(self, name)) <= 0:
+                fail(name, "must be a positive integer")
+        if self.img_size % self.patch_size:
+            fail("img_size", f"must be divisible by patch_size={self.patch_size}")
+        if self.channels % self.head_dim:
+            fail("channels", f"must be divisible by head_dim={self.head_dim}")
+        if len(self.layers_per_block) != self.num_blocks:
+            fail("layers_per_block", f"needs one entry or num_blocks={self.num_blocks} entries")
+        if any(n < 0 for n in self.layers_per_block):
+            fail("layers_per_block", "layer counts must be >= 0")
+        if self.layers_per_block[-1] == 0:
+            fail("layers_per_block", "the last (deep) block needs at least one layer")
+        if self.txt_size < 0 or self.txt_dim < 0 or self.num_classes < 0:
+            fail("txt_size", "txt_size, txt_dim and num_classes must be >= 0")
+        if (self.txt_dim > 0) != (self.txt_size > 0) and self.family == "starflow":
+            fail(
+                "txt_dim", f"text conditioning needs both txt_size and txt_dim > 0 (txt_size={self.txt_size})"
+            )
+        if self.cond_top_only and self.txt_size == 0:
+            fail("cond_top_only", "needs txt_size > 0")
+        if self.rope:
+            half = self.head_dim // 2
+            if self.head_dim % 4 or (self.txt_size > 0 and (half - 8 <= 0 or (half - 8) % 2)):
+                fail("head_dim", "RoPE needs head_dim divisible by 4 (and > 16 with text)")
+        if self.soft_clip < 0:
+            fail("soft_clip", "must be >= 0 (0 disables)")
+        if self.noise_std < 0:
+            fail("noise_std", "must be >= 0")
+        if self.family == "tarflow":
+            if self.rope or self.sos or self.txt_size or self.use_softplus or self.use_final_norm:
+                fail("family", "tarflow models have no rope, sos, text, softplus or final norm")
+            if self.seq_order != "R2L":
+                fail("seq_order", "tarflow permutes like R2L (identity on even blocks)")
+        else:
+            if not self.nvp:
+                fail("nvp", "starflow models always predict both shift and scale (nvp=True)")
+            if self.num_classes and (self.txt_size != 1 or self.txt_dim != self.num_classes + 1):
+                fail(
+                    "num_classes",
+                    "label-conditioned starflow feeds one-hot labels through the text path: "
+                    f"set txt_size=1 and txt_dim=num_classes+1={self.num_classes + 1}",
+                )
+        if self.quantization is not None:
+            bits, group = self.quantization
+            if bits not in (4, 8) or group not in (32, 64, 128):
+                fail("quantization", "must be (bits in {4, 8}, group_size in {32, 64, 128})")
+
+    # ----- derived quantities -------------------------------------------------------
+    @property
+    def token_dim(self) -> int:
+        """Features per token: C * p * p."""
+        return self.in_channels * self.patch_size**2
+
+    @property
+    def num_heads(self) -> int:
+        return self.channels // self.head_dim
+
+    @property
+    def grid_size(self) -> int:
+        """Tokens per side at the training resolution."""
+        return self.img_size // self.patch_size
+
+    @property
+    def rope_seq_len(self) -> int:
+        """P of SPEC section 1: positions are scaled so that the mean side is P."""
+        return self.pt_seq_len or self.grid_size
+
+    @property
+    def deep_block(self) -> int:
+        return self.num_blocks - 1
+
+    def block_has_text(self, index: int) -> bool:
+        """Whether block `index` projects and attends to the text features."""
+        if self.txt_dim == 0:
+            return False
+        return index == self.deep_block or not self.cond_top_only
+
+    def block_is_flipped(self, index: int) -> bool:
+        """Token order of block `index`: L2R flips even blocks, R2L (and TARFlow) odd ones."""
+        return (index % 2 == 0) if self.seq_order == "L2R" else (index % 2 == 1)
+
+    @property
+    def uses_pos_embed(self) -> bool:
+        return not self.rope
+
+    @property
+    def patch_layout(self) -> str:
+        """Order of features inside a patch: STARFlow `(p1 p2 c)`, TARFlow unfold `(c p1 p2)`."""
+        return "c p1 p2" if self.family == "tarflow" else "p1 p2 c"
+
+    @property
+    def label_conditioned(self) -> bool:
+        return self.num_classes > 0
+
+    def data_dims(self, height: int | None = None, width: int | None = None) -> int:
+        """Number of scalar dimensions of one sample (for bits/dim)."""
+        height = height or self.img_size
+        width = width or self.img_size
+        return self.in_channels * height * width
+
+    def check_image_size(self, height: int, width: int, channels: int) -> None:
+        """Raise a ValueError naming the problem if an input image cannot go through the flow."""
+        if channels != self.in_channels:
+            raise ValueError(
+                f"input has {channels} channels but the model expects in_channels={self.in_channels}"
+            )
+        p = self.patch_size
+        if height % p or width % p or height <= 0 or width <= 0:
+            raise ValueError(
+                f"input size {height}x{width} is not divisible by patch_size={p}; "
+                f"use sizes that are multiples of {p}"
+            )
+        if self.uses_pos_embed and (height != self.img_size or width != self.img_size):
+            raise ValueError(
+                f"input size {height}x{width} differs from img_size={self.img_size}; models with a learned "
+                "pos_embed (rope=False) only run at their training resolution"
+            )
+
+    # ----- serialisation ------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["layers_per_block"] = list(self.layers_per_block)
+        if self.quantization is not None:
+            out["quantization"] = list(self.quantization)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> FlowConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown FlowConfig keys {unknown}; valid keys are {sorted(names)}")
+        return cls(**dict(values))
+
+    def replace(self, **changes: Any) -> FlowConfig:
+        return dataclasses.replace(self, **changes)
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> FlowConfig:
+        """Our config.json; official constructor JSON goes through `resolve_config`."""
+        values = read_json_config(path)
+        if "constructor" in values:
+            raise ValueError(
+                f"{path} holds official constructor arguments, not our config.json; "
+                "read it with starflow_core.resolve_config"
+            )
+        return cls.from_dict(values)
+
+
+def read_json_config(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no config file at {path}")
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a JSON object of configuration fields")
+    return values

@@ -1,0 +1,1 @@
+"""Framework-free pieces of image generation shared by both twins' pipelines and commands."""

@@ -1,0 +1,122 @@
+"""What goes into a generation: noise per seed, image sizes, prompts, seeds and labels.
+
+Noise comes from numpy (one generator per seed, NCHW), so a seed gives the same image in
+MLX and PyTorch whatever else is in the batch.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+# ----- noise --------------------------------------------------------------------------
+def make_noise(seeds: Sequence[int], channels: int, height: int, width: int) -> np.ndarray:
+    """(B, C, H, W) float32 standard normal noise, row b drawn from default_rng(seeds[b])."""
+    rows = []
+    for seed in seeds:
+        if int(seed) < 0:
+            raise ValueError(f"seeds must be >= 0, got {seed}")
+        rows.append(np.random.default_rng(int(seed)).standard_normal((channels, height, width), np.float32))
+    return np.stack(rows)  # (B, C, H, W)
+
+
+# ----- sizes --------------------------------------------------------------------------
+def parse_aspect_ratio(ratio: str) -> float:
+    try:
+        width, height = (float(part) for part in ratio.split(":"))
+    except ValueError:
+        raise ValueError(f"aspect ratio must look like W:H (e.g. 16:9), got {ratio!r}") from None
+    if width <= 0 or height <= 0:
+        raise ValueError(f"aspect ratio sides must be > 0, got {ratio!r}")
+    return width / height
+
+
+def _nearest_multiple(value: float, multiple: int) -> int:
+    return max(multiple, int(round(value / multiple)) * multiple)
+
+
+def aspect_ratio_size(base: int, ratio: str, multiple: int) -> tuple[int, int]:
+    """(height, width) with about the area base^2 and width/height = ratio, each a multiple
+    of `multiple` (the official sampler's rule)."""
+    r = parse_aspect_ratio(ratio)
+    area = base * base
+    return _nearest_multiple(math.sqrt(area / r), multiple), _nearest_multiple(math.sqrt(area * r), multiple)
+
+
+def snap_size(height: int, width: int, multiple: int) -> tuple[int, int]:
+    """Round to the nearest valid size, warning when that changes the request."""
+    snapped = _nearest_multiple(height, multiple), _nearest_multiple(width, multiple)
+    if snapped != (height, width):
+        warnings.warn(
+            f"size {height}x{width} is not a multiple of {multiple}; using {snapped[0]}x{snapped[1]}",
+            stacklevel=2,
+        )
+    return snapped
+
+
+def check_size(height: int, width: int, multiple: int, why: str) -> None:
+    """Raise a ValueError naming the nearest valid sizes if height or width is not a multiple."""
+    for name, value in (("height", height), ("width", width)):
+        if value <= 0 or value % multiple:
+            low = max(multiple, value // multiple * multiple)
+            raise ValueError(
+                f"{name} {value} is not a positive multiple of {multiple} ({why}); "
+                f"use {low} or {low + multiple} (or --snap to round automatically)"
+            )
+
+
+# ----- prompts, seeds, labels ----------------------------------------------------------
+def batch_prompts_and_seeds(
+    prompts: str | Sequence[str], seeds: int | Sequence[int]
+) -> tuple[list[str], list[int]]:
+    """Pair prompts with seeds; a single prompt or a single seed is repeated to match the other."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    seeds = [seeds] if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not prompts or not seeds:
+        raise ValueError("need at least one prompt and one seed")
+    if len(prompts) == 1:
+        prompts = prompts * len(seeds)
+    elif len(seeds) == 1:
+        seeds = seeds * len(prompts)
+    if len(prompts) != len(seeds):
+        raise ValueError(
+            f"got {len(prompts)} prompts and {len(seeds)} seeds; "
+            "give one seed, one prompt, or as many of each"
+        )
+    for index, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompts must be strings, got {type(prompt).__name__} at index {index}")
+    return prompts, seeds
+
+
+def prompts_to_labels(prompts: Sequence[str], num_classes: int, names: Sequence[str] | None) -> list[int]:
+    """Class labels from prompts: a class name (case-insensitive) or a number; "" is the null label -1."""
+    lookup = {name.strip().lower(): index for index, name in enumerate(names or ())}
+    labels = []
+    for prompt in prompts:
+        text = prompt.strip()
+        if text == "":
+            labels.append(-1)
+        elif text.lower() in lookup:
+            labels.append(lookup[text.lower()])
+        elif text.lstrip("-").isdigit() and 0 <= int(text) < num_classes:
+            labels.append(int(text))
+        else:
+            examples = ", ".join(list(names or ())[:5]) or "0, 1, 2"
+            raise ValueError(
+                f"{prompt!r} is not a class of this label-conditioned model; use a class index "
+                f"0..{num_classes - 1}" + (f" or a class name (e.g. {examples})" if names else "")
+            )
+    return labels
+
+
+def rank_share(items: Sequence[Any], rank: int, world_size: int) -> list[int]:
+    """Indices of `items` that data-parallel rank `rank` of `world_size` handles (round robin)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world size {world_size}")
+    return list(range(rank, len(items), world_size))

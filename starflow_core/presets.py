@@ -1,0 +1,95 @@
+"""Named model configurations."""
+
+from __future__ import annotations
+
+from starflow_core.config import FlowConfig
+
+# ----- named presets ---------------------------------------------------------------
+PRESETS: dict[str, FlowConfig] = {
+    # configs/starflow_3B_t2i_256x256.yaml with train.py defaults (SPEC section 4)
+    "starflow-3b-t2i-256": FlowConfig(
+        in_channels=4,
+        img_size=32,
+        patch_size=1,
+        channels=3072,
+        num_blocks=6,
+        layers_per_block=(2, 2, 2, 2, 2, 24),
+        head_dim=64,
+        rope=True,
+        sos=True,
+        txt_size=128,
+        txt_dim=2048,
+        cond_top_only=True,
+        use_softplus=True,
+        use_final_norm=True,
+        soft_clip=4.0,
+        seq_order="L2R",
+        noise_std=0.3,
+    ),
+    # the fast-sampling benchmark model (57M parameters, 16x16x4 latents)
+    "bench-small": FlowConfig(
+        in_channels=4,
+        img_size=16,
+        patch_size=1,
+        channels=512,
+        num_blocks=6,
+        layers_per_block=(2, 2, 2, 2, 2, 8),
+        head_dim=64,
+        rope=True,
+        sos=True,
+        txt_size=16,
+        txt_dim=64,
+        cond_top_only=True,
+        use_softplus=True,
+        use_final_norm=True,
+        soft_clip=4.0,
+        seq_order="L2R",
+        noise_std=0.3,
+    ),
+    # the embedded demo model: class-conditional, 8x8 grey digits (starflow_core.digits)
+    "digits": FlowConfig(
+        in_channels=1,
+        img_size=8,
+        patch_size=2,  # 16 tokens of 2x2 pixels: 3x cheaper than single pixels on CPU
+        channels=128,
+        num_blocks=4,
+        layers_per_block=(1, 1, 1, 4),
+        head_dim=32,
+        rope=True,
+        sos=True,
+        txt_size=1,
+        txt_dim=11,
+        cond_top_only=True,
+        use_softplus=True,
+        use_final_norm=True,
+        soft_clip=4.0,
+        seq_order="L2R",
+        num_classes=10,
+        noise_std=0.08,
+    ),
+    "tiny": FlowConfig(
+        in_channels=4,
+        img_size=8,
+        patch_size=1,
+        channels=64,
+        num_blocks=3,
+        layers_per_block=(1, 1, 2),
+        head_dim=32,
+        rope=True,
+        sos=True,
+        txt_size=6,
+        txt_dim=32,
+        cond_top_only=True,
+        use_softplus=True,
+        use_final_norm=True,
+        soft_clip=4.0,
+        seq_order="L2R",
+        noise_std=0.3,
+    ),
+}
+
+
+def preset(name: str) -> FlowConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]

@@ -1,0 +1,56 @@
+"""From what a user types (`--model`) to the parts of a pipeline on disk.
+
+`resolve(source)` turns a folder path, a release name (e.g. "starflow-3b-t2i-256") or a Hub
+repo id into `PipelineParts` (paths on disk). Framework-free: both twins call this.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from starflow_core.config import FlowConfig
+from starflow_core.sources.hub import PIPELINE_PATTERNS, hub_snapshot
+from starflow_core.sources.pipeline_folder import PipelineParts, read_pipeline_folder
+from starflow_core.sources.releases import (
+    ALIASES,
+    DEMO_FOLDER,
+    DEMO_NAME,
+    RELEASES,
+    release_by_name,
+    resolve_release,
+)
+
+
+def _looks_like_repo_id(source: str) -> bool:
+    pieces = source.split("/")
+    return len(pieces) == 2 and all(pieces) and not source.startswith((".", "~", "/"))
+
+
+def resolve(source: str | Path | PipelineParts, *, flow_config: FlowConfig | None = None) -> PipelineParts:
+    """Parts of the pipeline named by `source`: a folder, a release name, or a Hub repo id
+    (already resolved parts are returned as they are).
+
+    `flow_config` replaces a release's flow configuration (keeping its repos and file
+    names); tests use it to stand a tiny checkpoint in for the 3B one.
+    """
+    if isinstance(source, PipelineParts):
+        return source
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"{path} is a file; --model takes a pipeline folder (convert a .pth first)")
+        return read_pipeline_folder(path)
+    if str(source) == DEMO_NAME:
+        return read_pipeline_folder(DEMO_FOLDER)
+    release = release_by_name(str(source))
+    if release is not None:
+        if flow_config is not None:
+            release = dataclasses.replace(release, config=flow_config)
+        return resolve_release(release)
+    if _looks_like_repo_id(str(source)):
+        return read_pipeline_folder(hub_snapshot(str(source), PIPELINE_PATTERNS, ("model_index.json",)))
+    raise ValueError(
+        f"unknown model {str(source)!r}: not an existing folder, not a release name "
+        f"({', '.join(sorted(RELEASES) + sorted(ALIASES) + [DEMO_NAME])}) and not a Hub repo id (owner/name)"
+    )
