@@ -143,8 +143,9 @@ def blas_status() -> dict[str, Any]:
 def measure_gemm_gflops(n: int = 1024, repeats: int = 5, framework: str = "mlx") -> float:
     """Best-of-``repeats`` fp32 ``(n, n) @ (n, n)`` speed in GFLOP/s, after one warm-up.
 
-    The roofline for the benchmark: ``framework`` is "mlx" (default device), "torch" (CPU)
-    or "numpy". Counts 2 n^3 flops per product.
+    The roofline for the benchmark: ``framework`` is "mlx" (default device) or "numpy".
+    Counts 2 n^3 flops per product. (torch is timed in a process of its own: see
+    starflow_torch.bench.)
     """
     if framework == "mlx":
         import mlx.core as mx
@@ -152,11 +153,6 @@ def measure_gemm_gflops(n: int = 1024, repeats: int = 5, framework: str = "mlx")
         a, b = mx.random.normal((n, n)), mx.random.normal((n, n))
         mx.eval(a, b)
         run = lambda: mx.eval(a @ b)
-    elif framework == "torch":
-        import torch
-
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        run = lambda: torch.mm(a, b)
     elif framework == "numpy":
         import numpy as np
 
@@ -164,7 +160,7 @@ def measure_gemm_gflops(n: int = 1024, repeats: int = 5, framework: str = "mlx")
         a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
         run = lambda: a @ b
     else:
-        raise ValueError(f"framework must be 'mlx', 'torch' or 'numpy', got {framework!r}")
+        raise ValueError(f"framework must be 'mlx' or 'numpy', got {framework!r}")
 
     run()
     best = float("inf")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import mlx.core as mx
+import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from starflow_core.config import FlowConfig
@@ -19,9 +19,6 @@ from starflow_core.io import atomic_path, read_safetensors_header
 from starflow_core.official.arguments import resolve_config
 from starflow_core.official.keys import check_weights, official_to_ours, split_deprecated
 from starflow_core.official.pth_reader import read_pth_state_dict
-
-if TYPE_CHECKING:
-    from .model import StarFlow
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -47,16 +44,16 @@ def read_official_state_dict(path: str | Path) -> dict[str, mx.array]:
     return {name: mx.array(array) for name, array in arrays.items()}
 
 
-def parameter_shapes(model: StarFlow) -> dict[str, tuple[int, ...]]:
+def parameter_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return {name: tuple(v.shape) for name, v in tree_flatten(model.parameters())}
 
 
-def _load_into(model: StarFlow, tensors: dict[str, mx.array], source: str) -> None:
+def _load_into(model: nn.Module, tensors: dict[str, mx.array], source: str) -> None:
     check_weights(parameter_shapes(model), {name: tuple(t.shape) for name, t in tensors.items()}, source)
     model.load_weights(list(tensors.items()), strict=True)
 
 
-def load_official(cls, path: str | Path, config: FlowConfig | dict | str | Path) -> StarFlow:
+def load_official(cls, path: str | Path, config: FlowConfig | dict | str | Path) -> nn.Module:
     config = resolve_config(config)
     state = read_official_state_dict(path)
     kept, _ = split_deprecated(state, config.family)
@@ -66,7 +63,7 @@ def load_official(cls, path: str | Path, config: FlowConfig | dict | str | Path)
     return model
 
 
-def load_pretrained(cls, folder: str | Path, dtype: mx.Dtype | None = None) -> StarFlow:
+def load_pretrained(cls, folder: str | Path, dtype: mx.Dtype | None = None) -> nn.Module:
     folder = Path(folder)
     config = FlowConfig.load(folder / CONFIG_NAME)
     weights = folder / WEIGHTS_NAME
@@ -84,7 +81,7 @@ def load_pretrained(cls, folder: str | Path, dtype: mx.Dtype | None = None) -> S
     return model
 
 
-def save_pretrained(model: StarFlow, folder: str | Path, dtype: mx.Dtype | None = None) -> None:
+def save_pretrained(model: nn.Module, folder: str | Path, dtype: mx.Dtype | None = None) -> None:
     """Write config.json and model.safetensors atomically (each file complete or untouched)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -13,12 +13,7 @@ on the Linux CPU backend they mainly save memory (the CPU kernels are slower tha
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import mlx.nn as nn
-
-if TYPE_CHECKING:
-    from .model import StarFlow
 
 FULL_PRECISION_LINEARS = ("proj_in", "proj_out", "proj_txt")
 
@@ -32,7 +27,7 @@ def is_quantized(path: str, module: nn.Module, group_size: int) -> bool:
     return module.weight.shape[1] % group_size == 0  # weight (out, in): groups run along `in`
 
 
-def quantize_model(model: StarFlow, bits: int, group_size: int) -> None:
+def quantize_model(model: nn.Module, bits: int, group_size: int) -> None:
     """Replace the selected Linears of `model` by QuantizedLinear, in place (weights quantized now)."""
     nn.quantize(
         model,
@@ -42,7 +37,7 @@ def quantize_model(model: StarFlow, bits: int, group_size: int) -> None:
     )
 
 
-def quantize(model: StarFlow, bits: int = 8, group_size: int = 64) -> StarFlow:
+def quantize(model: nn.Module, bits: int = 8, group_size: int = 64) -> nn.Module:
     """Quantize `model` in place and record (bits, group_size) in its config; returns the model.
 
     `save_pretrained` then writes the packed weights with their scales and biases, and

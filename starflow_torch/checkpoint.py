@@ -10,17 +10,14 @@ from __future__ import annotations
 import json
 import pickle
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from starflow_core.config import FlowConfig
 from starflow_core.io import atomic_path, read_safetensors_header
 from starflow_core.official.arguments import resolve_config
 from starflow_core.official.keys import check_weights, official_to_ours, split_deprecated
-
-if TYPE_CHECKING:
-    from .model import StarFlow
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -49,13 +46,13 @@ def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_into(model: StarFlow, tensors: dict[str, torch.Tensor], source: str) -> None:
+def _load_into(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     check_weights(expected, {name: tuple(t.shape) for name, t in tensors.items()}, source)
     model.load_state_dict(tensors, strict=True)
 
 
-def load_official(cls, path: str | Path, config: FlowConfig | dict | str | Path) -> StarFlow:
+def load_official(cls, path: str | Path, config: FlowConfig | dict | str | Path) -> nn.Module:
     config = resolve_config(config)
     state = read_official_state_dict(path)
     kept, _ = split_deprecated(state, config.family)
@@ -64,7 +61,7 @@ def load_official(cls, path: str | Path, config: FlowConfig | dict | str | Path)
     return model.eval()
 
 
-def load_pretrained(cls, folder: str | Path, dtype: torch.dtype | None = None) -> StarFlow:
+def load_pretrained(cls, folder: str | Path, dtype: torch.dtype | None = None) -> nn.Module:
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -84,7 +81,7 @@ def load_pretrained(cls, folder: str | Path, dtype: torch.dtype | None = None) -
     return model.eval()
 
 
-def save_pretrained(model: StarFlow, folder: str | Path, dtype: torch.dtype | None = None) -> None:
+def save_pretrained(model: nn.Module, folder: str | Path, dtype: torch.dtype | None = None) -> None:
     """Write config.json and model.safetensors atomically (each file complete or untouched)."""
     from safetensors.torch import save_file
 
