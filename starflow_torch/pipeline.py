@@ -4,23 +4,22 @@
     images = pipe(["a film still of a cat playing piano"], seeds=[0, 1])  # PIL images
     result = pipe.generate(prompts, seeds=[0])   # raw arrays (numpy, NHWC) and settings
 
-The twin of starflow_mlx.pipeline: same names, same numpy noise per seed (drawn NCHW),
+The twin of starflow_mlx.pipeline: the steps, settings and sizes are framework-free
+(starflow_core.generation.pipeline.PipelineBase) and the numpy noise per seed is the same,
 so both twins make the same image from the same seed. Returned arrays are numpy NHWC
 like the MLX twin's; the modules work on NCHW tensors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from starflow_core.config import FlowConfig
-from starflow_core.generation.inputs import batch_prompts_and_seeds, check_size, make_noise, prompts_to_labels
-from starflow_core.generation.result import Generation
-from starflow_core.generation.settings import check_finite
+from starflow_core.generation.pipeline import PipelineBase
+from starflow_core.generation.settings import GenerationSettings
 from starflow_core.sources.pipeline_folder import PipelineParts
 
 from . import hub
@@ -30,7 +29,7 @@ from .text import TextEncoder
 from .vae import AutoencoderKL
 
 
-class StarFlowPipeline:
+class StarFlowPipeline(PipelineBase):
     def __init__(
         self,
         parts: PipelineParts,
@@ -76,41 +75,15 @@ class StarFlowPipeline:
         vae, fine_tuned = hub.load_vae(parts, dtype, device), hub.load_decoder(parts, dtype, device)
         return cls(parts, flow, vae, fine_tuned, text_encoder, dtype, device)
 
-    # ----- sizes ---------------------------------------------------------------------------
-    @property
-    def config(self) -> FlowConfig:
-        return self.flow.config
-
-    @property
-    def size_multiple(self) -> int:
-        """Image sides must be multiples of this: VAE downsampling x patch size."""
-        return self.parts.vae_downsample * self.config.patch_size
-
-    @property
-    def default_size(self) -> int:
-        return self.config.img_size * self.parts.vae_downsample
-
-    def check_size(self, height: int, width: int) -> None:
-        why = f"VAE downsample {self.parts.vae_downsample} x patch size {self.config.patch_size}"
-        check_size(height, width, self.size_multiple, why)
-        if self.config.uses_pos_embed and (height, width) != (self.default_size, self.default_size):
-            raise ValueError(
-                f"this model has a learned position embedding and only makes {self.default_size}x"
-                f"{self.default_size} images, not {height}x{width}"
-            )
-
-    # ----- conditioning --------------------------------------------------------------------
+    # ----- array work (PipelineBase runs the steps) ------------------------------------------
     def _text_encoder(self) -> TextEncoder:
         return self.text_encoder or hub.load_text_encoder(self.parts, self.dtype, str(self.device))
 
-    def conditions(self, prompts: list[str], guided: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(y, y_null) for the flow: T5 features of the prompts and of "", labels, or None."""
+    def label_array(self, labels: list[int]) -> torch.Tensor:
+        return torch.tensor(labels, dtype=torch.long, device=self.device)
+
+    def encode_text(self, prompts: list[str], guided: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         config = self.config
-        if config.label_conditioned or (config.family == "tarflow" and config.num_classes):
-            labels = prompts_to_labels(prompts, config.num_classes, self.parts.labels)
-            return torch.tensor(labels, dtype=torch.long, device=self.device), None
-        if config.txt_dim == 0:
-            return None, None
         encoder = self._text_encoder()
         if encoder.d_model != config.txt_dim:
             raise ValueError(
@@ -127,35 +100,20 @@ class StarFlowPipeline:
                 torch.cuda.empty_cache()
         return y, y_null
 
-    # ----- generation ----------------------------------------------------------------------
-    def generate(
+    def noise_array(self, noise: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(noise).to(self.device, self.dtype)  # (B, C, h, w)
+
+    def sample_flow(
         self,
-        prompts: str | Sequence[str],
-        *,
-        seeds: int | Sequence[int],
-        guidance: float | None = None,
-        jacobi: bool | None = None,
-        block_size: int | None = None,
-        tol: float | None = None,
-        max_iter: int | None = None,
-        height: int | None = None,
-        width: int | None = None,
-        denoise: bool = True,
-        progress: bool = False,
-    ) -> Generation:
-        """Sample one image per (prompt, seed) pair; settings left None take the model's defaults."""
-        prompts, seeds = batch_prompts_and_seeds(prompts, seeds)
-        settings = self.parts.sampling.merged(
-            guidance=guidance, jacobi=jacobi, block_size=block_size, tol=tol, max_iter=max_iter
-        )
-        height, width = height or self.default_size, width or self.default_size
-        self.check_size(height, width)
-        factor = self.parts.vae_downsample
-        y, y_null = self.conditions(prompts, settings.guidance > 0)
-        noise = make_noise(seeds, self.config.in_channels, height // factor, width // factor)
+        noise: torch.Tensor,
+        y: torch.Tensor | None,
+        y_null: torch.Tensor | None,
+        settings: GenerationSettings,
+        progress: bool,
+    ) -> tuple[torch.Tensor, int]:
         stats = SamplingStats()
         latents = self.flow.sample(
-            torch.from_numpy(noise).to(self.device, self.dtype),  # (B, C, h, w)
+            noise,
             y,
             y_null,
             settings.guidance,
@@ -166,33 +124,11 @@ class StarFlowPipeline:
             progress=progress,
             stats=stats,
         ).float()
-        check_finite(_to_numpy(latents), seeds, "flow samples")
-        mode = self._denoise_mode(denoise)
-        if mode == "score":
-            latents = self.denoise(latents, y)
-        images = _to_numpy(self.decode(latents, use_decoder=mode == "decoder"))
-        check_finite(images, seeds, "decoded images")
-        return Generation(
-            model=self.parts.name,
-            prompts=prompts,
-            seeds=seeds,
-            settings=settings,
-            height=height,
-            width=width,
-            denoise=mode,
-            steps=stats.steps,
-            latents=_to_numpy(latents),
-            images=images,
-        )
+        return latents, stats.steps
 
-    def __call__(self, prompts: str | Sequence[str], **kwargs) -> list:
-        """Same arguments as `generate`; returns PIL images."""
-        return self.generate(prompts, **kwargs).pil_images()
-
-    def _denoise_mode(self, denoise: bool) -> str:
-        if not denoise or self.config.noise_std <= 0:
-            return "none"
-        return "decoder" if self.decoder is not None else "score"
+    def to_numpy(self, array: torch.Tensor) -> np.ndarray:
+        """(B, C, H, W) tensor -> (B, H, W, C) float32 numpy, the layout both twins return."""
+        return array.detach().float().permute(0, 2, 3, 1).cpu().numpy()
 
     def denoise(self, latents: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """One score (Tweedie) step per sample, one at a time to bound the backward pass's memory."""
@@ -209,8 +145,3 @@ class StarFlowPipeline:
         if vae is None:
             return latents
         return vae.decode(latents, batch_size=1)
-
-
-def _to_numpy(x: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) tensor -> (B, H, W, C) float32 numpy, the layout both twins return."""
-    return x.detach().float().permute(0, 2, 3, 1).cpu().numpy()

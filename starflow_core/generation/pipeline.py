@@ -1,0 +1,166 @@
+"""The framework-free half of `StarFlowPipeline`: settings, sizes, conditions and the order of
+the steps. Each twin's pipeline subclasses `PipelineBase` and supplies the array work.
+
+    prompts -> conditions (labels, or T5 features of the prompts and of "")
+    seeds   -> noise (numpy, NCHW; starflow_core.generation.inputs.make_noise)
+    flow.sample(noise, conditions, guidance)   -> noisy latents (or pixels)
+    score step x + sigma^2 grad log p(x|y), or a decoder fine-tuned on noisy latents
+    VAE decode                                  -> images in [-1, 1]
+
+Arrays crossing this layer are the twin's own (mx.array / torch.Tensor); what comes back
+to the caller is numpy, NHWC, the same in both twins (`Generation`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from starflow_core.config import FlowConfig
+from starflow_core.generation.inputs import batch_prompts_and_seeds, check_size, make_noise, prompts_to_labels
+from starflow_core.generation.result import Generation
+from starflow_core.generation.settings import GenerationSettings, check_finite
+from starflow_core.sources.pipeline_folder import PipelineParts
+
+Array = Any  # the twin's array type: mx.array (NHWC) or torch.Tensor (NCHW)
+
+
+class PipelineBase:
+    """What both twins' pipelines share. Subclasses set `parts`, `flow` (a StarFlow), `vae`,
+    `decoder` and `text_encoder` (None where absent) and implement the array methods below."""
+
+    parts: PipelineParts
+    flow: Any
+    vae: Any
+    decoder: Any
+    text_encoder: Any
+
+    # ----- array work, one implementation per twin -------------------------------------------
+    def label_array(self, labels: list[int]) -> Array:
+        """Integer class labels (B,) on the pipeline's device; -1 is the null label."""
+        raise NotImplementedError
+
+    def encode_text(self, prompts: list[str], guided: bool) -> tuple[Array, Array | None]:
+        """T5 features of the prompts, and of "" when guided (padding rows zero)."""
+        raise NotImplementedError
+
+    def noise_array(self, noise: np.ndarray) -> Array:
+        """(B, C, h, w) float32 numpy noise -> the flow's input layout, dtype and device."""
+        raise NotImplementedError
+
+    def sample_flow(
+        self,
+        noise: Array,
+        y: Array | None,
+        y_null: Array | None,
+        settings: GenerationSettings,
+        progress: bool,
+    ) -> tuple[Array, int]:
+        """Invert the flow; returns the samples (fp32) and the number of network evaluations."""
+        raise NotImplementedError
+
+    def denoise(self, latents: Array, y: Array | None) -> Array:
+        """One score (Tweedie) step, x + sigma^2 grad_x log p(x | y) (SPEC section 3)."""
+        raise NotImplementedError
+
+    def decode(self, latents: Array, use_decoder: bool = False) -> Array:
+        """Flow samples -> images in [-1, 1] (pixel models: the samples themselves)."""
+        raise NotImplementedError
+
+    def to_numpy(self, array: Array) -> np.ndarray:
+        """An image-shaped array -> float32 numpy (B, H, W, C)."""
+        raise NotImplementedError
+
+    # ----- sizes ---------------------------------------------------------------------------
+    @property
+    def config(self) -> FlowConfig:
+        return self.flow.config
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this: VAE downsampling x patch size."""
+        return self.parts.vae_downsample * self.config.patch_size
+
+    @property
+    def default_size(self) -> int:
+        return self.config.img_size * self.parts.vae_downsample
+
+    def check_size(self, height: int, width: int) -> None:
+        why = f"VAE downsample {self.parts.vae_downsample} x patch size {self.config.patch_size}"
+        check_size(height, width, self.size_multiple, why)
+        if self.config.uses_pos_embed and (height, width) != (self.default_size, self.default_size):
+            raise ValueError(
+                f"this model has a learned position embedding and only makes {self.default_size}x"
+                f"{self.default_size} images, not {height}x{width}"
+            )
+
+    # ----- conditioning --------------------------------------------------------------------
+    def conditions(self, prompts: list[str], guided: bool) -> tuple[Array | None, Array | None]:
+        """(y, y_null) for the flow: labels, T5 features of the prompts and of "", or None.
+
+        Label models take class names or indices as prompts ("" is the null label) and need
+        no y_null; unconditional models ignore the prompts."""
+        config = self.config
+        if config.label_conditioned or (config.family == "tarflow" and config.num_classes):
+            return self.label_array(prompts_to_labels(prompts, config.num_classes, self.parts.labels)), None
+        if config.txt_dim == 0:
+            return None, None
+        return self.encode_text(prompts, guided)
+
+    def denoise_mode(self, denoise: bool) -> str:
+        """ "score" (Tweedie step), "decoder" (fine-tuned decoder) or "none"."""
+        if not denoise or self.config.noise_std <= 0:
+            return "none"
+        return "decoder" if self.decoder is not None else "score"
+
+    # ----- generation ----------------------------------------------------------------------
+    def generate(
+        self,
+        prompts: str | Sequence[str],
+        *,
+        seeds: int | Sequence[int],
+        guidance: float | None = None,
+        jacobi: bool | None = None,
+        block_size: int | None = None,
+        tol: float | None = None,
+        max_iter: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        denoise: bool = True,
+        progress: bool = False,
+    ) -> Generation:
+        """Sample one image per (prompt, seed) pair; settings left None take the model's defaults."""
+        prompts, seeds = batch_prompts_and_seeds(prompts, seeds)
+        settings = self.parts.sampling.merged(
+            guidance=guidance, jacobi=jacobi, block_size=block_size, tol=tol, max_iter=max_iter
+        )
+        height, width = height or self.default_size, width or self.default_size
+        self.check_size(height, width)
+        factor = self.parts.vae_downsample
+        y, y_null = self.conditions(prompts, settings.guidance > 0)
+        noise = make_noise(seeds, self.config.in_channels, height // factor, width // factor)
+        latents, steps = self.sample_flow(self.noise_array(noise), y, y_null, settings, progress)
+        check_finite(self.to_numpy(latents), seeds, "flow samples")
+        mode = self.denoise_mode(denoise)
+        if mode == "score":
+            latents = self.denoise(latents, y)
+        images = self.to_numpy(self.decode(latents, use_decoder=mode == "decoder"))
+        check_finite(images, seeds, "decoded images")
+        return Generation(
+            model=self.parts.name,
+            prompts=prompts,
+            seeds=seeds,
+            settings=settings,
+            height=height,
+            width=width,
+            denoise=mode,
+            steps=steps,
+            latents=self.to_numpy(latents),
+            images=images,
+        )
+
+    def __call__(self, prompts: str | Sequence[str], **kwargs) -> list:
+        """Same arguments as `generate`; returns PIL images."""
+        return self.generate(prompts, **kwargs).pil_images()
