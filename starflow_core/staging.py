@@ -153,8 +153,8 @@ def removing_new_empty_folders(directory: str | Path, also: Iterable[str] = ()) 
     try:
         yield
     except BaseException:
-        if created:
-            for name in also:
+        for name in also if created else ():
+            with contextlib.suppress(OSError):
                 (created[0] / name).unlink(missing_ok=True)
         for folder in created:  # deepest first; rmdir removes only empty folders
             with contextlib.suppress(OSError):

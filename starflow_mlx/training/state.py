@@ -56,6 +56,7 @@ def save_checkpoint(
     optimizer_state: dict,
     progress: Progress,
     keep: int,
+    data: dict[str, Any] | None = None,
 ) -> Path:
     """Write a complete checkpoint folder, point `latest` at it, prune old ones."""
     tensors = {f"optimizer.{name}": value for name, value in tree_flatten(optimizer_state)}
@@ -72,7 +73,7 @@ def save_checkpoint(
         # the folder itself is temporary until committed, so the file needs no atomic rename
         mx.save_safetensors(str(folder / STATE_NAME), tensors, metadata=metadata)
 
-    return commit_checkpoint(out_dir, progress.step, run, write_files, keep)
+    return commit_checkpoint(out_dir, progress.step, run, write_files, keep, data)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -20,6 +20,7 @@ from ..data import (
     check_batches_exist,
     collate,
     epoch_batches,
+    ignore_stop_signals,
 )
 from .objective import augment, drop_mask, micro_step_generator
 from .parallel import ProcessInfo
@@ -54,7 +55,11 @@ def batch_stream(
         check_batches_exist(len(batches), len(dataset), global_batch, train.buckets)
         sampler = ShardedBatchSampler(batches, info.rank, info.world_size, start)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=sampler, collate_fn=collate, num_workers=train.num_workers
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=train.num_workers,
+            worker_init_fn=ignore_stop_signals if train.num_workers else None,
         )
         for number, batch in enumerate(loader, start=start + 1):
             yield epoch, number, batch

@@ -69,6 +69,7 @@ def save_checkpoint(
     ema_state: dict[str, torch.Tensor] | None,
     training_state: dict[str, Any],
     keep: int,
+    data: dict[str, Any] | None = None,
 ) -> Path:
     """Write a complete checkpoint folder (main process only), point `latest` at it, prune old ones."""
 
@@ -79,7 +80,7 @@ def save_checkpoint(
         with atomic_path(folder / STATE_NAME) as path:
             torch.save(training_state, path)
 
-    return commit_checkpoint(out_dir, training_state["progress"]["step"], run, write_files, keep)
+    return commit_checkpoint(out_dir, training_state["progress"]["step"], run, write_files, keep, data)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
