@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -31,9 +32,12 @@ def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL (\S+)", str(err))  # torch's message names the refused callable
+        what = f"it references {found[1]}" if found else "it may carry pickled code"
         raise ValueError(
-            f"refused to load {path}: it is not a plain tensor checkpoint (it may carry pickled code). "
-            f"Only state_dicts loadable with torch.load(weights_only=True) are accepted. ({err})"
+            f"refused to load {path}: it is not a plain tensor checkpoint ({what}). Only state_dicts "
+            "loadable with torch.load(weights_only=True) are accepted; if you trust the file, load it "
+            "with torch and re-save its state_dict"
         ) from err
     except (RuntimeError, EOFError, OSError) as err:
         raise ValueError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): {err}") from err
