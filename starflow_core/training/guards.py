@@ -60,7 +60,9 @@ class CorruptImages:
             )
         if total > 0 and total >= 2 * self.reported and len(indices):
             self.reported = total
-            print(
+            from tqdm import tqdm
+
+            tqdm.write(  # above the progress bar, on a line of its own
                 f"warning: skipped {len(indices)} unreadable image(s) at step {progress.step}: "
                 f"{self.names(indices)} ({total} skipped so far; the run stops if more than half are)",
                 file=sys.stderr,

@@ -25,6 +25,7 @@ from starflow_core.training.files import (
 from starflow_core.training.files import resolve_checkpoint as resolve_checkpoint_of
 from starflow_core.training.schedule import Progress
 
+from ..checkpoint import write_safetensors
 from ..model import StarFlow
 
 STATE_NAME = MLX_STATE_NAME
@@ -71,7 +72,7 @@ def save_checkpoint(
         if ema_parameters is not None:
             write_weights(ema_parameters, config, folder / "ema")
         # the folder itself is temporary until committed, so the file needs no atomic rename
-        mx.save_safetensors(str(folder / STATE_NAME), tensors, metadata=metadata)
+        write_safetensors(folder / STATE_NAME, tensors, metadata)
 
     return commit_checkpoint(out_dir, progress.step, run, write_files, keep, data)
 
