@@ -217,7 +217,7 @@ def test_a_swap_cut_short_puts_the_previous_version_back(tmp_path):
     assert (target / "config.json").read_text() == "{}" and not old.exists()
 
 
-def test_a_failed_staged_write_leaves_the_old_folder(tmp_path):
+def test_a_failed_staged_write_leaves_the_old_folder(tmp_path, monkeypatch):
     target = tmp_path / "out"
     target.mkdir()
     (target / "keep.txt").write_text("old")
@@ -226,11 +226,25 @@ def test_a_failed_staged_write_leaves_the_old_folder(tmp_path):
         raise OSError(28, "No space left on device")
     assert (target / "keep.txt").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging left
+    # the swap itself fails after the old folder was moved aside: it is moved back
+    real, calls = os.replace, []
+
+    def second_rename_fails(source, destination):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real(source, destination)
+
+    monkeypatch.setattr(os, "replace", second_rename_fails)
+    with pytest.raises(OSError), staged_folder(target, overwrite=True) as staging:
+        (staging / "keep.txt").write_text("new")
+    monkeypatch.undo()
+    assert (target / "keep.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     with staged_folder(target, overwrite=True) as staging:
         (staging / "keep.txt").write_text("new")
-    assert (target / "keep.txt").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == [
-        "out"
-    ]
+    assert (target / "keep.txt").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 # ----- library level -----------------------------------------------------------------------------

@@ -94,7 +94,7 @@ CASES = [
         "convert-quantize-a-quantized-folder",
         "convert",
         ("flow", "{ws}/flow_q", "-o", "{ws}/new", "--quantize", "8"),
-        "already quantized",
+        "already quantized (4 bits, group size 64); quantize the full-precision folder",
     ),
     Case(
         "convert-config-value-of-wrong-type",
@@ -229,6 +229,20 @@ def used_folder(ws: Path, twin: str, in_process: bool = False) -> list[Outcome]:
         shutil.copytree(ws / "images", other)
         (other / "class_0" / "0.png").unlink()
     before = snapshot(ws)
+    resume = ["--resume", str(ws / f"used_{twin}"), "--steps", "3"]
+    changed = run_cli(
+        twin, "train", train_args(ws, f"used_{twin}", *resume, "--set", "train.batch_size=8"), ws, in_process
+    )
+    outcomes.append(
+        judge(
+            "train-resume-with-other-settings",
+            twin,
+            changed,
+            2,
+            "differs from the saved run: train.batch_size: checkpoint 4, now 8; resume with the run's own config",
+            changes(before, snapshot(ws)),
+        )
+    )
     moved = train_args(
         ws,
         f"used_{twin}",
