@@ -7,6 +7,7 @@ Sampler that gives each process its share of every global batch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 from collections.abc import Iterator
@@ -42,6 +43,7 @@ __all__ = [
     "collate",
     "epoch_batches",
     "ignore_stop_signals",
+    "workers_start_deaf",
     "nearest_bucket",
 ]
 
@@ -144,16 +146,32 @@ class ShardedBatchSampler(torch.utils.data.Sampler):
             yield batch[self.rank * share : (self.rank + 1) * share]
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def ignore_stop_signals(worker_id: int) -> None:
     """DataLoader worker_init_fn: leave SIGINT / SIGTERM to the main process.
 
     A signal sent to the whole process group (Ctrl-C, `kill -TERM -PGID`, systemd, SLURM)
     reaches the workers too; torch's worker handler then exits, and the main process raises
     instead of finishing its step and saving. Ignoring them here lets the main process stop
-    cleanly; it shuts the workers down itself (and they exit if it dies).
+    cleanly; it shuts the workers down itself (and they exit if it dies). Workers start with
+    the signals blocked (`workers_start_deaf`), so one sent before this runs is dropped here.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def workers_start_deaf() -> Iterator[None]:
+    """Block SIGINT / SIGTERM while DataLoader workers are forked (they inherit the mask); the
+    main process gets a signal that arrived meanwhile as soon as the block ends."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def collate(items: list[dict]) -> dict:

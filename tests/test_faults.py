@@ -118,6 +118,37 @@ def test_sigterm_to_the_process_group_saves_with_dataloader_workers(ws):
     assert all(o.ok for o in outcomes), [(o.name, o.problems) for o in outcomes]
 
 
+def test_a_worker_dying_after_the_stop_signal_still_saves(tmp_path, monkeypatch, capsys):
+    """The second defence: a DataLoader worker killed (here by SIGKILL, which nothing can ignore)
+    once a stop signal has arrived: the unfinished step is dropped and the last complete one saved."""
+    import signal
+
+    from starflow_core.training.schedule import StopSignal
+    from starflow_torch.data import ImageFolderDataset
+    from starflow_torch.training import train
+
+    def killed(self, ref):
+        os.kill(os.getpid(), signal.SIGKILL)  # runs in the worker process
+
+    monkeypatch.setattr(ImageFolderDataset, "__getitem__", killed)
+    real_enter = StopSignal.__enter__
+
+    def signalled(self):  # the stop signal has already arrived
+        real_enter(self).received = True
+        return self
+
+    monkeypatch.setattr(StopSignal, "__enter__", signalled)
+    data = make_class_folder(tmp_path / "images")
+    out = tmp_path / "run"
+    result = train(
+        load_run_config(
+            None, [*overrides(TARFLOW_TINY, data=str(data), num_workers=1), f"train.out_dir={out}"]
+        )
+    )
+    assert result.interrupted and result.progress.step == 0 and result.checkpoint.name == "step_00000000"
+    assert "DataLoader worker died after the stop signal" in capsys.readouterr().err
+
+
 def test_mlx_ctrl_c_in_generate_leaves_only_complete_images(ws):
     outcomes = interrupted_generate(ws, "mlx")
     assert all(o.ok for o in outcomes), [(o.name, o.problems) for o in outcomes]

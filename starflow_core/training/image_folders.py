@@ -411,4 +411,25 @@ def encode_argument_parser(prog: str, description: str) -> argparse.ArgumentPars
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--shard-size", type=int, default=1024)
     parser.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     return parser
+
+
+def encode_command(prog: str, args: argparse.Namespace, encode) -> int:
+    """Both encoders' command: `encode(out)` writes the shards of args.images into the folder
+    `out`, a staging folder swapped onto args.out when complete (an existing one is replaced
+    only then, and only with --overwrite); errors exit 2 with one line, Ctrl-C 130."""
+    from starflow_core.command_line import run_command
+    from starflow_core.staging import check_output_apart, staged_folder
+
+    def body() -> int:
+        out = Path(args.out)
+        if (out.exists() or out.is_symlink()) and not args.overwrite:
+            raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+        check_output_apart(out, [args.images, args.vae, args.text_encoder])
+        with staged_folder(out, overwrite=args.overwrite) as staging:
+            index = encode(staging)
+        print(f"wrote {out}: {describe_shards(index)}")
+        return 0
+
+    return run_command(prog, body)

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,6 +192,11 @@ class Trainer:
                     raise
                 p.__dict__.update(before.__dict__)
                 self.optimizer.zero_grad(set_to_none=True)
+                print(
+                    f"note: a DataLoader worker died after the stop signal; the unfinished step was "
+                    f"dropped and step {p.step} is saved",
+                    file=sys.stderr,
+                )
                 result.checkpoint, result.interrupted = self.save(), True
                 break
             result.losses.append(metrics["loss"])

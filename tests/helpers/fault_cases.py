@@ -31,7 +31,7 @@ OUT = "{ws}/out/x.png"  # a generate output in a folder that does not exist yet 
 @dataclasses.dataclass(frozen=True)
 class Case:
     name: str
-    command: str  # convert | generate | train
+    command: str  # convert | generate | train | encode_dataset
     args: tuple[str, ...]  # "{ws}" stands for the workspace folder
     expect: str
     twins: tuple[str, ...] = ("mlx", "torch")
@@ -56,6 +56,7 @@ def _train(name: str, expect: str, *args: str) -> Case:
 
 
 OFFICIAL = ("{ws}/official.pth", "--config", "{ws}/official_config.json")
+ENCODE = ("--images", "{ws}/images", "--vae", "{ws}/parts/vae", "--conditioning", "label")
 CASES = [
     # ----- convert: validate first, never replace an input, never delete before done
     Case(
@@ -113,6 +114,35 @@ CASES = [
         "convert",
         ("flow", *OFFICIAL, "-o", "{ws}/flow"),
         "pass --overwrite",
+    ),
+    # ----- encode: the same rules for its --out folder
+    Case(
+        "encode-output-is-the-images",
+        "encode_dataset",
+        (*ENCODE, "--out", "{ws}/images", "--overwrite"),
+        "is the input",
+    ),
+    Case("encode-existing-output", "encode_dataset", (*ENCODE, "--out", "{ws}/flow"), "pass --overwrite"),
+    Case(
+        "encode-missing-vae",
+        "encode_dataset",
+        ("--images", "{ws}/images", "--vae", "{ws}/nowhere", "--conditioning", "label", "--out", "{ws}/new"),
+        "VAE config not found",
+    ),
+    Case(
+        "encode-every-image-corrupt",
+        "encode_dataset",
+        (
+            "--images",
+            "{ws}/broken_images",
+            "--vae",
+            "{ws}/parts/vae",
+            "--conditioning",
+            "label",
+            "--out",
+            "{ws}/new",
+        ),
+        "no image of",
     ),
     # ----- generate: checked before any weights load
     _gen("generate-aspect-ratio-inf", "finite numbers > 0", "--aspect-ratio", "inf:1"),
@@ -408,6 +438,8 @@ def signal_to_process_group(ws: Path) -> list[Outcome]:
         if "stopped at step" in stdout and (out / "checkpoints" / "latest").is_file()
         else ["no checkpoint"]
     )
+    if "DataLoader worker died" in stderr:  # saved anyway, but the workers should have ignored the signal
+        saved.append("a DataLoader worker died of the signal")
     return [judge("train-sigterm-to-process-group", "torch", result, 0, None, saved)]
 
 

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,18 +34,13 @@ ROOT = Path(__file__).resolve().parents[2]
 OFFICIAL = ROOT / "tests" / "fixtures" / "starflow_tiny"
 # the command modules of each twin, by command
 MODULES = {
-    "mlx": {
-        "convert": "starflow_mlx.convert",
-        "generate": "starflow_mlx.generate",
-        "train": "starflow_mlx.train",
-    },
-    "torch": {
-        "convert": "starflow_torch.convert",
-        "generate": "starflow_torch.generate",
-        "train": "starflow_torch.train",
-    },
+    twin: {
+        command: f"starflow_{twin}.{command}"
+        for command in ("convert", "generate", "train", "encode_dataset")
+    }
+    for twin in ("mlx", "torch")
 }
-PROGRESS_MARKS = ("it/s", "s/it", "\r")  # tqdm bar lines on stderr (not messages)
+PROGRESS_BAR = re.compile(r"[\d?](it|img)/s[\],]|\ds/(it|img)[\],]|\r")  # tqdm rates: "3.2it/s]", "?img/s]"
 
 
 class _Payload:
@@ -189,11 +185,7 @@ class Result:
     @property
     def messages(self) -> list[str]:
         """stderr without progress bars."""
-        return [
-            line
-            for line in self.stderr.splitlines()
-            if line.strip() and not any(mark in line for mark in PROGRESS_MARKS)
-        ]
+        return [line for line in self.stderr.splitlines() if line.strip() and not PROGRESS_BAR.search(line)]
 
     @property
     def traceback(self) -> bool:
