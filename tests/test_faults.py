@@ -118,6 +118,33 @@ def test_sigterm_to_the_process_group_saves_with_dataloader_workers(ws):
     assert all(o.ok for o in outcomes), [(o.name, o.problems) for o in outcomes]
 
 
+def test_dataloader_workers_ignore_stop_signals(tmp_path, monkeypatch, capsys):
+    """Deterministic twin of the process-group test: each worker signals itself while loading."""
+    import signal
+
+    from starflow_torch.data import ImageFolderDataset
+    from starflow_torch.training import train
+
+    real = ImageFolderDataset.__getitem__
+
+    def signalled(self, ref):
+        if torch.utils.data.get_worker_info() is not None:  # only in a worker process
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, ref)
+
+    monkeypatch.setattr(ImageFolderDataset, "__getitem__", signalled)
+    data = make_class_folder(tmp_path / "images")
+    out = tmp_path / "run"
+    result = train(
+        load_run_config(
+            None, [*overrides(TARFLOW_TINY, data=str(data), steps=3, num_workers=2), f"train.out_dir={out}"]
+        )
+    )
+    assert result.progress.step == 3 and not result.interrupted  # the main process never saw a signal
+    assert "DataLoader worker died" not in capsys.readouterr().err
+
+
 def test_a_worker_dying_after_the_stop_signal_still_saves(tmp_path, monkeypatch, capsys):
     """The second defence: a DataLoader worker killed (here by SIGKILL, which nothing can ignore)
     once a stop signal has arrived: the unfinished step is dropped and the last complete one saved."""
