@@ -468,3 +468,17 @@ def test_skipped_images_are_named_on_the_console(tmp_path, capsys):
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 2  # steps 1 and 2 (1 and 2 skipped so far), then not until 4
     assert all("class_0/broken.png cannot be decoded" in line for line in warnings)
+
+
+def test_a_read_only_out_dir_is_named_with_the_fix(tmp_path, monkeypatch):
+    """As root a chmod does not stop writes, so the refusal of the file system is simulated."""
+    from starflow_core.training.run_folder import prepare_out_dir
+
+    def read_only(self, data):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    with pytest.raises(
+        PermissionError, match=r"cannot write to train.out_dir=.*\(Permission denied\); choose"
+    ):
+        prepare_out_dir(tmp_path / "run")
