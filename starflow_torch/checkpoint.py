@@ -87,8 +87,6 @@ def load_pretrained(cls, folder: str | Path, dtype: torch.dtype | None = None) -
 
 def save_pretrained(model: nn.Module, folder: str | Path, dtype: torch.dtype | None = None) -> None:
     """Write config.json and model.safetensors atomically (each file complete or untouched)."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {
@@ -96,5 +94,19 @@ def save_pretrained(model: nn.Module, folder: str | Path, dtype: torch.dtype | N
         for name, t in model.state_dict().items()
     }
     with atomic_path(folder / WEIGHTS_NAME) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", "config": json.dumps(model.config.to_dict())})
+        write_safetensors(
+            tmp, tensors, metadata={"format": "pt", "config": json.dumps(model.config.to_dict())}
+        )
     model.config.save(folder / CONFIG_NAME)
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """safetensors' save_file, with a failed write (a full disk) raised as the OSError it is
+    (safetensors raises its own SafetensorError for I/O)."""
+    import safetensors
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except safetensors.SafetensorError as err:
+        raise OSError(f"cannot write {path}: {err}") from err

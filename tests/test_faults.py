@@ -81,7 +81,8 @@ def test_mlx_checkpoint_write_failure_keeps_the_previous_one(ws):
 
 
 def test_torch_checkpoint_write_failure_keeps_the_previous_one(ws, monkeypatch):
-    """The torch twin in this process: torch.save fails as on a full disk (ENOSPC)."""
+    """The torch twin in this process: the training state's torch.save fails as on a full disk
+    (the weights, written first, fail the same way in a subprocess: python -m tests.helpers.fault_cases)."""
     out = ws / "full_inproc"
     assert (
         run_cli(
@@ -95,8 +96,8 @@ def test_torch_checkpoint_write_failure_keeps_the_previous_one(ws, monkeypatch):
     )
     kept = snapshot(out / "checkpoints")
 
-    def no_space(*args, **kwargs):
-        raise OSError(28, "No space left on device")
+    def no_space(*args, **kwargs):  # what torch's zip writer raises when a write fails
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
 
     monkeypatch.setattr(torch, "save", no_space)
     args = ["--config", str(ws / "run.json"), "--out-dir", str(out), "--resume", str(out), "--steps", "2"]
@@ -110,7 +111,7 @@ def test_torch_checkpoint_write_failure_keeps_the_previous_one(ws, monkeypatch):
         changes(kept, snapshot(out / "checkpoints")),
     )
     assert outcome.ok, outcome.problems
-    assert "No space left on device" in result.messages[-1]
+    assert "is the disk full?" in result.messages[-1]
 
 
 def test_sigterm_to_the_process_group_saves_with_dataloader_workers(ws):
@@ -482,3 +483,25 @@ def test_a_read_only_out_dir_is_named_with_the_fix(tmp_path, monkeypatch):
         PermissionError, match=r"cannot write to train.out_dir=.*\(Permission denied\); choose"
     ):
         prepare_out_dir(tmp_path / "run")
+
+
+def test_a_failed_weights_write_is_an_oserror_in_both_twins(tmp_path, monkeypatch):
+    """safetensors and MLX report a full disk in their own exception types; our savers say OSError,
+    which the commands report in one line (a traceback before)."""
+    import safetensors
+    import safetensors.torch
+
+    def torch_full(*args, **kwargs):
+        raise safetensors.SafetensorError("Error while serializing: I/O error: File too large (os error 27)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", torch_full)
+    with pytest.raises(OSError, match="File too large"):
+        starflow_torch.StarFlow(TINY_LABEL_FLOW).save_pretrained(tmp_path / "torch")
+
+    def mlx_full(*args, **kwargs):
+        raise RuntimeError("[write] Unable to write 4365 bytes to file.")
+
+    monkeypatch.setattr(mx, "save_safetensors", mlx_full)
+    with pytest.raises(OSError, match="Unable to write"):
+        starflow_mlx.StarFlow(TINY_LABEL_FLOW).save_pretrained(tmp_path / "mlx")
+    assert not [p for p in (tmp_path / "mlx").iterdir() if p.name.startswith(".")]  # no half-written file
