@@ -196,14 +196,44 @@ def generate(args: argparse.Namespace, backend: Backend) -> int:
     mine = rank_share(jobs, backend.rank, backend.world_size)
     start = time.perf_counter()
     pipe = backend.load(parts, args)
-    written: list[Path] = []
-    try:
-        sample_and_save(args, backend, pipe, jobs, mine, (height, width), len(seeds), len(prompts), written)
+    written, grid_images, grid_meta = [], [], []
+    try:  # each PNG is written atomically as its batch is done; Ctrl-C keeps the complete ones
+        for first in range(0, len(mine), args.batch_size):
+            indices = mine[first : first + args.batch_size]
+            result = pipe.generate(
+                [jobs[i][0] for i in indices],
+                seeds=[jobs[i][1] for i in indices],
+                guidance=args.cfg,
+                jacobi=args.jacobi,
+                block_size=args.jacobi_block_size,
+                tol=args.jacobi_tol,
+                max_iter=args.jacobi_max_iter,
+                height=height,
+                width=width,
+                denoise=not args.no_denoise,
+                progress=not args.quiet,
+            )
+            for row, (index, pixels) in enumerate(zip(indices, result.uint8(), strict=True)):
+                if args.grid:
+                    grid_images.append(enlarge_for_viewing(pixels))
+                    grid_meta.append(result.metadata(row))
+                    continue
+                path = image_path(args.output, index, jobs[index][1], len(jobs))
+                save_png(path, enlarge_for_viewing(pixels), result.metadata(row))
+                written.append(path)
     except KeyboardInterrupt:
         done = (
             f"{len(written)} complete image(s) were written before it" if written else "no image was written"
         )
         raise KeyboardInterrupt(done) from None
+    if args.grid and grid_images:
+        path = grid_path(args.output, backend.rank, backend.world_size)
+        meta = dict(grid_meta[0])
+        meta["prompt"] = json.dumps([m["prompt"] for m in grid_meta])
+        meta["seed"] = json.dumps([int(m["seed"]) for m in grid_meta])
+        cols = len(seeds) if len(prompts) > 1 and len(grid_images) == len(jobs) else None
+        save_png(path, make_grid(grid_images, cols), meta)
+        written.append(path)
     elapsed = time.perf_counter() - start
     for path in written:
         print(f"wrote {path}")
@@ -218,44 +248,6 @@ def generate(args: argparse.Namespace, backend: Backend) -> int:
     count = len(mine)
     print(f"{count} image(s) in {elapsed:.1f} s ({elapsed / max(count, 1):.3g} s/image){memory}")
     return 0
-
-
-def sample_and_save(args, backend, pipe, jobs, mine, size, n_seeds, n_prompts, written) -> None:
-    """Sample this rank's jobs batch by batch and write each PNG (atomically) as it is done;
-    `written` collects the paths."""
-    height, width = size
-    grid_images, grid_meta = [], []
-    for first in range(0, len(mine), args.batch_size):
-        indices = mine[first : first + args.batch_size]
-        result = pipe.generate(
-            [jobs[i][0] for i in indices],
-            seeds=[jobs[i][1] for i in indices],
-            guidance=args.cfg,
-            jacobi=args.jacobi,
-            block_size=args.jacobi_block_size,
-            tol=args.jacobi_tol,
-            max_iter=args.jacobi_max_iter,
-            height=height,
-            width=width,
-            denoise=not args.no_denoise,
-            progress=not args.quiet,
-        )
-        for row, (index, pixels) in enumerate(zip(indices, result.uint8(), strict=True)):
-            if args.grid:
-                grid_images.append(enlarge_for_viewing(pixels))
-                grid_meta.append(result.metadata(row))
-                continue
-            path = image_path(args.output, index, jobs[index][1], len(jobs))
-            save_png(path, enlarge_for_viewing(pixels), result.metadata(row))
-            written.append(path)
-    if args.grid and grid_images:
-        path = grid_path(args.output, backend.rank, backend.world_size)
-        meta = dict(grid_meta[0])
-        meta["prompt"] = json.dumps([m["prompt"] for m in grid_meta])
-        meta["seed"] = json.dumps([int(m["seed"]) for m in grid_meta])
-        cols = n_seeds if n_prompts > 1 and len(grid_images) == len(jobs) else None
-        save_png(path, make_grid(grid_images, cols), meta)
-        written.append(path)
 
 
 def main(argv: Sequence[str] | None, parser: argparse.ArgumentParser, backend: Backend) -> int:
