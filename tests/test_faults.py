@@ -51,28 +51,67 @@ def ws(tmp_path_factory) -> Path:
     return make_workspace(tmp_path_factory.mktemp("faults") / "ws")
 
 
+@pytest.fixture(scope="module")
+def mlx_outcomes(ws) -> dict[str, dict]:
+    """The MLX twin's cases, run in one subprocess of their own (MLX commands switch BLAS)."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "tests.helpers.fault_cases", "--mlx-cases", str(ws)],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.splitlines()[-1])
+
+
 @pytest.mark.parametrize("case, twin", PARAMS, ids=[f"{twin}-{case.name}" for case, twin in PARAMS])
-def test_bad_input_is_one_clean_line_and_loses_nothing(case, twin, ws):
-    outcome = run_case(case, twin, ws, in_process=twin == "torch")
-    assert outcome.ok, outcome.problems
+def test_bad_input_is_one_clean_line_and_loses_nothing(case, twin, ws, request):
+    if twin == "mlx":
+        problems = request.getfixturevalue("mlx_outcomes")[case.name]["problems"]
+    else:
+        problems = run_case(case, twin, ws, in_process=True).problems
+    assert not problems, problems
+
+
+SCENARIO_NAMES = {
+    used_folder: [
+        "train-first-run",
+        "train-fresh-run-in-used-folder",
+        "train-resume-with-other-settings",
+        "train-resume-on-other-data",
+        "train-resume-removes-debris",
+    ],
+    damaged_checkpoint: ["train-truncated-state", "train-damaged-log-line"],
+    second_trainer: ["train-second-trainer", "train-after-holder-killed"],
+}
+
+
+def scenario_problems(scenario, twin: str, ws: Path, request) -> dict[str, list[str]]:
+    if twin == "mlx":  # run with the MLX cases, in their subprocess
+        outcomes = request.getfixturevalue("mlx_outcomes")
+        return {name: outcomes[name]["problems"] for name in SCENARIO_NAMES[scenario]}
+    outcomes = scenario(ws, twin, in_process=True)
+    assert [o.name for o in outcomes] == SCENARIO_NAMES[scenario]
+    return {o.name: o.problems for o in outcomes}
 
 
 @pytest.mark.parametrize("twin", ["mlx", "torch"])
-def test_a_used_run_folder_is_refused_and_debris_is_removed(twin, ws):
-    outcomes = used_folder(ws, twin, in_process=twin == "torch")
-    assert all(o.ok for o in outcomes), [(o.name, o.problems) for o in outcomes]
+def test_a_used_run_folder_is_refused_and_debris_is_removed(twin, ws, request):
+    problems = scenario_problems(used_folder, twin, ws, request)
+    assert not any(problems.values()), problems
 
 
 @pytest.mark.parametrize("twin", ["mlx", "torch"])
-def test_a_damaged_checkpoint_offers_the_previous_one(twin, ws):
-    outcomes = damaged_checkpoint(ws, twin, in_process=twin == "torch")
-    assert all(o.ok for o in outcomes), [(o.name, o.problems) for o in outcomes]
+def test_a_damaged_checkpoint_offers_the_previous_one(twin, ws, request):
+    problems = scenario_problems(damaged_checkpoint, twin, ws, request)
+    assert not any(problems.values()), problems
 
 
 @pytest.mark.parametrize("twin", ["mlx", "torch"])
-def test_a_second_trainer_is_refused_a_dead_one_does_not_block(twin, ws):
-    outcomes = second_trainer(ws, twin, in_process=twin == "torch")
-    assert all(o.ok for o in outcomes), [(o.name, o.problems) for o in outcomes]
+def test_a_second_trainer_is_refused_a_dead_one_does_not_block(twin, ws, request):
+    problems = scenario_problems(second_trainer, twin, ws, request)
+    assert not any(problems.values()), problems
 
 
 def test_mlx_checkpoint_write_failure_keeps_the_previous_one(ws):

@@ -7,6 +7,7 @@ a sequence of steps (a run already in the folder, a second trainer, a signal, a 
 tests/test_faults.py runs all of them; run this module to print the tally:
 
     python -m tests.helpers.fault_cases          # every case and scenario, both twins, subprocesses
+    python -m tests.helpers.fault_cases --mlx-cases WS   # the MLX cases in one process, as JSON
 """
 
 from __future__ import annotations
@@ -494,7 +495,19 @@ def scenarios(ws: Path, twin: str) -> list[Outcome]:
     return outcomes
 
 
-def main() -> int:
+def mlx_cases_here(ws: Path) -> dict[str, dict]:
+    """Every case of the MLX twin and its scenarios that need no signals, the commands called
+    in this process (a process of its own: they switch BLAS); outcome fields by name."""
+    outcomes = [run_case(case, "mlx", ws, in_process=True) for case in CASES if "mlx" in case.twins]
+    for scenario in (used_folder, damaged_checkpoint, second_trainer):
+        outcomes += scenario(ws, "mlx", in_process=True)
+    return {outcome.name: dataclasses.asdict(outcome) for outcome in outcomes}
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--mlx-cases"]:
+        print(json.dumps(mlx_cases_here(Path(argv[1]))))
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         ws = make_workspace(Path(tmp) / "ws")
         outcomes = []
@@ -522,4 +535,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -1,9 +1,10 @@
 """A folder of tiny inputs, good and bad, for the adversarial cases (fault_cases.py), and the
 means to run a command on it and to tell whether anything in it changed.
 
-`run_cli` runs a command as a user does: in a subprocess, or for the torch twin in this
-process (importing torch takes seconds; MLX commands switch BLAS process-wide, so they always
-run in a subprocess, where they start in well under a second).
+`run_cli` runs a command as a user does: in a subprocess, or by calling its `main` in this
+process (starting torch takes seconds per subprocess). The pytest process calls the torch
+twin's commands; MLX's switch BLAS process-wide, so the tests call them in one subprocess of
+their own (`python -m tests.helpers.fault_cases --mlx-cases WS`).
 """
 
 from __future__ import annotations
@@ -203,11 +204,11 @@ def environment(ws: Path) -> dict[str, str]:
 
 
 def run_cli(twin: str, command: str, args: list[str], ws: Path, in_process: bool = False) -> Result:
-    """Run `python -m <twin's command module> args` with `ws` as the working folder."""
+    """Run `python -m <twin's command module> args` with `ws` as the working folder, in a
+    subprocess or (in_process) by calling its main here. MLX commands switch BLAS process-wide:
+    call them in-process only in a process that tests no torch (fault_cases --mlx-cases)."""
     module = MODULES[twin][command]
     if in_process:
-        if twin != "torch":
-            raise ValueError("only the torch twin runs in this process (MLX commands switch BLAS)")
         return _run_in_process(module, args, ws)
     completed = subprocess.run(
         [sys.executable, "-m", module, *args],
