@@ -50,10 +50,16 @@ NO_SOS_CONFIG = FlowConfig(
     seq_order="R2L",
 )
 
-# the official options: 2 query heads share 1 key/value head (the KV cache holds 1), SwiGLU,
-# qk-norm, post-norm; head_dim 16 with text (RoPE only on the text coordinate)
+# the official options: 4 query heads in 2 groups, each sharing one key/value head (the KV
+# cache holds 2), SwiGLU, qk-norm, post-norm; head_dim 16 with text (RoPE on the text coordinate)
 VARIANT_CONFIG = TEXT_CONFIG.replace(
-    head_dim=16, num_kv_heads=1, use_swiglu=True, use_qk_norm=True, use_post_norm=True, norm_type="rms_norm"
+    channels=64,
+    head_dim=16,
+    num_kv_heads=2,
+    use_swiglu=True,
+    use_qk_norm=True,
+    use_post_norm=True,
+    norm_type="rms_norm",
 )
 
 

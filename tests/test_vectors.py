@@ -22,6 +22,10 @@ from starflow_core.official.convert import convert_official_checkpoint
 
 FORWARD_TOL = 1e-4
 SAMPLE_TOL = 1e-3
+# starflow_arch: the SwiGLU gate is the tanh approximation of GELU; the exact (erf) GELU
+# gives z within 6.4e-5 of the vectors, inside FORWARD_TOL. The twins measure 3e-7, so 1e-5
+# (30x that fp32 rounding) still tells the two GELUs apart.
+ARCH_FORWARD_TOL = 1e-5
 
 
 def _conditioning(name: str, io: dict[str, np.ndarray]):
@@ -88,6 +92,8 @@ def test_official_vectors_from_pth(name, twin):
     else:
         got = _mlx_outputs(starflow_mlx.StarFlow.from_official(path, config), name, io, config["guidance"])
     _check(got, _expected(name, io))
+    if name == "starflow_arch":
+        assert max_relative_error(got["z"], io["z"]) < ARCH_FORWARD_TOL
 
 
 @pytest.mark.parametrize("name", VECTORS)
