@@ -23,9 +23,10 @@ FAMILIES = ("starflow", "tarflow")
 SEQ_ORDERS = ("L2R", "R2L")
 
 
-# Norms of the transformer layers (official norm_type): LayerNorm (eps 1e-5) or RMSNorm
-# with the weight stored as an offset (eps 1e-6). The final and post norms are always RMSNorm.
-NORM_TYPES = ("layer_norm", "rms_norm")
+# Pre-norms of the transformer layers (official norm_type): LayerNorm (eps 1e-5), RMSNorm with
+# the weight stored as an offset (eps 1e-6), or none (the official code builds an identity for
+# any other value). The final and post norms are always RMSNorm.
+NORM_TYPES = ("layer_norm", "rms_norm", "none")
 
 
 VAE_DOWNSAMPLE = 8  # SD-VAE: 256 px images -> 32x32 latents
@@ -122,7 +123,11 @@ class FlowConfig:
         if self.seq_order not in SEQ_ORDERS:
             fail("seq_order", f"must be one of {SEQ_ORDERS}")
         if self.norm_type not in NORM_TYPES:
-            fail("norm_type", f"must be one of {NORM_TYPES}")
+            fail(
+                "norm_type",
+                f"must be one of {NORM_TYPES} (the official code silently uses no pre-norm for any other "
+                "value: write 'none' if that is what the checkpoint was trained with)",
+            )
         for name in (
             "in_channels",
             "img_size",

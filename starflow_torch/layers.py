@@ -32,7 +32,9 @@ class RMSNorm(nn.Module):
 
 
 def make_norm(config: FlowConfig) -> nn.Module:
-    """The pre-norm of attention and MLP: LayerNorm (eps 1e-5) or offset RMSNorm (eps 1e-6)."""
+    """The pre-norm of attention and MLP: LayerNorm (eps 1e-5), offset RMSNorm (eps 1e-6) or none."""
+    if config.norm_type == "none":
+        return nn.Identity()
     return RMSNorm(config.channels) if config.norm_type == "rms_norm" else nn.LayerNorm(config.channels)
 
 

@@ -104,6 +104,7 @@ VARIANTS = {
         use_post_norm=1, num_heads=4, num_kv_heads=2, head_dim=16, hf_style_rope=1, pt_seq_len=6
     ),
     "swiglu_rms_no_bias": dict(use_swiglu=1, norm_type="rms_norm", use_bias=False, use_qk_norm=1),
+    "no_prenorm": dict(norm_type="none", use_post_norm=1),
     "explicit_heads": dict(num_heads=3, channels=100, cond_top_only=0, seq_order="R2L"),
 }
 

@@ -142,12 +142,13 @@ CONFIGS.update(
             FlowConfig(**{**_TEXT_MODEL, "use_post_norm": True, "seq_order": "R2L", "pt_seq_len": 6}),
             (6, 10),
         ),
-        # qk-norm, HF-style RoPE, text in every block, patch 2, no sos
-        "variant_qk_norm_all_text_patch2": (
+        # qk-norm, no pre-norm (norm_type none), HF-style RoPE, text in every block, patch 2, no sos
+        "variant_qk_norm_no_prenorm_all_text_patch2": (
             FlowConfig(
                 **{**_TEXT_MODEL, "in_channels": 3, "patch_size": 2, "cond_top_only": False, "sos": False},
                 use_qk_norm=True,
                 hf_style_rope=True,
+                norm_type="none",
             ),
             (8, 8),
         ),

@@ -4,7 +4,7 @@ formulas (transformer_flow.py RMSNorm, Attention, MLP; misc/pe.py apply_rope) in
 The official vectors (starflow_arch) certify SwiGLU, RMSNorm, qk-norm, one key/value head
 and no bias; this oracle covers what they do not: post-norm, several key/value heads (which
 query head reads which one), explicit num_heads wider or narrower than channels, HF-style
-RoPE and SwiGLU with biases. Both twins' TransformerLayer are compared with it.
+RoPE, SwiGLU with biases and no pre-norm (norm_type none). Both twins' TransformerLayer are compared with it.
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ def reference_layer(p, x, config: FlowConfig, theta):
     nh, nkv, hd = config.query_heads, config.kv_heads, config.head_dim
 
     def norm(prefix, value):
+        if config.norm_type == "none":
+            return value
         if config.norm_type == "rms_norm":
             return rms_norm(value, p[f"{prefix}.weight"])
         return layer_norm(value, p[f"{prefix}.weight"], p[f"{prefix}.bias"])
@@ -116,6 +118,8 @@ LAYER_CONFIGS = {
     "post_norm_layer_norm_wide_heads": FlowConfig(
         **_BASE, channels=32, head_dim=8, num_heads=6, num_kv_heads=3, use_post_norm=True,
     ),
+    # no pre-norm at all (norm_type none: the official Identity), post-norm only
+    "no_prenorm_post_norm": FlowConfig(**_BASE, channels=32, head_dim=16, norm_type="none", use_post_norm=True),
 }  # fmt: skip
 
 

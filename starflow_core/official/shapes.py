@@ -41,7 +41,8 @@ def expected_weight_shapes(config: FlowConfig) -> dict[str, tuple[int, ...]]:
         for layer in range(num_layers):
             prefix = f"{block}.attn_blocks.{layer}"
             for norm in ("attention.norm", "mlp.norm"):
-                shapes[f"{prefix}.{norm}.weight"] = (channels,)
+                if config.norm_type != "none":
+                    shapes[f"{prefix}.{norm}.weight"] = (channels,)
                 if config.norm_type == "layer_norm":
                     shapes[f"{prefix}.{norm}.bias"] = (channels,)
             bias = config.use_bias
