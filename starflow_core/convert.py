@@ -18,6 +18,7 @@ import dataclasses
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -140,6 +141,8 @@ def main(
     """The conversion command; `resave` (a twin's) casts or quantizes our flow folders."""
     parser = build_parser(prog)
     args = parser.parse_args(argv)
+    warnings.simplefilter("default")  # notes (e.g. an official flag with no effect): one line each
+    warnings.formatwarning = lambda message, *_args, **_kwargs: f"{prog}: warning: {message}\n"
     try:
         return run(args, resave)
     except (ValueError, OSError, NotImplementedError) as err:

@@ -9,24 +9,37 @@ from __future__ import annotations
 
 import mlx.core as mx
 import numpy as np
+import pytest
 import torch
+from helpers.twins import random_torch_model
 from mlx.utils import tree_flatten
 
 from starflow_core.digits import DIGITS_CONFIG, DigitsTraining, load_digits_split
 from starflow_mlx.digits import loss_and_gradients, train_digits
 from starflow_mlx.model import StarFlow
-from starflow_torch.model import StarFlow as TorchStarFlow
 
 TINY = DIGITS_CONFIG.replace(channels=64, layers_per_block=(1, 1, 1, 1))
+# the official architectural options: 2 query heads share 1 key/value head, SwiGLU, RMSNorm,
+# qk-norm, post-norm, HF-style RoPE, no biases
+TINY_VARIANT = TINY.replace(
+    num_kv_heads=1,
+    use_swiglu=True,
+    norm_type="rms_norm",
+    use_qk_norm=True,
+    use_post_norm=True,
+    hf_style_rope=True,
+    use_bias=False,
+)
 
 
 def max_relative_error(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))
 
 
-def test_loss_and_gradients_match_torch(tmp_path):
-    torch.manual_seed(0)
-    torch_model = TorchStarFlow(TINY)
+@pytest.mark.parametrize("config", [TINY, TINY_VARIANT], ids=["digits", "variant"])
+def test_loss_and_gradients_match_torch(config, tmp_path):
+    # proj_out and the norms perturbed: with proj_out at its zero init no gradient reaches the layers
+    torch_model = random_torch_model(config, seed=0)
     torch_model.save_pretrained(tmp_path)
     model = StarFlow.from_pretrained(tmp_path)
     rng = np.random.default_rng(0)
