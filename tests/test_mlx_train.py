@@ -94,4 +94,6 @@ def test_the_digits_run_file_reduces_the_loss(tmp_path):
     )
     assert run.model == TINY
     losses = train(run).losses
-    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    # Measured: 0.37 -> -0.09 nats/dim (first vs last 5 steps). Without updates the loss only
+    # varies from batch to batch (0.417-0.434 over 30 batches), so a drop of 0.1 means learning.
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.1
