@@ -224,3 +224,42 @@ def test_convert_variant_from_official_yaml(tmp_path):
     refused = run("starflow_mlx.convert", *args, "-o", tmp_path / "video", tmp=tmp_path)
     assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1
     assert "vid_size='81:16' (video models)" in refused.stderr and not (tmp_path / "video").exists()
+
+
+def test_convert_a_flow_folder_into_a_named_label_pipeline(tmp_path):
+    """How the shipped demo model is packaged: a flow folder (a training checkpoint's ema/) becomes a
+    pipeline folder with a name, class names, default prompts and guidance, stored in float16."""
+    from starflow_core.io import read_safetensors_header
+    from starflow_core.sources.pipeline_folder import read_pipeline_folder
+
+    flow = FIXTURES / "pipeline_v0_1_0" / "transformer"  # a label model with 3 classes, float32
+    out = tmp_path / "pets"
+    args = ["pipeline", "--model", flow, "-o", out, "--name", "pets", "--labels", "cat", "dog", "bird"]
+    result = run(
+        "starflow_mlx.convert", *args, "--default-prompts", "dog", "2", "--guidance", 2.5, "--dtype", "float16",
+        tmp=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    parts = read_pipeline_folder(out)
+    assert (parts.name, parts.labels, parts.default_prompts) == ("pets", ("cat", "dog", "bird"), ("dog", "2"))
+    assert parts.sampling.guidance == 2.5 and not parts.sampling.jacobi  # the rest keep their defaults
+    header = read_safetensors_header(out / "transformer" / "model.safetensors")
+    assert {entry["dtype"] for name, entry in header.items() if name != "__metadata__"} == {"F16"}
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--labels", "cat", "dog"], "2 class names for a flow with num_classes=3"),
+        (["--labels", "cat", "dog", "bird", "--default-prompts", "fish"], "'fish' is not a class"),
+        (["--guidance", "-1"], "guidance (cfg) must be a finite number >= 0"),
+    ],
+)
+def test_convert_pipeline_refuses_bad_descriptions(extra, message, tmp_path, capsys):
+    from starflow_core import convert  # the framework-free command: no BLAS switch in this process
+
+    out = tmp_path / "pets"
+    flow = FIXTURES / "pipeline_v0_1_0" / "transformer"
+    assert convert.main(["pipeline", "--model", str(flow), "-o", str(out), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
