@@ -4,6 +4,8 @@
     starflow-convert flow official.pth --config starflow_3B_t2i_256x256.yaml -o flow/ --dtype bfloat16
     starflow-convert flow flow/ -o flow-q4/ --quantize 4          # MLX quantization
     starflow-convert pipeline --model starflow-3b-t2i-256 -o starflow-3b/   # flow + VAE + T5 folder
+    starflow-convert pipeline --model runs/x/checkpoints/step_00002000/ema -o my-model/ \
+        --name my-model --labels cat dog --default-prompts cat dog --guidance 1.0 --dtype float16
 
 `.pth` files are converted without torch, one tensor in memory at a time. Casting or
 quantizing one of our folders runs in a twin: `starflow-convert` is `python -m
@@ -18,11 +20,13 @@ import argparse
 import dataclasses
 import shutil
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from starflow_core.command_line import EXIT_USAGE, run_command
 from starflow_core.config import FlowConfig
+from starflow_core.generation.inputs import prompts_to_labels
 from starflow_core.official.arguments import from_official_yaml, resolve_config
 from starflow_core.official.convert import convert_official_checkpoint
 from starflow_core.presets import preset
@@ -56,8 +60,18 @@ def build_parser(prog: str = "starflow-convert") -> argparse.ArgumentParser:
     flow.add_argument("--txt-dim", type=int, help="text encoder width, if an official YAML cannot tell")
     add_output_arguments(flow)
 
-    pipeline = commands.add_parser("pipeline", help="a full pipeline folder: flow + vae + text encoder")
-    pipeline.add_argument("--model", default="starflow-3b-t2i-256", help="release name, folder or Hub repo")
+    pipeline = commands.add_parser(
+        "pipeline", help="a pipeline folder (flow, and vae + text encoder where the model needs them)"
+    )
+    pipeline.add_argument(
+        "--model",
+        default="starflow-3b-t2i-256",
+        help="release name, pipeline folder, flow folder (e.g. a training checkpoint's ema/) or Hub repo",
+    )
+    pipeline.add_argument("--name", help="the pipeline's name in model_index.json (default: the source's)")
+    pipeline.add_argument("--labels", nargs="+", help="class names of a label model, in label order")
+    pipeline.add_argument("--default-prompts", nargs="+", help="what generate samples when given no prompt")
+    pipeline.add_argument("--guidance", type=float, help="default guidance (model_index.json sampling)")
     add_output_arguments(pipeline)
     return parser
 
@@ -124,6 +138,24 @@ def convert_flow(args: argparse.Namespace, resave: Resaver, staging: Path) -> No
     shutil.rmtree(full)
 
 
+def described_parts(args: argparse.Namespace) -> PipelineParts:
+    """The parts of --model with the name, class names, default prompts and guidance given
+    on the command line in place of the source's; checked before anything is written."""
+    parts = resolve(args.model)
+    parts = dataclasses.replace(
+        parts,
+        name=args.name or parts.name,
+        labels=tuple(args.labels) if args.labels else parts.labels,
+        default_prompts=tuple(args.default_prompts) if args.default_prompts else parts.default_prompts,
+        sampling=parts.sampling.merged(guidance=args.guidance),
+    )
+    parts.check()
+    config = parts.flow_config
+    if parts.default_prompts and config.num_classes:
+        prompts_to_labels(parts.default_prompts, config.num_classes, parts.labels)  # names a bad prompt
+    return parts
+
+
 def convert_pipeline(args: argparse.Namespace, resave: Resaver, parts: PipelineParts, staging: Path) -> None:
     """Write the pipeline folder into the empty `staging` folder (its final place: args.output)."""
     if args.dtype is not None or args.quantize is not None:
@@ -146,8 +178,7 @@ def inputs_of(args: argparse.Namespace) -> tuple[list[Path | None], PipelinePart
         else:
             flow_config(args, source)  # a missing or broken --config fails here, not after writing
         return [source, args.config], None
-    parts = resolve(args.model)
-    parts.check()
+    parts = described_parts(args)
     if args.quantize is not None:
         check_flow_folder(parts.transformer, args)
     model = Path(args.model)
@@ -179,6 +210,8 @@ def main(
     """The conversion command; `resave` (a twin's) casts or quantizes our flow folders."""
     parser = build_parser(prog)
     args = parser.parse_args(argv)
+    warnings.simplefilter("default")  # notes (e.g. an official flag with no effect): one line each
+    warnings.formatwarning = lambda message, *_args, **_kwargs: f"{prog}: warning: {message}\n"
     return run_command(prog, lambda: run(args, resave))
 
 

@@ -102,7 +102,7 @@ def _convert_float(value: Any) -> float:
         raise _Mismatch("a number")
     if not math.isfinite(value):
         raise _Mismatch("a finite number")
-    return value
+    return float(value)  # stored as a float, as config.json writes it
 
 
 def _convert_tuple(value: Any, args: tuple) -> tuple:

@@ -95,6 +95,7 @@ class StarFlow(nn.Module):
             config.rope_seq_len,
             txt_len if config.block_has_text(index) else 0,
             three_d=config.txt_size > 0,
+            halves=config.hf_style_rope,
         )
         return mx.array(np.cos(angles)), mx.array(np.sin(angles))
 

@@ -87,6 +87,7 @@ class StarFlow(nn.Module):
             config.rope_seq_len,
             txt_len if config.block_has_text(index) else 0,
             three_d=config.txt_size > 0,
+            halves=config.hf_style_rope,
         )
         angles = torch.from_numpy(angles).to(device)
         return angles.cos(), angles.sin()

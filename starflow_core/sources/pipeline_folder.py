@@ -84,6 +84,11 @@ class PipelineParts:
             path = getattr(self, name)
             if path is not None and not Path(path).is_dir():
                 raise FileNotFoundError(f"{self.name}: the {name} folder {path} does not exist")
+        if self.labels is not None and len(self.labels) != config.num_classes:
+            raise ValueError(
+                f"{self.name}: {len(self.labels)} class names for a flow with num_classes="
+                f"{config.num_classes}; give one name per class, in label order (none for other models)"
+            )
         text_model = config.txt_dim > 0 and not config.label_conditioned
         if text_model and (self.text_encoder is None or self.tokenizer is None):
             raise ValueError(
