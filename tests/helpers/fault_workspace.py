@@ -242,3 +242,30 @@ def _run_in_process(module: str, args: list[str], ws: Path) -> Result:
     finally:
         os.chdir(previous)
     return Result(int(code or 0), stdout.getvalue(), stderr.getvalue())
+
+
+# ----- outcomes -----------------------------------------------------------------------------
+@dataclasses.dataclass
+class Outcome:
+    name: str
+    twin: str
+    problems: list[str]  # empty: the case behaved
+    traceback: bool = False
+    lost: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def judge(name: str, twin: str, result: Result, code: int, expect: str | None, lost: list[str]) -> Outcome:
+    """Exit code, the one-line message, no traceback, nothing lost or left behind."""
+    problems = []
+    if result.code != code:
+        problems.append(f"exit {result.code}, expected {code}")
+    if code != 0 and (len(result.messages) != 1 or (expect and expect not in result.messages[-1])):
+        problems.append(f"stderr {result.messages[-3:]!r}, expected one line with {expect!r}")
+    if result.traceback:
+        problems.append("traceback")
+    problems += lost
+    return Outcome(name, twin, problems, result.traceback, [c for c in lost if not c.startswith("left")])
