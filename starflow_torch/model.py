@@ -122,6 +122,18 @@ class StarFlow(nn.Module):
             raise ValueError(f"class labels must be < num_classes={self.config.num_classes}")
         return y
 
+    def check_labels(self, y: torch.Tensor | None) -> None:
+        """Integer labels must be classes 0..num_classes-1 or -1 (the null label); a label of
+        num_classes would otherwise select the null condition, silently."""
+        if y is None or not self.config.num_classes or torch.is_floating_point(y) or y.numel() == 0:
+            return
+        low, high = int(y.min()), int(y.max())
+        if low < -1 or high >= self.config.num_classes:
+            raise ValueError(
+                f"class labels must be 0..{self.config.num_classes - 1} (or -1, the null label), "
+                f"got {high if high >= self.config.num_classes else low}"
+            )
+
     # ----- data -> noise ----------------------------------------------------------------
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, C, H, W) -> (z (B, C, H, W), total log|det dz/dx| (B,) in nats)."""
@@ -142,6 +154,7 @@ class StarFlow(nn.Module):
 
     def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Exact log p(x | y) in nats, (B,): log N(z; 0, var) + log|det|."""
+        self.check_labels(y)
         z, logdet = self(x, y)
         z = self.patchify(z).float()
         var = self.var.float() if self.config.family == "tarflow" else torch.ones_like(z[0])
@@ -220,6 +233,7 @@ class StarFlow(nn.Module):
         """BlockConditions without guidance, and with (2B rows) when guidance > 0."""
         if guidance < 0:
             raise ValueError(f"guidance must be >= 0, got {guidance}")
+        self.check_labels(y)
         text, labels = self.text_features(y, batch), self.class_labels(y, batch)
         plain = BlockConditions(text, labels, 0.0, annealed, attn_temp)
         if guidance == 0:

@@ -15,7 +15,10 @@ import diffusers
 import safetensors.torch
 import torch
 
+from starflow_core.io import read_safetensors_header
 from starflow_core.official.keys import vae_key_to_diffusers
+
+from .checkpoint import read_official_state_dict
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -35,9 +38,10 @@ def sanitize(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
+        read_safetensors_header(path)  # clear errors for missing / truncated files
         return safetensors.torch.load_file(str(path))
     if path.suffix in (".bin", ".pth", ".pt"):
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return read_official_state_dict(path)  # weights_only; a file carrying code is refused by name
     raise ValueError(f"{path}: unsupported weights file type {path.suffix!r} (.safetensors, .bin, .pth, .pt)")
 
 
