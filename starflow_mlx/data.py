@@ -39,8 +39,13 @@ __all__ = [
 class ImageFolderDataset(ImageFolder):
     """An ImageFolder whose items are (H, W, C) float32 arrays in [-1, 1] with their condition."""
 
+    def read_image(self, index: int, flip: bool) -> np.ndarray | None:
+        """Sample `index` as (H, W, C) float32 in [-1, 1] (mlx-data batches numpy), or None if
+        it cannot be read."""
+        return self.read_pixels(index, flip)
+
     def __getitem__(self, ref: SampleRef) -> dict:
-        pixels = self.read_pixels(ref.index, ref.flip)
+        pixels = self.read_image(ref.index, ref.flip)
         item = {"slot": ref.slot, "index": ref.index, "corrupt": pixels is None}
         if pixels is None:  # a placeholder, dropped from the batch unless every sample is corrupt
             pixels = np.zeros((*self.image_size_of(ref.index), self.channels), np.float32)

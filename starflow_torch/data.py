@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from starflow_core.training.config import TrainConfig
 from starflow_core.training.image_folders import (
     ASPECT_RATIOS,
     IMAGE_SUFFIXES,
@@ -37,6 +38,7 @@ __all__ = [
     "LatentShardDataset",
     "SampleRef",
     "ShardedBatchSampler",
+    "batch_stream",
     "aspect_ratio_to_size",
     "center_crop_resize",
     "check_batches_exist",
@@ -52,12 +54,13 @@ __all__ = [
 class ImageFolderDataset(ImageFolder, torch.utils.data.Dataset):
     """An ImageFolder whose items are (C, H, W) tensors in [-1, 1] with their condition."""
 
-    def load_image(self, index: int, flip: bool) -> torch.Tensor | None:
+    def read_image(self, index: int, flip: bool) -> torch.Tensor | None:
+        """Sample `index` as a (C, H, W) tensor in [-1, 1], or None if it cannot be read."""
         pixels = self.read_pixels(index, flip)
         return None if pixels is None else torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
     def __getitem__(self, ref: SampleRef) -> dict:
-        image = self.load_image(ref.index, ref.flip)
+        image = self.read_image(ref.index, ref.flip)
         item = {
             "image": image,
             "slot": ref.slot,
@@ -196,3 +199,32 @@ def collate(items: list[dict]) -> dict:
     if "label" in kept[0]:
         batch["label"] = torch.tensor([item["label"] for item in kept], dtype=torch.long)
     return batch
+
+
+def batch_stream(
+    dataset, train: TrainConfig, epoch: int, start: int, rank: int = 0, world_size: int = 1
+) -> Iterator[tuple[int, int, dict]]:
+    """Endless (epoch, next batch index, batch) for process `rank` of `world_size`, from
+    position (epoch, start) of the epoch order (the twin of starflow_mlx.data.batch_stream)."""
+    global_batch = train.micro_batch_size
+    if global_batch % world_size:
+        raise ValueError(
+            f"batch_size/grad_accum={global_batch} must be divisible by the {world_size} processes"
+        )
+    flip = train.flip and isinstance(dataset, ImageFolderDataset)
+    while True:
+        batches = epoch_batches(dataset.buckets, global_batch, train.seed, epoch, flip)
+        check_batches_exist(len(batches), len(dataset), global_batch, train.buckets)
+        sampler = ShardedBatchSampler(batches, rank, world_size, start)
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=train.num_workers,
+            worker_init_fn=ignore_stop_signals if train.num_workers else None,
+        )
+        with workers_start_deaf() if train.num_workers else contextlib.nullcontext():
+            batches_of_epoch = iter(loader)  # forks the workers
+        for number, batch in enumerate(batches_of_epoch, start=start + 1):
+            yield epoch, number, batch
+        epoch, start = epoch + 1, 0

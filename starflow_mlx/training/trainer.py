@@ -28,10 +28,10 @@ from starflow_core.training.guards import CorruptImages, check_resume_data, non_
 from starflow_core.training.run_folder import claim_run_folder
 from starflow_core.training.schedule import Progress, StopSignal
 
-from ..data import ImageFolderDataset
+from ..data import ImageFolderDataset, batch_stream
 from ..model import StarFlow
 from . import state
-from .inputs import InputBuilder, batch_stream, build_dataset, sample_conditions
+from .inputs import InputBuilder, build_dataset, sample_conditions
 from .objective import FlowObjective, bits_per_dim_from_loss, learning_rate
 from .progress import JsonlLog, plot_loss_curve, sample_grid, save_png
 

@@ -30,10 +30,10 @@ from starflow_core.training.guards import CorruptImages, check_resume_data, non_
 from starflow_core.training.run_folder import claim_run_folder
 from starflow_core.training.schedule import StopSignal
 
-from ..data import ImageFolderDataset
+from ..data import ImageFolderDataset, batch_stream
 from ..model import StarFlow
 from . import parallel, state
-from .inputs import InputBuilder, batch_stream, build_dataset, sample_conditions
+from .inputs import InputBuilder, build_dataset, sample_conditions
 from .objective import FlowObjective, bits_per_dim_from_loss, learning_rate
 from .progress import JsonlLog, plot_loss_curve, sample_grid, save_png
 
@@ -168,7 +168,9 @@ class Trainer:
     def run(self, stop: StopSignal, stop_at_step: int | None) -> TrainResult:
         result = TrainResult(self.progress)
         p = self.progress
-        stream = batch_stream(self.dataset, self.train, self.info, p.epoch, p.batch_in_epoch)
+        stream = batch_stream(
+            self.dataset, self.train, p.epoch, p.batch_in_epoch, self.info.rank, self.info.world_size
+        )
         bar = self._progress_bar()
         try:
             self._loop(stream, stop, stop_at_step, result, bar)
