@@ -21,7 +21,7 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_flatten
 
 from starflow_core.official.keys import vae_key_to_diffusers
 
@@ -374,11 +374,13 @@ class AutoencoderKL(nn.Module):
         weights_path = Path(weights_file) if weights_file is not None else folder / WEIGHTS_NAME
         if not weights_path.is_file():
             raise FileNotFoundError(f"VAE weights not found: {weights_path}")
-        model = cls(config)
-        weights = sanitize(read_weights(weights_path))
+        from .checkpoint import stream_into
+
+        model = cls(config)  # lazy: never materialised, every parameter is replaced below
+        weights = sanitize(read_weights(weights_path))  # lazy for safetensors: nothing read yet
         check_weights_match(model, weights, str(weights_path))
-        model.update(tree_unflatten([(key, value.astype(dtype)) for key, value in weights.items()]))
-        mx.eval(model.parameters())
+        # tensor by tensor into dtype: popped, so the file's copy of each is freed once converted
+        stream_into(model, ((key, weights.pop(key)) for key in list(weights)), dtype)
         return model
 
     @property
