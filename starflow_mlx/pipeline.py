@@ -61,7 +61,7 @@ class StarFlowPipeline(PipelineBase):
         """`flow` None: loaded from `parts` on first use, after the prompts are encoded, so the
         flow and T5 are not in memory together. `text_encoder` given here stays loaded;
         otherwise T5 is loaded for each encoding and its weights freed before sampling."""
-        self.parts, self.vae, self.decoder = parts, vae, decoder
+        self.parts, self._vae, self._decoder = parts, vae, decoder
         self._flow = flow
         self.flow_config = flow.config if flow is not None else parts.flow_config
         self.text_encoder = text_encoder
@@ -99,7 +99,6 @@ class StarFlowPipeline(PipelineBase):
         parts = hub.resolve(source, flow_config=flow_config, dtype=precision.dtype, strict=strict)
         parts = parts.with_decoder(decoder)
         pipe = cls(parts, None, None, precision=precision, strict=strict)
-        pipe.vae, pipe.decoder = hub.load_vae(parts, pipe.dtype), hub.load_decoder(parts, pipe.dtype)
         if keep_text_encoder:
             pipe.text_encoder = pipe.load_text_encoder()
         return pipe
@@ -113,6 +112,19 @@ class StarFlowPipeline(PipelineBase):
                 self.parts, self.dtype, precision.quantize, precision.group_size, self.strict
             )
         return self._flow
+
+    @property
+    def vae(self) -> AutoencoderKL | None:
+        """The VAE, loaded on first use (at decoding: it is not resident while sampling)."""
+        if self._vae is None and self.parts.vae is not None:
+            self._vae = hub.load_vae(self.parts, self.dtype)
+        return self._vae
+
+    @property
+    def decoder(self) -> AutoencoderKL | None:
+        if self._decoder is None and self.parts.decoder is not None:
+            self._decoder = hub.load_decoder(self.parts, self.dtype)
+        return self._decoder
 
     # ----- array work (PipelineBase runs the steps) ------------------------------------------
     def load_text_encoder(self) -> TextEncoder:

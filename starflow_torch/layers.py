@@ -29,9 +29,13 @@ class RMSNorm(nn.Module):
 
 def norm_in_float32(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Apply a norm in at least fp32 (the official code normalises half-precision input in fp32)."""
-    if x.dtype in (torch.float16, torch.bfloat16):
-        return norm(x.float()).type_as(x)
-    return norm(x)
+    if x.dtype not in (torch.float16, torch.bfloat16):
+        return norm(x)
+    if isinstance(norm, nn.LayerNorm):  # torch's CPU layer_norm refuses fp32 input with bf16 weights
+        weight = None if norm.weight is None else norm.weight.float()
+        bias = None if norm.bias is None else norm.bias.float()
+        return F.layer_norm(x.float(), norm.normalized_shape, weight, bias, norm.eps).type_as(x)
+    return norm(x.float()).type_as(x)
 
 
 def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

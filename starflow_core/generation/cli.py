@@ -35,7 +35,7 @@ from starflow_core.generation.resource_check import (
     model_sizes,
     parts_sizes,
 )
-from starflow_core.generation.resources import RunShape
+from starflow_core.generation.resources import GB, RunShape
 from starflow_core.sources import PipelineParts, resolve
 from starflow_core.sources.releases import DEMO_FOLDER
 
@@ -101,6 +101,12 @@ def build_parser(prog: str, description: str, torch: bool = False) -> argparse.A
         )
     parser.add_argument(
         "--strict", action="store_true", help="refuse checkpoints holding tensors the model does not use"
+    )
+    parser.add_argument(
+        "--memory-limit",
+        type=float,
+        metavar="GB",
+        help="memory the run may use, in GB (default: the machine's; the GPU's working set on a Mac)",
     )
     parser.add_argument(
         "--no-resource-check",
@@ -204,7 +210,13 @@ def check_resources(args: argparse.Namespace, backend: Backend, sizes: ModelSize
         return
     precision = backend.precision(args)
     shape = run_shape(args, sizes, jobs)
-    check_memory(sizes, precision, shape, not args.no_denoise, backend.memory(args), backend.quantization)
+    if args.memory_limit is not None:
+        if args.memory_limit <= 0:
+            raise ValueError(f"--memory-limit must be > 0 GB, got {args.memory_limit}")
+        available = (int(args.memory_limit * GB), "--memory-limit")
+    else:
+        available = backend.memory(args)
+    check_memory(sizes, precision, shape, not args.no_denoise, available, backend.quantization)
     if sizes.release is not None:
         check_disk(sizes.release, precision)
 

@@ -30,8 +30,9 @@ Array = Any  # the twin's array type: mx.array (NHWC) or torch.Tensor (NCHW)
 
 class PipelineBase:
     """What both twins' pipelines share. Subclasses set `parts`, `flow_config`, `precision`,
-    `flow` (a StarFlow; twins load it on first use, after the text is encoded), `vae`,
-    `decoder` and `text_encoder` (None where absent) and implement the array methods below."""
+    `flow` (a StarFlow), `vae`, `decoder` (twins load these on first use: the flow after the
+    text is encoded, the VAE at decoding) and `text_encoder` (None where absent) and implement
+    the array methods below."""
 
     parts: PipelineParts
     flow_config: FlowConfig

@@ -160,11 +160,10 @@ def free_disk(folder: Path) -> tuple[int, Path]:
 
 
 def check_disk(
-    release: OfficialRelease,
-    precision: Precision,
-    free: Callable[[Path], tuple[int, Path]] = free_disk,
+    release: OfficialRelease, precision: Precision, free: Callable[[Path], tuple[int, Path]] | None = None
 ) -> list[DiskNeed]:
     """Raise InsufficientResourcesError if a filesystem lacks the space a first run writes to it."""
+    free = free or free_disk
     needs = first_run_disk(release, precision.dtype)
     by_device: dict[int, list[DiskNeed]] = {}
     for need in needs:

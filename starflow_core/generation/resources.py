@@ -4,9 +4,9 @@ The generate commands compare these with the machine before anything is download
 and refuse, naming an option that fits, a run that cannot fit; the memory report prints them
 next to measured peaks. Sizes are decimal (1 GB = 1e9 bytes).
 
-Memory is a sequence of phases (what the pipeline holds at each step, T5 freed before the
-flow loads): load text encoder, encode text, load flow, sample, denoise, decode; the peak is
-the largest. Weights are exact (from the shapes); activations and caches are formulas whose
+Memory is a sequence of phases (what the pipeline holds at each step: T5 is freed before the
+flow loads, the VAE loads for decoding): load text encoder, encode text, load flow, sample,
+denoise, decode; the peak is the largest. Weights are exact (from the shapes); activations and caches are formulas whose
 constants were measured with MLX on CPU (python -m starflow_mlx.memory_report prints the
 estimate beside each measurement).
 """
@@ -146,36 +146,36 @@ def kv_cache_bytes(config: FlowConfig, rows: int, tokens: int, dtype: str) -> in
 
 
 def sample_bytes(config: FlowConfig, shape: RunShape, dtype: str) -> int:
-    """Sampling: the KV cache, the text prefill and one step's activations (fp32 scores)."""
+    """Sampling: the largest block's KV cache, plus the text prefill's activations (about ten
+    (rows, txt_size, expansion * C) arrays, measured 10.2x in fp32, 6x in bf16) and one step's."""
     rows = shape.batch * (2 if shape.guided else 1)
     capacity = shape.tokens + config.txt_size
     heads = config.channels // config.head_dim
-    prefill = rows * config.txt_size * (config.channels * (config.expansion + 3)) * 4
-    step = rows * shape.block_size * (config.channels * (config.expansion + 3) * 4 + heads * capacity * 4 * 3)
-    text = 2 * rows * config.txt_size * max(config.txt_dim, 1) * 4
-    return kv_cache_bytes(config, rows, shape.tokens, dtype) + prefill + step + text
+    hidden = config.expansion * config.channels
+    prefill = (10 if dtype == "float32" else 6) * rows * config.txt_size * hidden * 4
+    step = rows * shape.block_size * (10 * hidden * 4 + 3 * heads * capacity * 4)
+    return kv_cache_bytes(config, rows, shape.tokens, dtype) + prefill + step
 
 
 def denoise_bytes(config: FlowConfig, tokens: int, dtype: str) -> int:
     """One row's score step with per-layer recompute: every layer's input (kept for the backward
-    pass) plus one layer's recomputed activations: fp32 attention scores and their gradient,
-    the MLP's hidden states and a few (S, C) arrays."""
-    act = max(DTYPE_BYTES[dtype], 2)
-    inputs = 0
-    longest = 0
+    pass) plus one layer's recomputed activations. Measured (MLX, CPU): 16.6 bytes per attention
+    score (heads x S^2) in fp32, 10.6 in bf16, and 179 / 89 bytes per (S x C) element."""
+    act = DTYPE_BYTES[dtype]
+    inputs, longest = 0, 0
     for i, layers in enumerate(config.layers_per_block):
         length = tokens + (config.txt_size if config.block_has_text(i) else 0)
         inputs += layers * length * config.channels * act
         longest = max(longest, length) if layers else longest
     heads = config.channels // config.head_dim
-    attention = 4 * heads * longest * longest * 4
-    layer = longest * config.channels * (4 * config.expansion + 12) * 4
-    return inputs + attention + layer
+    per_score, per_element = (16.6, 179) if dtype == "float32" else (10.6, 89)
+    return int(inputs + per_score * heads * longest**2 + per_element * longest * config.channels)
 
 
 def decode_bytes(pixels: int, dtype: str) -> int:
-    """SD-VAE decoding of one image: a few full-resolution 128-channel maps (fp32 norms)."""
-    return 8 * pixels * 128 * 4
+    """SD-VAE decoding of one image (convolutions in bands of rows, starflow_mlx.vae.Conv2d):
+    measured 0.48 GB (fp32) and 0.56 GB (bf16, fp32 group norms) at 256x256."""
+    return int((7.4 if dtype == "float32" else 8.5) * pixels * 1024)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,12 +200,13 @@ def estimate_memory(
     vae_parameters: int = 0,
     denoise: bool = True,
 ) -> MemoryEstimate:
-    """Phase by phase, in pipeline order (the VAE stays loaded; T5 is freed before the flow loads)."""
+    """Phase by phase, in pipeline order: T5 is loaded, encodes and is freed; then the flow loads,
+    samples and denoises; the VAE loads for decoding (the flow stays for the next batch)."""
     dtype, text_dtype = precision.dtype, precision.text_dtype
     flow = flow_weight_bytes(config, dtype, precision.quantize, precision.group_size)
     vae = vae_parameters * DTYPE_BYTES[dtype]
     largest = max(math.prod(s) for s in expected_weight_shapes(config).values())
-    phases = {"load flow": vae + flow + largest * (4 + DTYPE_BYTES[dtype])}
+    phases = {"load flow": flow + largest * (4 + DTYPE_BYTES[dtype])}
     weights = {"flow": flow, "vae": vae, "text encoder": 0}
     if t5 is not None:
         text = t5_weight_bytes(t5, text_dtype, precision.text_quantize, precision.group_size)
@@ -213,15 +214,15 @@ def estimate_memory(
         largest_t5 = max(math.prod(s) for s in t5.weight_shapes().values())
         rows = min(shape.batch, 8) + 1  # encode_prompts: chunks of 8 prompts, and ""
         phases = {
-            "load text encoder": vae + text + largest_t5 * (4 + DTYPE_BYTES[text_dtype]),
-            "encode text": vae + text + encode_bytes(t5, rows, config.txt_size, text_dtype),
+            "load text encoder": text + largest_t5 * (4 + DTYPE_BYTES[text_dtype]),
+            "encode text": text + encode_bytes(t5, rows, config.txt_size, text_dtype),
             **phases,
         }
-    phases["sample"] = vae + flow + sample_bytes(config, shape, dtype)
+    phases["sample"] = flow + sample_bytes(config, shape, dtype)
     if denoise and config.noise_std > 0:
-        phases["denoise"] = vae + flow + denoise_bytes(config, shape.tokens, dtype)
+        phases["denoise"] = flow + denoise_bytes(config, shape.tokens, dtype)
     if vae_parameters:
-        phases["decode"] = vae + flow + decode_bytes(shape.pixels, dtype)
+        phases["decode"] = flow + vae + decode_bytes(shape.pixels, dtype)
     return MemoryEstimate(weights, phases)
 
 
