@@ -185,3 +185,29 @@ def test_text_encoder_reads_and_downloads_only_encoder_shards(fake_hub, tmp_path
         resolve("starflow-3b-t2i-256", flow_config=TINY_TEXT_FLOW)
     assert wanted[0] in str(info.value)
     assert not any(name in str(info.value) for name in decoder_only)
+
+
+def test_conversion_cache_is_written_in_the_run_dtype(fake_hub, tmp_path, monkeypatch):
+    """A bf16 run converts the .pth once into bf16 (half the disk); a float32 conversion, when it
+    exists, serves every dtype without converting again."""
+    import json
+    import shutil
+
+    from starflow_core.io import read_safetensors_header
+
+    bf16 = resolve("starflow-3b-t2i-256", flow_config=TINY_TEXT_FLOW, dtype="bfloat16").transformer
+    header = read_safetensors_header(bf16 / "model.safetensors")
+    assert {entry["dtype"] for name, entry in header.items() if name != "__metadata__"} == {"BF16"}
+    fp32 = resolve("starflow-3b-t2i-256", flow_config=TINY_TEXT_FLOW, dtype="float32").transformer
+    assert fp32 != bf16
+    size = (fp32 / "model.safetensors").stat().st_size
+    assert (bf16 / "model.safetensors").stat().st_size < 0.55 * size
+    assert json.loads((bf16 / "config.json").read_text()) == json.loads((fp32 / "config.json").read_text())
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("an existing conversion should have been used")
+
+    monkeypatch.setattr(releases, "convert_official_flow", no_conversion)
+    assert resolve("starflow-3b-t2i-256", flow_config=TINY_TEXT_FLOW, dtype="bfloat16").transformer == bf16
+    shutil.rmtree(bf16)
+    assert resolve("starflow-3b-t2i-256", flow_config=TINY_TEXT_FLOW, dtype="bfloat16").transformer == fp32
