@@ -56,6 +56,8 @@ def test_bfloat16_images_agree_with_float32(folder, twin, jacobi):
     for dtype in ("float32", "bfloat16"):
         pipe = twin.StarFlowPipeline.from_pretrained(folder, dtype=dtype)
         results[dtype] = pipe.generate(PROMPTS, seeds=SEEDS, jacobi=jacobi)
+        weight = pipe.flow.blocks[-1].attn_blocks[0].mlp.main[0].weight
+        assert str(weight.dtype).endswith(dtype)  # the flow (and its KV cache) really ran in `dtype`
     full, half = results["float32"], results["bfloat16"]
     difference = np.abs(full.images - half.images)
     assert 0 < difference.max() <= IMAGE_MAX  # > 0: the bf16 run really ran in bf16
@@ -75,3 +77,47 @@ def test_precision_goes_into_the_png_metadata(folder):
     assert plain["dtype"] == "float32" and plain["quantization"] == "none"
     with pytest.raises(ValueError, match="MLX-only"):
         torch_pipeline.StarFlowPipeline.from_pretrained(folder, text_quantize=8)
+
+
+@pytest.mark.parametrize("twin", ["mlx", "torch"])
+def test_flow_arithmetic_stays_float32_in_bfloat16_models(twin):
+    """A bf16 model's scale, shift, affine map and guidance are float32: only the network runs
+    in bf16. A bf16 step here would round x (values ~4) to 2^-6 and differ by ~1e-2."""
+    import torch
+
+    from starflow_core.presets import preset
+
+    rng = np.random.default_rng(0)
+    z, shift, raw = (rng.standard_normal((2, 16, 4)).astype(np.float32) * 4 for _ in range(3))
+    if twin == "mlx":
+        from starflow_mlx import StarFlow
+        from starflow_mlx.flow_math import guide_scale_shift, scale_and_log_scale, to_data
+
+        block = StarFlow(preset("tiny")).blocks[-1]
+        block.set_dtype(mx.bfloat16)
+        a, b = block.head(mx.random.normal((2, 16, 64)).astype(mx.bfloat16))
+        dtypes = {a.dtype, b.dtype}
+        cast = lambda v: mx.array(v).astype(mx.bfloat16)  # noqa: E731 - network outputs in bf16
+        scale, _ = scale_and_log_scale(cast(raw), True)
+        x = to_data(mx.array(z), cast(shift), scale)
+        guided, _ = guide_scale_shift(cast(shift), scale, cast(shift * 0.5), scale * 1.5, 2.0)
+        out = [np.array(v) for v in (scale, x, guided)]
+        assert dtypes == {mx.float32}
+    else:
+        from starflow_torch import StarFlow
+        from starflow_torch.flow_math import guide_scale_shift, scale_and_log_scale, to_data
+
+        block = StarFlow(preset("tiny")).blocks[-1].to(torch.bfloat16)
+        a, b = block.head(torch.randn(2, 16, 64).to(torch.bfloat16))
+        assert {a.dtype, b.dtype} == {torch.float32}
+        cast = lambda v: torch.from_numpy(v).to(torch.bfloat16)  # noqa: E731
+        scale, _ = scale_and_log_scale(cast(raw), True)
+        x = to_data(torch.from_numpy(z), cast(shift), scale)
+        guided, _ = guide_scale_shift(cast(shift), scale, cast(shift * 0.5), scale * 1.5, 2.0)
+        out = [v.float().numpy() for v in (scale, x, guided)]
+    rounded = lambda v: torch.from_numpy(v).to(torch.bfloat16).float().numpy().astype(np.float64)  # noqa: E731
+    scale64 = np.log1p(np.exp(rounded(raw) + 0.541324854612918))
+    x64 = z.astype(np.float64) * out[0] + rounded(shift)
+    assert all(v.dtype == np.float32 for v in out)
+    np.testing.assert_allclose(out[0], scale64, rtol=1e-5)  # fp32 softplus of the bf16 network output
+    np.testing.assert_allclose(out[1], x64, rtol=1e-5, atol=1e-5)  # fp32 affine map
