@@ -97,10 +97,10 @@ def _skip(tensors: Iterable[tuple[str, mx.array]], names: set[str]) -> Iterable[
 
 
 def _popping(tensors: dict[str, mx.array]) -> Iterable[tuple[str, mx.array]]:
-    """(name, array) taken out of a dict of lazy arrays one by one: an evaluated array held by the
-    dict would keep the file's copy of every tensor alive until the end."""
-    while tensors:
-        name = next(iter(tensors))
+    """(name, array) taken out of a dict of lazy arrays one by one (an evaluated array held by the
+    dict would keep the file's copy of every tensor alive until the end), largest first: the
+    largest conversion's scratch then meets the least resident memory."""
+    for name in sorted(tensors, key=lambda key: tensors[key].nbytes, reverse=True):
         yield name, tensors.pop(name)
 
 

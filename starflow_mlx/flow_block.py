@@ -94,7 +94,7 @@ class FlowBlock(nn.Module):
         that layer's activations in the backward pass (one layer's activations at a time)."""
         for i, layer in enumerate(self.attn_blocks):
             if recompute:
-                h = mx.checkpoint(functools.partial(layer, rope=rope))(h)
+                h = mx.checkpoint(functools.partial(layer, rope=rope, recompute=True))(h)
             else:
                 h = layer(h, rope, cache.layers[i] if cache is not None else None, query_scale)
         return h

@@ -309,8 +309,16 @@ class T5Encoder(nn.Module):
             quantize_now = quantized.__contains__
         for path in dict.fromkeys(file for file, _, _ in sources.values()):
             lazy = mx.load(str(path))  # nothing is read until a tensor is evaluated
-            names = [(ours, theirs) for ours, (file, theirs, _) in sources.items() if file == path]
-            stream_into(model, ((ours, lazy.pop(theirs)) for ours, theirs in names), dtype, quantize_now)
+            # largest first: the embedding's fp32 copy is converted while little else is resident
+            names = sorted(
+                (
+                    (ours, theirs, math.prod(shape))
+                    for ours, (file, theirs, shape) in sources.items()
+                    if file == path
+                ),
+                key=lambda item: -item[2],
+            )
+            stream_into(model, ((ours, lazy.pop(theirs)) for ours, theirs, _ in names), dtype, quantize_now)
         return model
 
 

@@ -408,7 +408,8 @@ class AutoencoderKL(nn.Module):
         weights = sanitize(read_weights(weights_path))  # lazy for safetensors: nothing read yet
         check_weights_match(model, weights, str(weights_path))
         # tensor by tensor into dtype: popped, so the file's copy of each is freed once converted
-        stream_into(model, ((key, weights.pop(key)) for key in list(weights)), dtype)
+        order = sorted(weights, key=lambda key: weights[key].nbytes, reverse=True)  # largest first
+        stream_into(model, ((key, weights.pop(key)) for key in order), dtype)
         return model
 
     @property

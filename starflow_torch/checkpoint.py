@@ -171,9 +171,9 @@ def load_pretrained(
 
 
 def _popping(tensors: dict[str, torch.Tensor], skip: set[str] = frozenset()):
-    """(name, tensor) taken out of the dict one by one, leaving out `skip`."""
-    while tensors:
-        name = next(iter(tensors))
+    """(name, tensor) taken out of the dict one by one, leaving out `skip`, largest first (the
+    largest conversion's scratch then meets the least resident memory)."""
+    for name in sorted(tensors, key=lambda key: tensors[key].nbytes, reverse=True):
         tensor = tensors.pop(name)
         if name not in skip:
             yield name, tensor

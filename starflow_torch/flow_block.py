@@ -90,7 +90,7 @@ class FlowBlock(nn.Module):
         that layer's activations in the backward pass (one layer's activations at a time)."""
         for i, layer in enumerate(self.attn_blocks):
             if recompute:
-                h = torch.utils.checkpoint.checkpoint(layer, h, rope, use_reentrant=False)
+                h = torch.utils.checkpoint.checkpoint(layer, h, rope, recompute=True, use_reentrant=False)
             else:
                 h = layer(h, rope, cache.layers[i] if cache is not None else None, query_scale)
         return h

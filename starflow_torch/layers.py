@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from .kv_cache import LayerCache
@@ -45,6 +46,33 @@ def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + rotated * sin
 
 
+# A recomputed causal attention (the score step) runs this many bytes of fp32 scores per head
+# group, each group recomputed on its own in the backward pass (as starflow_mlx.layers).
+ATTENTION_SCRATCH_BYTES = 8 * 2**20
+
+
+def causal_attention_in_head_groups(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Causal softmax(q k^T scale) v, (B, nh, L, hd), as groups of heads each under
+    torch.utils.checkpoint: the same numbers, one group's scores alive in a gradient."""
+    batch, heads, length, _ = q.shape
+    group = max(1, ATTENTION_SCRATCH_BYTES // (batch * length * length * 4))
+    if group >= heads:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+
+    def attend(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+
+    outs = [
+        torch.utils.checkpoint.checkpoint(
+            attend, q[:, i : i + group], k[:, i : i + group], v[:, i : i + group], use_reentrant=False
+        )
+        for i in range(0, heads, group)
+    ]
+    return torch.cat(outs, dim=1)
+
+
 class Attention(nn.Module):
     def __init__(self, channels: int, head_dim: int, use_bias: bool = True):
         super().__init__()
@@ -60,6 +88,7 @@ class Attention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None,
         cache: LayerCache | None = None,
         query_scale: torch.Tensor | None = None,
+        recompute: bool = False,
     ) -> torch.Tensor:
         """x (B, L, C); rope = (cos, sin) for these L positions, each (L, head_dim).
 
@@ -79,7 +108,9 @@ class Attention(nn.Module):
         if query_scale is not None:
             q = q * query_scale.to(q.dtype)
         scale = self.head_dim**-0.5
-        if cache is None:
+        if cache is None and recompute:  # a gradient recomputing in head groups (the score step)
+            out = causal_attention_in_head_groups(q, k, v, scale)
+        elif cache is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
         else:
             keys, values = cache.write(k, v)  # (B, nh, start + L, hd)
@@ -115,6 +146,13 @@ class TransformerLayer(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None,
         cache: LayerCache | None = None,
         query_scale: torch.Tensor | None = None,
+        recompute: bool = False,
     ) -> torch.Tensor:
+        """recompute (no cache): attention and MLP are each recomputed on their own in the
+        backward pass, so a gradient holds one of them at a time (see FlowBlock.trunk)."""
+        if recompute:
+            checkpoint = torch.utils.checkpoint.checkpoint
+            x = x + checkpoint(lambda h: self.attention(h, rope, recompute=True), x, use_reentrant=False)
+            return x + checkpoint(self.mlp, x, use_reentrant=False)
         x = x + self.attention(x, rope, cache, query_scale)
         return x + self.mlp(x)

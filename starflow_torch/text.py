@@ -40,7 +40,8 @@ def load_t5_encoder(
             f"{folder}: T5 weights do not match config.json; missing keys {missing}, "
             f"unexpected keys {unexpected}, wrong shapes {wrong}"
         )
-    taken = ((ours, files[path].pop(theirs)) for ours, (path, theirs) in sources.items())
+    largest_first = sorted(sources.items(), key=lambda item: -files[item[1][0]][item[1][1]].nbytes)
+    taken = ((ours, files[path].pop(theirs)) for ours, (path, theirs) in largest_first)
     stream_into(model, taken, dtype, device)
     return model.eval()
 

@@ -86,7 +86,8 @@ class AutoencoderKL(diffusers.AutoencoderKL):
         model = build_empty(lambda: cls.from_config(cls.load_config(folder)))  # no memory yet
         weights = sanitize(read_weights(weights_path))  # memory-mapped views
         check_weights_match(model, weights, str(weights_path))
-        stream_into(model, ((key, weights.pop(key)) for key in list(weights)), dtype)  # one at a time
+        order = sorted(weights, key=lambda key: weights[key].nbytes, reverse=True)  # largest first
+        stream_into(model, ((key, weights.pop(key)) for key in order), dtype)  # one at a time
         return model.eval()
 
     @property

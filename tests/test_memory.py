@@ -153,7 +153,14 @@ def test_guided_denoised_generation_peak(run_model, jacobi):
     assert mx.get_active_memory() - before - denoised.nbytes < 0.01 * weights
 
 
-def test_recompute_gives_the_same_score_in_bounded_memory(run_model):
+@pytest.mark.parametrize("head_groups", [False, True], ids=["all-heads", "one-head-groups"])
+def test_recompute_gives_the_same_score_in_bounded_memory(run_model, head_groups, monkeypatch):
+    """Per-layer recompute, attention and MLP recomputed apart, attention in head groups (forced
+    to one head a group here; at these 72 positions all heads fit the scratch budget)."""
+    import starflow_mlx.layers as layers
+
+    if head_groups:
+        monkeypatch.setattr(layers, "ATTENTION_SCRATCH_BYTES", 1)
     model, noise, y = run_model
     x = noise * 0.5
 
@@ -165,8 +172,11 @@ def test_recompute_gives_the_same_score_in_bounded_memory(run_model):
     weights = weight_bytes(model)
     kept, kept_peak = peak_of(lambda: score(False))
     recomputed, recomputed_peak = peak_of(lambda: score(True))
-    # the same operations in the same order, evaluated twice: equal up to fp32 round-off
-    np.testing.assert_allclose(np.array(recomputed), np.array(kept), rtol=1e-5, atol=1e-5)
+    # the same arithmetic, the attention of a head group in its own kernel call (a different GEMM
+    # blocking): fp32 round-off through 12 layers' backward, observed 1.1e-5 of the largest
+    # gradient (~3e3); a wrong rope, mask or head slice moves it by order 1.
+    kept, recomputed = np.array(kept), np.array(recomputed)
+    assert np.abs(recomputed - kept).max() <= 1e-4 * np.abs(kept).max()
     print(
         f"score step: {(kept_peak + weights) / weights:.2f}x keeping every layer's activations, "
         f"{(recomputed_peak + weights) / weights:.2f}x recomputing"
@@ -175,15 +185,20 @@ def test_recompute_gives_the_same_score_in_bounded_memory(run_model):
     assert (recomputed_peak + weights) / weights <= RUN_BOUND
 
 
-def test_torch_recompute_gives_the_same_score():
-    """torch.utils.checkpoint per layer in the torch twin's score step: the same gradient."""
+def test_torch_recompute_gives_the_same_score(monkeypatch):
+    """torch.utils.checkpoint per layer, per sub-block and per head group (forced to one head) in
+    the torch twin's score step: the same gradient."""
+    import starflow_torch.layers as layers
+
+    monkeypatch.setattr(layers, "ATTENTION_SCRATCH_BYTES", 1)
     model = random_torch_model(RUN_CONFIG, scale=0.1)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(1, 4, 8, 8, generator=generator).requires_grad_(True)
     y = torch.randn(1, 8, 64, generator=generator)
     kept = torch.autograd.grad(model.log_prob(x, y).sum(), x)[0]
     recomputed = torch.autograd.grad(model.log_prob(x, y, recompute=True).sum(), x)[0]
-    torch.testing.assert_close(recomputed, kept, rtol=1e-5, atol=1e-5)  # fp32 round-off only
+    # fp32 round-off only (per-group attention kernels), as in the MLX test above
+    assert (recomputed - kept).abs().max() <= 1e-4 * kept.abs().max()
     assert torch.equal(model.denoise(x.detach(), y), model.denoise(x.detach(), y))
 
 
