@@ -23,13 +23,17 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from starflow_core.digits import fit_classifier, load_digits_split, write_demo_index
+from starflow_core.digits import (
+    classify,
+    fit_classifier,
+    held_out_bits_per_dim,
+    load_digits_split,
+    sample_classes,
+)
 from starflow_core.training.files import LATEST_NAME, TORCH_STATE_NAME, save_png
 
 
@@ -65,15 +69,15 @@ def curve_gap(a: dict, b: dict, window: int) -> float:
 
 
 def measure_model(run: dict, split, classifier, per_class: int) -> dict:
-    from starflow_mlx.demo import class_accuracy, held_out_bits_per_dim, load_demo
+    """Held-out bits/dim and class accuracy of a run's EMA weights, sampled by the MLX pipeline."""
+    from starflow_mlx.pipeline import StarFlowPipeline
 
-    with tempfile.TemporaryDirectory() as tmp:
-        pipeline = Path(tmp)
-        shutil.copytree(run["checkpoint"] / "ema", pipeline / "transformer")
-        write_demo_index(pipeline, guidance=1.0)
-        model, _ = load_demo(pipeline)
-        bpd = held_out_bits_per_dim(model, split.test_images, split.test_labels, seed=0)
-        accuracy = {str(g): class_accuracy(model, classifier, per_class, g, seed=0)[0] for g in (0.0, 1.0)}
+    pipe = StarFlowPipeline.from_pretrained(run["checkpoint"] / "ema")  # a flow folder; prompts "0".."9"
+    bpd = held_out_bits_per_dim(pipe, split.test_images, split.test_labels, seed=0)
+    accuracy = {}
+    for guidance in (0.0, 1.0):
+        digits, labels = sample_classes(pipe, per_class, guidance)
+        accuracy[str(guidance)] = float(np.mean(classify(classifier, digits) == labels))
     return {"held_out_bits_per_dim": bpd, "accuracy_by_guidance": accuracy}
 
 
@@ -122,6 +126,9 @@ def main() -> None:
         (same if a["twin"] == b["twin"] else across).append(curve_gap(a, b, args.window))
     if not same or not across:
         raise SystemExit("give at least two seeds of one twin and one run of the other")
+    import starflow_mlx
+
+    starflow_mlx.use_system_blas()  # this script owns its process and samples with MLX only
     split = load_digits_split(seed=0)
     classifier = fit_classifier(split)
     summary = {

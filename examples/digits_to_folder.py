@@ -2,9 +2,11 @@
 
     python examples/digits_to_folder.py runs/digits_png            # train/ and test/ splits
 
-The same stratified split as the demo model's recipe (starflow_core.digits). Grey
-levels 0..16 become pixels round(level * 255 / 16); read back in [-1, 1] they are within
-0.004 of the recipe's values (noise augmentation adds 0.08). Train on it with either twin:
+The stratified split of starflow_core.digits (test/ is the held-out set that
+examples/evaluate_digits.py measures). Grey levels 0..16 become pixels round(level * 255 / 16);
+read back in [-1, 1] they are within 0.004 of the exact values (noise augmentation adds 0.08).
+Folder names 0_zero .. 9_nine keep the labels in digit order. Train the demo model's recipe on
+it with either twin:
 
     python -m starflow_mlx.train --config examples/digits_run.yaml --data runs/digits_png/train
     python -m starflow_torch.train --config examples/digits_run.yaml --data runs/digits_png/train

@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from starflow_core.field_types import check_field_types
 from starflow_core.io import atomic_write_text
+from starflow_core.positions import TEXT_ROPE_FREQUENCIES
 
 FAMILIES = ("starflow", "tarflow")
 
@@ -22,10 +24,26 @@ FAMILIES = ("starflow", "tarflow")
 SEQ_ORDERS = ("L2R", "R2L")
 
 
-NORM_TYPES = ("layer_norm",)
+# Pre-norms of the transformer layers (official norm_type): LayerNorm (eps 1e-5), RMSNorm with
+# the weight stored as an offset (eps 1e-6), or none (the official code builds an identity for
+# any other value). The final and post norms are always RMSNorm.
+NORM_TYPES = ("layer_norm", "rms_norm", "none")
 
 
 VAE_DOWNSAMPLE = 8  # SD-VAE: 256 px images -> 32x32 latents
+
+
+# Options of the official STARFlow Model that TARFlow's model lacks, with their defaults.
+STARFLOW_ONLY_OPTIONS = {
+    "num_heads": None,
+    "num_kv_heads": None,
+    "use_swiglu": False,
+    "use_qk_norm": False,
+    "use_post_norm": False,
+    "hf_style_rope": False,
+    "norm_type": "layer_norm",
+    "use_bias": True,
+}
 
 
 # The official flow implementations (TARFlow's ml-tarflow and STARFlow's ml-starflow)
@@ -49,8 +67,14 @@ class FlowConfig:
     num_blocks: int = 4
     layers_per_block: tuple[int, ...] = (8, 8, 8, 8)
     head_dim: int = 64
+    num_heads: int | None = None  # query heads; None: channels // head_dim
+    num_kv_heads: int | None = None  # grouped key/value heads (GQA); None: num_heads
     expansion: int = 4
+    use_swiglu: bool = False  # MLP gate/up/down projections with a tanh-GELU gate
+    use_qk_norm: bool = False  # RMSNorm of each query and key head before RoPE
+    use_post_norm: bool = False  # RMSNorm of the attention and MLP outputs before the residual add
     rope: bool = False
+    hf_style_rope: bool = False  # RoPE rotates dims (i, i + head_dim/2), not (2i, 2i+1)
     pt_seq_len: int | None = None
     sos: bool = False
     txt_size: int = 0
@@ -68,15 +92,11 @@ class FlowConfig:
     quantization: tuple[int, int] | None = None  # (bits, group_size) of quantized MLX weights
 
     def __post_init__(self) -> None:
-        layers = self.layers_per_block
-        if isinstance(layers, int):
-            layers = (layers,)
-        layers = tuple(int(n) for n in layers)
-        if len(layers) == 1:
-            layers = layers * self.num_blocks
-        object.__setattr__(self, "layers_per_block", layers)
-        if self.quantization is not None:
-            object.__setattr__(self, "quantization", tuple(int(v) for v in self.quantization))
+        if isinstance(self.layers_per_block, int) and not isinstance(self.layers_per_block, bool):
+            object.__setattr__(self, "layers_per_block", (self.layers_per_block,))
+        check_field_types(self)  # e.g. "channels": "128" in a config.json is an error, not a crash
+        if len(self.layers_per_block) == 1:
+            object.__setattr__(self, "layers_per_block", self.layers_per_block * self.num_blocks)
         self._validate()
 
     def _validate(self) -> None:
@@ -88,7 +108,11 @@ class FlowConfig:
         if self.seq_order not in SEQ_ORDERS:
             fail("seq_order", f"must be one of {SEQ_ORDERS}")
         if self.norm_type not in NORM_TYPES:
-            fail("norm_type", "only layer_norm is implemented (rms_norm variants are not supported yet)")
+            fail(
+                "norm_type",
+                f"must be one of {NORM_TYPES} (the official code silently uses no pre-norm for any other "
+                "value: write 'none' if that is what the checkpoint was trained with)",
+            )
         for name in (
             "in_channels",
             "img_size",
@@ -102,8 +126,6 @@ class FlowConfig:
                 fail(name, "must be a positive integer")
         if self.img_size % self.patch_size:
             fail("img_size", f"must be divisible by patch_size={self.patch_size}")
-        if self.channels % self.head_dim:
-            fail("channels", f"must be divisible by head_dim={self.head_dim}")
         if len(self.layers_per_block) != self.num_blocks:
             fail("layers_per_block", f"needs one entry or num_blocks={self.num_blocks} entries")
         if any(n < 0 for n in self.layers_per_block):
@@ -118,10 +140,9 @@ class FlowConfig:
             )
         if self.cond_top_only and self.txt_size == 0:
             fail("cond_top_only", "needs txt_size > 0")
-        if self.rope:
-            half = self.head_dim // 2
-            if self.head_dim % 4 or (self.txt_size > 0 and (half - 8 <= 0 or (half - 8) % 2)):
-                fail("head_dim", "RoPE needs head_dim divisible by 4 (and > 16 with text)")
+        self._validate_heads(fail)
+        if self.pt_seq_len is not None and self.pt_seq_len < 0:
+            fail("pt_seq_len", "must be a positive grid side (None or 0: img_size // patch_size)")
         if self.soft_clip < 0:
             fail("soft_clip", "must be >= 0 (0 disables)")
         if self.noise_std < 0:
@@ -129,6 +150,13 @@ class FlowConfig:
         if self.family == "tarflow":
             if self.rope or self.sos or self.txt_size or self.use_softplus or self.use_final_norm:
                 fail("family", "tarflow models have no rope, sos, text, softplus or final norm")
+            if self.channels % self.head_dim:  # the official TARFlow asserts it
+                fail("channels", f"tarflow needs channels divisible by head_dim={self.head_dim}")
+            variants = [
+                name for name, default in STARFLOW_ONLY_OPTIONS.items() if getattr(self, name) != default
+            ]
+            if variants:
+                fail("family", f"the official TARFlow has none of the options {variants} (STARFlow only)")
             if self.seq_order != "R2L":
                 fail("seq_order", "tarflow permutes like R2L (identity on even blocks)")
         else:
@@ -145,6 +173,27 @@ class FlowConfig:
             if bits not in (4, 8) or group not in (32, 64, 128):
                 fail("quantization", "must be (bits in {4, 8}, group_size in {32, 64, 128})")
 
+    def _validate_heads(self, fail) -> None:
+        """Head counts and RoPE widths: refuse exactly what the official model cannot run."""
+        for name in ("num_heads", "num_kv_heads"):
+            value = getattr(self, name)
+            if value is not None and int(value) <= 0:
+                fail(name, "must be a positive integer, or None for the default")
+        if self.query_heads <= 0:
+            fail("head_dim", f"channels={self.channels} < head_dim gives no attention head; set num_heads")
+        if self.query_heads % self.kv_heads:
+            fail("num_kv_heads", f"must divide the number of query heads ({self.query_heads})")
+        if self.rope:
+            # Angles per head: 2D, head_dim/4 for each of row and column (head_dim % 4 == 0).
+            # 3D (text models): (head_dim/2 - 8)/2 each, plus 8 for the text coordinate, so
+            # head_dim >= 16; at 16 the 8 text frequencies fill the head (SPEC section 1).
+            if self.head_dim % 4:
+                fail("head_dim", "RoPE needs head_dim divisible by 4")
+            if self.txt_size > 0 and self.head_dim < 2 * TEXT_ROPE_FREQUENCIES:
+                fail(
+                    "head_dim", "RoPE with text needs head_dim >= 16 (8 frequencies go to the text position)"
+                )
+
     # ----- derived quantities -------------------------------------------------------
     @property
     def token_dim(self) -> int:
@@ -152,8 +201,19 @@ class FlowConfig:
         return self.in_channels * self.patch_size**2
 
     @property
-    def num_heads(self) -> int:
-        return self.channels // self.head_dim
+    def query_heads(self) -> int:
+        """Attention heads of the queries (official: num_heads or channels // head_dim)."""
+        return self.num_heads or self.channels // self.head_dim
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads, each shared by query_heads // kv_heads query heads (GQA)."""
+        return self.num_kv_heads or self.query_heads
+
+    @property
+    def mlp_width(self) -> int:
+        """Hidden width of the MLP (gate/up projections with SwiGLU)."""
+        return self.channels * self.expansion
 
     @property
     def grid_size(self) -> int:

@@ -1,47 +1,21 @@
 """The scikit-learn digits as flow data, and the quality measures of the demo model.
 
-Framework-free (numpy + scikit-learn): both twins and the examples share it. Images are
-8x8 with grey levels 0..16; the flow sees them scaled to [-1, 1].
+Framework-free (numpy + scikit-learn): the examples and tests share it with either twin.
+Images are 8x8 with grey levels 0..16; the flow sees them scaled to [-1, 1]. The model
+is reached through a twin's `StarFlowPipeline` (the same calls in both), never directly.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import numpy as np
-
-from starflow_core.presets import preset
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 MAX_LEVEL = 16  # load_digits grey levels are 0..16
 LEVEL_STEP = 2.0 / MAX_LEVEL  # one grey level in model units ([-1, 1])
-
-
-DIGITS_CONFIG = preset("digits")  # the embedded demo model
-
-
-@dataclasses.dataclass(frozen=True)
-class DigitsTraining:
-    steps: int = 2000
-    batch_size: int = 64
-    lr: float = 1e-3
-    min_lr: float = 1e-5
-    warmup_steps: int = 200
-    weight_decay: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
-    ema_decay: float = 0.998
-    label_dropout: float = 0.1
-    seed: int = 0
-
-
-def learning_rate(step: int, settings: DigitsTraining) -> float:
-    """Linear warmup, then cosine decay to min_lr."""
-    if step < settings.warmup_steps:
-        return settings.lr * (step + 1) / settings.warmup_steps
-    progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
-    return settings.min_lr + 0.5 * (settings.lr - settings.min_lr) * (1 + math.cos(math.pi * progress))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +50,7 @@ def load_digits_split(test_fraction: float = 0.2, seed: int = 0) -> DigitsSplit:
     return DigitsSplit(x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64))
 
 
+# ----- quality measures ---------------------------------------------------------------------
 def fit_classifier(split: DigitsSplit):
     """An SVC on the 0..16 scale of the real training digits (the judge of generated digits)."""
     from sklearn.svm import SVC
@@ -87,6 +62,29 @@ def fit_classifier(split: DigitsSplit):
 
 def classify(classifier, images: np.ndarray) -> np.ndarray:
     return classifier.predict(to_levels(images).reshape(len(images), -1))
+
+
+def sample_classes(
+    pipe: Any, per_class: int, guidance: float | None = None, first_seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """`per_class` digits of every class from a label pipeline (either twin's StarFlowPipeline,
+    its default sampling: flow inverse, score denoising); guidance None is the model's default.
+    Sample i (classes in order) uses seed first_seed + i. Returns (digits (N, 8, 8) clipped to
+    [-1, 1], labels (N,))."""
+    labels = np.repeat(np.arange(pipe.config.num_classes), per_class)
+    seeds = list(range(first_seed, first_seed + len(labels)))
+    result = pipe.generate([str(label) for label in labels], seeds=seeds, guidance=guidance)
+    return np.clip(result.images[..., 0], -1.0, 1.0), labels  # (N, 8, 8): grey, one channel
+
+
+def held_out_bits_per_dim(pipe: Any, images: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
+    """Mean exact bits/dim (model units) of images (N, 8, 8) with the training noise added, under
+    the flow of either twin's pipeline (the continuous density the flow was trained on)."""
+    rng = np.random.default_rng(seed)
+    noisy = images + pipe.config.noise_std * rng.standard_normal(images.shape).astype(np.float32)
+    x = pipe.noise_array(noisy[:, None])  # numpy (N, 1, 8, 8) -> the twin's layout, dtype, device
+    bits = pipe.flow.bits_per_dim(x, pipe.label_array([int(label) for label in labels]))  # (N,)
+    return float(np.mean(bits.tolist()))  # tolist: the same call for mx.array and torch.Tensor
 
 
 def mean_pairwise_distance(images: np.ndarray, labels: np.ndarray) -> float:
@@ -106,22 +104,3 @@ def mean_pairwise_distance(images: np.ndarray, labels: np.ndarray) -> float:
 def discrete_bits_per_dim(continuous_bpd: float) -> float:
     """Bits/dim of the 17-level data, approximating P(bin) by density x bin width (one grey level)."""
     return continuous_bpd - math.log2(LEVEL_STEP)
-
-
-def write_demo_index(folder, guidance: float, name: str = "starflow-digits-demo") -> None:
-    """model_index.json of the demo pipeline folder (a pixel model: transformer/ only)."""
-    from pathlib import Path
-
-    from starflow_core.generation.settings import GenerationSettings
-    from starflow_core.io import atomic_write_json
-    from starflow_core.sources.pipeline_folder import MODEL_INDEX, PipelineParts, model_index
-
-    folder = Path(folder)
-    parts = PipelineParts(
-        name=name,
-        transformer=folder / "transformer",
-        sampling=GenerationSettings(guidance=guidance),
-        labels=DIGIT_NAMES,
-        default_prompts=tuple(DIGIT_NAMES),
-    )
-    atomic_write_json(folder / MODEL_INDEX, model_index(parts))

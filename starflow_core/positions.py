@@ -4,6 +4,10 @@ Positions are assigned by *sequence index*, before a block permutes its tokens:
 text token k sits at (0, 0, k * P / txt_len), image token (i, j) of an h x w grid at
 (i * P / sqrt(hw), j * P / sqrt(hw), 0), where P is the training grid side. Scaling
 by sqrt(hw) is what lets one model sample other resolutions and aspect ratios.
+
+Pairing: by default dims (2j, 2j+1) rotate together by angle j. The official
+`hf_style_rope` (the Hugging Face convention) pairs dims (j, j + head_dim/2) instead,
+with the same angles; `halves=True` lays the table out for that pairing.
 """
 
 from __future__ import annotations
@@ -20,13 +24,21 @@ def _inverse_frequencies(width: int, step: int) -> np.ndarray:
 
 
 def rope_angles(
-    head_dim: int, height: int, width: int, pt_seq_len: int, txt_len: int = 0, three_d: bool = False
+    head_dim: int,
+    height: int,
+    width: int,
+    pt_seq_len: int,
+    txt_len: int = 0,
+    three_d: bool = False,
+    halves: bool = False,
 ) -> np.ndarray:
-    """Angles (txt_len + height*width, head_dim) float32, each pair (2j, 2j+1) sharing angle j.
+    """Angles (txt_len + height*width, head_dim) float32, each pair (2j, 2j+1) sharing angle j,
+    or with halves=True, each pair (j, j + head_dim/2).
 
     three_d: the model is text-conditioned (txt_size > 0), so every block, with or
     without text, uses 3D positions; txt_len is the number of text tokens this block
-    attends to (0 for blocks without text).
+    attends to (0 for blocks without text). With head_dim 16 the row and column get no
+    frequency: the 8 text frequencies fill the head.
     """
     half = head_dim // 2
     mean_side = np.float32(np.sqrt(height * width))
@@ -56,4 +68,7 @@ def rope_angles(
             raise ValueError("2D RoPE has no text coordinate; text models use 3D positions")
         spatial = _inverse_frequencies(half, 2)
         angles = np.concatenate([row_pos[:, None] * spatial, col_pos[:, None] * spatial], axis=-1)
-    return np.repeat(angles.astype(np.float32), 2, axis=-1)  # (L, head_dim): interleaved pairs
+    angles = angles.astype(np.float32)  # (L, head_dim / 2), one angle per pair
+    if halves:
+        return np.concatenate([angles, angles], axis=-1)  # (L, head_dim): pair j is (j, j + head_dim/2)
+    return np.repeat(angles, 2, axis=-1)  # (L, head_dim): interleaved pairs

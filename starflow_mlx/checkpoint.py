@@ -169,8 +169,21 @@ def save_pretrained(model: nn.Module, folder: str | Path, dtype: mx.Dtype | None
         tensors[name] = value
     with atomic_path(folder / WEIGHTS_NAME) as tmp:
         target = tmp.with_suffix(".safetensors")
-        mx.save_safetensors(
-            str(target), tensors, metadata={"format": "mlx", "config": json.dumps(model.config.to_dict())}
-        )
+        try:
+            write_safetensors(
+                target, tensors, metadata={"format": "mlx", "config": json.dumps(model.config.to_dict())}
+            )
+        except BaseException:
+            target.unlink(missing_ok=True)  # a half-written file (MLX wants the .safetensors suffix)
+            raise
         target.replace(tmp)
     model.config.save(folder / CONFIG_NAME)
+
+
+def write_safetensors(path: Path, tensors: dict[str, mx.array], metadata: dict[str, str]) -> None:
+    """mx.save_safetensors, with a failed write (a full disk) raised as the OSError it is
+    (MLX raises RuntimeError for I/O)."""
+    try:
+        mx.save_safetensors(str(path), tensors, metadata=metadata)
+    except RuntimeError as err:
+        raise OSError(f"cannot write {path}: {err}") from err

@@ -42,10 +42,7 @@ class FlowBlock(nn.Module):
             self.sos_embed = mx.random.normal((1, 1, token_dim))
         if self.has_text:
             self.proj_txt = nn.Linear(config.txt_dim, channels)
-        self.attn_blocks = [
-            TransformerLayer(channels, config.head_dim, config.expansion, config.use_bias)
-            for _ in range(config.layers_per_block[index])
-        ]
+        self.attn_blocks = [TransformerLayer(config) for _ in range(config.layers_per_block[index])]
         if config.use_final_norm:
             self.final_norm = RMSNorm(channels)
         self.proj_out = nn.Linear(channels, out_dim)

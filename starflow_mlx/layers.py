@@ -1,7 +1,9 @@
 """Transformer layers of a flow block (pre-norm attention + MLP), official attribute names.
 
 Weight names follow the official checkpoints: `attention.{norm,qkv,proj}`,
-`mlp.{norm,main.0,main.2}`. Arrays here are token sequences (B, L, C).
+`mlp.{norm,main.0,main.2}`, and for the official options `attention.{query_norm,
+key_norm,post_norm}`, `mlp.{gate_proj,up_proj,down_proj,post_norm}`. Every module takes
+the whole FlowConfig. Arrays here are token sequences (B, L, C).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import math
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+
+from starflow_core.config import FlowConfig
 
 from .blas import blas_status
 from .kv_cache import LayerCache
@@ -48,6 +52,13 @@ class Linear(nn.Linear):
             return super().__call__(x)
         out = (self.weight @ x.reshape(rows, x.shape[-1]).T).T.reshape(*x.shape[:-1], -1)
         return out + self.bias if "bias" in self else out
+
+
+def make_norm(config: FlowConfig) -> nn.Module:
+    """The pre-norm of attention and MLP: LayerNorm (eps 1e-5), offset RMSNorm (eps 1e-6) or none."""
+    if config.norm_type == "none":
+        return nn.Identity()
+    return RMSNorm(config.channels) if config.norm_type == "rms_norm" else nn.LayerNorm(config.channels)
 
 
 def norm_in_float32(norm: nn.Module, x: mx.array) -> mx.array:
@@ -115,6 +126,15 @@ class GELU(nn.Module):
         return gelu_erf(x)
 
 
+def gelu_tanh(x: mx.array) -> mx.array:
+    """The tanh approximation of GELU (torch's approximate="tanh"), the official SwiGLU gate.
+
+    0.5 (1 + tanh(u)) = sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3). (mlx.nn.gelu_approx
+    is a different, sigmoid-based approximation.)
+    """
+    return x * mx.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))
+
+
 _LOG2_E = 1.4426950408889634
 # Taylor coefficients of 2^f = exp(f ln 2) for |f| <= 1/2: degree 7 leaves < 1e-8 relative.
 _EXP2_COEFFICIENTS = tuple(math.log(2.0) ** k / math.factorial(k) for k in range(8))
@@ -138,37 +158,49 @@ def exp_fused(x: mx.array) -> mx.array:
 
 
 def masked_attention(q: mx.array, keys: mx.array, values: mx.array, mask: mx.array, scale: float) -> mx.array:
-    """softmax(q k^T scale | mask) v, q (B, nh, L, hd), keys/values (B, nh, S, hd), mask (L, S) bool.
+    """softmax(q k^T scale | mask) v, q (B, nh, L, hd), keys/values (B, nkv, S, hd), mask (L, S) bool.
 
-    What mx.fast.scaled_dot_product_attention computes; on CPU the softmax's mx.exp
-    dominates it, so this spells it out with exp_fused (fp32 scores).
+    What mx.fast.scaled_dot_product_attention computes, grouped heads included (query
+    head i reads key/value head i // (nh / nkv)); on CPU the softmax's mx.exp dominates
+    it, so this spells it out with exp_fused (fp32 scores).
     """
-    scores = (q * scale) @ keys.swapaxes(-1, -2)  # (B, nh, L, S)
+    B, nh, L, hd = q.shape
+    groups = nh // keys.shape[1]
+    if groups > 1:  # each key/value head serves `groups` consecutive query heads
+        q = q.reshape(B, keys.shape[1], groups, L, hd)
+        keys, values = keys[:, :, None], values[:, :, None]  # (B, nkv, 1, S, hd)
+    scores = (q * scale) @ keys.swapaxes(-1, -2)  # (B, nh, L, S) or (B, nkv, groups, L, S)
     scores = mx.where(mask, scores.astype(mx.float32), -1e30)
     weights = mx.where(mask, exp_fused(scores - mx.max(scores, axis=-1, keepdims=True)), 0.0)
     out = (weights.astype(values.dtype) @ values) / mx.sum(weights, axis=-1, keepdims=True).astype(
         values.dtype
     )
-    return out
+    return out.reshape(B, nh, L, hd)
 
 
 @functools.cache
-def pair_swap(dim: int) -> mx.array:
-    """(dim, dim) signed permutation P with x @ P = (-x1, x0, -x3, x2, ...)."""
+def pair_swap(dim: int, halves: bool = False) -> mx.array:
+    """(dim, dim) signed permutation P with x @ P = (-x1, x0, -x3, x2, ...), the partner of each
+    rotated pair; with halves (hf_style_rope) pairs are (j, j + dim/2): x @ P = (-x[h:], x[:h])."""
     swap = np.zeros((dim, dim), dtype=np.float32)
-    swap[1::2, 0::2] = -np.eye(dim // 2, dtype=np.float32)
-    swap[0::2, 1::2] = np.eye(dim // 2, dtype=np.float32)
+    if halves:
+        half = dim // 2
+        swap[half:, :half] = -np.eye(half, dtype=np.float32)
+        swap[:half, half:] = np.eye(half, dtype=np.float32)
+    else:
+        swap[1::2, 0::2] = -np.eye(dim // 2, dtype=np.float32)
+        swap[0::2, 1::2] = np.eye(dim // 2, dtype=np.float32)
     return mx.array(swap)
 
 
-def rotate_pairs(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
-    """Rotate interleaved pairs (x0, x1) by the angles behind cos/sin: x*cos + (-x1, x0)*sin.
+def rotate_pairs(x: mx.array, cos: mx.array, sin: mx.array, halves: bool = False) -> mx.array:
+    """Rotate pairs (x0, x1) by the angles behind cos/sin: x*cos + (-x1, x0)*sin.
 
-    (-x1, x0) is one exact product with a signed permutation (every output is one input
-    times +-1): on CPU that is one BLAS call, where strided slices and a stack were several
-    copies per layer and step.
+    The partner (-x1, x0) is one exact product with a signed permutation (every output is
+    one input times +-1): on CPU that is one BLAS call, where strided slices and a stack
+    were several copies per layer and step.
     """
-    return x * cos + (x @ pair_swap(x.shape[-1])) * sin
+    return x * cos + (x @ pair_swap(x.shape[-1], halves)) * sin
 
 
 # A recomputed causal attention (the score step) runs this many bytes of fp32 scores per head
@@ -179,31 +211,45 @@ ATTENTION_SCRATCH_BYTES = 8 * 2**20
 
 
 def causal_attention_in_head_groups(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
-    """Causal softmax(q k^T scale) v, (B, nh, L, hd), as groups of heads each under mx.checkpoint:
-    the same numbers, with one group's scores alive in a gradient instead of every head's."""
+    """Causal softmax(q k^T scale) v, q (B, nh, L, hd), k / v (B, nkv, L, hd), as groups of query
+    heads (whole key/value groups) each under mx.checkpoint: the same numbers, with one group's
+    scores alive in a gradient instead of every head's."""
     batch, heads, length, _ = q.shape
+    per_kv = heads // k.shape[1]  # query heads sharing one key/value head (grouped-query attention)
     group = max(1, ATTENTION_SCRATCH_BYTES // (batch * length * length * 4))
+    group = max(per_kv, group // per_kv * per_kv)
     if group >= heads:
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal")
 
     def attend(q, k, v):
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal")
 
-    outs = [
-        mx.checkpoint(attend)(q[:, i : i + group], k[:, i : i + group], v[:, i : i + group])
-        for i in range(0, heads, group)
-    ]
+    outs = []
+    for first in range(0, heads, group):
+        kv = slice(first // per_kv, (first + group) // per_kv)
+        outs.append(mx.checkpoint(attend)(q[:, first : first + group], k[:, kv], v[:, kv]))
     return mx.concatenate(outs, axis=1)
 
 
 class Attention(nn.Module):
-    def __init__(self, channels: int, head_dim: int, use_bias: bool = True):
+    """Causal self-attention with the official options: grouped key/value heads (num_kv_heads),
+    per-head RMSNorm of queries and keys before RoPE (use_qk_norm), RMSNorm of the output
+    (use_post_norm)."""
+
+    def __init__(self, config: FlowConfig):
         super().__init__()
-        self.norm = nn.LayerNorm(channels)
-        self.qkv = Linear(channels, 3 * channels, bias=use_bias)
-        self.proj = Linear(channels, channels, bias=use_bias)
-        self.head_dim = head_dim
-        self.num_heads = channels // head_dim
+        self.head_dim = config.head_dim
+        self.num_heads, self.num_kv_heads = config.query_heads, config.kv_heads
+        self.hf_style_rope = config.hf_style_rope
+        query_width, kv_width = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.norm = make_norm(config)
+        self.qkv = Linear(config.channels, query_width + 2 * kv_width, bias=config.use_bias)
+        self.proj = Linear(query_width, config.channels, bias=config.use_bias)
+        if config.use_qk_norm:
+            self.query_norm = RMSNorm(self.head_dim)
+            self.key_norm = RMSNorm(self.head_dim)
+        if config.use_post_norm:
+            self.post_norm = RMSNorm(config.channels)
 
     def __call__(
         self,
@@ -217,20 +263,23 @@ class Attention(nn.Module):
 
         Without a cache the attention is causal over the L positions. With a cache the
         L new keys/values are written at the cache's position `start` and the queries
-        attend to a fixed-size prefix of the cache through its mask (positions <= their own). query_scale (B, 1, 1, 1) divides
-        the logits per sample: the inverse attention temperature.
+        attend to a fixed-size prefix of the cache through its mask (positions <= their
+        own). query_scale (B, 1, 1, 1) divides the logits per sample: the inverse
+        attention temperature.
         """
-        B, L, C = x.shape
-        normed = norm_in_float32(self.norm, x)
-        qkv = self.qkv(normed).reshape(B, L, 3, self.num_heads, self.head_dim)
-        if rope is not None:  # q and k in one rotation, before the heads move forward
-            cos, sin = (table[:, None, None] for table in rope)  # (L, 1, 1, hd)
-            qk = rotate_pairs(qkv[:, :, :2], cos, sin).astype(x.dtype).transpose(2, 0, 3, 1, 4)
-            q, k = qk[0], qk[1]  # (B, nh, L, hd)
-            v = qkv[:, :, 2].transpose(0, 2, 1, 3)
-        else:
-            qkv = qkv.transpose(2, 0, 3, 1, 4)
-            q, k, v = qkv[0], qkv[1], qkv[2]  # (B, nh, L, hd)
+        B, L, _ = x.shape
+        nh, nkv = self.num_heads, self.num_kv_heads
+        # (B, L, nh + 2 nkv, hd): queries, keys, values head by head (a free reshape)
+        qkv = self.qkv(norm_in_float32(self.norm, x)).reshape(B, L, nh + 2 * nkv, self.head_dim)
+        qk = qkv[:, :, : nh + nkv]  # queries and keys side by side, so one rotation serves both
+        if hasattr(self, "query_norm"):
+            qk = mx.concatenate([self.query_norm(qk[:, :, :nh]), self.key_norm(qk[:, :, nh:])], axis=2)
+        if rope is not None:
+            cos, sin = (table[:, None] for table in rope)  # (L, 1, hd)
+            qk = rotate_pairs(qk, cos, sin, self.hf_style_rope).astype(x.dtype)
+        qk = qk.transpose(0, 2, 1, 3)  # (B, nh + nkv, L, hd)
+        q, k = qk[:, :nh], qk[:, nh:]
+        v = qkv[:, :, nh + nkv :].transpose(0, 2, 1, 3)  # (B, nkv, L, hd)
         if query_scale is not None:
             q = q * query_scale.astype(q.dtype)
         scale = self.head_dim**-0.5
@@ -239,39 +288,49 @@ class Attention(nn.Module):
         elif cache is None:
             out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal")
         else:
-            keys, values = cache.write(k, v)  # (B, nh, visible, hd)
+            keys, values = cache.write(k, v)  # (B, nkv, visible, hd)
             if mx.default_device() == mx.cpu:
                 out = masked_attention(q, keys, values, cache.mask, scale)
             else:
                 out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=scale, mask=cache.mask)
-        return self.proj(out.transpose(0, 2, 1, 3).reshape(B, L, C))
+        out = self.proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))  # (B, L, C)
+        return self.post_norm(out) if hasattr(self, "post_norm") else out
 
 
 class MLP(nn.Module):
-    def __init__(self, channels: int, expansion: int, use_bias: bool = True):
+    """GELU MLP (`main`), or with use_swiglu the gated down(gelu_tanh(gate(x)) * up(x))."""
+
+    def __init__(self, config: FlowConfig):
         super().__init__()
-        self.norm = nn.LayerNorm(channels)
-        # a list, not nn.Sequential, so the weight names are the official `main.0` / `main.2`
-        self.main = [
-            Linear(channels, channels * expansion, bias=use_bias),
-            GELU(),
-            Linear(channels * expansion, channels, bias=use_bias),
-        ]
+        channels, hidden, bias = config.channels, config.mlp_width, config.use_bias
+        self.norm = make_norm(config)
+        if config.use_swiglu:
+            self.gate_proj = Linear(channels, hidden, bias=bias)
+            self.up_proj = Linear(channels, hidden, bias=bias)
+            self.down_proj = Linear(hidden, channels, bias=bias)
+        else:
+            # a list, not nn.Sequential, so the weight names are the official `main.0` / `main.2`
+            self.main = [Linear(channels, hidden, bias=bias), GELU(), Linear(hidden, channels, bias=bias)]
+        if config.use_post_norm:
+            self.post_norm = RMSNorm(channels)
 
     def __call__(self, x: mx.array) -> mx.array:
         h = norm_in_float32(self.norm, x)
-        for layer in self.main:
-            h = layer(h)
-        return h
+        if hasattr(self, "gate_proj"):
+            h = self.down_proj(gelu_tanh(self.gate_proj(h)) * self.up_proj(h))
+        else:
+            for layer in self.main:
+                h = layer(h)
+        return self.post_norm(h) if hasattr(self, "post_norm") else h
 
 
 class TransformerLayer(nn.Module):
     """One pre-norm residual layer (the official AttentionBlock)."""
 
-    def __init__(self, channels: int, head_dim: int, expansion: int, use_bias: bool = True):
+    def __init__(self, config: FlowConfig):
         super().__init__()
-        self.attention = Attention(channels, head_dim, use_bias)
-        self.mlp = MLP(channels, expansion, use_bias)
+        self.attention = Attention(config)
+        self.mlp = MLP(config)
 
     def __call__(
         self,

@@ -112,6 +112,7 @@ class StarFlow(nn.Module):
             config.rope_seq_len,
             txt_len if config.block_has_text(index) else 0,
             three_d=config.txt_size > 0,
+            halves=config.hf_style_rope,
         )
         return mx.array(np.cos(angles)), mx.array(np.sin(angles))
 
@@ -146,6 +147,19 @@ class StarFlow(nn.Module):
             raise ValueError(f"class labels must be < num_classes={self.config.num_classes}")
         return y
 
+    def check_labels(self, y: mx.array | None) -> None:
+        """Integer labels must be classes 0..num_classes-1 or -1 (the null label); a label past
+        the one-hot width would otherwise become an all-zero condition, silently. Not called in
+        __call__, which training compiles (this reads the values)."""
+        if y is None or not self.config.num_classes or mx.issubdtype(y.dtype, mx.floating):
+            return
+        low, high = mx.min(y).item(), mx.max(y).item()
+        if low < -1 or high >= self.config.num_classes:
+            raise ValueError(
+                f"class labels must be 0..{self.config.num_classes - 1} (or -1, the null label), "
+                f"got {high if high >= self.config.num_classes else low}"
+            )
+
     # ----- data -> noise ----------------------------------------------------------------
     def __call__(
         self, x: mx.array, y: mx.array | None = None, *, recompute: bool = False
@@ -171,6 +185,7 @@ class StarFlow(nn.Module):
 
     def log_prob(self, x: mx.array, y: mx.array | None = None, *, recompute: bool = False) -> mx.array:
         """Exact log p(x | y) in nats, (B,): log N(z; 0, var) + log|det|; recompute as in __call__."""
+        self.check_labels(y)
         z, logdet = self(x, y, recompute=recompute)
         z = self.patchify(z).astype(mx.float32)
         var = self.var.astype(mx.float32) if self.config.family == "tarflow" else mx.ones(z.shape[1:])
@@ -250,6 +265,7 @@ class StarFlow(nn.Module):
         """BlockConditions without guidance, and with (2B rows) when guidance > 0."""
         if guidance < 0:
             raise ValueError(f"guidance must be >= 0, got {guidance}")
+        self.check_labels(y)
         text, labels = self.text_features(y, batch), self.class_labels(y, batch)
         plain = BlockConditions(text, labels, 0.0, annealed, attn_temp)
         if guidance == 0:

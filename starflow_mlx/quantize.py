@@ -1,7 +1,7 @@
 """Weight-only quantization of the transformer linears (MLX affine, 4 or 8 bits per weight).
 
-Quantized: every Linear inside the transformer layers (attention qkv/proj, MLP main.0/main.2)
-whose input width is a multiple of the group size. Kept in full precision: the flow's
+Quantized: every Linear inside the transformer layers (attention qkv/proj; MLP main.0/main.2,
+or gate_proj/up_proj/down_proj with SwiGLU) whose input width is a multiple of the group size. Kept in full precision: the flow's
 input/output projections proj_in and proj_out (the affine map's shift and scale come
 straight out of proj_out, and both are tiny) and proj_txt. The rule lives in
 `is_quantized`, and `quantize_model` is what checkpoint.load_pretrained calls for a

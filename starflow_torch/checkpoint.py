@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import mmap
 import pickle
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -39,9 +40,12 @@ def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL (\S+)", str(err))  # torch's message names the refused callable
+        what = f"it references {found[1]}" if found else "it may carry pickled code"
         raise ValueError(
-            f"refused to load {path}: it is not a plain tensor checkpoint (it may carry pickled code). "
-            f"Only state_dicts loadable with torch.load(weights_only=True) are accepted. ({err})"
+            f"refused to load {path}: it is not a plain tensor checkpoint ({what}). Only state_dicts "
+            "loadable with torch.load(weights_only=True) are accepted; if you trust the file, load it "
+            "with torch and re-save its state_dict"
         ) from err
     except (RuntimeError, EOFError, OSError) as err:
         raise ValueError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): {err}") from err
@@ -181,8 +185,6 @@ def _popping(tensors: dict[str, torch.Tensor], skip: set[str] = frozenset()):
 
 def save_pretrained(model: nn.Module, folder: str | Path, dtype: torch.dtype | None = None) -> None:
     """Write config.json and model.safetensors atomically (each file complete or untouched)."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {
@@ -190,5 +192,19 @@ def save_pretrained(model: nn.Module, folder: str | Path, dtype: torch.dtype | N
         for name, t in model.state_dict().items()
     }
     with atomic_path(folder / WEIGHTS_NAME) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", "config": json.dumps(model.config.to_dict())})
+        write_safetensors(
+            tmp, tensors, metadata={"format": "pt", "config": json.dumps(model.config.to_dict())}
+        )
     model.config.save(folder / CONFIG_NAME)
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """safetensors' save_file, with a failed write (a full disk) raised as the OSError it is
+    (safetensors raises its own SafetensorError for I/O)."""
+    import safetensors
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except safetensors.SafetensorError as err:
+        raise OSError(f"cannot write {path}: {err}") from err

@@ -7,7 +7,9 @@ Sampler that gives each process its share of every global batch.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from starflow_core.training.image_folders import (
     check_batches_exist,
     epoch_batches,
     nearest_bucket,
+    shard_fingerprint,
 )
 
 __all__ = [
@@ -39,6 +42,8 @@ __all__ = [
     "check_batches_exist",
     "collate",
     "epoch_batches",
+    "ignore_stop_signals",
+    "workers_start_deaf",
     "nearest_bucket",
 ]
 
@@ -53,7 +58,13 @@ class ImageFolderDataset(ImageFolder, torch.utils.data.Dataset):
 
     def __getitem__(self, ref: SampleRef) -> dict:
         image = self.load_image(ref.index, ref.flip)
-        item = {"image": image, "slot": ref.slot, "corrupt": image is None, **self.target_of(ref.index)}
+        item = {
+            "image": image,
+            "slot": ref.slot,
+            "index": ref.index,
+            "corrupt": image is None,
+            **self.target_of(ref.index),
+        }
         if image is None:  # a placeholder, dropped by collate unless the whole share is corrupt
             item["image"] = torch.zeros(self.channels, *self.image_size_of(ref.index))
         return item
@@ -83,6 +94,9 @@ class LatentShardDataset(torch.utils.data.Dataset):
         if "null_text" in self.index:
             self.null_text = load_file(str(folder / self.index["null_text"]))["text"].float()
         self._handles: dict[int, object] = {}  # opened lazily, per worker process
+
+    def fingerprint(self) -> dict:
+        return shard_fingerprint(self.folder, self.index)
 
     def __len__(self) -> int:
         return len(self.locations)
@@ -132,6 +146,34 @@ class ShardedBatchSampler(torch.utils.data.Sampler):
             yield batch[self.rank * share : (self.rank + 1) * share]
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader worker_init_fn: leave SIGINT / SIGTERM to the main process.
+
+    A signal sent to the whole process group (Ctrl-C, `kill -TERM -PGID`, systemd, SLURM)
+    reaches the workers too; torch's worker handler then exits, and the main process raises
+    instead of finishing its step and saving. Ignoring them here lets the main process stop
+    cleanly; it shuts the workers down itself (and they exit if it dies). Workers start with
+    the signals blocked (`workers_start_deaf`), so one sent before this runs is dropped here.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def workers_start_deaf() -> Iterator[None]:
+    """Block SIGINT / SIGTERM while DataLoader workers are forked (they inherit the mask); the
+    main process gets a signal that arrived meanwhile as soon as the block ends."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def collate(items: list[dict]) -> dict:
     """Stack the readable samples; `corrupt` counts the ones that failed to decode.
 
@@ -139,7 +181,11 @@ def collate(items: list[dict]) -> dict:
     process still runs the forward and backward its peers wait for, at weight 0.
     """
     kept = [item for item in items if not item.get("corrupt", False)]
-    batch: dict = {"corrupt": len(items) - len(kept), "valid": bool(kept)}
+    batch: dict = {
+        "corrupt": len(items) - len(kept),
+        "corrupt_index": [item["index"] for item in items if item.get("corrupt", False)],  # for warnings
+        "valid": bool(kept),
+    }
     kept = kept or items
     batch["slot"] = torch.tensor([item["slot"] for item in kept])
     for key in ("image", "latent", "text_features"):

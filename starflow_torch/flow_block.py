@@ -42,8 +42,7 @@ class FlowBlock(nn.Module):
         if self.has_text:
             self.proj_txt = nn.Linear(config.txt_dim, channels)
         self.attn_blocks = nn.ModuleList(
-            TransformerLayer(channels, config.head_dim, config.expansion, config.use_bias)
-            for _ in range(config.layers_per_block[index])
+            TransformerLayer(config) for _ in range(config.layers_per_block[index])
         )
         if config.use_final_norm:
             self.final_norm = RMSNorm(channels)

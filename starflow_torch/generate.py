@@ -39,11 +39,35 @@ def distributed_rank() -> tuple[int, int, int]:
 
 
 def choose_device(requested: str | None, local_rank: int) -> torch.device:
-    if requested:
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
+    """The --device asked for (checked: it exists on this machine), or CUDA when available."""
+    if not requested:
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+        return torch.device("cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ValueError(f"unknown --device {requested!r}; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"--device {requested}: {why}; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                f"cuda:0..cuda:{torch.cuda.device_count() - 1}"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {requested}: MPS is not available here; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {requested}: only cpu, cuda[:N] and mps are supported")
+    return device
+
+
+def check_dtype_on_device(dtype: str, device: torch.device) -> None:
+    """Half precision fails on CPU in the torch twin (its CPU layer norm needs float32 weights)."""
+    if device.type == "cpu" and dtype in ("float16", "bfloat16"):
+        raise ValueError(f"--dtype {dtype} does not run on CPU in the torch twin; use --dtype float32 on CPU")
 
 
 def peak_memory() -> int:
@@ -63,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def load_pipeline(parts: PipelineParts, args: argparse.Namespace) -> StarFlowPipeline:
         device = choose_device(args.device, local_rank)
+        check_dtype_on_device(args.dtype, device)
         return StarFlowPipeline.from_pretrained(
             parts, dtype=precision(args).dtype, decoder=args.decoder, device=device, strict=args.strict
         )

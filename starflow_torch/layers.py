@@ -1,7 +1,9 @@
 """Transformer layers of a flow block (pre-norm attention + MLP), official attribute names.
 
 Weight names follow the official checkpoints: `attention.{norm,qkv,proj}`,
-`mlp.{norm,main.0,main.2}`. Tensors here are token sequences (B, L, C).
+`mlp.{norm,main.0,main.2}`, and for the official options `attention.{query_norm,
+key_norm,post_norm}`, `mlp.{gate_proj,up_proj,down_proj,post_norm}`. Every module takes
+the whole FlowConfig. Tensors here are token sequences (B, L, C).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
+
+from starflow_core.config import FlowConfig
 
 from .kv_cache import LayerCache
 
@@ -28,6 +32,13 @@ class RMSNorm(nn.Module):
         return (normed * (1.0 + self.weight.float())).type_as(x)
 
 
+def make_norm(config: FlowConfig) -> nn.Module:
+    """The pre-norm of attention and MLP: LayerNorm (eps 1e-5), offset RMSNorm (eps 1e-6) or none."""
+    if config.norm_type == "none":
+        return nn.Identity()
+    return RMSNorm(config.channels) if config.norm_type == "rms_norm" else nn.LayerNorm(config.channels)
+
+
 def norm_in_float32(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Apply a norm in at least fp32 (the official code normalises half-precision input in fp32)."""
     if x.dtype not in (torch.float16, torch.bfloat16):
@@ -39,11 +50,22 @@ def norm_in_float32(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return norm(x.float()).type_as(x)
 
 
-def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs (x0, x1) by the angles behind cos/sin: x*cos + (-x1, x0)*sin."""
-    pairs = x.unflatten(-1, (-1, 2))
-    rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
-    return x * cos + rotated * sin
+def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, halves: bool = False) -> torch.Tensor:
+    """Rotate pairs (x0, x1) by the angles behind cos/sin: x*cos + (-x1, x0)*sin; pairs are
+    (2j, 2j+1), or with halves (hf_style_rope) (j, j + head_dim/2)."""
+    if halves:
+        first, second = x.chunk(2, dim=-1)
+        partner = torch.cat((-second, first), dim=-1)
+    else:
+        pairs = x.unflatten(-1, (-1, 2))
+        partner = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+    return x * cos + partner * sin
+
+
+def repeat_kv_heads(t: torch.Tensor, groups: int) -> torch.Tensor:
+    """(B, nkv, S, hd) -> (B, nkv * groups, S, hd): key/value head j serves query heads
+    j*groups .. j*groups + groups-1 (grouped-query attention, as the official repeat_interleave)."""
+    return t if groups == 1 else t.repeat_interleave(groups, dim=1)
 
 
 # A recomputed causal attention (the score step) runs this many bytes of fp32 scores per head
@@ -74,13 +96,24 @@ def causal_attention_in_head_groups(
 
 
 class Attention(nn.Module):
-    def __init__(self, channels: int, head_dim: int, use_bias: bool = True):
+    """Causal self-attention with the official options: grouped key/value heads (num_kv_heads),
+    per-head RMSNorm of queries and keys before RoPE (use_qk_norm), RMSNorm of the output
+    (use_post_norm)."""
+
+    def __init__(self, config: FlowConfig):
         super().__init__()
-        self.norm = nn.LayerNorm(channels)
-        self.qkv = nn.Linear(channels, 3 * channels, bias=use_bias)
-        self.proj = nn.Linear(channels, channels, bias=use_bias)
-        self.head_dim = head_dim
-        self.num_heads = channels // head_dim
+        self.head_dim = config.head_dim
+        self.num_heads, self.num_kv_heads = config.query_heads, config.kv_heads
+        self.hf_style_rope = config.hf_style_rope
+        query_width, kv_width = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.norm = make_norm(config)
+        self.qkv = nn.Linear(config.channels, query_width + 2 * kv_width, bias=config.use_bias)
+        self.proj = nn.Linear(query_width, config.channels, bias=config.use_bias)
+        if config.use_qk_norm:
+            self.query_norm = RMSNorm(self.head_dim)
+            self.key_norm = RMSNorm(self.head_dim)
+        if config.use_post_norm:
+            self.post_norm = RMSNorm(config.channels)
 
     def forward(
         self,
@@ -94,51 +127,74 @@ class Attention(nn.Module):
 
         Without a cache the attention is causal over the L positions. With a cache the
         L new keys/values are written at the cache's position `start` and the queries
-        attend to the positions written so far through its mask (positions <= their own). query_scale (B, 1, 1, 1) divides
-        the logits per sample: the inverse attention temperature.
+        attend to the positions written so far through its mask (positions <= their
+        own). query_scale (B, 1, 1, 1) divides the logits per sample: the inverse
+        attention temperature.
         """
-        B, L, C = x.shape
-        normed = norm_in_float32(self.norm, x)
-        q, k, v = self.qkv(normed).view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        # q, k, v: (B, nh, L, hd)
+        B, L, _ = x.shape
+        query_width, kv_width = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        q, k, v = self.qkv(norm_in_float32(self.norm, x)).split([query_width, kv_width, kv_width], dim=-1)
+        q = q.view(B, L, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, L, hd)
+        k = k.view(B, L, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, L, hd)
+        v = v.view(B, L, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if hasattr(self, "query_norm"):
+            q, k = self.query_norm(q), self.key_norm(k)
         if rope is not None:
             cos, sin = rope
-            q = rotate_pairs(q, cos, sin).to(x.dtype)
-            k = rotate_pairs(k, cos, sin).to(x.dtype)
+            q = rotate_pairs(q, cos, sin, self.hf_style_rope).to(x.dtype)
+            k = rotate_pairs(k, cos, sin, self.hf_style_rope).to(x.dtype)
         if query_scale is not None:
             q = q * query_scale.to(q.dtype)
         scale = self.head_dim**-0.5
-        if cache is None and recompute:  # a gradient recomputing in head groups (the score step)
-            out = causal_attention_in_head_groups(q, k, v, scale)
-        elif cache is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        groups = self.num_heads // self.num_kv_heads
+        if cache is None:
+            k, v = repeat_kv_heads(k, groups), repeat_kv_heads(v, groups)
+            if recompute:  # a gradient recomputing in head groups (the score step)
+                out = causal_attention_in_head_groups(q, k, v, scale)
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
         else:
-            keys, values = cache.write(k, v)  # (B, nh, start + L, hd)
+            keys, values = cache.write(k, v)  # (B, nkv, start + L, hd)
+            keys, values = repeat_kv_heads(keys, groups), repeat_kv_heads(values, groups)
             out = F.scaled_dot_product_attention(q, keys, values, attn_mask=cache.mask, scale=scale)
-        return self.proj(out.transpose(1, 2).reshape(B, L, C))
+        out = self.proj(out.transpose(1, 2).reshape(B, L, query_width))  # (B, L, C)
+        return self.post_norm(out) if hasattr(self, "post_norm") else out
 
 
 class MLP(nn.Module):
-    def __init__(self, channels: int, expansion: int, use_bias: bool = True):
+    """GELU MLP (`main`), or with use_swiglu the gated down(gelu_tanh(gate(x)) * up(x))."""
+
+    def __init__(self, config: FlowConfig):
         super().__init__()
-        self.norm = nn.LayerNorm(channels)
-        self.main = nn.Sequential(
-            nn.Linear(channels, channels * expansion, bias=use_bias),
-            nn.GELU(),
-            nn.Linear(channels * expansion, channels, bias=use_bias),
-        )
+        channels, hidden, bias = config.channels, config.mlp_width, config.use_bias
+        self.norm = make_norm(config)
+        if config.use_swiglu:
+            self.gate_proj = nn.Linear(channels, hidden, bias=bias)
+            self.up_proj = nn.Linear(channels, hidden, bias=bias)
+            self.down_proj = nn.Linear(hidden, channels, bias=bias)
+        else:
+            self.main = nn.Sequential(
+                nn.Linear(channels, hidden, bias=bias), nn.GELU(), nn.Linear(hidden, channels, bias=bias)
+            )
+        if config.use_post_norm:
+            self.post_norm = RMSNorm(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.main(norm_in_float32(self.norm, x))
+        h = norm_in_float32(self.norm, x)
+        if hasattr(self, "gate_proj"):
+            h = self.down_proj(F.gelu(self.gate_proj(h), approximate="tanh") * self.up_proj(h))
+        else:
+            h = self.main(h)
+        return self.post_norm(h) if hasattr(self, "post_norm") else h
 
 
 class TransformerLayer(nn.Module):
     """One pre-norm residual layer (the official AttentionBlock)."""
 
-    def __init__(self, channels: int, head_dim: int, expansion: int, use_bias: bool = True):
+    def __init__(self, config: FlowConfig):
         super().__init__()
-        self.attention = Attention(channels, head_dim, use_bias)
-        self.mlp = MLP(channels, expansion, use_bias)
+        self.attention = Attention(config)
+        self.mlp = MLP(config)
 
     def forward(
         self,

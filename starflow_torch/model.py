@@ -100,6 +100,7 @@ class StarFlow(nn.Module):
             config.rope_seq_len,
             txt_len if config.block_has_text(index) else 0,
             three_d=config.txt_size > 0,
+            halves=config.hf_style_rope,
         )
         angles = torch.from_numpy(angles).to(device)
         return angles.cos(), angles.sin()
@@ -134,6 +135,18 @@ class StarFlow(nn.Module):
             raise ValueError(f"class labels must be < num_classes={self.config.num_classes}")
         return y
 
+    def check_labels(self, y: torch.Tensor | None) -> None:
+        """Integer labels must be classes 0..num_classes-1 or -1 (the null label); a label of
+        num_classes would otherwise select the null condition, silently."""
+        if y is None or not self.config.num_classes or torch.is_floating_point(y) or y.numel() == 0:
+            return
+        low, high = int(y.min()), int(y.max())
+        if low < -1 or high >= self.config.num_classes:
+            raise ValueError(
+                f"class labels must be 0..{self.config.num_classes - 1} (or -1, the null label), "
+                f"got {high if high >= self.config.num_classes else low}"
+            )
+
     # ----- data -> noise ----------------------------------------------------------------
     def forward(
         self, x: torch.Tensor, y: torch.Tensor | None = None, *, recompute: bool = False
@@ -161,6 +174,7 @@ class StarFlow(nn.Module):
         self, x: torch.Tensor, y: torch.Tensor | None = None, *, recompute: bool = False
     ) -> torch.Tensor:
         """Exact log p(x | y) in nats, (B,): log N(z; 0, var) + log|det|; recompute as in forward."""
+        self.check_labels(y)
         z, logdet = self(x, y, recompute=recompute)
         z = self.patchify(z).float()
         var = self.var.float() if self.config.family == "tarflow" else torch.ones_like(z[0])
@@ -239,6 +253,7 @@ class StarFlow(nn.Module):
         """BlockConditions without guidance, and with (2B rows) when guidance > 0."""
         if guidance < 0:
             raise ValueError(f"guidance must be >= 0, got {guidance}")
+        self.check_labels(y)
         text, labels = self.text_features(y, batch), self.class_labels(y, batch)
         plain = BlockConditions(text, labels, 0.0, annealed, attn_temp)
         if guidance == 0:

@@ -105,6 +105,7 @@ class StarFlowPipeline(PipelineBase):
         parts = hub.resolve(source, flow_config=flow_config, dtype=precision.dtype, strict=strict)
         parts = parts.with_decoder(decoder)
         pipe = cls(parts, None, None, precision=precision, strict=strict, device=device)
+        pipe.decoder  # noqa: B018 - a --decoder given is loaded now: a bad file fails before any work
         if keep_text_encoder:
             pipe.text_encoder = pipe.load_text_encoder()
         return pipe

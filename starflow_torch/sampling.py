@@ -83,7 +83,7 @@ class _BlockSampler:
         self.cache = BlockCache.empty(
             len(block.attn_blocks),
             rows,
-            config.num_heads,
+            config.kv_heads,  # grouped heads: the cache holds only the key/value heads
             self.txt_len + self.num_targets,
             config.head_dim,
             weight.dtype,

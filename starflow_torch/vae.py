@@ -16,6 +16,8 @@ import torch
 
 from starflow_core.official.keys import vae_key_to_diffusers
 
+from .checkpoint import read_official_state_dict, read_safetensors_mapped
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
@@ -34,12 +36,10 @@ def sanitize(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """Memory-mapped: tensors are read as from_pretrained copies them out one by one."""
-    from .checkpoint import read_safetensors_mapped
-
     if path.suffix == ".safetensors":
-        return read_safetensors_mapped(path)
+        return read_safetensors_mapped(path)  # checks the header: clear errors for damaged files
     if path.suffix in (".bin", ".pth", ".pt"):
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return read_official_state_dict(path)  # weights_only; a file carrying code is refused by name
     raise ValueError(f"{path}: unsupported weights file type {path.suffix!r} (.safetensors, .bin, .pth, .pt)")
 
 

@@ -192,3 +192,99 @@ def test_unexpected_tensors_warn_and_strict_refuses(folders, tmp_path):
     strict = run("starflow_mlx.generate", *common, "--strict", "--output", tmp_path / "b.png", tmp=tmp_path)
     assert strict.returncode == 2 and "unexpected (1): blocks.0.unused" in strict.stderr
     assert "Traceback" not in strict.stderr and not (tmp_path / "b.png").exists()
+
+
+# The starflow_arch vectors' model as an official training YAML (flags of the official train.py)
+ARCH_YAML = """\
+arguments:
+- channel_size: 4
+- img_size: 8
+- patch_size: 1
+- channels: 64
+- blocks: 3
+- layers_per_block: 1 1 2
+- head_dim: 32
+- rope: 1
+- adaln: 1
+- sos: 1
+- txt_size: 6
+- cond_top_only: 1
+- use_softplus: 1
+- use_final_norm: 1
+- soft_clip: 4
+- seq_order: L2R
+- use_swiglu: 1
+- norm_type: rms_norm
+- use_qk_norm: 1
+- num_kv_heads: 1
+- use_bias: 0
+- grad_clip: 1
+"""
+
+
+def test_convert_variant_from_official_yaml(tmp_path):
+    """Official variant .pth + its training YAML -> our folder that reproduces the official z."""
+    import torch
+    from safetensors.numpy import load_file
+
+    from starflow_torch import StarFlow
+
+    official = FIXTURES / "starflow_arch"
+    (tmp_path / "arch.yaml").write_text(ARCH_YAML)
+    args = ["flow", official / "official.pth", "--config", tmp_path / "arch.yaml", "--txt-dim", 32]
+    result = run("starflow_mlx.convert", *args, "-o", tmp_path / "flow", tmp=tmp_path)
+    assert result.returncode == 0, result.stderr
+    # adaln builds nothing in the official code: accepted with one line saying so
+    assert result.stderr.splitlines() == [
+        f"starflow-convert: warning: {tmp_path / 'arch.yaml'}: adaln=1 ignored: the official train.py never "
+        "passes adaln to the model, which builds no adaLN"
+    ]
+    io = load_file(str(official / "io.safetensors"))
+    z, _ = StarFlow.from_pretrained(tmp_path / "flow")(torch.from_numpy(io["x"]), torch.from_numpy(io["y"]))
+    error = np.abs(z.detach().numpy() - io["z"]).max() / np.abs(io["z"]).max()
+    assert error < 1e-4  # the official vectors' tolerance (SPEC section 7)
+
+    (tmp_path / "video.yaml").write_text(ARCH_YAML + "- vid_size: '81:16'\n")
+    args[3] = tmp_path / "video.yaml"
+    refused = run("starflow_mlx.convert", *args, "-o", tmp_path / "video", tmp=tmp_path)
+    assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1
+    assert "vid_size='81:16' (video models)" in refused.stderr and not (tmp_path / "video").exists()
+
+
+def test_convert_a_flow_folder_into_a_named_label_pipeline(tmp_path):
+    """How the shipped demo model is packaged: a flow folder (a training checkpoint's ema/) becomes a
+    pipeline folder with a name, class names, default prompts and guidance, stored in float16."""
+    from starflow_core.io import read_safetensors_header
+    from starflow_core.sources.pipeline_folder import read_pipeline_folder
+
+    flow = FIXTURES / "pipeline_v0_1_0" / "transformer"  # a label model with 3 classes, float32
+    out = tmp_path / "pets"
+    args = ["pipeline", "--model", flow, "-o", out, "--name", "pets", "--labels", "cat", "dog", "bird"]
+    result = run(
+        "starflow_mlx.convert", *args, "--default-prompts", "dog", "2", "--guidance", 2.5, "--dtype", "float16",
+        tmp=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    parts = read_pipeline_folder(out)
+    assert (parts.name, parts.labels, parts.default_prompts) == ("pets", ("cat", "dog", "bird"), ("dog", "2"))
+    assert parts.sampling.guidance == 2.5 and not parts.sampling.jacobi  # the rest keep their defaults
+    header = read_safetensors_header(out / "transformer" / "model.safetensors")
+    assert {entry["dtype"] for name, entry in header.items() if name != "__metadata__"} == {"F16"}
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--labels", "cat", "dog"], "2 class names for a flow with num_classes=3"),
+        (["--labels", "cat", "dog", "bird", "--default-prompts", "fish"], "'fish' is not a class"),
+        (["--guidance", "-1"], "guidance (cfg) must be a finite number >= 0"),
+    ],
+)
+def test_convert_pipeline_refuses_bad_descriptions(extra, message, tmp_path, capsys):
+    from starflow_core import convert  # the framework-free command: no BLAS switch in this process
+
+    out = tmp_path / "pets"
+    flow = FIXTURES / "pipeline_v0_1_0" / "transformer"
+    assert convert.main(["pipeline", "--model", str(flow), "-o", str(out), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

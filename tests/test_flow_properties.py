@@ -4,7 +4,8 @@
 - the log-det equals log|det dz/dx| from the brute-force autograd Jacobian (1e-4 of
   its scale, float32 Jacobian by finite-free autograd);
 - the KV-cached sampler equals a reference loop that re-runs the whole causal
-  sequence without a cache for every token (1e-5: same kernels, different shapes).
+  sequence without a cache for every token (1e-5: same kernels, different shapes),
+  also with grouped key/value heads (the cache then holds only the shared heads).
 """
 
 from __future__ import annotations
@@ -49,8 +50,22 @@ NO_SOS_CONFIG = FlowConfig(
     seq_order="R2L",
 )
 
+# the official options: 4 query heads in 2 groups, each sharing one key/value head (the KV
+# cache holds 2), SwiGLU, qk-norm, post-norm; head_dim 16 with text (RoPE on the text coordinate)
+VARIANT_CONFIG = TEXT_CONFIG.replace(
+    channels=64,
+    head_dim=16,
+    num_kv_heads=2,
+    use_swiglu=True,
+    use_qk_norm=True,
+    use_post_norm=True,
+    norm_type="rms_norm",
+)
 
-@pytest.mark.parametrize("config", [TEXT_CONFIG, NO_SOS_CONFIG], ids=["text_sos", "no_sos_patch2"])
+
+@pytest.mark.parametrize(
+    "config", [TEXT_CONFIG, NO_SOS_CONFIG, VARIANT_CONFIG], ids=["text_sos", "no_sos_patch2", "variant_gqa"]
+)
 def test_inverse_of_forward_is_identity(config, tmp_path):
     torch_model, mlx_model = twin_models(config, tmp_path, scale=0.2)
     x, y = random_inputs(config, 2, config.img_size, config.img_size)
@@ -118,8 +133,8 @@ def _reference_sample_torch(model, noise, text):
     return model.unpatchify(tokens, H, W)
 
 
-def test_kv_cached_sampler_equals_cache_free_reference(tmp_path):
-    config = TEXT_CONFIG
+@pytest.mark.parametrize("config", [TEXT_CONFIG, VARIANT_CONFIG], ids=["text_sos", "variant_gqa"])
+def test_kv_cached_sampler_equals_cache_free_reference(config, tmp_path):
     torch_model, mlx_model = twin_models(config, tmp_path, scale=0.2)
     noise, y = random_inputs(config, 2, 4, 4, seed=3)
     with torch.no_grad():

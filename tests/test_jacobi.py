@@ -1,8 +1,9 @@
 """Jacobi sampling equals sequential sampling when iterated to convergence, in both twins.
 
 Models: the "tiny" preset (sos, RoPE, text in the deep block, softplus, final norm,
-soft clip) with random weights whose proj_out and sos are perturbed, so no block is
-the identity and Jacobi has to iterate (bench.build_random_folder).
+soft clip), and the same with grouped key/value heads, with random weights whose
+proj_out and sos are perturbed, so no block is the identity and Jacobi has to iterate
+(bench.build_random_folder).
 """
 
 from __future__ import annotations
@@ -27,10 +28,17 @@ GUIDANCE = 2.0
 BLOCK_SIZE = 8
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny_flow")
-    build_random_folder(preset("tiny"), path, BenchSettings(proj_out_std=0.05))
+MODELS = {
+    "tiny": preset("tiny"),
+    # grouped KV heads: 4 query heads share 2 cached key/value heads (official num_kv_heads)
+    "tiny_gqa": preset("tiny").replace(head_dim=16, num_kv_heads=2),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def folder(tmp_path_factory, request):
+    path = tmp_path_factory.mktemp(request.param)
+    build_random_folder(MODELS[request.param], path, BenchSettings(proj_out_std=0.05))
     return path
 
 

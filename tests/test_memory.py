@@ -224,3 +224,45 @@ def test_vae_convolutions_in_bands_are_exact_and_smaller(monkeypatch):
     # the same dot products: equal up to the BLAS's blocking (observed bit-identical)
     np.testing.assert_allclose(np.array(banded), np.array(whole), rtol=0, atol=1e-5)
     assert banded_peak < 0.5 * whole_peak
+
+
+def test_recompute_with_grouped_query_heads_and_variants(monkeypatch):
+    """Per-head-group recompute with grouped key/value heads (2 query heads per key/value head),
+    SwiGLU, RMS norms and qk-norm: the same score as keeping everything, in both twins."""
+    import starflow_mlx.layers as mlx_layers
+    import starflow_torch.layers as torch_layers
+
+    monkeypatch.setattr(mlx_layers, "ATTENTION_SCRATCH_BYTES", 1)  # one key/value group at a time
+    monkeypatch.setattr(torch_layers, "ATTENTION_SCRATCH_BYTES", 1)
+    config = RUN_CONFIG.replace(
+        head_dim=32,  # 4 query heads over 2 key/value heads
+        layers_per_block=(1, 1, 1, 1, 1, 2),
+        num_kv_heads=2,
+        use_swiglu=True,
+        norm_type="rms_norm",
+        use_qk_norm=True,
+    )
+    torch_model = random_torch_model(config, scale=0.1)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 4, 8, 8, generator=generator)
+    y = torch.randn(1, 8, 64, generator=generator)
+    grads = []
+    for recompute in (False, True):
+        v = x.clone().requires_grad_(True)
+        grads.append(torch.autograd.grad(torch_model.log_prob(v, y, recompute=recompute).sum(), v)[0])
+    assert (grads[1] - grads[0]).abs().max() <= 1e-4 * grads[0].abs().max()  # fp32 round-off
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        torch_model.save_pretrained(folder)
+        model = StarFlow.from_pretrained(folder)
+    xs, ys = mx.array(x.permute(0, 2, 3, 1).numpy()), mx.array(y.numpy())
+    scores = [
+        np.array(mx.grad(lambda v, r=r: mx.sum(model.log_prob(v, ys, recompute=r)))(xs))
+        for r in (False, True)
+    ]
+    assert np.abs(scores[1] - scores[0]).max() <= 1e-4 * np.abs(scores[0]).max()
+    np.testing.assert_allclose(
+        scores[1].transpose(0, 3, 1, 2), grads[0].numpy(), rtol=0, atol=1e-3 * np.abs(scores[0]).max()
+    )

@@ -1,5 +1,6 @@
-"""MLX training, the digits recipe (starflow_mlx.digits): the loss and its gradients match the torch twin on
-the same batch, and a few optimiser steps reduce the loss.
+"""MLX training of the demo model's recipe: on the digits architecture the loss and its gradients
+match the torch twin on the same batch, and the recipe's run file (examples/digits_run.yaml) trains
+in the general MLX trainer.
 
 Tolerance: gradients 1e-4 of each tensor's scale (fp32 kernels of two libraries differ
 in summation order; the backward pass adds one more reduction than the forward).
@@ -7,26 +8,46 @@ in summation order; the backward pass adds one more reduction than the forward).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
+import pytest
 import torch
+from helpers.twins import random_torch_model
 from mlx.utils import tree_flatten
+from PIL import Image
 
-from starflow_core.digits import DIGITS_CONFIG, DigitsTraining, load_digits_split
-from starflow_mlx.digits import loss_and_gradients, train_digits
+from starflow_core.digits import load_digits_split, to_levels
+from starflow_core.presets import preset
+from starflow_core.training.config import load_run_config
 from starflow_mlx.model import StarFlow
-from starflow_torch.model import StarFlow as TorchStarFlow
+from starflow_mlx.training import train
 
-TINY = DIGITS_CONFIG.replace(channels=64, layers_per_block=(1, 1, 1, 1))
+TINY = preset("digits").replace(channels=64, layers_per_block=(1, 1, 1, 1))
+RUN_FILE = Path(__file__).resolve().parents[1] / "examples" / "digits_run.yaml"
+# the official architectural options: 2 query heads share 1 key/value head, SwiGLU, RMSNorm,
+# qk-norm, post-norm, HF-style RoPE, no biases
+TINY_VARIANT = TINY.replace(
+    num_kv_heads=1,
+    use_swiglu=True,
+    norm_type="rms_norm",
+    use_qk_norm=True,
+    use_post_norm=True,
+    hf_style_rope=True,
+    use_bias=False,
+)
 
 
 def max_relative_error(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))
 
 
-def test_loss_and_gradients_match_torch(tmp_path):
-    torch.manual_seed(0)
-    torch_model = TorchStarFlow(TINY)
+@pytest.mark.parametrize("config", [TINY, TINY_VARIANT], ids=["digits", "variant"])
+def test_loss_and_gradients_match_torch(config, tmp_path):
+    # proj_out and the norms perturbed: with proj_out at its zero init no gradient reaches the layers
+    torch_model = random_torch_model(config, seed=0)
     torch_model.save_pretrained(tmp_path)
     model = StarFlow.from_pretrained(tmp_path)
     rng = np.random.default_rng(0)
@@ -35,6 +56,7 @@ def test_loss_and_gradients_match_torch(tmp_path):
 
     torch_loss = torch_model.loss(torch.from_numpy(x), torch.from_numpy(y))
     torch_loss.backward()
+    loss_and_gradients = nn.value_and_grad(model, lambda m, images, labels: m.loss(images, labels))
     loss, grads = loss_and_gradients(model, mx.array(x.transpose(0, 2, 3, 1)), mx.array(y, dtype=mx.int32))
 
     assert abs(loss.item() - torch_loss.item()) <= 1e-4 * abs(torch_loss.item())
@@ -50,7 +72,28 @@ def test_loss_and_gradients_match_torch(tmp_path):
         assert max_relative_error(np.array(grad), want) < 1e-4, name
 
 
-def test_a_few_steps_reduce_the_loss():
-    settings = DigitsTraining(steps=30, batch_size=32, warmup_steps=3)
-    _, history = train_digits(load_digits_split(), TINY, settings, log=lambda line: None, log_every=10)
-    assert history[-1]["loss"] < history[0]["loss"]
+def test_the_digits_run_file_reduces_the_loss(tmp_path):
+    """The recipe's run file on a smaller model (TINY) and 300 digits as grey class folders."""
+    split = load_digits_split()
+    images, labels = split.train_images[:300], split.train_labels[:300]
+    for number, (image, label) in enumerate(zip(images, labels, strict=True)):
+        folder = tmp_path / "digits" / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = np.round(to_levels(image) * (255 / 16)).astype(np.uint8)  # as examples/digits_to_folder.py
+        Image.fromarray(pixels, mode="L").save(folder / f"{number}.png")
+    settings = dict(steps=30, batch_size=32, warmup_steps=3, log_every=10, sample_every=0, num_workers=0)
+    run = load_run_config(
+        RUN_FILE,
+        [
+            f"model.channels={TINY.channels}",
+            f"model.layers_per_block={list(TINY.layers_per_block)}",
+            f"train.data={tmp_path / 'digits'}",
+            f"train.out_dir={tmp_path / 'run'}",
+            *(f"train.{key}={value}" for key, value in settings.items()),
+        ],
+    )
+    assert run.model == TINY
+    losses = train(run).losses
+    # Measured: 0.37 -> -0.09 nats/dim (first vs last 5 steps). Without updates the loss only
+    # varies from batch to batch (0.417-0.434 over 30 batches), so a drop of 0.1 means learning.
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.1

@@ -104,3 +104,27 @@ def test_quantizing_twice_is_an_error(folder):
     model = StarFlow.from_pretrained(folder).quantize(8, GROUP_SIZE)
     with pytest.raises(ValueError, match="already quantized"):
         model.quantize(4, GROUP_SIZE)
+
+
+def test_variant_linears_follow_the_rule(tmp_path, data):
+    """SwiGLU's gate/up/down projections and a grouped-head qkv (no biases) are transformer
+    linears like the others: quantized, and the model stays close to full precision."""
+    x, y = data
+    config = preset("tiny").replace(use_swiglu=True, num_kv_heads=1, use_qk_norm=True, use_bias=False)
+    build_random_folder(config, tmp_path / "full", BenchSettings(proj_out_std=0.05))
+    full = StarFlow.from_pretrained(tmp_path / "full")
+    quantized = StarFlow.from_pretrained(tmp_path / "full").quantize(8, GROUP_SIZE)
+    for block in quantized.blocks:
+        assert type(block.proj_in) is nn.Linear and type(block.proj_out) is nn.Linear
+        for layer in block.attn_blocks:
+            mlp, attention = layer.mlp, layer.attention
+            linears = [attention.qkv, attention.proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+            assert all(isinstance(linear, nn.QuantizedLinear) for linear in linears)
+            assert attention.qkv.weight.shape[0] == 64 + 2 * 32  # 2 query heads, 1 key/value head
+    z_full, _ = full(x, y)
+    z_quant, _ = quantized(x, y)
+    deviation = float(mx.max(mx.abs(z_quant - z_full)) / mx.max(mx.abs(z_full)))
+    assert 0 < deviation < Z_BOUND[8]  # the 8-bit bound above (same widths, same grid step); measured 1.6e-3
+    quantized.save_pretrained(tmp_path / "q8")
+    z_loaded, _ = StarFlow.from_pretrained(tmp_path / "q8")(x, y)
+    assert np.array_equal(np.array(z_quant), np.array(z_loaded))

@@ -128,6 +128,83 @@ CONFIGS = {
     ),
 }
 
+# The official architectural options (transformer_flow.Model), in combinations the official
+# vectors (starflow_arch: SwiGLU, RMSNorm, qk-norm, one KV head, no bias) do not cover.
+_TEXT_MODEL = dict(
+    in_channels=4, img_size=8, patch_size=1, channels=64, num_blocks=3, layers_per_block=(1, 1, 2),
+    head_dim=32, rope=True, sos=True, txt_size=5, txt_dim=16, cond_top_only=True, use_softplus=True,
+    use_final_norm=True, soft_clip=4.0, seq_order="L2R",
+)  # fmt: skip
+CONFIGS.update(
+    {
+        # post-norm after LayerNorm pre-norms, R2L, a training grid (pt_seq_len) of 6, non-square
+        "variant_post_norm_layer_norm_r2l": (
+            FlowConfig(**{**_TEXT_MODEL, "use_post_norm": True, "seq_order": "R2L", "pt_seq_len": 6}),
+            (6, 10),
+        ),
+        # qk-norm, no pre-norm (norm_type none), HF-style RoPE, text in every block, patch 2, no sos
+        "variant_qk_norm_no_prenorm_all_text_patch2": (
+            FlowConfig(
+                **{**_TEXT_MODEL, "in_channels": 3, "patch_size": 2, "cond_top_only": False, "sos": False},
+                use_qk_norm=True,
+                hf_style_rope=True,
+                norm_type="none",
+            ),
+            (8, 8),
+        ),
+        # grouped KV heads (4 query heads share 2), head_dim 16 with text: RoPE is text-only
+        "variant_gqa_2kv_head_dim_16": (
+            FlowConfig(**{**_TEXT_MODEL, "head_dim": 16}, num_kv_heads=2),
+            (8, 8),
+        ),
+        # SwiGLU with biases, RMSNorm, learned pos_embed, unconditional
+        "variant_swiglu_bias_rms_pos_embed": (
+            FlowConfig(
+                in_channels=2,
+                img_size=4,
+                patch_size=1,
+                channels=32,
+                num_blocks=2,
+                layers_per_block=(1, 2),
+                head_dim=16,
+                sos=True,
+                use_softplus=True,
+                seq_order="L2R",
+                use_swiglu=True,
+                norm_type="rms_norm",
+            ),
+            (4, 4),
+        ),  # fmt: skip
+        # everything at once, Gemma-like: explicit heads wider than channels (3 x 16 = 48 > 40),
+        # one KV head, no bias, post-norm, qk-norm, HF RoPE, SwiGLU, RMSNorm, 2D RoPE, patch 2
+        "variant_all_options_no_bias": (
+            FlowConfig(
+                in_channels=3,
+                img_size=8,
+                patch_size=2,
+                channels=40,
+                num_blocks=2,
+                layers_per_block=(1, 2),
+                head_dim=16,
+                num_heads=3,
+                num_kv_heads=1,
+                rope=True,
+                sos=True,
+                use_softplus=True,
+                use_final_norm=True,
+                seq_order="R2L",
+                use_swiglu=True,
+                use_qk_norm=True,
+                use_post_norm=True,
+                hf_style_rope=True,
+                norm_type="rms_norm",
+                use_bias=False,
+            ),
+            (8, 12),
+        ),  # fmt: skip
+    }
+)
+
 
 def _to_torch(y):
     return None if y is None else torch.from_numpy(y)

@@ -1,108 +1,97 @@
 """The official code's argument names -> FlowConfig: constructor arguments and training YAMLs.
 
-Official checkpoints come with the keyword arguments of the official Model constructor
-(apple/ml-starflow transformer_flow.Model) or with the training YAML of its train.py.
-Official features that are not implemented here are refused by name, never ignored.
+Our field names are the official Model constructor's (apple/ml-starflow
+transformer_flow.Model), so a constructor argument that names a FlowConfig field is
+taken as it is. The training YAML holds flags of the official train.py parser; two of
+them are renamed (`YAML_RENAMES`), txt_dim comes from the named text encoder and the
+latent img_size from the VAE. Every other official name is known and is either
+ignored (training settings, and options the official code itself never uses) or, if
+it changes what the model computes and is not implemented here, refused by name unless
+it is at its default. Unknown names are an error, not silently dropped.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from starflow_core.config import VAE_DOWNSAMPLE, FlowConfig, read_json_config
 
-# ----- official argument names -------------------------------------------------------
-# Constructor arguments of the official Model classes that we implement, with the
-# name of our field; constructor arguments absent here but listed in
-# _OFFICIAL_DEFAULT_ONLY are accepted only at their default value.
-_OFFICIAL_TO_OURS = {
-    "in_channels": "in_channels",
-    "img_size": "img_size",
-    "patch_size": "patch_size",
-    "channels": "channels",
-    "num_blocks": "num_blocks",
-    "layers_per_block": "layers_per_block",
-    "head_dim": "head_dim",
-    "expansion": "expansion",
-    "rope": "rope",
-    "pt_seq_len": "pt_seq_len",
-    "sos": "sos",
-    "txt_size": "txt_size",
-    "txt_dim": "txt_dim",
-    "cond_top_only": "cond_top_only",
-    "use_softplus": "use_softplus",
-    "use_final_norm": "use_final_norm",
-    "soft_clip": "soft_clip",
-    "seq_order": "seq_order",
-    "num_classes": "num_classes",
-    "nvp": "nvp",
-    "norm_type": "norm_type",
-    "use_bias": "use_bias",
-    "noise_std": "noise_std",
+# FlowConfig fields that official configurations can set (ours only: family, quantization).
+FLOW_FIELDS = frozenset(f.name for f in dataclasses.fields(FlowConfig)) - {"family", "quantization"}
+
+# Official options that change what the model computes and are not implemented here:
+# name -> (default, what it is). Accepted only at the default.
+NOT_IMPLEMENTED = {
+    "vid_size": (None, "video models"),
+    "fps_cond": (0, "frame-rate conditioning of video prompts"),
+    "temporal_causal": (0, "temporally causal video blocks"),
+    "shallow_block_local": (0, "frame-local attention in the shallow blocks (video)"),
+    "local_attn_window": (None, "windowed attention over video frames"),
+    "top_block_channels": (None, "a deep block wider than the shallow blocks"),
+    "learnable_self_denoiser": (0, "the learned self-denoiser network"),
+    "use_pretrained_lm": (None, "a pretrained language model (Gemma) as the deep block"),
+    "mix_aspect": (0, "prompt augmentation with the aspect ratio"),
+    "cond_noise_level": (0, "prompt augmentation with the noise level"),
 }
 
+# Official Model arguments that are not FlowConfig fields and change nothing computed here:
+# gradient checkpointing (training), use_mm_attn (only read with use_pretrained_lm) and the
+# self-denoiser's settings (only read with learnable_self_denoiser, which is refused).
+CONSTRUCTOR_IGNORED = frozenset(
+    {
+        "use_checkpoint",
+        "use_checkpoint_mlp",
+        "use_mm_attn",
+        "conditional_denoiser",
+        "denoiser_window",
+        "noise_embed_denoiser",
+    }
+)
 
-_OFFICIAL_DEFAULT_ONLY = {
-    "num_heads": None,
-    "num_kv_heads": None,
-    "use_swiglu": False,
-    "use_qk_norm": False,
-    "use_post_norm": False,
-    "hf_style_rope": False,
-    "use_checkpoint": 0,
-    "use_checkpoint_mlp": None,
-    "use_pretrained_lm": None,
-    "use_mm_attn": False,
-    "learnable_self_denoiser": False,
-    "conditional_denoiser": False,
-    "temporal_causal": 0,
-    "top_block_channels": None,
-    "shallow_block_local": False,
-    "denoiser_window": None,
-    "local_attn_window": None,
-    "use_adaln": False,
-}
+# The only STARFlow MLP width: the official Model has no expansion argument (it would land
+# in **unused_kwargs), so its blocks always use the MetaBlock default.
+OFFICIAL_STARFLOW_EXPANSION = 4
 
 
-# Training-only settings; checkpoint loading can ignore them.
-_OFFICIAL_IGNORED = {"use_checkpoint", "use_checkpoint_mlp"}
+def _is_default(value: Any, default: Any) -> bool:
+    return value == default or (not value and not default)  # 0, False and None are all "off"
+
+
+def _not_implemented(values: Mapping[str, Any]) -> list[str]:
+    """`name=value (what)` for every not-implemented option that is switched on."""
+    refused = []
+    for name, (default, what) in NOT_IMPLEMENTED.items():
+        value = values.get(name, default)
+        if _is_default(value, default):
+            continue
+        if name == "top_block_channels" and value == values.get("channels"):
+            continue  # the official code then builds the same width everywhere
+        refused.append(f"{name}={value!r} ({what})")
+    return refused
 
 
 def from_official_arguments(arguments: Mapping[str, Any], family: str = "starflow") -> FlowConfig:
     """Build a FlowConfig from the keyword arguments of the official Model constructor."""
-    values: dict[str, Any] = {"family": family}
-    if family == "tarflow":
-        values.update(seq_order="R2L", nvp=True)
-    else:
-        values["seq_order"] = "R2L"  # the official STARFlow constructor default
-    unsupported = []
-    for key, value in arguments.items():
-        if key in _OFFICIAL_TO_OURS:
-            values[_OFFICIAL_TO_OURS[key]] = value
-        elif key in _OFFICIAL_DEFAULT_ONLY:
-            default = _OFFICIAL_DEFAULT_ONLY[key]
-            if key in _OFFICIAL_IGNORED or value == default or (default in (False, 0) and not value):
-                continue
-            if key == "num_heads" and value == arguments.get("channels", 0) // arguments.get("head_dim", 64):
-                continue
-            unsupported.append(f"{key}={value!r}")
-        else:
-            raise ValueError(
-                f"unknown official constructor argument {key!r}; known: "
-                f"{sorted(set(_OFFICIAL_TO_OURS) | set(_OFFICIAL_DEFAULT_ONLY))}"
-            )
-    if unsupported:
+    unknown = sorted(set(arguments) - FLOW_FIELDS - CONSTRUCTOR_IGNORED - set(NOT_IMPLEMENTED))
+    if unknown:
         raise ValueError(
-            "this checkpoint uses official features not implemented here: " + ", ".join(unsupported)
+            f"unknown official constructor arguments {unknown}; known: "
+            f"{sorted(FLOW_FIELDS | CONSTRUCTOR_IGNORED | set(NOT_IMPLEMENTED))}"
         )
-    for key in ("rope", "sos", "cond_top_only", "use_softplus", "use_final_norm", "nvp", "use_bias"):
-        if key in values:
-            values[key] = bool(values[key])
-    if "soft_clip" in values:
-        values["soft_clip"] = float(values["soft_clip"])
-    return FlowConfig(**values)
+    refused = _not_implemented(arguments)
+    if refused:
+        raise ValueError("this checkpoint uses official features not implemented here: " + ", ".join(refused))
+    expansion = arguments.get("expansion", OFFICIAL_STARFLOW_EXPANSION)
+    if family == "starflow" and expansion != OFFICIAL_STARFLOW_EXPANSION:
+        raise ValueError(
+            f"expansion={expansion!r}: the official STARFlow Model takes no expansion argument and always "
+            f"builds {OFFICIAL_STARFLOW_EXPANSION}x MLPs; drop it (or write our config.json instead)"
+        )
+    return FlowConfig(family=family, **{name: arguments[name] for name in FLOW_FIELDS & set(arguments)})
 
 
 # Hidden sizes of text encoders named in official YAMLs (`text:`), to derive txt_dim.
@@ -115,33 +104,12 @@ TEXT_ENCODER_WIDTH = {
 }
 
 
-# Official train.py argument -> our field, for model-defining keys of the YAML.
-_YAML_TO_OURS = {
-    "channel_size": "in_channels",
-    "img_size": "img_size",
-    "patch_size": "patch_size",
-    "channels": "channels",
-    "blocks": "num_blocks",
-    "layers_per_block": "layers_per_block",
-    "head_dim": "head_dim",
-    "rope": "rope",
-    "pt_seq_len": "pt_seq_len",
-    "sos": "sos",
-    "txt_size": "txt_size",
-    "cond_top_only": "cond_top_only",
-    "use_softplus": "use_softplus",
-    "use_final_norm": "use_final_norm",
-    "soft_clip": "soft_clip",
-    "seq_order": "seq_order",
-    "nvp": "nvp",
-    "norm_type": "norm_type",
-    "use_bias": "use_bias",
-    "noise_std": "noise_std",
-}
+# ----- the official train.py parser ------------------------------------------------------
+# Flags whose names differ from the FlowConfig field they set.
+YAML_RENAMES = {"channel_size": "in_channels", "blocks": "num_blocks"}
 
-
-# official train.py defaults for the keys above that the YAML may omit
-_YAML_DEFAULTS = {
+# Flags that set FlowConfig fields, with the parser's defaults (they apply to keys a YAML omits).
+TRAIN_PARSER_MODEL_DEFAULTS = {
     "channel_size": 3,
     "img_size": 32,
     "patch_size": 4,
@@ -149,96 +117,53 @@ _YAML_DEFAULTS = {
     "blocks": 4,
     "layers_per_block": 8,
     "head_dim": 64,
+    "num_heads": None,
+    "num_kv_heads": None,
     "rope": 0,
     "pt_seq_len": None,
     "sos": 0,
     "txt_size": 0,
     "cond_top_only": 0,
     "use_softplus": 0,
-    "use_final_norm": 0,
-    "soft_clip": 0.0,
-    "seq_order": "R2L",
-    "nvp": 1,
-    "norm_type": "layer_norm",
-    "use_bias": 1,
-    "noise_std": 0.3,
-}
-
-
-# Model-shaping train.py arguments we do not implement: accepted at their defaults only.
-_YAML_DEFAULT_ONLY = {
-    "adaln": 0,
-    "num_heads": None,
-    "num_kv_heads": None,
     "use_swiglu": 0,
     "use_qk_norm": 0,
     "use_post_norm": 0,
-    "use_pretrained_lm": None,
-    "use_mm_attn": 0,
-    "learnable_self_denoiser": 0,
-    "temporal_causal": 0,
-    "top_block_channels": None,
-    "shallow_block_local": 0,
-    "local_attn_window": None,
-    "vid_size": None,
+    "use_final_norm": 0,
+    "use_bias": 1,
+    "norm_type": "layer_norm",
+    "soft_clip": 0.0,
+    "seq_order": "R2L",
+    "noise_std": 0.3,
 }
 
-
-# Training / data / logging arguments of official train.py that do not shape the model.
-_YAML_TRAINING_KEYS = {
-    "no_flip",
-    "fsdp",
-    "fsdp_text_encoder",
-    "batch_size",
-    "lr",
-    "min_lr",
-    "wds",
-    "gradient_checkpoint",
-    "gradient_checkpoint_mlp",
-    "vae",
-    "text",
-    "cfg",
-    "drop_label",
-    "drop_image",
-    "sample_freq",
-    "latent_norm_regularization",
-    "noise_type",
-    "epochs",
-    "epoch_length",
-    "acc",
-    "dataset",
-    "data",
-    "logdir",
-    "mix_aspect",
-    "caption_column",
-    "train_seed",
-    "warmup_steps",
-    "compile",
-    "fp8",
-    "use_8bit_adam",
-    "resume_path",
-    "resume_epoch",
-    "finetuned_vae",
-    "vae_decoder_factor",
-    "secondary_dataset",
-    "secondary_img_size",
-    "secondary_vid_size",
-    "secondary_batch_size",
-    "secondary_ratio",
-    "fps_cond",
-    "last_frame_cond",
-    "video_to_video",
-    "loss_scaling",
-    "cond_noise_level",
-    "conditional_denoiser",
-    "noise_embed_denoiser",
-    "denoiser_window",
-    "model_config_path",
-    "save_freq",
-    "log_freq",
-    "eval_freq",
-    "seed",
+# Flags the official train.py never passes to the model: accepted, with a note when set.
+TRAIN_PARSER_UNUSED_MODEL_FLAGS = {
+    "adaln": (0, "the official train.py never passes adaln to the model, which builds no adaLN"),
+    "nvp": (1, "the official train.py never passes nvp to the model: STARFlow predicts shift and scale"),
 }
+
+# Every other flag of the official train.py parser: data, optimisation, logging, sampling
+# and decoding settings, and options read only by features refused above (NOT_IMPLEMENTED).
+TRAIN_PARSER_OTHER_FLAGS = frozenset(
+    {
+        "model_config_path", "train_seed", "data", "logdir", "dataset", "wds", "no_flip",
+        "caption_column", "secondary_dataset", "secondary_img_size", "secondary_vid_size", "vae",
+        "vae_decoder_factor", "finetuned_vae", "text", "use_mm_attn", "conditional_denoiser",
+        "noise_embed_denoiser", "denoiser_window", "noise_type", "batch_size", "secondary_batch_size",
+        "secondary_ratio", "acc", "fp8", "use_8bit_adam", "epochs", "epoch_length", "lr", "min_lr",
+        "drop_label", "drop_image", "last_frame_cond", "video_to_video", "resume_path", "resume_epoch",
+        "warmup_steps", "fsdp", "fsdp_text_encoder", "gradient_checkpoint", "gradient_checkpoint_mlp",
+        "compile", "latent_norm_regularization", "loss_scaling", "grad_clip", "grad_skip", "dry_run",
+        "wandb_name", "save_every", "sample_freq", "cfg", "num_samples", "sample_batch_size",
+    }
+)  # fmt: skip
+
+TRAIN_PARSER_FLAGS = (
+    set(TRAIN_PARSER_MODEL_DEFAULTS)
+    | set(TRAIN_PARSER_UNUSED_MODEL_FLAGS)
+    | set(NOT_IMPLEMENTED)
+    | TRAIN_PARSER_OTHER_FLAGS
+)
 
 
 def _parse_yaml_arguments(path: Path) -> dict[str, Any]:
@@ -257,6 +182,15 @@ def _parse_yaml_arguments(path: Path) -> dict[str, Any]:
     return values
 
 
+def _layer_counts(value: Any) -> tuple[int, ...]:
+    """The parser's `layers_per_block` (nargs='*'): "2 2 24", [2, 2, 24] or 8."""
+    if isinstance(value, str):
+        return tuple(int(n) for n in value.split())
+    if isinstance(value, list | tuple):
+        return tuple(int(n) for n in value)
+    return (int(value),)
+
+
 def from_official_yaml(path: str | Path, txt_dim: int | None = None) -> FlowConfig:
     """Read an official training YAML (configs/*.yaml of apple/ml-starflow).
 
@@ -265,26 +199,25 @@ def from_official_yaml(path: str | Path, txt_dim: int | None = None) -> FlowConf
     """
     path = Path(path)
     raw = _parse_yaml_arguments(path)
-    unknown = sorted(set(raw) - set(_YAML_TO_OURS) - set(_YAML_DEFAULT_ONLY) - _YAML_TRAINING_KEYS)
+    unknown = sorted(set(raw) - TRAIN_PARSER_FLAGS)
     if unknown:
-        raise ValueError(f"{path}: unknown official arguments {unknown}")
-    unsupported = [
-        f"{key}={raw[key]!r}"
-        for key, default in _YAML_DEFAULT_ONLY.items()
-        if key in raw and raw[key] != default
-    ]
-    if unsupported:
-        raise ValueError(f"{path}: official features not implemented here: {', '.join(unsupported)}")
-    merged = {**_YAML_DEFAULTS, **{k: v for k, v in raw.items() if k in _YAML_TO_OURS}}
-    values = {_YAML_TO_OURS[k]: v for k, v in merged.items()}
-    layers = values["layers_per_block"]
-    if isinstance(layers, str):
-        layers = [int(n) for n in layers.split()]
-    values["layers_per_block"] = tuple(layers) if isinstance(layers, list | tuple) else (int(layers),)
-    for key in ("rope", "sos", "cond_top_only", "use_softplus", "use_final_norm", "nvp", "use_bias"):
-        values[key] = bool(values[key])
-    values["soft_clip"] = float(values["soft_clip"])
-    values["noise_std"] = float(values["noise_std"])
+        raise ValueError(f"{path}: unknown official arguments {unknown} (not flags of the official train.py)")
+    refused = _not_implemented({**TRAIN_PARSER_MODEL_DEFAULTS, **raw})
+    if refused:
+        raise ValueError(f"{path}: official features not implemented here: {', '.join(refused)}")
+    for name, (default, note) in TRAIN_PARSER_UNUSED_MODEL_FLAGS.items():
+        if name in raw and not _is_default(raw[name], default):
+            warnings.warn(f"{path}: {name}={raw[name]!r} ignored: {note}", stacklevel=2)
+
+    flags = {
+        **TRAIN_PARSER_MODEL_DEFAULTS,
+        **{k: v for k, v in raw.items() if k in TRAIN_PARSER_MODEL_DEFAULTS},
+    }
+    values = {YAML_RENAMES.get(name, name): value for name, value in flags.items()}
+    layers = _layer_counts(values["layers_per_block"])
+    values["layers_per_block"] = layers
+    if len(layers) > 1:  # the official train.py takes the block count from the list
+        values["num_blocks"] = len(layers)
     if raw.get("vae"):  # the YAML gives the pixel size; the flow runs on VAE latents (downsample 8)
         values["img_size"] = int(values["img_size"]) // VAE_DOWNSAMPLE
     if values["txt_size"] > 0:

@@ -9,8 +9,6 @@ fit the config fails with every missing, unexpected and mis-shaped name listed.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 from starflow_core.config import FlowConfig
@@ -19,6 +17,7 @@ from starflow_core.official.keys import check_weights, official_to_ours, split_d
 from starflow_core.official.pth_reader import list_pth_tensors
 from starflow_core.official.safetensors_stream import stream_pth_to_safetensors
 from starflow_core.official.shapes import expected_weight_shapes
+from starflow_core.staging import check_output_apart, staged_folder
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -69,18 +68,19 @@ def convert_official_checkpoint(
 
 # ----- official checkpoint -> our format ------------------------------------------------------
 def convert_official_flow(
-    pth: str | Path, config: FlowConfig, out: str | Path, dtype: str = "float32", strict: bool = False
+    pth: str | Path,
+    config: FlowConfig,
+    out: str | Path,
+    dtype: str = "float32",
+    overwrite: bool = True,
+    strict: bool = False,
 ) -> Path:
     """Official `.pth` -> our flow folder in `dtype` (name/shape checks, then one tensor at a
-    time), written into a temporary folder renamed onto `out` when complete."""
+    time), written into a staging folder swapped onto `out` when complete: a failure or an
+    interrupt leaves an existing `out` as it was. Tensors the model does not use are dropped
+    with a warning (an error when `strict`)."""
     out = Path(out)
-    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    check_output_apart(out, [pth])
+    with staged_folder(out, overwrite=overwrite) as staging:
         convert_official_checkpoint(pth, config, staging, dtype=dtype, strict=strict)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out

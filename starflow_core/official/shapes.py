@@ -11,7 +11,9 @@ from starflow_core.config import FlowConfig
 
 def expected_weight_shapes(config: FlowConfig) -> dict[str, tuple[int, ...]]:
     token_dim, channels = config.token_dim, config.channels
-    hidden = channels * config.expansion
+    query_width = config.query_heads * config.head_dim
+    kv_width = config.kv_heads * config.head_dim
+    hidden = config.mlp_width
     out_dim = 2 * token_dim if config.nvp else token_dim
     shapes: dict[str, tuple[int, ...]] = {}
 
@@ -39,12 +41,26 @@ def expected_weight_shapes(config: FlowConfig) -> dict[str, tuple[int, ...]]:
         for layer in range(num_layers):
             prefix = f"{block}.attn_blocks.{layer}"
             for norm in ("attention.norm", "mlp.norm"):
-                shapes[f"{prefix}.{norm}.weight"] = (channels,)
-                shapes[f"{prefix}.{norm}.bias"] = (channels,)
-            linear(f"{prefix}.attention.qkv", channels, 3 * channels, config.use_bias)
-            linear(f"{prefix}.attention.proj", channels, channels, config.use_bias)
-            linear(f"{prefix}.mlp.main.0", channels, hidden, config.use_bias)
-            linear(f"{prefix}.mlp.main.2", hidden, channels, config.use_bias)
+                if config.norm_type != "none":
+                    shapes[f"{prefix}.{norm}.weight"] = (channels,)
+                if config.norm_type == "layer_norm":
+                    shapes[f"{prefix}.{norm}.bias"] = (channels,)
+            bias = config.use_bias
+            linear(f"{prefix}.attention.qkv", channels, query_width + 2 * kv_width, bias)
+            linear(f"{prefix}.attention.proj", query_width, channels, bias)
+            if config.use_qk_norm:
+                shapes[f"{prefix}.attention.query_norm.weight"] = (config.head_dim,)
+                shapes[f"{prefix}.attention.key_norm.weight"] = (config.head_dim,)
+            if config.use_swiglu:
+                linear(f"{prefix}.mlp.gate_proj", channels, hidden, bias)
+                linear(f"{prefix}.mlp.up_proj", channels, hidden, bias)
+                linear(f"{prefix}.mlp.down_proj", hidden, channels, bias)
+            else:
+                linear(f"{prefix}.mlp.main.0", channels, hidden, bias)
+                linear(f"{prefix}.mlp.main.2", hidden, channels, bias)
+            if config.use_post_norm:
+                shapes[f"{prefix}.attention.post_norm.weight"] = (channels,)
+                shapes[f"{prefix}.mlp.post_norm.weight"] = (channels,)
     if config.family == "tarflow":
         shapes["var"] = (config.grid_size**2, token_dim)
     return shapes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from ..data import (
     check_batches_exist,
     collate,
     epoch_batches,
+    ignore_stop_signals,
+    workers_start_deaf,
 )
 from .objective import augment, drop_mask, micro_step_generator
 from .parallel import ProcessInfo
@@ -54,9 +57,15 @@ def batch_stream(
         check_batches_exist(len(batches), len(dataset), global_batch, train.buckets)
         sampler = ShardedBatchSampler(batches, info.rank, info.world_size, start)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=sampler, collate_fn=collate, num_workers=train.num_workers
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=train.num_workers,
+            worker_init_fn=ignore_stop_signals if train.num_workers else None,
         )
-        for number, batch in enumerate(loader, start=start + 1):
+        with workers_start_deaf() if train.num_workers else contextlib.nullcontext():
+            batches_of_epoch = iter(loader)  # forks the workers
+        for number, batch in enumerate(batches_of_epoch, start=start + 1):
             yield epoch, number, batch
         epoch, start = epoch + 1, 0
 

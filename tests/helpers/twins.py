@@ -11,14 +11,15 @@ from starflow_core.config import FlowConfig
 
 
 def random_torch_model(config: FlowConfig, seed: int = 0, scale: float = 0.05):
-    """A torch StarFlow with non-trivial weights: proj_out perturbed (it starts at zero)."""
+    """A torch StarFlow with non-trivial weights: proj_out (it starts at zero) and every norm
+    weight perturbed, so each norm (query_norm and key_norm too) has weights of its own."""
     from starflow_torch import StarFlow
 
     torch.manual_seed(seed)
     model = StarFlow(config).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if "proj_out" in name or "final_norm" in name:
+            if "proj_out" in name or "norm" in name:
                 param.add_(scale * torch.randn_like(param))
     return model
 
