@@ -109,8 +109,25 @@ def write_t5_folder(folder: Path, t5: T5Shape | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     config = dict(T5_CONFIG_JSON, num_layers=t5.num_layers)
     (folder / "config.json").write_text(json.dumps(config))
-    scale = lambda name: 1.0 if "layer_norm" in name else 0.05  # noqa: E731
-    write_random_safetensors(folder / "model.safetensors", t5.weight_shapes(), "float32", scale, seed=1)
+    write_random_safetensors(
+        folder / "model.safetensors", t5.weight_shapes(), "float32", t5_scale(t5), seed=1
+    )
+
+
+def t5_scale(t5: T5Shape) -> Callable[[str], float]:
+    """transformers' T5 initialisation (factor 1): the scales that keep activations of order one,
+    so quantization errors are measured on a well-conditioned network."""
+
+    def scale(name: str) -> float:
+        if "layer_norm" in name or name.startswith("shared"):
+            return 1.0
+        if name.endswith(".q.weight"):
+            return (t5.d_model * t5.d_kv) ** -0.5
+        if name.endswith((".o.weight", ".wo.weight")):
+            return (t5.num_heads * t5.d_kv if ".o." in name else t5.d_ff) ** -0.5
+        return t5.d_model**-0.5  # k, v, wi
+
+    return scale
 
 
 def write_flow_folder(folder: Path, config: FlowConfig, dtype: str) -> None:
