@@ -22,11 +22,11 @@ from collections.abc import Sequence
 import torch
 
 from starflow_core.generation import cli as generate_cli
+from starflow_core.generation.precision import Precision
+from starflow_core.generation.resources import physical_memory
 from starflow_core.sources.pipeline_folder import PipelineParts
 
-from .pipeline import StarFlowPipeline
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from .pipeline import StarFlowPipeline, auto_dtype
 
 
 def distributed_rank() -> tuple[int, int, int]:
@@ -82,16 +82,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     rank, world_size, local_rank = distributed_rank()
 
+    def precision(args: argparse.Namespace) -> Precision:
+        return Precision(auto_dtype(args.dtype, choose_device(args.device, local_rank)))
+
     def load_pipeline(parts: PipelineParts, args: argparse.Namespace) -> StarFlowPipeline:
         device = choose_device(args.device, local_rank)
         check_dtype_on_device(args.dtype, device)
         return StarFlowPipeline.from_pretrained(
-            parts, dtype=DTYPES[args.dtype], decoder=args.decoder, device=device
+            parts, dtype=precision(args).dtype, decoder=args.decoder, device=device, strict=args.strict
         )
+
+    def available_memory(args: argparse.Namespace) -> tuple[int, str]:
+        device = choose_device(args.device, local_rank)
+        if device.type == "cuda":
+            return torch.cuda.get_device_properties(
+                device
+            ).total_memory, f"{torch.cuda.get_device_name(device)}"
+        return physical_memory(), "physical memory"
 
     backend = generate_cli.Backend(
         load=load_pipeline,
         peak_memory=peak_memory,
+        precision=precision,
+        memory=available_memory,
         rank=rank,
         world_size=world_size,
     )

@@ -30,8 +30,11 @@ def convert_official_checkpoint(
     out_dir: str | Path,
     dtype: str = "float32",
     overwrite: bool = False,
+    strict: bool = False,
 ) -> dict[str, list[str]]:
-    """Write `out_dir/config.json` and `out_dir/model.safetensors`; return written and dropped names."""
+    """Write `out_dir/config.json` and `out_dir/model.safetensors`; return written and dropped names.
+
+    Tensors the model does not use are dropped with a warning (an error when `strict`)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     pth_path, out_dir = Path(pth_path), Path(out_dir)
@@ -42,11 +45,13 @@ def convert_official_checkpoint(
         raise FileExistsError(f"{weights_path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     infos = list_pth_tensors(pth_path)
     kept, dropped = split_deprecated(infos, config.family)
-    check_weights(
+    unexpected = check_weights(
         expected_weight_shapes(config),
         {official_to_ours(name): tuple(infos[name].shape) for name in kept},
         str(pth_path),
+        strict,
     )
+    dropped += [name for name in kept if official_to_ours(name) in set(unexpected)]
     out_dir.mkdir(parents=True, exist_ok=True)
     result = stream_pth_to_safetensors(
         pth_path,
@@ -63,13 +68,19 @@ def convert_official_checkpoint(
 
 # ----- official checkpoint -> our format ------------------------------------------------------
 def convert_official_flow(
-    pth: str | Path, config: FlowConfig, out: str | Path, dtype: str = "float32", overwrite: bool = True
+    pth: str | Path,
+    config: FlowConfig,
+    out: str | Path,
+    dtype: str = "float32",
+    overwrite: bool = True,
+    strict: bool = False,
 ) -> Path:
-    """Official `.pth` -> our flow folder (convert.official: strict name/shape checks, then one
-    tensor at a time), written into a staging folder swapped onto `out` when complete: a
-    failure or an interrupt leaves an existing `out` as it was."""
+    """Official `.pth` -> our flow folder in `dtype` (name/shape checks, then one tensor at a
+    time), written into a staging folder swapped onto `out` when complete: a failure or an
+    interrupt leaves an existing `out` as it was. Tensors the model does not use are dropped
+    with a warning (an error when `strict`)."""
     out = Path(out)
     check_output_apart(out, [pth])
     with staged_folder(out, overwrite=overwrite) as staging:
-        convert_official_checkpoint(pth, config, staging, dtype=dtype)
+        convert_official_checkpoint(pth, config, staging, dtype=dtype, strict=strict)
     return out
