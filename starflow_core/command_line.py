@@ -7,21 +7,79 @@
          stderr; the command's own cleanup (staging folders) has run, nothing partial is left
 
 Bugs (anything else) still show their traceback: they are ours to fix, not the user's.
+
+Every command is built on `command_parser`: its `prog` is the installed name (COMMANDS), it
+answers `--version`, and `--help` shows each option's default.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import pickle
 import signal
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
+# module -> installed names (pyproject [project.scripts]); the first is the command's name,
+# the others are the names of version 0.1.0, kept as aliases
+COMMANDS = {
+    "starflow_mlx.generate": ("starflow-mlx-generate", "starflow-generate"),
+    "starflow_torch.generate": ("starflow-torch-generate", "starflow-sample"),
+    "starflow_mlx.train": ("starflow-mlx-train",),
+    "starflow_torch.train": ("starflow-torch-train", "starflow-train"),
+    "starflow_mlx.encode_dataset": ("starflow-mlx-encode-dataset",),
+    "starflow_torch.encode_dataset": ("starflow-torch-encode-dataset", "starflow-encode-dataset"),
+    "starflow_mlx.convert": ("starflow-mlx-convert", "starflow-convert"),
+    "starflow_torch.convert": ("starflow-torch-convert",),
+    "starflow_mlx.memory_report": ("starflow-mlx-memory-report",),
+    "starflow_torch.memory_report": ("starflow-torch-memory-report",),
+}
+
 # what a user's input, files or machine can cause; every such error names its fix
 USER_ERRORS = (ValueError, OSError, NotImplementedError, pickle.UnpicklingError)
+
+
+class HelpWithDefaults(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's line breaks (its usage examples) and appends each option's
+    default to its help, unless the help already says it, there is none (None, an empty list)
+    or the option is a switch (takes no value: its default is only "not given")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        default = action.default
+        if (
+            "default" in help_text
+            or default is None
+            or default == []
+            or default is argparse.SUPPRESS
+            or action.nargs == 0
+            or not action.option_strings
+        ):
+            return help_text
+        return f"{help_text} (default: %(default)s)" if help_text else "(default: %(default)s)"
+
+
+def command_name(module: str) -> str:
+    """The name a command shows (`prog`): the installed name it was started by, else its first."""
+    names = COMMANDS[module]
+    invoked = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    return invoked if invoked in names else names[0]
+
+
+def command_parser(module: str, description: str | None) -> argparse.ArgumentParser:
+    """An argument parser named after the installed command, with --version and defaults in --help."""
+    from starflow_core.version import package_version
+
+    parser = argparse.ArgumentParser(
+        prog=command_name(module), description=description, formatter_class=HelpWithDefaults
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    return parser
 
 
 def one_line(message: str) -> str:

@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from starflow_core.command_line import EXIT_USAGE, run_command
+from starflow_core.command_line import EXIT_USAGE, HelpWithDefaults, command_parser, run_command
 from starflow_core.config import FlowConfig
 from starflow_core.generation.inputs import prompts_to_labels
 from starflow_core.official.arguments import from_official_yaml, resolve_config
@@ -44,12 +44,15 @@ __all__ = ["EXIT_USAGE", "build_parser", "main", "run"]
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def build_parser(prog: str = "starflow-convert") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+def build_parser(module: str = "starflow_mlx.convert") -> argparse.ArgumentParser:
+    """The options of `module` (starflow_mlx.convert or starflow_torch.convert)."""
+    parser = command_parser(module, __doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     flow = commands.add_parser(
-        "flow", help="an official .pth (or one of our flow folders) -> our flow folder"
+        "flow",
+        help="an official .pth (or one of our flow folders) -> our flow folder",
+        formatter_class=HelpWithDefaults,
     )
     flow.add_argument("source", type=Path, help="official .pth checkpoint, or our flow folder to re-save")
     config = flow.add_mutually_exclusive_group()
@@ -61,7 +64,9 @@ def build_parser(prog: str = "starflow-convert") -> argparse.ArgumentParser:
     add_output_arguments(flow)
 
     pipeline = commands.add_parser(
-        "pipeline", help="a pipeline folder (flow, and vae + text encoder where the model needs them)"
+        "pipeline",
+        help="a pipeline folder (flow, and vae + text encoder where the model needs them)",
+        formatter_class=HelpWithDefaults,
     )
     pipeline.add_argument(
         "--model",
@@ -80,7 +85,13 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", type=Path, required=True, help="folder to write")
     parser.add_argument("--dtype", choices=DTYPES, help="store floating-point weights in this dtype")
     parser.add_argument("--quantize", type=int, choices=(4, 8), help="MLX-quantize the flow to 4 or 8 bits")
-    parser.add_argument("--group-size", type=int, default=64, choices=(32, 64, 128))
+    parser.add_argument(
+        "--group-size",
+        type=int,
+        default=64,
+        choices=(32, 64, 128),
+        help="weights sharing one quantization scale",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 
@@ -205,11 +216,12 @@ def run(args: argparse.Namespace, resave: Resaver) -> int:
 
 
 def main(
-    argv: Sequence[str] | None = None, resave: Resaver = no_resaver, prog: str = "starflow-convert"
+    argv: Sequence[str] | None = None, resave: Resaver = no_resaver, module: str = "starflow_mlx.convert"
 ) -> int:
-    """The conversion command; `resave` (a twin's) casts or quantizes our flow folders."""
-    parser = build_parser(prog)
+    """The conversion command of `module`; `resave` (its twin's) casts or quantizes our flow folders."""
+    parser = build_parser(module)
     args = parser.parse_args(argv)
+    prog = parser.prog
     warnings.simplefilter("default")  # notes (e.g. an official flag with no effect): one line each
     warnings.formatwarning = lambda message, *_args, **_kwargs: f"{prog}: warning: {message}\n"
     return run_command(prog, lambda: run(args, resave))

@@ -33,7 +33,7 @@ def resave(folder: Path, out: Path, dtype: str | None, bits: int | None, group_s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return convert.main(argv, resave=resave, prog="starflow-convert")
+    return convert.main(argv, resave=resave, module="starflow_mlx.convert")
 
 
 if __name__ == "__main__":

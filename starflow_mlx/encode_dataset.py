@@ -27,7 +27,7 @@ from .training.encode import encode_dataset
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = encode_argument_parser("starflow-mlx-encode", __doc__.splitlines()[0])
+    parser = encode_argument_parser("starflow_mlx.encode_dataset", __doc__.splitlines()[0])
     return parser.parse_args(argv)
 
 
@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         return index
 
-    return encode_command("starflow-mlx-encode", args, encode)
+    return encode_command("starflow_mlx.encode_dataset", args, encode)
 
 
 if __name__ == "__main__":

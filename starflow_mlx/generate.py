@@ -52,7 +52,7 @@ def available_memory(args: argparse.Namespace | None = None) -> tuple[int, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = generate_cli.build_parser("starflow-generate", "Generate images with STARFlow (MLX).")
+    parser = generate_cli.build_parser("starflow_mlx.generate", "Generate images with STARFlow (MLX).")
     mx.reset_peak_memory()
     backend = generate_cli.Backend(
         load=load_pipeline,

@@ -28,6 +28,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
+from starflow_core.command_line import command_parser, run_command
 from starflow_core.generation import memory_report as report
 from starflow_core.generation.resources import RunShape, T5Shape, estimate_memory
 
@@ -216,7 +217,7 @@ def text_quantization_effect(root: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="starflow-mlx-memory-report", description=__doc__.split("\n\n")[0])
+    parser = command_parser("starflow_mlx.memory_report", __doc__.split("\n\n")[0])
     parser.add_argument("--options", nargs="+", choices=list(report.OPTIONS), default=list(report.OPTIONS))
     parser.add_argument(
         "--work-dir", type=Path, help="where the random weight files go (13 GB; default: temp)"
@@ -227,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-reference", action="store_true", help="skip issue 17's 164M / 1,024-token run")
     args = parser.parse_args(argv)
+    return run_command(parser.prog, lambda: report_memory(args))
+
+
+def report_memory(args: argparse.Namespace) -> int:
+    """Write the weight files, measure each phase, print the report (and its JSON)."""
     on_gpu = mx.default_device() == mx.gpu
     info = mx.device_info()
     device = f"MLX {mx.default_device()} ({info.get('device_name', info.get('architecture', '?'))})"

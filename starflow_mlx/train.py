@@ -26,7 +26,7 @@ from .training import load_run_config, train
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return train_command("starflow-mlx-train", __doc__.splitlines()[0], argv, load_run_config, train)
+    return train_command("starflow_mlx.train", __doc__.splitlines()[0], argv, load_run_config, train)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ def resave(folder: Path, out: Path, dtype: str | None, bits: int | None, group_s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return convert.main(argv, resave=resave, prog="starflow-torch-convert")
+    return convert.main(argv, resave=resave, module="starflow_torch.convert")
 
 
 if __name__ == "__main__":

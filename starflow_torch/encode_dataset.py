@@ -23,7 +23,7 @@ from .training.encode import encode_dataset
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = encode_argument_parser("starflow-encode", __doc__.splitlines()[0])
+    parser = encode_argument_parser("starflow_torch.encode_dataset", __doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser.parse_args(argv)
 
@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         return index
 
-    return encode_command("starflow-encode", args, encode)
+    return encode_command("starflow_torch.encode_dataset", args, encode)
 
 
 if __name__ == "__main__":

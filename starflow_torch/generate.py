@@ -78,7 +78,7 @@ def peak_memory() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = generate_cli.build_parser(
-        "starflow-torch-generate", "Generate images with STARFlow (PyTorch).", torch=True
+        "starflow_torch.generate", "Generate images with STARFlow (PyTorch).", torch=True
     )
     rank, world_size, local_rank = distributed_rank()
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from starflow_core.command_line import command_parser, run_command
 from starflow_core.generation import memory_report as report
 from starflow_core.generation.resources import RunShape, T5Shape, estimate_memory
 
@@ -156,9 +157,7 @@ def measure(root: Path, device: torch.device, full_compute: bool) -> list[report
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="starflow-torch-memory-report", description=__doc__.split("\n\n")[0]
-    )
+    parser = command_parser("starflow_torch.memory_report", __doc__.split("\n\n")[0])
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument(
         "--work-dir", type=Path, help="where the random weight files go (13 GB; default: temp)"
@@ -168,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
         "--keep-files", action="store_true", help="keep the weight files (reused when present)"
     )
     args = parser.parse_args(argv)
+    return run_command(parser.prog, lambda: report_memory(args))
+
+
+def report_memory(args: argparse.Namespace) -> int:
+    """Write the weight files, measure each phase, print the report (and its JSON)."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     on_gpu = device.type == "cuda"
     name = torch.cuda.get_device_name(device) if on_gpu else "CPU"

@@ -20,7 +20,7 @@ from .training import load_run_config, train
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return train_command("starflow-train", __doc__.splitlines()[0], argv, load_run_config, train)
+    return train_command("starflow_torch.train", __doc__.splitlines()[0], argv, load_run_config, train)
 
 
 if __name__ == "__main__":

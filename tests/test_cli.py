@@ -236,7 +236,7 @@ def test_convert_variant_from_official_yaml(tmp_path):
     assert result.returncode == 0, result.stderr
     # adaln builds nothing in the official code: accepted with one line saying so
     assert result.stderr.splitlines() == [
-        f"starflow-convert: warning: {tmp_path / 'arch.yaml'}: adaln=1 ignored: the official train.py never "
+        f"starflow-mlx-convert: warning: {tmp_path / 'arch.yaml'}: adaln=1 ignored: the official train.py never "
         "passes adaln to the model, which builds no adaLN"
     ]
     io = load_file(str(official / "io.safetensors"))

@@ -119,7 +119,7 @@ def test_disk_check_names_the_downloads_and_refuses_before_any(tmp_path, monkeyp
         precision=lambda args: Precision("float32" if args.dtype == "auto" else args.dtype),
         memory=lambda args: (10**12, "test machine"),
     )
-    parser = generate_cli.build_parser("generate", "test", torch=True)
+    parser = generate_cli.build_parser("starflow_torch.generate", "test", torch=True)
     argv = ["a cat", "--model", "starflow-3b-t2i-256", "--output", str(tmp_path / "x.png")]
     with pytest.raises(resource_check.InsufficientResourcesError) as info:
         generate_cli.run(parser.parse_args(argv), backend)
@@ -148,7 +148,7 @@ def test_first_run_disk_counts_only_what_is_missing(tmp_path, monkeypatch):
 
 
 def test_run_shape_follows_the_flags():
-    parser = generate_cli.build_parser("generate", "test")
+    parser = generate_cli.build_parser("starflow_mlx.generate", "test")
     args = parser.parse_args(["a", "--height", "128", "--width", "256", "--cfg", "0", "--sequential"])
     sizes = resource_check.model_sizes("starflow-3b-t2i-256")
     shape = generate_cli.run_shape(args, sizes, jobs=3)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from starflow_core.command_line import EXIT_USAGE, run_command
+from starflow_core.command_line import EXIT_USAGE, command_parser, run_command
 from starflow_core.generation.images import enlarge_for_viewing, make_grid, save_png
 from starflow_core.generation.inputs import (
     aspect_ratio_size,
@@ -64,8 +64,9 @@ class Backend:
     world_size: int = 1
 
 
-def build_parser(prog: str, description: str, torch: bool = False) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+def build_parser(module: str, description: str, torch: bool = False) -> argparse.ArgumentParser:
+    """The options of `module` (starflow_mlx.generate or starflow_torch.generate)."""
+    parser = command_parser(module, description)
     parser.add_argument("prompts", nargs="*", help="prompt(s); class names or indices for label models")
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     parser.add_argument("--prompt-file", type=Path, help="a text file with one prompt per line")
@@ -121,7 +122,9 @@ def build_parser(prog: str, description: str, torch: bool = False) -> argparse.A
         action="store_true",
         help="run even if the memory or disk estimate says this machine cannot hold it",
     )
-    parser.add_argument("--output", type=Path, default=Path("starflow.png"), help="PNG file or directory")
+    parser.add_argument(
+        "-o", "--output", type=Path, default=Path("starflow.png"), help="PNG file or directory"
+    )
     parser.add_argument("--grid", action="store_true", help="write one grid image instead of one per image")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument(

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
+import sys
 from collections.abc import Sequence
 
-from starflow_core.command_line import run_command
+from starflow_core.command_line import EXIT_INTERRUPTED, command_name, command_parser, run_command
 
 
-def parse_train_arguments(prog: str, description: str, argv: Sequence[str] | None = None) -> tuple:
+def parse_train_arguments(module: str, description: str, argv: Sequence[str] | None = None) -> tuple:
     """The trainers' shared command line: (arguments, the `section.key=value` overrides)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = command_parser(module, description)
     parser.add_argument("--config", help="run file (JSON or YAML) with model and train sections")
     parser.add_argument(
         "--set",
@@ -21,7 +21,14 @@ def parse_train_arguments(prog: str, description: str, argv: Sequence[str] | Non
         help="override one setting, e.g. --set train.lr=1e-4 --set model.preset=tiny (repeatable)",
     )
     parser.add_argument("--data", help="shortcut for --set train.data=...")
-    parser.add_argument("--out-dir", help="shortcut for --set train.out_dir=...")
+    parser.add_argument(
+        "-o",
+        "--output",
+        "--out-dir",
+        dest="out_dir",
+        metavar="FOLDER",
+        help="run folder; shortcut for --set train.out_dir=...",
+    )
     parser.add_argument("--steps", type=int, help="shortcut for --set train.steps=...")
     parser.add_argument("--resume", help="checkpoint folder, or a run folder (continues from its latest)")
     parser.add_argument(
@@ -40,9 +47,11 @@ def parse_train_arguments(prog: str, description: str, argv: Sequence[str] | Non
     return args, overrides
 
 
-def train_command(prog: str, description: str, argv: Sequence[str] | None, load_run_config, train) -> int:
-    """Both trainers' `main`: parse, train, report; user errors exit 2 with one line (no traceback)."""
-    args, overrides = parse_train_arguments(prog, description, argv)
+def train_command(module: str, description: str, argv: Sequence[str] | None, load_run_config, train) -> int:
+    """Both trainers' `main`: parse, train, report; user errors exit 2 with one line (no traceback),
+    a stop signal (Ctrl-C, SIGTERM) 130 once the checkpoint of the last finished step is saved."""
+    args, overrides = parse_train_arguments(module, description, argv)
+    prog = command_name(module)
 
     def body() -> int:
         run = load_run_config(args.config, overrides)
@@ -52,6 +61,13 @@ def train_command(prog: str, description: str, argv: Sequence[str] | None, load_
         state = "stopped" if result.interrupted else "finished"
         if result.checkpoint is not None:
             print(f"{state} at step {result.progress.step}; checkpoint {result.checkpoint}")
+        if result.signalled:  # saved, but not the run asked for: a shell or scheduler must see that
+            where = f" --resume {result.checkpoint}" if result.checkpoint is not None else " --resume"
+            print(
+                f"{prog}: interrupted; step {result.progress.step} is saved, continue with{where}",
+                file=sys.stderr,
+            )
+            return EXIT_INTERRUPTED
         return 0
 
     return run_command(prog, body)

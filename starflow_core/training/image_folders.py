@@ -394,11 +394,20 @@ def describe_shards(index: dict) -> str:
     )
 
 
-def encode_argument_parser(prog: str, description: str) -> argparse.ArgumentParser:
+def encode_argument_parser(module: str, description: str) -> argparse.ArgumentParser:
     """The encoders' shared command line (each twin may add its own options)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    from starflow_core.command_line import command_parser
+
+    parser = command_parser(module, description)
     parser.add_argument("--images", required=True, help="image folder (metadata.jsonl or class subfolders)")
-    parser.add_argument("--out", required=True, help="output folder for the shards and index.json")
+    parser.add_argument(
+        "-o",
+        "--output",
+        "--out",
+        dest="out",
+        required=True,
+        help="output folder for the shards and index.json",
+    )
     parser.add_argument("--vae", required=True, help="AutoencoderKL folder (diffusers layout)")
     parser.add_argument("--text-encoder", help="T5 folder with tokenizer files (text conditioning)")
     parser.add_argument("--conditioning", choices=CONDITIONINGS, default="text")
@@ -408,18 +417,20 @@ def encode_argument_parser(prog: str, description: str) -> argparse.ArgumentPars
         "--multiple", type=int, default=8, help="bucket sides are multiples of this (VAE x patch)"
     )
     parser.add_argument("--buckets", action="store_true", help="aspect-ratio buckets instead of 1:1 crops")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--shard-size", type=int, default=1024)
-    parser.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
+    parser.add_argument("--batch-size", type=int, default=16, help="images encoded together")
+    parser.add_argument("--shard-size", type=int, default=1024, help="samples per shard file")
+    parser.add_argument(
+        "--dtype", choices=("float16", "bfloat16", "float32"), default="float16", help="stored latents"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     return parser
 
 
-def encode_command(prog: str, args: argparse.Namespace, encode) -> int:
+def encode_command(module: str, args: argparse.Namespace, encode) -> int:
     """Both encoders' command: `encode(out)` writes the shards of args.images into the folder
     `out`, a staging folder swapped onto args.out when complete (an existing one is replaced
     only then, and only with --overwrite); errors exit 2 with one line, Ctrl-C 130."""
-    from starflow_core.command_line import run_command
+    from starflow_core.command_line import command_name, run_command
     from starflow_core.staging import check_output_apart, staged_folder
 
     def body() -> int:
@@ -432,4 +443,4 @@ def encode_command(prog: str, args: argparse.Namespace, encode) -> int:
         print(f"wrote {out}: {describe_shards(index)}")
         return 0
 
-    return run_command(prog, body)
+    return run_command(command_name(module), body)

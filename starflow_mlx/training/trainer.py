@@ -41,7 +41,8 @@ class TrainResult:
     progress: Progress
     losses: list[float] = field(default_factory=list)  # mean loss of every step of this invocation
     checkpoint: Path | None = None
-    interrupted: bool = False
+    interrupted: bool = False  # stopped before train.steps (a stop signal, or stop_at_step)
+    signalled: bool = False  # the stop came from a signal (Ctrl-C, SIGTERM), not from stop_at_step
 
 
 def train(
@@ -157,7 +158,8 @@ class Trainer:
         while p.step < self.train.steps:
             metrics = self.step(stream)
             result.losses.append(metrics["loss"])
-            stopping = stop.received or p.step == stop_at_step
+            signalled = stop.received
+            stopping = signalled or p.step == stop_at_step
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", skipped=p.skipped_steps)
             if p.step % self.train.log_every == 0 or p.step == self.train.steps:
@@ -172,7 +174,7 @@ class Trainer:
             if p.step % self.train.save_every == 0 or p.step == self.train.steps or stopping:
                 result.checkpoint = self.save()
             if stopping:
-                result.interrupted = True
+                result.interrupted, result.signalled = True, signalled
                 break
 
     def _progress_bar(self):

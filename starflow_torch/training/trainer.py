@@ -43,7 +43,8 @@ class TrainResult:
     progress: state.Progress
     losses: list[float] = field(default_factory=list)  # mean loss of every step of this invocation
     checkpoint: Path | None = None
-    interrupted: bool = False
+    interrupted: bool = False  # stopped before train.steps (a stop signal, or stop_at_step)
+    signalled: bool = False  # the stop came from a signal (Ctrl-C, SIGTERM), not from stop_at_step
 
 
 def train(
@@ -199,10 +200,11 @@ class Trainer:
                     f"dropped and step {p.step} is saved",
                     file=sys.stderr,
                 )
-                result.checkpoint, result.interrupted = self.save(), True
+                result.checkpoint, result.interrupted, result.signalled = self.save(), True, True
                 break
             result.losses.append(metrics["loss"])
-            stopping = self._agree(stop.received) or p.step == stop_at_step
+            signalled = self._agree(stop.received)
+            stopping = signalled or p.step == stop_at_step
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", skipped=p.skipped_steps)
@@ -219,7 +221,7 @@ class Trainer:
             if p.step % self.train.save_every == 0 or p.step == self.train.steps or stopping:
                 result.checkpoint = self.save()
             if stopping:
-                result.interrupted = True
+                result.interrupted, result.signalled = True, signalled
                 break
 
     def _progress_bar(self):

@@ -232,7 +232,7 @@ def signal_to_process_group(ws: Path) -> list[Outcome]:
     )
     if "DataLoader worker died" in stderr:  # saved anyway, but the workers should have ignored the signal
         saved.append("a DataLoader worker died of the signal")
-    return [judge("train-sigterm-to-process-group", "torch", result, 0, None, saved)]
+    return [judge("train-sigterm-to-process-group", "torch", result, 130, "continue with --resume", saved)]
 
 
 def interrupted_generate(ws: Path, twin: str) -> list[Outcome]:
