@@ -116,7 +116,7 @@ def test_missing_text_encoder_names_its_repo(fake_hub, monkeypatch):
     import shutil
 
     shutil.rmtree(fake_hub / "models--google--flan-t5-xl" / "snapshots" / COMMIT)
-    with pytest.raises(MissingModelFileError, match="hf download google/flan-t5-xl --include"):
+    with pytest.raises(MissingModelFileError, match="hf download google/flan-t5-xl config.json spiece.model"):
         resolve("starflow-3b-t2i-256", flow_config=TINY_TEXT_FLOW)
 
 
@@ -211,3 +211,100 @@ def test_conversion_cache_is_written_in_the_run_dtype(fake_hub, tmp_path, monkey
     assert resolve("starflow-3b-t2i-256", flow_config=TINY_TEXT_FLOW, dtype="bfloat16").transformer == bf16
     shutil.rmtree(bf16)
     assert resolve("starflow-3b-t2i-256", flow_config=TINY_TEXT_FLOW, dtype="bfloat16").transformer == fp32
+
+
+def no_downloads(monkeypatch):
+    """Any download attempt (not a cache lookup) fails the test."""
+    real_file, real_snapshot = huggingface_hub.hf_hub_download, huggingface_hub.snapshot_download
+
+    def file_download(*args, **kwargs):
+        assert kwargs.get("local_files_only"), "a download was attempted"
+        return real_file(*args, **kwargs)
+
+    def snapshot_download(*args, **kwargs):
+        assert kwargs.get("local_files_only"), "a download was attempted"
+        return real_snapshot(*args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", file_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+
+
+@pytest.fixture
+def partial_hub(tmp_path, monkeypatch, sources):
+    """A cache with part of the release: the VAE's config (not its weights), the T5 config and
+    weight index (not its tokenizer or the encoder shard the index names), no flow checkpoint."""
+    cache = tmp_path / "hf_cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("STARFLOW_MLX_CACHE", str(tmp_path / "converted"))
+    add_to_fake_hub(
+        cache, "stabilityai/sd-vae-ft-ema", {"config.json": sources["vae"] / "config.json"}, COMMIT
+    )
+    index = tmp_path / "index.json"
+    index.write_text(
+        '{"weight_map": {"encoder.block.0.layer.0.SelfAttention.q.weight": "model-00001-of-00002.safetensors",'
+        ' "decoder.block.0.layer.0.SelfAttention.q.weight": "model-00002-of-00002.safetensors"}}'
+    )
+    t5 = {"config.json": sources["t5"] / "config.json", "model.safetensors.index.json": index}
+    add_to_fake_hub(cache, "google/flan-t5-xl", t5, COMMIT)
+    return cache
+
+
+@pytest.mark.parametrize("why", ["HF_HUB_OFFLINE", "no network"])
+def test_offline_names_every_missing_file_at_once(why, partial_hub, monkeypatch):
+    """One error, before any download, naming each missing file and one `hf download` per repo."""
+    no_downloads(monkeypatch)
+    if why == "HF_HUB_OFFLINE":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+
+        def unreachable(*args, **kwargs):
+            raise OSError("[Errno 101] Network is unreachable")
+
+        monkeypatch.setattr(hub.socket, "create_connection", unreachable)
+    with pytest.raises(MissingModelFileError) as info:
+        resolve("starflow-3b")
+    message = str(info.value)
+    assert ("HF_HUB_OFFLINE is set" if why == "HF_HUB_OFFLINE" else "cannot be reached") in message
+    commands = [line.strip() for line in message.splitlines() if line.strip().startswith("hf download")]
+    assert commands == [  # one per repo, exact names (positional: every `hf` reads them alike)
+        "hf download apple/starflow starflow_3B_t2i_256x256.pth",
+        "hf download stabilityai/sd-vae-ft-ema config.json diffusion_pytorch_model.safetensors",
+        "hf download google/flan-t5-xl config.json spiece.model model.safetensors.index.json "
+        "model-00001-of-00002.safetensors",  # the encoder's shard only, read from the cached index
+    ]
+    listed = {line.split(":")[0].strip(): line.split(":", 1)[1] for line in message.splitlines()[1:4]}
+    assert listed["apple/starflow"].strip() == "starflow_3B_t2i_256x256.pth"
+    assert (
+        listed["stabilityai/sd-vae-ft-ema"].strip() == "diffusion_pytorch_model.safetensors"
+    )  # config cached
+    assert listed["google/flan-t5-xl"].strip() == "spiece.model, model-00001-of-00002.safetensors"
+
+
+def test_an_unanswered_connection_is_given_up_quickly(monkeypatch):
+    """A network that swallows packets (or a name lookup that hangs) costs `timeout`, not retries."""
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(hub.socket, "create_connection", lambda *args, **kwargs: time.sleep(30))
+    start = time.monotonic()
+    reason = hub.hub_unreachable_reason(timeout=0.2)
+    assert "did not answer" in reason
+    assert time.monotonic() - start < 5  # 0.2 s asked; 5 s leaves room for a loaded machine, not for 30 s
+
+
+def test_a_reachable_hub_lets_downloads_be_tried(monkeypatch):
+    class Connection:
+        def close(self):
+            pass
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.example:8443")
+    seen = []
+    monkeypatch.setattr(
+        hub.socket, "create_connection", lambda address, timeout: seen.append(address) or Connection()
+    )
+    assert hub.hub_unreachable_reason() is None and seen == [("hub.example", 8443)]

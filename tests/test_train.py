@@ -183,7 +183,10 @@ def test_sigterm_saves_and_resume_matches(tmp_path):
         time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 0, stderr[-2000:]
+    # saved, then 130 (128 + SIGINT, what shells report for an interrupt): a scheduler or a
+    # shell script must not take a stopped run for a finished one
+    assert process.returncode == 130, stderr[-2000:]
+    assert b"interrupted; step" in stderr and b"continue with --resume" in stderr, stderr[-2000:]
     latest = run_dir / "checkpoints" / (run_dir / "checkpoints/latest").read_text().strip()
     saved = torch.load(latest / "training_state.pt", weights_only=True)
     step = saved["progress"]["step"]

@@ -112,9 +112,71 @@ def release_by_name(name: str) -> OfficialRelease | None:
     return RELEASES.get(ALIASES.get(name, name))
 
 
+def missing_release_files(release: OfficialRelease) -> dict[str, tuple[list[str], str]]:
+    """What of `release` the Hugging Face cache lacks, read from the cache alone:
+    repo -> (the missing files, the `hf download` command that fetches them)."""
+    from starflow_core.sources.hub import cached_file, download_command
+    from starflow_core.sources.t5_files import WEIGHTS_INDEX_NAME, WEIGHTS_NAME, encoder_shards
+
+    missing: dict[str, tuple[list[str], str]] = {}
+    if cached_file(release.flow_repo, release.flow_file) is None:
+        missing[release.flow_repo] = (
+            [release.flow_file],
+            download_command(release.flow_repo, [release.flow_file]),
+        )
+    if release.vae_repo:
+        files = [name for name in VAE_PATTERNS if cached_file(release.vae_repo, name) is None]
+        if files:
+            missing[release.vae_repo] = (files, download_command(release.vae_repo, VAE_PATTERNS))
+    if release.text_repo:
+        repo, required = release.text_repo, ["config.json", "spiece.model"]
+        files = [name for name in required if cached_file(repo, name) is None]
+        wanted = [*required, WEIGHTS_INDEX_NAME]  # names only: `hf download` fails on a name the repo lacks
+        index = cached_file(repo, WEIGHTS_INDEX_NAME)
+        if index is not None:  # the shards holding encoder tensors, by name
+            shards = encoder_shards(json.loads(index.read_text()))
+            files += [name for name in shards if cached_file(repo, name) is None]
+            wanted += shards
+        elif cached_file(repo, WEIGHTS_NAME) is not None:
+            wanted = required  # a single weight file, cached
+        else:
+            # which shards hold the encoder is in the index: once it is cached, a second run names them
+            files.append(
+                f"the encoder weight shards that {WEIGHTS_INDEX_NAME} lists (a run after this download names them)"
+            )
+        if files:
+            missing[repo] = (files, download_command(repo, wanted))
+    return missing
+
+
+def check_release_downloadable(release: OfficialRelease) -> None:
+    """Fail at once, naming every missing file with one `hf download` command per repo, when
+    the cache lacks files of `release` and nothing can be downloaded now (offline, no network)."""
+    from starflow_core.sources.hub import (
+        MissingModelFileError,
+        download_instructions,
+        hub_cache_dir,
+        hub_unreachable_reason,
+    )
+
+    missing = missing_release_files(release)
+    if not missing:
+        return
+    reason = hub_unreachable_reason()
+    if reason is None:
+        return  # downloaded as they are needed
+    listed = "\n".join(f"  {repo}: {', '.join(files)}" for repo, (files, _) in missing.items())
+    raise MissingModelFileError(
+        f"{release.name} needs files that are not in the Hugging Face cache {hub_cache_dir()}, and {reason}:\n"
+        f"{listed}\n" + download_instructions([command for _, command in missing.values()])
+    )
+
+
 def resolve_release(release: OfficialRelease, dtype: str = "float32", strict: bool = False) -> PipelineParts:
     """Download what is missing (flow .pth, VAE, the T5 encoder's shards) and convert the flow
-    once into `dtype`; tensors the model does not use are skipped with a warning unless `strict`."""
+    once into `dtype`; tensors the model does not use are skipped with a warning unless `strict`.
+    Offline, every missing file is named at once (check_release_downloadable)."""
+    check_release_downloadable(release)
     flow = cached_official_flow(release, hub_file(release.flow_repo, release.flow_file), dtype, strict)
     vae = text = None
     if release.vae_repo:
