@@ -1,7 +1,13 @@
 """Model sources for PyTorch: resolve a folder, release name or Hub repo (starflow_core.sources)
-and load each part of the pipeline as a torch module on `device`."""
+and load each part of the pipeline as a torch module on `device`.
+
+The VAE and T5 modules wrap diffusers and transformers, which take seconds to import: they are
+imported where a VAE or T5 is loaded, so a run without them (the demo model) never pays it.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -11,8 +17,10 @@ from starflow_core.sources.releases import RELEASES
 from starflow_core.sources.resolve import resolve
 
 from .model import StarFlow
-from .text import TextEncoder, _tokenizer_class, load_t5_encoder
-from .vae import AutoencoderKL
+
+if TYPE_CHECKING:
+    from .text import TextEncoder
+    from .vae import AutoencoderKL
 
 __all__ = [
     "RELEASES",
@@ -34,7 +42,11 @@ def load_flow(
 def load_vae(
     parts: PipelineParts, dtype: torch.dtype = torch.float32, device: str = "cpu"
 ) -> AutoencoderKL | None:
-    return None if parts.vae is None else AutoencoderKL.from_pretrained(parts.vae, dtype=dtype).to(device)
+    if parts.vae is None:
+        return None
+    from .vae import AutoencoderKL
+
+    return AutoencoderKL.from_pretrained(parts.vae, dtype=dtype).to(device)
 
 
 def load_decoder(
@@ -44,6 +56,8 @@ def load_decoder(
     (official `pytorch_model.bin` naming) read into the pipeline's VAE architecture."""
     if parts.decoder is None:
         return None
+    from .vae import AutoencoderKL
+
     if parts.decoder.is_dir():
         return AutoencoderKL.from_pretrained(parts.decoder, dtype=dtype).to(device)
     return AutoencoderKL.from_pretrained(parts.vae, weights_file=parts.decoder, dtype=dtype).to(device)
@@ -54,5 +68,7 @@ def load_text_encoder(
 ) -> TextEncoder | None:
     if parts.text_encoder is None:
         return None
+    from .text import TextEncoder, _tokenizer_class, load_t5_encoder
+
     tokenizer = _tokenizer_class().from_pretrained(parts.tokenizer)
     return TextEncoder(tokenizer, load_t5_encoder(parts.text_encoder, dtype, device))

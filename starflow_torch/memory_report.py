@@ -172,7 +172,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def report_memory(args: argparse.Namespace) -> int:
     """Write the weight files, measure each phase, print the report (and its JSON)."""
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise ValueError(f"unknown --device {args.device!r}; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: no CUDA GPU is visible; use --device cpu")
     on_gpu = device.type == "cuda"
     name = torch.cuda.get_device_name(device) if on_gpu else "CPU"
     described = f"torch {device} ({name})"

@@ -13,6 +13,7 @@ like the MLX twin's; the modules work on NCHW tensors.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,8 +27,10 @@ from starflow_core.sources.pipeline_folder import PipelineParts
 from . import hub
 from .model import StarFlow
 from .sampling import SamplingStats
-from .text import TextEncoder
-from .vae import AutoencoderKL
+
+if TYPE_CHECKING:  # imported where loaded (starflow_torch.hub): diffusers and transformers are slow
+    from .text import TextEncoder
+    from .vae import AutoencoderKL
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -97,7 +97,7 @@ def test_resume_continues_exactly(tmp_path):
     settings = dict(data=str(data), steps=4, grad_accum=2, drop_label=0.3)
     straight = train(run_config(TARFLOW_TINY, tmp_path / "straight", **settings))
     first = train(run_config(TARFLOW_TINY, tmp_path / "split", **settings), stop_at_step=2)
-    assert first.interrupted and first.progress.step == 2
+    assert first.interrupted and not first.signalled and first.progress.step == 2  # stop_at_step: exit 0
     second = train(run_config(TARFLOW_TINY, tmp_path / "split", **settings), resume=tmp_path / "split")
     assert first.losses + second.losses == straight.losses  # exact: same data, noise and arithmetic
     for name in ("", "ema"):

@@ -156,7 +156,7 @@ def text_run(shards: Path, out: Path, **train_overrides) -> list[str]:
 def test_resume_continues_exactly(shards, tmp_path):
     straight = train(load_run_config(None, text_run(shards, tmp_path / "straight")))
     first = train(load_run_config(None, text_run(shards, tmp_path / "split")), stop_at_step=2)
-    assert first.interrupted and first.progress.step == 2
+    assert first.interrupted and not first.signalled and first.progress.step == 2  # stop_at_step: exit 0
     second = train(load_run_config(None, text_run(shards, tmp_path / "split")), resume=tmp_path / "split")
     assert first.losses + second.losses == straight.losses  # exact: same data, noise and arithmetic
     for name in ("model.safetensors", "ema/model.safetensors"):

@@ -405,12 +405,15 @@ def encode_argument_parser(module: str, description: str) -> argparse.ArgumentPa
         "--output",
         "--out",
         dest="out",
+        metavar="FOLDER",
         required=True,
         help="output folder for the shards and index.json",
     )
     parser.add_argument("--vae", required=True, help="AutoencoderKL folder (diffusers layout)")
     parser.add_argument("--text-encoder", help="T5 folder with tokenizer files (text conditioning)")
-    parser.add_argument("--conditioning", choices=CONDITIONINGS, default="text")
+    parser.add_argument(
+        "--conditioning", choices=CONDITIONINGS, default="text", help="what the model is conditioned on"
+    )
     parser.add_argument("--image-size", type=int, default=256, help="pixels (the 1:1 side)")
     parser.add_argument("--txt-size", type=int, default=128, help="text tokens (padded / truncated)")
     parser.add_argument(
@@ -422,7 +425,7 @@ def encode_argument_parser(module: str, description: str) -> argparse.ArgumentPa
     parser.add_argument(
         "--dtype", choices=("float16", "bfloat16", "float32"), default="float16", help="stored latents"
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output folder")
     return parser
 
 

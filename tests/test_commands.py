@@ -1,0 +1,208 @@
+"""The command lines as installed: names, --version, defaults in --help, the -o/--output spellings,
+exit 2 for user errors, 130 for Ctrl-C in training, and no slow imports before they are needed.
+
+Commands run in subprocesses (tests/helpers/command_probe.py, one per twin): the MLX ones
+switch BLAS for their whole process, and the import checks need a fresh interpreter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers.training import TARFLOW_TINY, make_class_folder, overrides
+
+from starflow_core.command_line import COMMANDS, command_name
+from starflow_core.generation import cli as generate_cli
+from starflow_core.training.cli import parse_train_arguments
+from starflow_core.training.image_folders import encode_argument_parser
+from starflow_core.version import package_version
+
+REPO = Path(__file__).resolve().parents[1]
+MLX_MODULES = [m for m in COMMANDS if m.startswith("starflow_mlx.")]
+TORCH_MODULES = [m for m in COMMANDS if m.startswith("starflow_torch.")]
+# one default each command's --help must show (train's options have none: they are overrides)
+SHOWN_DEFAULTS = {
+    "generate": ["(default: 4)", "(default: starflow.png)"],
+    "encode_dataset": ["(default: 256)", "(default: text)"],
+    "memory_report": [],
+    "train": [],
+    "convert": [],
+}
+
+
+def probe(calls: list[tuple[str, list[str]]]) -> list[dict]:
+    completed = subprocess.run(
+        [sys.executable, "-m", "tests.helpers.command_probe", json.dumps(calls)],
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.splitlines()[-1])
+
+
+def user_errors(twin: str, tmp: Path) -> list[tuple[str, list[str], str]]:
+    """(module, arguments, what the one line must say) for errors a user makes, per command."""
+    missing = str(tmp / "missing")
+    return [
+        (
+            f"starflow_{twin}.generate",
+            ["--batch-size", "0", "-o", str(tmp / "a.png")],
+            "--batch-size must be >= 1",
+        ),
+        (f"starflow_{twin}.generate", ["--model", missing, "x", "-o", str(tmp / "a.png")], missing),
+        (f"starflow_{twin}.train", ["--config", f"{missing}.yaml"], "no run config"),
+        (f"starflow_{twin}.train", ["--set", "model.preset=nonesuch"], "unknown preset 'nonesuch'"),
+        (
+            f"starflow_{twin}.encode_dataset",
+            ["--images", missing, "--vae", missing, "-o", str(tmp / "o")],
+            missing,
+        ),
+        (f"starflow_{twin}.convert", ["flow", f"{missing}.pth", "-o", str(tmp / "c")], "no checkpoint"),
+        (f"starflow_{twin}.memory_report", ["--work-dir", str(tmp / "w"), "--json"], "expected one argument"),
+    ] + (
+        [("starflow_torch.memory_report", ["--device", "bogus"], "unknown --device 'bogus'")]
+        if twin == "torch"
+        else []
+    )
+
+
+@pytest.fixture(scope="module", params=["mlx", "torch"])
+def outcomes(request, tmp_path_factory):
+    """Each command's --version, --help (and convert flow --help), its user errors, in one probe."""
+    twin = request.param
+    tmp = tmp_path_factory.mktemp(f"commands_{twin}")
+    modules = MLX_MODULES if twin == "mlx" else TORCH_MODULES
+    calls = [(m, ["--version"]) for m in modules] + [(m, ["--help"]) for m in modules]
+    calls += [(f"starflow_{twin}.convert", ["flow", "--help"])]
+    calls += [(m, ["--no-such-option"]) for m in modules]
+    errors = user_errors(twin, tmp)
+    calls += [(module, argv) for module, argv, _ in errors]
+    results = probe(calls)
+    return twin, modules, dict(zip([json.dumps(c) for c in calls], results, strict=True)), errors
+
+
+def outcome(results: dict, module: str, argv: list[str]) -> dict:
+    return results[json.dumps((module, argv))]
+
+
+def test_installed_names_are_the_command_table():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    expected = {name: f"{module}:main" for module, names in COMMANDS.items() for name in names}
+    assert scripts == expected
+    for module, names in COMMANDS.items():  # the first name says its framework and what it does
+        framework, command = module.split(".")
+        assert names[0] == f"starflow-{framework.split('_')[1]}-{command.replace('_', '-')}"
+
+
+def test_every_command_answers_version_with_its_name(outcomes):
+    _, modules, results, _ = outcomes
+    for module in modules:
+        got = outcome(results, module, ["--version"])
+        assert (got["code"], got["stdout"].strip()) == (0, f"{COMMANDS[module][0]} {package_version()}"), (
+            module
+        )
+
+
+def test_help_is_named_after_the_command_and_shows_defaults(outcomes):
+    twin, modules, results, _ = outcomes
+    for module in modules:
+        got = outcome(results, module, ["--help"])
+        assert got["code"] == 0 and got["stdout"].startswith(f"usage: {COMMANDS[module][0]} "), module
+        text = " ".join(got["stdout"].split())  # argparse wraps help text at any space
+        for shown in SHOWN_DEFAULTS[module.split(".")[1]]:
+            assert shown in text, (module, shown)
+    flow_help = " ".join(outcome(results, f"starflow_{twin}.convert", ["flow", "--help"])["stdout"].split())
+    assert "--group-size {32,64,128} weights sharing one quantization scale (default: 64)" in flow_help
+
+
+def test_unknown_options_and_user_errors_exit_2_with_one_line(outcomes):
+    _, modules, results, errors = outcomes
+    for module in modules:
+        got = outcome(results, module, ["--no-such-option"])
+        last = got["stderr"].strip().splitlines()[-1]  # argparse: usage, then one error line
+        assert got["code"] == 2 and last.startswith(f"{COMMANDS[module][0]}: error: "), (module, last)
+    for module, argv, says in errors:
+        got = outcome(results, module, argv)
+        lines = [line for line in got["stderr"].splitlines() if line.strip()]
+        assert got["code"] == 2, (module, argv, got["stderr"][-2000:])
+        assert "Traceback" not in got["stderr"] and says in lines[-1], (module, argv, lines)
+        if not lines[-1].startswith("usage:") and "expected one argument" not in says:
+            assert lines == [lines[-1]] and lines[-1].startswith(f"{COMMANDS[module][0]}: error: "), lines
+
+
+def test_output_spellings_are_aliases():
+    for module in ("starflow_mlx.generate", "starflow_torch.generate"):
+        parser = generate_cli.build_parser(module, "test", torch="torch" in module)
+        assert {parser.parse_args([flag, "cat.png"]).output for flag in ("-o", "--output")} == {
+            Path("cat.png")
+        }
+    for flag in ("-o", "--output", "--out-dir"):
+        _, sets = parse_train_arguments("starflow_mlx.train", "test", [flag, "runs/x"])
+        assert sets == ["train.out_dir=runs/x"], flag
+    parser = encode_argument_parser("starflow_torch.encode_dataset", "test")
+    for flag in ("-o", "--output", "--out"):
+        args = parser.parse_args(["--images", "i", "--vae", "v", flag, "shards"])
+        assert args.out == "shards", flag
+
+
+def test_an_old_name_shows_itself(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/starflow-generate"])
+    assert command_name("starflow_mlx.generate") == "starflow-generate"
+    monkeypatch.setattr(sys, "argv", ["/repo/starflow_mlx/generate.py"])  # python -m
+    assert command_name("starflow_mlx.generate") == "starflow-mlx-generate"
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/starflow-sample"])  # another command's alias
+    assert command_name("starflow_mlx.generate") == "starflow-mlx-generate"
+
+
+def test_ctrl_c_in_mlx_training_saves_and_exits_130(tmp_path):
+    """SIGINT (Ctrl-C) mid-run: the step in flight finishes, a checkpoint is saved, exit 130 with
+    one line saying how to continue (the torch twin's SIGTERM: test_train.py)."""
+    data = make_class_folder(tmp_path / "images")
+    run_dir = tmp_path / "run"
+    sets = [*overrides(TARFLOW_TINY, data=str(data), steps=100000), f"train.out_dir={run_dir}"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "starflow_mlx.train", *[a for s in sets for a in ("--set", s)]],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (run_dir / "log.jsonl").is_file() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "stopped at step" in stdout and (run_dir / "checkpoints" / "latest").is_file()
+    last = [line for line in stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("starflow-mlx-train: interrupted; step ") and "continue with --resume" in last
+
+
+def test_torch_generation_does_not_import_diffusers_or_transformers(tmp_path):
+    """They take seconds to import; the demo model needs neither (no VAE, no T5): importing the
+    command, and generating with it, must leave them unimported."""
+    script = (
+        "import sys, json\n"
+        "import starflow_torch.generate, starflow_torch.sample, starflow_torch.pipeline\n"
+        "slow = ('diffusers', 'transformers')\n"
+        "after_import = [m for m in slow if m in sys.modules]\n"
+        f"code = starflow_torch.generate.main(['zero', '--n-images', '1', '--quiet', '-o', {str(tmp_path / 'd.png')!r}])\n"
+        "print(json.dumps([after_import, [m for m in slow if m in sys.modules], code]))\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    after_import, after_generating, code = json.loads(completed.stdout.splitlines()[-1])
+    assert after_import == [] and after_generating == [] and code == 0
