@@ -151,6 +151,8 @@ def test_output_spellings_are_aliases():
         _, sets = parse_train_arguments("starflow_mlx.train", "test", [flag, "runs/x"])
         assert sets == ["train.out_dir=runs/x"], flag
     parser = encode_argument_parser("starflow_torch.encode_dataset", "test")
+    # named, not only reached as an abbreviation of --output (which a new --out... option would end)
+    assert "-o FOLDER, --output FOLDER, --out FOLDER" in parser.format_help()
     for flag in ("-o", "--output", "--out"):
         args = parser.parse_args(["--images", "i", "--vae", "v", flag, "shards"])
         assert args.out == "shards", flag
