@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install the package with the torch twin and the dev tools.
+# Create .venv and install the package with the training extra, the torch twin and the dev tools.
 # On Linux the CPU torch wheel is pinned first, so nothing pulls a multi-GB CUDA build.
 # A system OpenBLAS (Debian: libopenblas0-pthread) makes MLX's CPU matmuls ~35x faster;
 # it is installed when apt is available and we are root, and skipped otherwise.
@@ -13,4 +13,6 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[torch,dev]"
+# cpu: MLX's CPU backend on Linux (a no-op on a Mac); train: mlx-data and pyyaml, which the
+# tests need; generation alone needs neither (pip install starflow-mlx)
+.venv/bin/python -m pip install -q -e ".[cpu,train,torch,dev]"

@@ -22,6 +22,8 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from starflow_core.extras import MissingExtraError
+
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
@@ -40,8 +42,9 @@ COMMANDS = {
     "starflow_torch.memory_report": ("starflow-torch-memory-report",),
 }
 
-# what a user's input, files or machine can cause; every such error names its fix
-USER_ERRORS = (ValueError, OSError, NotImplementedError, pickle.UnpicklingError)
+# what a user's input, files or machine can cause; every such error names its fix (a missing
+# optional dependency names the pip command)
+USER_ERRORS = (ValueError, OSError, NotImplementedError, pickle.UnpicklingError, MissingExtraError)
 
 
 class HelpWithDefaults(argparse.RawDescriptionHelpFormatter):

@@ -14,9 +14,9 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import mlx.data as dx
 import numpy as np
 
+from starflow_core.extras import require
 from starflow_core.training.config import TrainConfig
 from starflow_core.training.image_folders import (
     SHARD_INDEX,
@@ -127,6 +127,7 @@ def _epoch_stream(dataset, batches: list[list[SampleRef]], threads: int):
         item["corrupt"] = np.uint8(item["corrupt"])
         return item
 
+    dx = require("mlx.data", "training with MLX")
     buffer = dx.buffer_from_vector(refs).sample_transform(load).batch(len(batches[0]))
     return buffer.ordered_prefetch(4, max(1, threads))
 

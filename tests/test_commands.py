@@ -208,3 +208,60 @@ def test_torch_generation_does_not_import_diffusers_or_transformers(tmp_path):
     assert completed.returncode == 0, completed.stderr[-2000:]
     after_import, after_generating, code = json.loads(completed.stdout.splitlines()[-1])
     assert after_import == [] and after_generating == [] and code == 0
+
+
+def test_generation_runs_without_the_train_extra_and_training_names_it(tmp_path):
+    """With mlx-data and pyyaml absent (as after `pip install starflow-mlx`), MLX generation works
+    and each trainer exits 2 naming the extra to install."""
+    run_json = tmp_path / "run.json"
+    train = {"data": str(tmp_path / "images"), "out_dir": str(tmp_path / "r")}
+    run_json.write_text(json.dumps({"model": {"preset": "tiny"}, "train": train}))
+    calls = [
+        ("starflow_mlx.generate", ["zero", "--n-images", "1", "--quiet", "-o", str(tmp_path / "d.png")]),
+        ("starflow_mlx.train", ["--config", str(run_json)]),  # JSON: no pyyaml needed, mlx-data is
+        ("starflow_mlx.train", ["--config", str(run_json), "--set", "train.lr=1e-4"]),
+        ("starflow_torch.train", ["--config", str(REPO / "examples" / "digits_run.yaml")]),
+    ]
+    script = (
+        "import json, sys\n"
+        "sys.modules['yaml'] = sys.modules['mlx.data'] = None  # what an absent package looks like\n"
+        "from tests.helpers.command_probe import run\n"
+        f"print(json.dumps([run(m, a) for m, a in {calls!r}]))\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    generated, mlx_data, mlx_yaml, torch_yaml = json.loads(completed.stdout.splitlines()[-1])
+    assert generated["code"] == 0 and (tmp_path / "d.png").is_file(), generated["stderr"][-2000:]
+    for got, package in ((mlx_data, "mlx-data"), (mlx_yaml, "pyyaml"), (torch_yaml, "pyyaml")):
+        assert got["code"] == 2 and got["stderr"].count("\n") == 1, got["stderr"]
+        assert f"needs {package}" in got["stderr"] and "pip install 'starflow-mlx[train]'" in got["stderr"]
+    assert not (tmp_path / "r").exists()  # refused before the run folder was made
+
+
+def test_packaging_extras():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+
+    def applicable(requirements: list[str], platform: str, extra: str = "") -> dict[str, Requirement]:
+        environment = {"sys_platform": platform, "platform_machine": "x86_64", "extra": extra}
+        found = [Requirement(r) for r in requirements]
+        return {r.name: r for r in found if r.marker is None or r.marker.evaluate(environment)}
+
+    for platform in ("linux", "darwin"):
+        base = applicable(project["dependencies"], platform)
+        assert not {"mlx-data", "pyyaml", "torch"} & set(base)  # generation installs without them
+    assert {Requirement(r).name for r in extras["train"]} == {"mlx-data", "pyyaml"}
+    hub = Requirement(next(r for r in project["dependencies"] if r.startswith("huggingface-hub")))
+    assert "0.34.0" in hub.specifier and "0.33.9" not in hub.specifier  # `hf download` arrived in 0.34
+    # Linux with the cuda extra: MLX's CUDA backend and not its CPU one (they install the same library)
+    linux_cuda = [applicable(project["dependencies"], "linux"), applicable(extras["cuda"], "linux", "cuda")]
+    mlx_extras = set().union(*(found["mlx"].extras for found in linux_cuda if "mlx" in found))
+    assert mlx_extras == {"cuda"}
+    assert applicable(extras["cuda"] + extras["cpu"], "darwin") == {}  # a Mac's mlx has Metal built in
+    setup = (REPO / "scripts" / "setup.sh").read_text()
+    assert '-e ".[cpu,train,torch,dev]"' in setup  # the tests need the train extra

@@ -167,7 +167,9 @@ TRAIN_PARSER_FLAGS = (
 
 
 def _parse_yaml_arguments(path: Path) -> dict[str, Any]:
-    import yaml
+    from starflow_core.extras import require
+
+    yaml = require("yaml", f"reading the official YAML {path}")
 
     document = yaml.safe_load(path.read_text())
     entries = document.get("arguments", document) if isinstance(document, dict) else document

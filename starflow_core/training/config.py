@@ -19,9 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from starflow_core.config import FlowConfig
+from starflow_core.extras import require
 from starflow_core.field_types import check_field_types
 from starflow_core.presets import preset
 
@@ -165,12 +164,22 @@ def read_run_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"no run config at {path}")
     text = path.read_text()
+    if path.suffix == ".json":
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from err
+        return check_run_document(path, document)
+    yaml = require("yaml", f"reading the YAML run file {path}")
     try:
-        document = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise ValueError(
-            f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}"
-        ) from err
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML: {err}") from err
+    return check_run_document(path, document)
+
+
+def check_run_document(path: Path, document: Any) -> dict[str, Any]:
+    """A parsed run file: a mapping with only `model` and `train` sections."""
     if not isinstance(document, dict):
         raise ValueError(f"{path}: expected a mapping with 'model' and 'train' sections")
     unknown = sorted(set(document) - {"model", "train"})
@@ -182,6 +191,7 @@ def read_run_file(path: str | Path) -> dict[str, Any]:
 def apply_overrides(document: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply `section.key=value` strings (values parsed as YAML: 1e-4, true, [1, 2])."""
     out = {"model": document.get("model", {}), "train": dict(document.get("train") or {})}
+    yaml = require("yaml", "reading --set values") if overrides else None
     for item in overrides:
         key, sep, raw = item.partition("=")
         section, dot, field = key.strip().partition(".")

@@ -22,6 +22,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_map
 
+from starflow_core.extras import require
 from starflow_core.training.config import RunConfig
 from starflow_core.training.files import reading_checkpoint
 from starflow_core.training.guards import CorruptImages, check_resume_data, non_finite_weights_error
@@ -56,6 +57,7 @@ def train(
     The run folder is locked for the run (a second trainer on it is refused), and a fresh
     run is refused in a folder that already holds one (starflow_core.training.run_folder).
     """
+    require("mlx.data", "training with MLX")  # before the run folder is touched
     claim = claim_run_folder(run.train.out_dir, resume, state.resolve_checkpoint)
     with StopSignal() as stop, claim as resume_dir:
         return Trainer(run, resume_dir, allow_data_change).run(stop, stop_at_step)
