@@ -1,9 +1,9 @@
-"""Deprecated: `python -m starflow_convert` is `python -m starflow_mlx.convert` (starflow-convert)."""
+"""Deprecated: `python -m starflow_convert` is `python -m starflow_mlx.convert` (starflow-mlx-convert)."""
 
 import sys
 
 print(
-    "note: python -m starflow_convert is deprecated; use starflow-convert or python -m starflow_mlx.convert",
+    "note: python -m starflow_convert is deprecated; use starflow-mlx-convert or python -m starflow_mlx.convert",
     file=sys.stderr,
 )
 

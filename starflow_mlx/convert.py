@@ -5,7 +5,7 @@
     python -m starflow_mlx.convert pipeline --model starflow-3b-t2i-256 -o starflow-3b/
 
 The conversion itself is framework-free (starflow_core.convert); MLX re-saves our flow
-folders in another dtype or quantized (starflow_mlx.quantize). Installed as starflow-convert.
+folders in another dtype or quantized (starflow_mlx.quantize). Installed as starflow-mlx-convert (and starflow-convert).
 """
 
 from __future__ import annotations

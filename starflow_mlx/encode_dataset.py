@@ -1,7 +1,7 @@
 """Encode an image folder into latent + text-feature shards for training latent models, with MLX.
 
     python -m starflow_mlx.encode_dataset --images my_images/ --vae sd-vae-ft-ema/ \\
-        --text-encoder flan-t5-xl/ --out my_shards/ --image-size 256 --txt-size 128
+        --text-encoder flan-t5-xl/ -o my_shards/ --image-size 256 --txt-size 128
 
 The twin of `python -m starflow_torch.encode_dataset` (same options and shard format), so
 a Mac prepares its data without torch. The folder follows the imagefolder convention

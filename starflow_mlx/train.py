@@ -1,7 +1,7 @@
 """Train or fine-tune a STARFlow / TARFlow model with MLX on one device (Apple GPU, or CPU).
 
     python -m starflow_mlx.train --config run.yaml [--set train.lr=1e-4 ...]
-    python -m starflow_mlx.train --set model.preset=digits --data digits_png/ --out-dir runs/digits
+    python -m starflow_mlx.train --set model.preset=digits --data digits_png/ -o runs/digits
     python -m starflow_mlx.train --config run.yaml --resume runs/my_run      # continue exactly
     python -m starflow_mlx.train --config run.yaml --set train.init_weights=ckpt/  # fine-tune
 

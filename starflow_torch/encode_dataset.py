@@ -1,7 +1,7 @@
 """Encode an image folder into latent + text-feature shards for training latent models.
 
     python -m starflow_torch.encode_dataset --images my_images/ --vae sd-vae-ft-ema/ \\
-        --text-encoder flan-t5-xl/ --out my_shards/ --image-size 256 --txt-size 128
+        --text-encoder flan-t5-xl/ -o my_shards/ --image-size 256 --txt-size 128
 
 The folder follows the imagefolder convention (metadata.jsonl with file_name and
 text), or class subfolders with --conditioning label. Training then reads the shards:
