@@ -67,6 +67,17 @@ class HelpWithDefaults(argparse.RawDescriptionHelpFormatter):
         return f"{help_text} (default: %(default)s)" if help_text else "(default: %(default)s)"
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts and sizes: 0 and negatives are refused with the usage line."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def command_name(module: str) -> str:
     """The name a command shows (`prog`): the installed name it was started by, else its first."""
     names = COMMANDS[module]

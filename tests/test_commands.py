@@ -67,6 +67,14 @@ def user_errors(twin: str, tmp: Path) -> list[tuple[str, list[str], str]]:
             ["--images", missing, "--vae", missing, "-o", str(tmp / "o")],
             missing,
         ),
+        *[  # 0 looped forever (--shard-size), divided by zero (--multiple) or encoded nothing, exit 0
+            (
+                f"starflow_{twin}.encode_dataset",
+                ["--images", missing, "--vae", missing, "-o", str(tmp / "o"), flag, "0"],
+                f"argument {flag}: must be >= 1, got 0",
+            )
+            for flag in ("--shard-size", "--multiple", "--image-size", "--batch-size", "--txt-size")
+        ],
         (f"starflow_{twin}.convert", ["flow", f"{missing}.pth", "-o", str(tmp / "c")], "no checkpoint"),
         (f"starflow_{twin}.memory_report", ["--work-dir", str(tmp / "w"), "--json"], "expected one argument"),
     ] + (
@@ -137,7 +145,7 @@ def test_unknown_options_and_user_errors_exit_2_with_one_line(outcomes):
         lines = [line for line in got["stderr"].splitlines() if line.strip()]
         assert got["code"] == 2, (module, argv, got["stderr"][-2000:])
         assert "Traceback" not in got["stderr"] and says in lines[-1], (module, argv, lines)
-        if not lines[-1].startswith("usage:") and "expected one argument" not in says:
+        if not says.startswith("argument ") and "expected one argument" not in says:  # argparse: usage first
             assert lines == [lines[-1]] and lines[-1].startswith(f"{COMMANDS[module][0]}: error: "), lines
 
 
@@ -265,3 +273,13 @@ def test_packaging_extras():
     assert applicable(extras["cuda"] + extras["cpu"], "darwin") == {}  # a Mac's mlx has Metal built in
     setup = (REPO / "scripts" / "setup.sh").read_text()
     assert '-e ".[cpu,train,torch,dev]"' in setup  # the tests need the train extra
+
+
+def test_encoding_refuses_sizes_below_one(tmp_path):
+    """The library too (the command's argparse check aside): shard_size=0 looped forever."""
+    from starflow_torch.training.encode import encode_dataset
+
+    for name in ("shard_size", "batch_size", "multiple", "image_size", "txt_size"):
+        with pytest.raises(ValueError, match=f"{name} must be a whole number >= 1, got 0"):
+            encode_dataset(tmp_path / "images", tmp_path / "out", None, conditioning="none", **{name: 0})
+    assert not (tmp_path / "out").exists()

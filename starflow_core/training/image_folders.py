@@ -394,9 +394,17 @@ def describe_shards(index: dict) -> str:
     )
 
 
+def check_encode_sizes(**sizes: int) -> None:
+    """Encoding sizes and counts (image_size, txt_size, multiple, batch_size, shard_size) must be
+    >= 1: 0 would loop forever or divide by zero, a negative size would write empty latents."""
+    for name, value in sizes.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+
+
 def encode_argument_parser(module: str, description: str) -> argparse.ArgumentParser:
     """The encoders' shared command line (each twin may add its own options)."""
-    from starflow_core.command_line import command_parser
+    from starflow_core.command_line import command_parser, positive_int
 
     parser = command_parser(module, description)
     parser.add_argument("--images", required=True, help="image folder (metadata.jsonl or class subfolders)")
@@ -414,14 +422,14 @@ def encode_argument_parser(module: str, description: str) -> argparse.ArgumentPa
     parser.add_argument(
         "--conditioning", choices=CONDITIONINGS, default="text", help="what the model is conditioned on"
     )
-    parser.add_argument("--image-size", type=int, default=256, help="pixels (the 1:1 side)")
-    parser.add_argument("--txt-size", type=int, default=128, help="text tokens (padded / truncated)")
+    parser.add_argument("--image-size", type=positive_int, default=256, help="pixels (the 1:1 side)")
+    parser.add_argument("--txt-size", type=positive_int, default=128, help="text tokens (padded / truncated)")
     parser.add_argument(
-        "--multiple", type=int, default=8, help="bucket sides are multiples of this (VAE x patch)"
+        "--multiple", type=positive_int, default=8, help="bucket sides are multiples of this (VAE x patch)"
     )
     parser.add_argument("--buckets", action="store_true", help="aspect-ratio buckets instead of 1:1 crops")
-    parser.add_argument("--batch-size", type=int, default=16, help="images encoded together")
-    parser.add_argument("--shard-size", type=int, default=1024, help="samples per shard file")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="images encoded together")
+    parser.add_argument("--shard-size", type=positive_int, default=1024, help="samples per shard file")
     parser.add_argument(
         "--dtype", choices=("float16", "bfloat16", "float32"), default="float16", help="stored latents"
     )

@@ -19,6 +19,7 @@ from starflow_core.io import atomic_path, atomic_write_json
 from starflow_core.training.image_folders import (
     NULL_TEXT_FILE,
     SHARD_INDEX,
+    check_encode_sizes,
     describe_shards,
     indices_by_bucket,
     shard_index,
@@ -58,6 +59,13 @@ def encode_dataset(
     text_encoder: `.encode(prompts, max_length)` -> (B, max_length, d). Corrupt images
     are skipped and counted in the index. Returns the index.
     """
+    check_encode_sizes(
+        image_size=image_size,
+        txt_size=txt_size,
+        multiple=multiple,
+        batch_size=batch_size,
+        shard_size=shard_size,
+    )
     if conditioning == "text" and text_encoder is None:
         raise ValueError("text conditioning needs a text encoder (--text-encoder)")
     dataset = ImageFolderDataset(images, conditioning, image_size, multiple, buckets)
