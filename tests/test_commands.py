@@ -62,6 +62,7 @@ def user_errors(twin: str, tmp: Path) -> list[tuple[str, list[str], str]]:
         (f"starflow_{twin}.generate", ["--model", missing, "x", "-o", str(tmp / "a.png")], missing),
         (f"starflow_{twin}.train", ["--config", f"{missing}.yaml"], "no run config"),
         (f"starflow_{twin}.train", ["--set", "model.preset=nonesuch"], "unknown preset 'nonesuch'"),
+        (f"starflow_{twin}.train", ["--stop-at-step", "0"], "argument --stop-at-step: must be >= 1, got 0"),
         (
             f"starflow_{twin}.encode_dataset",
             ["--images", missing, "--vae", missing, "-o", str(tmp / "o")],

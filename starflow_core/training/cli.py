@@ -5,7 +5,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from starflow_core.command_line import EXIT_INTERRUPTED, command_name, command_parser, run_command
+from starflow_core.command_line import (
+    EXIT_INTERRUPTED,
+    command_name,
+    command_parser,
+    positive_int,
+    run_command,
+)
 
 
 def parse_train_arguments(module: str, description: str, argv: Sequence[str] | None = None) -> tuple:
@@ -32,7 +38,7 @@ def parse_train_arguments(module: str, description: str, argv: Sequence[str] | N
     parser.add_argument("--steps", type=int, help="shortcut for --set train.steps=...")
     parser.add_argument("--resume", help="checkpoint folder, or a run folder (continues from its latest)")
     parser.add_argument(
-        "--stop-at-step", type=int, help="save and stop after this step (for time-boxed jobs)"
+        "--stop-at-step", type=positive_int, help="save and stop after this step (for time-boxed jobs)"
     )
     parser.add_argument(
         "--allow-data-change",
