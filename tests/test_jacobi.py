@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 import torch
 
+from starflow_core.bench.settings import BenchSettings, make_inputs
+from starflow_core.bench.weights import build_random_folder
 from starflow_core.presets import preset
 from starflow_mlx import SamplingStats, StarFlow
-from starflow_mlx.bench import BenchSettings, build_random_folder, make_inputs
 from starflow_torch import SamplingStats as TorchStats
 from starflow_torch import StarFlow as TorchStarFlow
 

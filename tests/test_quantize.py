@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
+from starflow_core.bench.settings import BenchSettings
+from starflow_core.bench.weights import build_random_folder
 from starflow_core.presets import preset
 from starflow_mlx import StarFlow
-from starflow_mlx.bench import BenchSettings, build_random_folder
 
 GROUP_SIZE = 64
 
