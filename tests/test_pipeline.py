@@ -8,6 +8,8 @@ quantisation to uint8 (a value can sit on a rounding boundary).
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import pytest
 
@@ -132,11 +134,30 @@ def test_denoising_modes(folders, twins):
     np.testing.assert_allclose(decoded.images, plain.images, atol=1e-6)
 
 
-def test_call_returns_pil_images_and_frees_t5(twins):
-    pipe = twins["text"][0]
-    images = pipe(PROMPTS, seeds=SEEDS, guidance=0.0)
+@pytest.mark.parametrize("twin", [0, 1], ids=["mlx", "torch"])
+def test_call_returns_pil_images_and_frees_t5_before_sampling(twins, twin, monkeypatch):
+    """The T5 that the pipeline loads for a call is gone when the flow starts sampling: its
+    weights were dropped (unload) and nothing holds the module any more (a weak reference dies)."""
+    pipe = twins["text"][twin]
+    hub = (mlx_pipeline if twin == 0 else torch_pipeline).hub
+    loaded, seen_at_sampling = [], []
+    load_text_encoder, sample_flow = hub.load_text_encoder, type(pipe).sample_flow
+
+    def load_spy(*args, **kwargs):
+        encoder = load_text_encoder(*args, **kwargs)
+        loaded.append((encoder, weakref.ref(encoder.model)))  # the wrapper is kept here on purpose
+        return encoder
+
+    def sample_spy(self, *args, **kwargs):
+        seen_at_sampling.extend((encoder.model, t5()) for encoder, t5 in loaded)
+        return sample_flow(self, *args, **kwargs)
+
+    monkeypatch.setattr(hub, "load_text_encoder", load_spy)
+    monkeypatch.setattr(type(pipe), "sample_flow", sample_spy)
+    images = pipe(PROMPTS, seeds=SEEDS, guidance=1.5)
     assert [image.size for image in images] == [(16, 16), (16, 16)]
-    assert pipe.text_encoder is None  # loaded for the call, freed before sampling
+    assert len(loaded) == 1  # one T5 per call, for the prompts and the empty prompt
+    assert seen_at_sampling == [(None, None)]
 
 
 def test_bad_sizes_are_refused(twins):
