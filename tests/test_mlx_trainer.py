@@ -106,6 +106,34 @@ def test_resume_continues_exactly(tmp_path):
     assert second.progress.step == 4 and second.progress.micro_step == 8
 
 
+def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """The MLX trainer commits checkpoints like the torch one: a save that fails midway (here the
+    training state, written after the weights) leaves the previous checkpoint, `latest` and no
+    leftovers, and the run still resumes from it."""
+    data = make_class_folder(tmp_path / "images")
+    out = tmp_path / "run"
+    settings = dict(data=str(data), steps=4, save_every=1)
+    train(run_config(TARFLOW_TINY, out, **settings), stop_at_step=1)
+    before = weights(out / "checkpoints/step_00000001")
+    real_save = mx.save_safetensors
+
+    def disk_full(path, *args, **kwargs):
+        if Path(path).name == "training_state.safetensors":
+            raise OSError("No space left on device")
+        return real_save(path, *args, **kwargs)
+
+    monkeypatch.setattr(mx, "save_safetensors", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        train(run_config(TARFLOW_TINY, out, **settings), resume=out)
+    monkeypatch.undo()
+    checkpoints = out / "checkpoints"
+    assert (checkpoints / "latest").read_text().strip() == "step_00000001"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step_00000001"]  # no leftovers
+    after = weights(checkpoints / "step_00000001")
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    assert train(run_config(TARFLOW_TINY, out, **settings), resume=out).progress.step == 4
+
+
 def test_captioned_folder_with_the_t5_encoder(tmp_path):
     data = make_caption_folder(tmp_path / "images", count=8)
     t5 = tmp_path / "t5"

@@ -12,7 +12,8 @@
 
 A checkpoint is written into a temporary folder that is renamed into place only when
 every file is complete; `latest` is then replaced atomically. A failure midway leaves
-the previous checkpoint and `latest` untouched.
+the previous checkpoint and `latest` untouched. At every moment of a save, `latest` names
+a complete checkpoint, also when a step is saved again (a resumed run passing a saved step).
 """
 
 from __future__ import annotations
@@ -52,21 +53,44 @@ def commit_checkpoint(
     final = checkpoint_dir(out_dir, step)
     root = final.parent
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    staging = root / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
     try:
-        write_files(tmp)
-        atomic_write_json(tmp / RUN_NAME, run)
-        if final.exists():  # the same step saved again (e.g. a signal right after a periodic save)
+        write_files(staging)
+        atomic_write_json(staging / RUN_NAME, run)
+        if final.exists():  # the same step saved again
+            _move_latest_off(root, final)
             shutil.rmtree(final)
-        os.replace(tmp, final)
+        os.replace(staging, final)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
     atomic_write_text(root / LATEST_NAME, final.name + "\n")
-    saved = sorted(p for p in root.glob("step_*") if p.is_dir())
-    for old in saved[:-keep]:
+    for leftover in root.glob(".step_*"):  # stand-ins and staging folders of this or killed saves
+        shutil.rmtree(leftover, ignore_errors=True)
+    others = sorted(p for p in root.glob("step_*") if p.is_dir() and p != final)
+    for old in others[: max(0, len(others) - (keep - 1))]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _move_latest_off(root: Path, folder: Path) -> None:
+    """If `latest` names `folder`, point it at a stand-in: a copy of `folder` made of hard links
+    (no data is copied; checkpoint files are never modified in place), so that `folder` can be
+    replaced while `latest` still names a complete checkpoint."""
+    latest = root / LATEST_NAME
+    if not latest.is_file() or latest.read_text().strip() != folder.name:
+        return
+    stand_in = root / f".{folder.name}.previous-{os.getpid()}"
+    shutil.rmtree(stand_in, ignore_errors=True)
+    shutil.copytree(folder, stand_in, copy_function=_link_or_copy)
+    atomic_write_text(latest, stand_in.name + "\n")
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # a file system without hard links
+        shutil.copy2(source, target)
 
 
 def resolve_checkpoint(path: str | Path, state_name: str) -> Path:
