@@ -24,8 +24,6 @@ import torch
 from starflow_core.generation import cli as generate_cli
 from starflow_core.sources.pipeline_folder import PipelineParts
 
-from .pipeline import StarFlowPipeline
-
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -58,7 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     rank, world_size, local_rank = distributed_rank()
 
-    def load_pipeline(parts: PipelineParts, args: argparse.Namespace) -> StarFlowPipeline:
+    def load_pipeline(parts: PipelineParts, args: argparse.Namespace):
+        from .pipeline import StarFlowPipeline  # diffusers and transformers: seconds, so not for --help
+
         device = choose_device(args.device, local_rank)
         return StarFlowPipeline.from_pretrained(
             parts, dtype=DTYPES[args.dtype], decoder=args.decoder, device=device
