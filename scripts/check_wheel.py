@@ -3,9 +3,9 @@ virtual environment, and run every console script's --help and the main job from
 
     .venv/bin/python scripts/check_wheel.py        # called by scripts/test.sh
 
-1. `pip wheel .` (verbose, so setuptools' warnings are visible): no warnings beyond the two
-   byte-compiling notes, and the wheel holds every file of the four packages in this
-   checkout (git ls-files), the demo asset included, and nothing from the tests.
+1. `pip wheel` on a clean copy of the checkout (verbose, so setuptools' warnings are visible):
+   no warnings beyond the two byte-compiling notes, and the wheel holds every file of the four
+   packages (git ls-files), the demo asset included, and nothing from the tests.
 2. A fresh venv (no system site-packages) gets torch first, then the wheel with the [torch]
    extra through pip's resolver, so a missing dependency shows. torch (with its own
    requirements) is the CPU build that scripts/setup.sh put in .venv, hard-linked instead of
@@ -49,8 +49,24 @@ def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, **kwargs)
 
 
+def clean_source(target: Path) -> Path:
+    """The checkout as a fresh clone would have it (tracked and new files, nothing git ignores):
+    a stale build/ or *.egg-info here would otherwise put files into the wheel that a fresh
+    clone's wheel lacks."""
+    listed = run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO)
+    if listed.returncode != 0:
+        ignore = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__")
+        return Path(shutil.copytree(REPO, target, ignore=ignore))
+    for name in filter(None, listed.stdout.split("\0")):
+        if (REPO / name).is_file():  # a deleted file is still listed until committed
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, target / name)
+    return target
+
+
 def build_wheel(out: Path) -> Path:
-    built = run([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(out), str(REPO)])
+    source = clean_source(out.parent / "source")
+    built = run([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(out), str(source)])
     if built.returncode != 0:
         fail([f"pip wheel failed:\n{built.stdout[-3000:]}{built.stderr[-3000:]}"])
     lines = (built.stdout + built.stderr).splitlines()
