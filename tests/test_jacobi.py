@@ -3,7 +3,7 @@
 Models: the "tiny" preset (sos, RoPE, text in the deep block, softplus, final norm,
 soft clip), and the same with grouped key/value heads, with random weights whose
 proj_out and sos are perturbed, so no block is the identity and Jacobi has to iterate
-(bench.build_random_folder).
+(starflow_core.bench.weights.build_random_folder).
 """
 
 from __future__ import annotations

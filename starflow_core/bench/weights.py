@@ -1,7 +1,7 @@
 """Random benchmark weights in our folder format, built with numpy: the same folder for both twins.
 
 Every tensor is drawn like the twins' own initialisation (Linear: uniform +-1/sqrt(fan_in);
-LayerNorm: ones and zeros; the final RMSNorm's offset: zeros; learned embeddings: N(0, 0.01)),
+LayerNorm: ones and zeros; RMSNorm offsets: zeros; learned embeddings: N(0, 0.01)),
 except that proj_out, zero at initialisation, is drawn from N(0, proj_out_std) and the sos
 embedding from N(0, 1), so that no block is the identity and Jacobi sampling has to iterate.
 Tensors are generated and written one at a time, so a 3B-shaped folder needs about one
@@ -37,10 +37,15 @@ def linear_fan_in(name: str, shapes: dict[str, tuple[int, ...]]) -> int | None:
 
 
 def random_tensor(
-    name: str, shape: tuple[int, ...], fan_in: int | None, proj_out_std: float, rng: np.random.Generator
+    name: str,
+    shape: tuple[int, ...],
+    fan_in: int | None,
+    layer_norm: bool,
+    proj_out_std: float,
+    rng: np.random.Generator,
 ) -> np.ndarray:
-    """One float32 tensor for weight `name`; `fan_in` is set for a Linear's weight and bias."""
-    leaf = name.rsplit(".", 2)
+    """One float32 tensor for weight `name`; `fan_in` is set for a Linear's weight and bias,
+    `layer_norm` for a norm that has a bias (LayerNorm; the RMSNorms have none)."""
     if name.endswith("proj_out.weight"):
         return rng.normal(0.0, proj_out_std, shape).astype(np.float32)
     if name.endswith("sos_embed"):
@@ -52,9 +57,11 @@ def random_tensor(
     if fan_in is not None:
         bound = 1.0 / np.sqrt(fan_in)
         return rng.uniform(-bound, bound, shape).astype(np.float32)
-    if leaf[-2] == "final_norm":
-        return np.zeros(shape, np.float32)  # RMSNorm weight stored as an offset from 1
-    return np.full(shape, 1.0 if leaf[-1] == "weight" else 0.0, np.float32)  # LayerNorm
+    if name.endswith(".weight") and not layer_norm:
+        return np.zeros(
+            shape, np.float32
+        )  # RMSNorm (final, qk, post, pre): weight stored as an offset from 1
+    return np.full(shape, 1.0 if name.endswith(".weight") else 0.0, np.float32)  # LayerNorm
 
 
 def build_random_folder(config: FlowConfig, folder: str | Path, settings: BenchSettings) -> Path:
@@ -74,7 +81,9 @@ def build_random_folder(config: FlowConfig, folder: str | Path, settings: BenchS
     with atomic_path(folder / WEIGHTS_NAME) as tmp, open(tmp, "wb") as handle:
         handle.write(len(encoded).to_bytes(8, "little") + encoded)
         for name, shape in shapes.items():
-            tensor = random_tensor(name, shape, linear_fan_in(name, shapes), settings.proj_out_std, rng)
+            layer_norm = name.removesuffix(".weight") + ".bias" in shapes or name.endswith(".bias")
+            fan_in = linear_fan_in(name, shapes)
+            tensor = random_tensor(name, shape, fan_in, layer_norm, settings.proj_out_std, rng)
             handle.write(np.ascontiguousarray(convert_float_array(tensor, "float32", settings.dtype)).data)
     config.save(folder / CONFIG_NAME)
     return folder
