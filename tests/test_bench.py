@@ -26,15 +26,15 @@ REPO = Path(__file__).resolve().parents[1]
 def test_mlx_bench_writes_json_png_and_samples(tmp_path):
     from starflow_mlx.bench import main
 
-    main(["--preset", "tiny", "--repeats", "1", "--out", str(tmp_path), "--save-samples"])
+    # the sweep and the quantization report run in the driver's test (on OpenBLAS, faster)
+    arguments = ["--preset", "tiny", "--repeats", "1", "--no-sweep", "--no-quantization"]
+    main([*arguments, "--out", str(tmp_path), "--save-samples"])
     report = json.loads((tmp_path / "bench.json").read_text())
     assert (tmp_path / "bench.png").stat().st_size > 0
     assert report["machine"]["framework"] == "mlx" and report["machine"]["gemm_gflops_fp32_1024"] > 0
     result = report["results"][0]
     assert result["preset"] == "tiny" and set(result["modes"]) == {"mlx sequential", "mlx jacobi"}
     assert result["modes"]["mlx jacobi"]["rms_deviation_from_sequential"] < 1e-1  # tol 1e-3 stops early
-    assert len(result["jacobi_sweep"]) == 16
-    assert [entry["bits"] for entry in result["quantization"]] == [8, 4]
     with np.load(tmp_path / "samples_tiny.npz") as samples:
         assert set(samples) == {"mlx sequential", "mlx jacobi"} and samples["mlx sequential"].shape == (
             2,
@@ -57,8 +57,16 @@ def test_torch_bench_writes_json_in_a_process_without_system_openblas(tmp_path):
 
 
 def test_driver_times_each_twin_in_its_own_process(tmp_path):
-    command = [sys.executable, "benchmarks/sampling.py", "--preset", "tiny", "--repeats", "1"]
-    command += ["--no-sweep", "--no-quantization", "--out", str(tmp_path)]
+    command = [
+        sys.executable,
+        "benchmarks/sampling.py",
+        "--preset",
+        "tiny",
+        "--repeats",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "bench.json").read_text())
@@ -75,6 +83,8 @@ def test_driver_times_each_twin_in_its_own_process(tmp_path):
     assert all(value is not None for value in tiny["speedups"].values())
     # the same weights and noise in both twins: fp32 rounding apart (measured ~2e-7)
     assert tiny["speedups"]["mlx_vs_torch_sample_rms_deviation"] < 1e-4
+    assert len(tiny["jacobi_sweep"]) == 16  # 4 block sizes x 4 tolerances, MLX
+    assert [entry["bits"] for entry in tiny["quantization"]] == [8, 4]
 
 
 def parse(arguments: list[str]) -> tuple[BenchSettings, list[str]]:
