@@ -113,10 +113,11 @@ def commit_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
     for stand_in in root.glob(".step_*.previous-*"):  # latest has moved on to `final`
         shutil.rmtree(stand_in, ignore_errors=True)
-    # oldest first by step number (not by name); never the one `latest` names
-    for old in saved_checkpoints(root)[:-keep]:
-        if old.name != final.name:
-            shutil.rmtree(old, ignore_errors=True)
+    # the one just written (which `latest` names) stays, with the keep - 1 highest steps of the
+    # others (by step number, not by name: an unpadded step_9 sorts after step_00000010)
+    others = [p for p in saved_checkpoints(root) if p.name != final.name]
+    for old in others[: max(0, len(others) - (keep - 1))]:
+        shutil.rmtree(old, ignore_errors=True)
     return final
 
 
