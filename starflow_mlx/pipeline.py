@@ -12,6 +12,7 @@ to pixels. Noise comes from numpy per seed, identical in both twins.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import mlx.core as mx
@@ -48,6 +49,8 @@ def auto_dtype(name: str) -> str:
 
 
 class StarFlowPipeline(PipelineBase):
+    framework = "mlx"
+
     def __init__(
         self,
         parts: PipelineParts,
@@ -173,6 +176,7 @@ class StarFlowPipeline(PipelineBase):
         y_null: mx.array | None,
         settings: GenerationSettings,
         progress: bool,
+        callback: Callable[[int, mx.array], None] | None = None,
     ) -> tuple[mx.array, int]:
         stats = SamplingStats()
         latents = self.flow.sample(
@@ -186,12 +190,16 @@ class StarFlowPipeline(PipelineBase):
             max_iter=settings.max_iter,
             progress=progress,
             stats=stats,
+            callback=callback,
         ).astype(mx.float32)
         mx.eval(latents)
         return latents, stats.steps
 
     def to_numpy(self, array: mx.array) -> np.ndarray:
         return np.array(array.astype(mx.float32))
+
+    def from_numpy(self, array: np.ndarray) -> mx.array:
+        return mx.array(np.ascontiguousarray(array, dtype=np.float32))  # already NHWC
 
     def denoise(self, latents: mx.array, y: mx.array | None) -> mx.array:
         """One score (Tweedie) step per sample, one at a time to bound the backward pass's memory."""

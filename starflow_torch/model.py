@@ -9,6 +9,7 @@ checkpoint names, so official weights load with no renaming.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -208,13 +209,21 @@ class StarFlow(nn.Module):
         attn_temp: float = 1.0,
         progress: bool = False,
         stats: SamplingStats | None = None,
+        callback: Callable[[int, torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
         """noise (B, C, H, W) ~ N(0, I) -> sample (B, C, H, W).
 
         Guidance w > 0 applies in conditioned blocks (only the deep block when
         cond_top_only); text models need y_null (the encoded empty prompt), label
         models use the null label. jacobi=True samples chunks of block_size tokens in
-        parallel (sos models); `stats`, if given, receives the iteration counts.
+        parallel (sos models); `stats`, if given, receives the iteration counts;
+        `callback(block_index, x)`, if given, is called after each block with the state so far
+        (B, C, H, W), fp32 (blocks run from the last index down to 0; identity blocks are skipped).
+
+        The result is not clipped: for pixel models it lies about in [-1, 1] but can pass it
+        by a little (the model learned data plus noise of std noise_std, e.g. -1.21..1.24 for
+        the demo model); for latent models it is VAE latents (x scaling factor). Denoising and
+        decoding (StarFlowPipeline) turn it into an image.
         """
         self._check_input(noise)
         if jacobi and not self.config.sos:
@@ -244,6 +253,8 @@ class StarFlow(nn.Module):
             else:
                 tokens = sample_block_sequential(block, tokens, cond, rope, progress)
                 stats.steps += tokens.shape[1]
+            if callback is not None:
+                callback(i, self.unpatchify(tokens, H, W))
         return self.unpatchify(tokens, H, W).to(noise.dtype)
 
     def _block_is_conditioned(self, block: FlowBlock) -> bool:

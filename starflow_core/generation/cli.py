@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import secrets
 import sys
 import time
 import warnings
@@ -19,16 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from starflow_core.command_line import EXIT_USAGE, run_command
-from starflow_core.generation.images import enlarge_for_viewing, make_grid, save_png
 from starflow_core.generation.inputs import (
     aspect_ratio_size,
     check_size,
+    draw_seeds,
     parse_aspect_ratio,
     rank_share,
     snap_size,
 )
-from starflow_core.generation.outputs import check_output_writable, grid_path, image_path, output_directory
+from starflow_core.generation.outputs import check_output_writable, output_directory
 from starflow_core.generation.precision import DTYPE_CHOICES, QUANTIZE_BITS, TEXT_QUANTIZE_BITS, Precision
+from starflow_core.generation.record import generate_flags, read_parameters
 from starflow_core.generation.resource_check import (
     ModelSizes,
     check_disk,
@@ -43,6 +42,7 @@ from starflow_core.generation.validation import (
     check_image_count,
     check_size_limit,
 )
+from starflow_core.generation.writer import ImageWriter, write_steps
 from starflow_core.sources import PipelineParts, resolve
 from starflow_core.sources.releases import DEMO_FOLDER
 from starflow_core.staging import removing_new_empty_folders
@@ -121,7 +121,14 @@ def build_parser(prog: str, description: str, torch: bool = False) -> argparse.A
         action="store_true",
         help="run even if the memory or disk estimate says this machine cannot hold it",
     )
-    parser.add_argument("--output", type=Path, default=Path("starflow.png"), help="PNG file or directory")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path("starflow.png"),
+        help="image file (its suffix .png, .jpg, .jpeg or .webp picks the format) or folder (a name "
+        "without a suffix); an existing file is kept and the new one named <stem>_1, _2, ...",
+    )
+    add_output_arguments(parser)
     parser.add_argument("--grid", action="store_true", help="write one grid image instead of one per image")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument(
@@ -136,6 +143,53 @@ def build_parser(prog: str, description: str, torch: bool = False) -> argparse.A
         help=f"allow sides beyond {MAX_SIDE_FACTOR}x the model's training size",
     )
     return parser
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """What is written besides the images, and how; and regenerating from an image's metadata."""
+    parser.add_argument("--overwrite", action="store_true", help="replace existing files of the same name")
+    parser.add_argument(
+        "--metadata", action="store_true", help="also write each image's parameters to <image>.json"
+    )
+    parser.add_argument(
+        "--config-from-metadata",
+        type=Path,
+        metavar="IMAGE",
+        help="make an image again from the parameters stored in IMAGE (or its .json); flags given "
+        "here replace the stored ones",
+    )
+    parser.add_argument(
+        "--stepwise-output-dir",
+        type=Path,
+        metavar="DIR",
+        help="also write each image as decoded after every flow block (the flow at work) into DIR",
+    )
+
+
+def fill_from_metadata(args: argparse.Namespace) -> None:
+    """--config-from-metadata: every setting the user did not give, from the image's parameters."""
+    if args.config_from_metadata is None:
+        return
+    flags = generate_flags(read_parameters(args.config_from_metadata))
+    prompts_given = bool(args.prompts or args.prompt or args.prompt_file)
+    for dest, value in flags.items():
+        if dest == "prompt":
+            args.prompt = args.prompt if prompts_given else value
+        elif dest == "seed":
+            args.seed = args.seed or (None if args.n_images else value)
+        elif dest in ("no_denoise", "grid"):
+            setattr(args, dest, getattr(args, dest) or value)
+        elif dest == "dtype":
+            args.dtype = value if args.dtype == "auto" and value else args.dtype
+        elif not hasattr(args, dest):
+            if value is not None:
+                flag = "--" + dest.replace("_", "-")
+                raise ValueError(
+                    f"{args.config_from_metadata} was made with {flag} {value}, which this command lacks "
+                    "(MLX only); regenerate it with python -m starflow_mlx.generate"
+                )
+        elif getattr(args, dest) is None:
+            setattr(args, dest, value)
 
 
 # ----- requests ---------------------------------------------------------------------------
@@ -168,8 +222,11 @@ def read_seeds(args: argparse.Namespace) -> list[int]:
         if args.n_images not in (None, len(args.seed)):
             raise ValueError(f"--n-images {args.n_images} disagrees with the {len(args.seed)} seeds given")
         return list(args.seed)
-    first = args.seed[0] if args.seed else secrets.randbelow(2**31)
-    return [first + i for i in range(args.n_images or 1)]
+    first = args.seed[0] if args.seed else draw_seeds(1)[0]
+    seeds = [first + i for i in range(args.n_images or 1)]
+    if not args.seed:  # say which, so an image worth keeping can be made again
+        print(f"seed(s) drawn at random: {' '.join(map(str, seeds))} (--seed {first} repeats them)")
+    return seeds
 
 
 def image_size(args: argparse.Namespace, parts: PipelineParts) -> tuple[int, int]:
@@ -250,6 +307,7 @@ def check_resources(args: argparse.Namespace, backend: Backend, sizes: ModelSize
 
 # ----- the run -----------------------------------------------------------------------------
 def run(args: argparse.Namespace, backend: Backend) -> int:
+    fill_from_metadata(args)
     if args.model is None:
         if not (DEMO_FOLDER / "model_index.json").is_file():
             raise FileNotFoundError(
@@ -269,7 +327,17 @@ def run(args: argparse.Namespace, backend: Backend) -> int:
 
 
 def generate(args: argparse.Namespace, backend: Backend) -> int:
-    check_output_writable(output_directory(args.output))
+    writer = ImageWriter(
+        args.output,
+        total=0,
+        overwrite=args.overwrite,
+        sidecar=args.metadata,
+        rank=backend.rank,
+        world_size=backend.world_size,
+    )
+    writer.check()
+    if args.stepwise_output_dir is not None:
+        check_output_writable(args.stepwise_output_dir)
     sizes = model_sizes(args.model)
     if sizes is not None:  # a release or a local folder: checked before anything is downloaded
         check_resources(args, backend, sizes, planned_jobs(args))
@@ -278,6 +346,7 @@ def generate(args: argparse.Namespace, backend: Backend) -> int:
     check_image_count(len(prompts), len(seeds), args.max_images)
     height, width = image_size(args, parts)
     jobs = [(p, s) for p in prompts for s in seeds]  # every prompt with every seed
+    writer.total = len(jobs)
     mine = rank_share(jobs, backend.rank, backend.world_size)
     if sizes is None:  # a Hub repo: its sizes are known now, before the weights load
         check_resources(args, backend, parts_sizes(parts), len(mine))
@@ -286,13 +355,13 @@ def generate(args: argparse.Namespace, backend: Backend) -> int:
     distinct = list(dict.fromkeys(jobs[i][0] for i in mine))
     if len(distinct) <= PRECOMPUTED_PROMPTS:  # T5 loaded once and freed before the flow loads
         pipe.encode_prompts(distinct)
-    written, grid_images, grid_meta = [], [], []
-    try:  # each PNG is written atomically as its batch is done; Ctrl-C keeps the complete ones
+    try:  # each image is written atomically as its batch is done; Ctrl-C keeps the complete ones
         for first in range(0, len(mine), args.batch_size):
             indices = mine[first : first + args.batch_size]
+            batch_seeds = [jobs[i][1] for i in indices]
             result = pipe.generate(
                 [jobs[i][0] for i in indices],
-                seeds=[jobs[i][1] for i in indices],
+                seeds=batch_seeds,
                 guidance=args.cfg,
                 jacobi=args.jacobi,
                 block_size=args.jacobi_block_size,
@@ -302,31 +371,26 @@ def generate(args: argparse.Namespace, backend: Backend) -> int:
                 width=width,
                 denoise=not args.no_denoise,
                 progress=not args.quiet,
+                callback=stepwise_writer(args.stepwise_output_dir, pipe, indices, batch_seeds),
             )
             for row, (index, pixels) in enumerate(zip(indices, result.uint8(), strict=True)):
                 if args.grid:
-                    grid_images.append(enlarge_for_viewing(pixels))
-                    grid_meta.append(result.metadata(row))
+                    writer.add_to_grid(pixels, result.parameters(row))
                     continue
-                path = image_path(args.output, index, jobs[index][1], len(jobs))
-                save_png(path, enlarge_for_viewing(pixels), result.metadata(row))
-                written.append(path)
+                announce(writer, writer.write_image(index, pixels, result.parameters(row)))
     except KeyboardInterrupt:
         done = (
-            f"{len(written)} complete image(s) were written before it" if written else "no image was written"
+            f"{len(writer.written)} complete file(s) were written before it"
+            if writer.written
+            else "no image was written"
         )
         raise KeyboardInterrupt(done) from None
-    if args.grid and grid_images:
-        path = grid_path(args.output, backend.rank, backend.world_size)
-        meta = dict(grid_meta[0])
-        meta["prompt"] = json.dumps([m["prompt"] for m in grid_meta])
-        meta["seed"] = json.dumps([int(m["seed"]) for m in grid_meta])
-        cols = len(seeds) if len(prompts) > 1 and len(grid_images) == len(jobs) else None
-        save_png(path, make_grid(grid_images, cols), meta)
-        written.append(path)
+    if args.grid:
+        columns = len(seeds) if len(prompts) > 1 and len(mine) == len(jobs) else None
+        path = writer.write_grid(columns)
+        if path is not None:
+            announce(writer, path)
     elapsed = time.perf_counter() - start
-    for path in written:
-        print(f"wrote {path}")
     peak = backend.peak_memory()
     memory = ""
     if peak:
@@ -338,6 +402,29 @@ def generate(args: argparse.Namespace, backend: Backend) -> int:
     count = len(mine)
     print(f"{count} image(s) in {elapsed:.1f} s ({elapsed / max(count, 1):.3g} s/image){memory}")
     return 0
+
+
+def announce(writer: ImageWriter, path: Path) -> None:
+    """Print the image just written (and its sidecar), so every path written is on the console."""
+    print(f"wrote {path}")
+    if writer.sidecar:
+        print(f"wrote {writer.written[-1]}")
+
+
+def stepwise_writer(
+    folder: Path | None, pipe: Any, indices: list[int], seeds: list[int]
+) -> Callable[[int, Any], None] | None:
+    """--stepwise-output-dir: a block callback decoding and writing the images after each block."""
+    if folder is None:
+        return None
+    steps = iter(range(1, 10_000))
+
+    def write(block_index: int, latents: Any) -> None:
+        images = pipe.decode_latents(latents)
+        written = write_steps(folder, block_index, next(steps), images, indices, seeds)
+        print(f"wrote {len(written)} image(s) after flow block {block_index} into {folder}")
+
+    return write
 
 
 def main(argv: Sequence[str] | None, parser: argparse.ArgumentParser, backend: Backend) -> int:
