@@ -21,7 +21,9 @@ from starflow_core.generation.record import equivalent_command, read_parameters
 
 def build_parser(prog: str = "starflow-info") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Print the generation parameters of images.")
-    parser.add_argument("images", nargs="+", type=Path, help="image(s) written by generate, or .json sidecars")
+    parser.add_argument(
+        "images", nargs="+", type=Path, help="image(s) written by generate, or .json sidecars"
+    )
     parser.add_argument("--json", action="store_true", help="print the parameters as JSON")
     return parser
 
