@@ -58,6 +58,7 @@ class StarFlow(nn.Module):
         strict: bool = False,
     ) -> StarFlow:
         """Load our format (config.json + model.safetensors) tensor by tensor, straight into `dtype`.
+        `folder` is a flow folder or a pipeline folder (model_index.json; its transformer/ loads).
 
         `quantize` (4 or 8 bits) quantizes the transformer linears as they load, so the
         full-precision model is never resident; `strict` as in from_official."""

@@ -55,7 +55,8 @@ class StarFlow(nn.Module):
         device: str | torch.device = "cpu",
     ) -> StarFlow:
         """Load our format (config.json + model.safetensors) tensor by tensor, straight into
-        `dtype` on `device`; `strict` as in from_official."""
+        `dtype` on `device`; `strict` as in from_official. `folder` is a flow folder or a pipeline
+        folder (model_index.json; its transformer/ loads)."""
         return checkpoint.load_pretrained(cls, folder, dtype, strict, device)
 
     def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None) -> None:

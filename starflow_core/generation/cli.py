@@ -25,9 +25,14 @@ from starflow_core.generation.inputs import (
     rank_share,
     snap_size,
 )
+from starflow_core.generation.output_cli import (
+    add_output_arguments,
+    announce,
+    fill_from_metadata,
+    stepwise_writer,
+)
 from starflow_core.generation.outputs import check_output_writable, output_directory
 from starflow_core.generation.precision import DTYPE_CHOICES, QUANTIZE_BITS, TEXT_QUANTIZE_BITS, Precision
-from starflow_core.generation.record import generate_flags, read_parameters
 from starflow_core.generation.resource_check import (
     ModelSizes,
     check_disk,
@@ -42,7 +47,7 @@ from starflow_core.generation.validation import (
     check_image_count,
     check_size_limit,
 )
-from starflow_core.generation.writer import ImageWriter, write_steps
+from starflow_core.generation.writer import ImageWriter
 from starflow_core.sources import PipelineParts, resolve
 from starflow_core.sources.releases import DEMO_FOLDER
 from starflow_core.staging import removing_new_empty_folders
@@ -143,53 +148,6 @@ def build_parser(prog: str, description: str, torch: bool = False) -> argparse.A
         help=f"allow sides beyond {MAX_SIDE_FACTOR}x the model's training size",
     )
     return parser
-
-
-def add_output_arguments(parser: argparse.ArgumentParser) -> None:
-    """What is written besides the images, and how; and regenerating from an image's metadata."""
-    parser.add_argument("--overwrite", action="store_true", help="replace existing files of the same name")
-    parser.add_argument(
-        "--metadata", action="store_true", help="also write each image's parameters to <image>.json"
-    )
-    parser.add_argument(
-        "--config-from-metadata",
-        type=Path,
-        metavar="IMAGE",
-        help="make an image again from the parameters stored in IMAGE (or its .json); flags given "
-        "here replace the stored ones",
-    )
-    parser.add_argument(
-        "--stepwise-output-dir",
-        type=Path,
-        metavar="DIR",
-        help="also write each image as decoded after every flow block (the flow at work) into DIR",
-    )
-
-
-def fill_from_metadata(args: argparse.Namespace) -> None:
-    """--config-from-metadata: every setting the user did not give, from the image's parameters."""
-    if args.config_from_metadata is None:
-        return
-    flags = generate_flags(read_parameters(args.config_from_metadata))
-    prompts_given = bool(args.prompts or args.prompt or args.prompt_file)
-    for dest, value in flags.items():
-        if dest == "prompt":
-            args.prompt = args.prompt if prompts_given else value
-        elif dest == "seed":
-            args.seed = args.seed or (None if args.n_images else value)
-        elif dest in ("no_denoise", "grid"):
-            setattr(args, dest, getattr(args, dest) or value)
-        elif dest == "dtype":
-            args.dtype = value if args.dtype == "auto" and value else args.dtype
-        elif not hasattr(args, dest):
-            if value is not None:
-                flag = "--" + dest.replace("_", "-")
-                raise ValueError(
-                    f"{args.config_from_metadata} was made with {flag} {value}, which this command lacks "
-                    "(MLX only); regenerate it with python -m starflow_mlx.generate"
-                )
-        elif getattr(args, dest) is None:
-            setattr(args, dest, value)
 
 
 # ----- requests ---------------------------------------------------------------------------
@@ -402,29 +360,6 @@ def generate(args: argparse.Namespace, backend: Backend) -> int:
     count = len(mine)
     print(f"{count} image(s) in {elapsed:.1f} s ({elapsed / max(count, 1):.3g} s/image){memory}")
     return 0
-
-
-def announce(writer: ImageWriter, path: Path) -> None:
-    """Print the image just written (and its sidecar), so every path written is on the console."""
-    print(f"wrote {path}")
-    if writer.sidecar:
-        print(f"wrote {writer.written[-1]}")
-
-
-def stepwise_writer(
-    folder: Path | None, pipe: Any, indices: list[int], seeds: list[int]
-) -> Callable[[int, Any], None] | None:
-    """--stepwise-output-dir: a block callback decoding and writing the images after each block."""
-    if folder is None:
-        return None
-    steps = iter(range(1, 10_000))
-
-    def write(block_index: int, latents: Any) -> None:
-        images = pipe.decode_latents(latents)
-        written = write_steps(folder, block_index, next(steps), images, indices, seeds)
-        print(f"wrote {len(written)} image(s) after flow block {block_index} into {folder}")
-
-    return write
 
 
 def main(argv: Sequence[str] | None, parser: argparse.ArgumentParser, backend: Backend) -> int:

@@ -112,6 +112,16 @@ class PipelineParts:
                 )
 
 
+def flow_folder(folder: str | Path) -> Path:
+    """The flow's folder (config.json + model.safetensors) given it or a pipeline folder holding
+    it as transformer/, so StarFlow.from_pretrained takes either."""
+    folder = Path(folder)
+    transformer = folder / "transformer"
+    if not (folder / FLOW_CONFIG).is_file() and (transformer / FLOW_CONFIG).is_file():
+        return transformer
+    return folder
+
+
 def _component(index: dict[str, Any], folder: Path, name: str) -> Path | None:
     entry = index.get(name)
     if entry is None or entry == [None, None]:
