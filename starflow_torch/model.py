@@ -221,10 +221,11 @@ class StarFlow(nn.Module):
         `callback(block_index, x)`, if given, is called after each block with the state so far
         (B, C, H, W), fp32 (blocks run from the last index down to 0; identity blocks are skipped).
 
-        The result is not clipped: for pixel models it lies about in [-1, 1] but can pass it
-        by a little (the model learned data plus noise of std noise_std, e.g. -1.21..1.24 for
-        the demo model); for latent models it is VAE latents (x scaling factor). Denoising and
-        decoding (StarFlowPipeline) turn it into an image.
+        The result is neither denoised nor clipped. Pixel models: data scaled to about [-1, 1]
+        plus the Gaussian noise (std noise_std) the model was trained on, so values past +-1
+        are normal (80 demo-model samples, seeds 0-7 at guidance 1: -1.44..2.00). Latent
+        models: VAE latents (times the VAE scaling factor). StarFlowPipeline denoises, decodes
+        and clips to [-1, 1] on the way to uint8 pixels.
         """
         self._check_input(noise)
         if jacobi and not self.config.sos:
