@@ -125,10 +125,14 @@ def test_sidecar_names_move_with_their_image(tmp_path):
 def test_grid_cells_are_apart_and_rows_labelled(tmp_path):
     cells = [np.full((8, 8, 3), 255, np.uint8)] * 4
     grid = make_grid(cells, cols=2)
-    assert grid.shape == (2 * 8 + 3 * GRID_GAP, 2 * 8 + 3 * GRID_GAP, 3)
-    # between the two columns and the two rows only background: the cells never touch
-    between = slice(GRID_GAP + 8, 2 * GRID_GAP + 8)
-    assert (grid[:, between] == GRID_BACKGROUND).all() and (grid[between, :] == GRID_BACKGROUND).all()
+    assert GRID_GAP >= 2 and grid.shape == (2 * 8 + 3 * GRID_GAP, 2 * 8 + 3 * GRID_GAP, 3)
+    # across the middle of the first row, and down the middle of the first column: two separate
+    # runs of cell pixels with background between them (the cells never touch)
+    middle = GRID_GAP + 4
+    for line in (grid[middle], grid[:, middle]):
+        in_cell = (line == 255).all(axis=-1)
+        assert np.count_nonzero(np.diff(in_cell.astype(int)) == 1) + in_cell[0] == 2
+        assert (line[~in_cell] == GRID_BACKGROUND).all()
     labelled = make_grid(cells, cols=2, labels=["one", "two"])
     strip = labelled.shape[1] - grid.shape[1]
     assert labelled.shape[0] == grid.shape[0] and strip > 0
