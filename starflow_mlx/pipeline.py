@@ -1,7 +1,8 @@
 """Prompt -> image with STARFlow in MLX: text encoding, flow sampling, denoising, VAE decoding.
 
     pipe = StarFlowPipeline.from_pretrained("starflow-3b-t2i-256")   # or a folder / Hub repo id
-    images = pipe(["a film still of a cat playing piano"], seeds=[0, 1])  # PIL images
+    images = pipe(["a film still of a cat playing piano"], seeds=[0, 1])  # PIL images (a sequence)
+    images.seeds, images.save("outputs/")   # seeds (drawn when not given); files as the CLI writes
     result = pipe.generate(prompts, seeds=[0])   # raw arrays (numpy, NHWC) and settings
 
 The steps, settings and sizes are framework-free (starflow_core.generation.pipeline.PipelineBase);
