@@ -5,6 +5,9 @@ Framework-free (starflow_core.generation.info); this module gives it the twin's 
 
 from __future__ import annotations
 
+from . import command_setup  # noqa: F401  (first, as in every MLX command; this one never loads mlx)
+
+# isort: split
 import sys
 from collections.abc import Sequence
 

@@ -337,11 +337,8 @@ def generate(args: argparse.Namespace, backend: Backend) -> int:
                     continue
                 announce(writer, writer.write_image(index, pixels, result.parameters(row)))
     except KeyboardInterrupt:
-        done = (
-            f"{len(writer.written)} complete file(s) were written before it"
-            if writer.written
-            else "no image was written"
-        )
+        images = [path for path in writer.written if path.suffix != ".json"]  # not the sidecars
+        done = f"{len(images)} complete image(s) were written before it" if images else "no image was written"
         raise KeyboardInterrupt(done) from None
     if args.grid:
         columns = len(seeds) if len(prompts) > 1 and len(mine) == len(jobs) else None
