@@ -185,7 +185,14 @@ def test_torch_twin_loads_the_demo_by_name_and_remakes_an_mlx_image(tmp_path):
 
 @pytest.mark.parametrize(
     "case",
-    ["unknown-suffix", "no-parameters", "missing-metadata", "mlx-only-setting", "stepwise-into-a-file"],
+    [
+        "unknown-suffix",
+        "no-parameters",
+        "missing-metadata",
+        "mlx-only-setting",
+        "stepwise-into-a-file",
+        "random-seeds-under-torchrun",
+    ],
 )
 def test_user_errors_exit_2_with_one_line(case, tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
@@ -211,8 +218,16 @@ def test_user_errors_exit_2_with_one_line(case, tmp_path):
             ["one", "--model", DEMO_NAME, "--stepwise-output-dir", "a-file/steps"],
             "cannot write",
         ),
+        "random-seeds-under-torchrun": (
+            "starflow_torch.generate",
+            ["one", "--model", DEMO_NAME, "--output", "t.png"],
+            "give --seed under torchrun",
+        ),
     }[case]
-    result = run(module, *args, tmp=tmp_path)
+    ranked = (
+        {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"} if case == "random-seeds-under-torchrun" else {}
+    )
+    result = run(module, *args, tmp=tmp_path, env=ranked)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

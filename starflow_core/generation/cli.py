@@ -299,6 +299,8 @@ def generate(args: argparse.Namespace, backend: Backend) -> int:
     sizes = model_sizes(args.model)
     if sizes is not None:  # a release or a local folder: checked before anything is downloaded
         check_resources(args, backend, sizes, planned_jobs(args))
+    if backend.world_size > 1 and not args.seed:  # the ranks must share one list of jobs
+        raise ValueError("give --seed under torchrun: each rank would draw its own random seeds")
     parts = resolve(args.model, dtype=backend.precision(args).dtype, strict=args.strict)
     prompts, seeds = read_prompts(args, parts), read_seeds(args)
     check_image_count(len(prompts), len(seeds), args.max_images)
