@@ -9,6 +9,7 @@ checkpoint names, so official weights load with no renaming.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import mlx.core as mx
@@ -57,6 +58,7 @@ class StarFlow(nn.Module):
         strict: bool = False,
     ) -> StarFlow:
         """Load our format (config.json + model.safetensors) tensor by tensor, straight into `dtype`.
+        `folder` is a flow folder or a pipeline folder (model_index.json; its transformer/ loads).
 
         `quantize` (4 or 8 bits) quantizes the transformer linears as they load, so the
         full-precision model is never resident; `strict` as in from_official."""
@@ -220,13 +222,22 @@ class StarFlow(nn.Module):
         attn_temp: float = 1.0,
         progress: bool = False,
         stats: SamplingStats | None = None,
+        callback: Callable[[int, mx.array], None] | None = None,
     ) -> mx.array:
         """noise (B, H, W, C) ~ N(0, I) -> sample (B, H, W, C).
 
         Guidance w > 0 applies in conditioned blocks (only the deep block when
         cond_top_only); text models need y_null (the encoded empty prompt), label
         models use the null label. jacobi=True samples chunks of block_size tokens in
-        parallel (sos models); `stats`, if given, receives the iteration counts.
+        parallel (sos models); `stats`, if given, receives the iteration counts;
+        `callback(block_index, x)`, if given, is called after each block with the state so far
+        (B, H, W, C), fp32 (blocks run from the last index down to 0; identity blocks are skipped).
+
+        The result is neither denoised nor clipped. Pixel models: data scaled to about [-1, 1]
+        plus the Gaussian noise (std noise_std) the model was trained on, so values past +-1
+        are normal (80 demo-model samples, seeds 0-7 at guidance 1: -1.44..2.00). Latent
+        models: VAE latents (times the VAE scaling factor). StarFlowPipeline denoises, decodes
+        and clips to [-1, 1] on the way to uint8 pixels.
         """
         self._check_input(noise)
         if jacobi and not self.config.sos:
@@ -256,6 +267,8 @@ class StarFlow(nn.Module):
             else:
                 tokens = sample_block_sequential(block, tokens, cond, rope, progress)
                 stats.steps += tokens.shape[1]
+            if callback is not None:
+                callback(i, self.unpatchify(tokens, H, W))
         return self.unpatchify(tokens, H, W).astype(noise.dtype)
 
     def _block_is_conditioned(self, block: FlowBlock) -> bool:

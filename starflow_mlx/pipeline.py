@@ -1,7 +1,8 @@
 """Prompt -> image with STARFlow in MLX: text encoding, flow sampling, denoising, VAE decoding.
 
     pipe = StarFlowPipeline.from_pretrained("starflow-3b-t2i-256")   # or a folder / Hub repo id
-    images = pipe(["a film still of a cat playing piano"], seeds=[0, 1])  # PIL images
+    images = pipe(["a film still of a cat playing piano"], seeds=[0, 1])  # PIL images (a sequence)
+    images.seeds, images.save("outputs/")   # seeds (drawn when not given); files as the CLI writes
     result = pipe.generate(prompts, seeds=[0])   # raw arrays (numpy, NHWC) and settings
 
 The steps, settings and sizes are framework-free (starflow_core.generation.pipeline.PipelineBase);
@@ -12,6 +13,7 @@ to pixels. Noise comes from numpy per seed, identical in both twins.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import mlx.core as mx
@@ -48,6 +50,8 @@ def auto_dtype(name: str) -> str:
 
 
 class StarFlowPipeline(PipelineBase):
+    framework = "mlx"
+
     def __init__(
         self,
         parts: PipelineParts,
@@ -173,6 +177,7 @@ class StarFlowPipeline(PipelineBase):
         y_null: mx.array | None,
         settings: GenerationSettings,
         progress: bool,
+        callback: Callable[[int, mx.array], None] | None = None,
     ) -> tuple[mx.array, int]:
         stats = SamplingStats()
         latents = self.flow.sample(
@@ -186,12 +191,16 @@ class StarFlowPipeline(PipelineBase):
             max_iter=settings.max_iter,
             progress=progress,
             stats=stats,
+            callback=callback,
         ).astype(mx.float32)
         mx.eval(latents)
         return latents, stats.steps
 
     def to_numpy(self, array: mx.array) -> np.ndarray:
         return np.array(array.astype(mx.float32))
+
+    def from_numpy(self, array: np.ndarray) -> mx.array:
+        return mx.array(np.ascontiguousarray(array, dtype=np.float32))  # already NHWC
 
     def denoise(self, latents: mx.array, y: mx.array | None) -> mx.array:
         """One score (Tweedie) step per sample, one at a time to bound the backward pass's memory."""

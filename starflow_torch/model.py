@@ -9,6 +9,7 @@ checkpoint names, so official weights load with no renaming.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,8 @@ class StarFlow(nn.Module):
         device: str | torch.device = "cpu",
     ) -> StarFlow:
         """Load our format (config.json + model.safetensors) tensor by tensor, straight into
-        `dtype` on `device`; `strict` as in from_official."""
+        `dtype` on `device`; `strict` as in from_official. `folder` is a flow folder or a pipeline
+        folder (model_index.json; its transformer/ loads)."""
         return checkpoint.load_pretrained(cls, folder, dtype, strict, device)
 
     def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None) -> None:
@@ -208,13 +210,22 @@ class StarFlow(nn.Module):
         attn_temp: float = 1.0,
         progress: bool = False,
         stats: SamplingStats | None = None,
+        callback: Callable[[int, torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
         """noise (B, C, H, W) ~ N(0, I) -> sample (B, C, H, W).
 
         Guidance w > 0 applies in conditioned blocks (only the deep block when
         cond_top_only); text models need y_null (the encoded empty prompt), label
         models use the null label. jacobi=True samples chunks of block_size tokens in
-        parallel (sos models); `stats`, if given, receives the iteration counts.
+        parallel (sos models); `stats`, if given, receives the iteration counts;
+        `callback(block_index, x)`, if given, is called after each block with the state so far
+        (B, C, H, W), fp32 (blocks run from the last index down to 0; identity blocks are skipped).
+
+        The result is neither denoised nor clipped. Pixel models: data scaled to about [-1, 1]
+        plus the Gaussian noise (std noise_std) the model was trained on, so values past +-1
+        are normal (80 demo-model samples, seeds 0-7 at guidance 1: -1.44..2.00). Latent
+        models: VAE latents (times the VAE scaling factor). StarFlowPipeline denoises, decodes
+        and clips to [-1, 1] on the way to uint8 pixels.
         """
         self._check_input(noise)
         if jacobi and not self.config.sos:
@@ -244,6 +255,8 @@ class StarFlow(nn.Module):
             else:
                 tokens = sample_block_sequential(block, tokens, cond, rope, progress)
                 stats.steps += tokens.shape[1]
+            if callback is not None:
+                callback(i, self.unpatchify(tokens, H, W))
         return self.unpatchify(tokens, H, W).to(noise.dtype)
 
     def _block_is_conditioned(self, block: FlowBlock) -> bool:

@@ -1,7 +1,8 @@
 """Prompt -> image with STARFlow in PyTorch: text encoding, flow sampling, denoising, VAE decoding.
 
     pipe = StarFlowPipeline.from_pretrained("starflow-3b-t2i-256", device="cuda")
-    images = pipe(["a film still of a cat playing piano"], seeds=[0, 1])  # PIL images
+    images = pipe(["a film still of a cat playing piano"], seeds=[0, 1])  # PIL images (a sequence)
+    images.seeds, images.save("outputs/")   # seeds (drawn when not given); files as the CLI writes
     result = pipe.generate(prompts, seeds=[0])   # raw arrays (numpy, NHWC) and settings
 
 The twin of starflow_mlx.pipeline: the steps, settings and sizes are framework-free
@@ -12,6 +13,7 @@ like the MLX twin's; the modules work on NCHW tensors.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +50,8 @@ def auto_dtype(name: str, device: str | torch.device) -> str:
 
 
 class StarFlowPipeline(PipelineBase):
+    framework = "torch"
+
     def __init__(
         self,
         parts: PipelineParts,
@@ -174,6 +178,7 @@ class StarFlowPipeline(PipelineBase):
         y_null: torch.Tensor | None,
         settings: GenerationSettings,
         progress: bool,
+        callback: Callable[[int, torch.Tensor], None] | None = None,
     ) -> tuple[torch.Tensor, int]:
         stats = SamplingStats()
         latents = self.flow.sample(
@@ -187,12 +192,19 @@ class StarFlowPipeline(PipelineBase):
             max_iter=settings.max_iter,
             progress=progress,
             stats=stats,
+            callback=callback,
         ).float()
         return latents, stats.steps
 
     def to_numpy(self, array: torch.Tensor) -> np.ndarray:
         """(B, C, H, W) tensor -> (B, H, W, C) float32 numpy, the layout both twins return."""
         return array.detach().float().permute(0, 2, 3, 1).cpu().numpy()
+
+    def from_numpy(self, array: np.ndarray) -> torch.Tensor:
+        """(B, H, W, C) float32 numpy -> (B, C, H, W) tensor on the pipeline's device."""
+        return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2), dtype=np.float32)).to(
+            self.device
+        )
 
     def denoise(self, latents: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """One score (Tweedie) step per sample, one at a time to bound the backward pass's memory."""

@@ -13,19 +13,26 @@ to the caller is numpy, NHWC, the same in both twins (`Generation`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from starflow_core.config import FlowConfig
-from starflow_core.generation.inputs import batch_prompts_and_seeds, check_size, make_noise, prompts_to_labels
+from starflow_core.generation.inputs import (
+    batch_prompts_and_seeds,
+    check_size,
+    draw_seeds,
+    make_noise,
+    prompts_to_labels,
+)
 from starflow_core.generation.precision import Precision
-from starflow_core.generation.result import Generation
+from starflow_core.generation.result import GeneratedImages, Generation
 from starflow_core.generation.settings import GenerationSettings, check_finite
 from starflow_core.sources.pipeline_folder import PipelineParts
 
 Array = Any  # the twin's array type: mx.array (NHWC) or torch.Tensor (NCHW)
+BlockCallback = Callable[[int, np.ndarray], None]  # (block index, state after it: float32 NHWC)
 
 
 class PipelineBase:
@@ -34,6 +41,7 @@ class PipelineBase:
     text is encoded, the VAE at decoding) and `text_encoder` (None where absent) and implement
     the array methods below."""
 
+    framework: str  # "mlx" | "torch", recorded in image metadata
     parts: PipelineParts
     flow_config: FlowConfig
     precision: Precision
@@ -77,8 +85,10 @@ class PipelineBase:
         y_null: Array | None,
         settings: GenerationSettings,
         progress: bool,
+        callback: Callable[[int, Array], None] | None = None,
     ) -> tuple[Array, int]:
-        """Invert the flow; returns the samples (fp32) and the number of network evaluations."""
+        """Invert the flow; returns the samples (fp32) and the number of network evaluations.
+        `callback(block_index, state)` is passed on to StarFlow.sample."""
         raise NotImplementedError
 
     def denoise(self, latents: Array, y: Array | None) -> Array:
@@ -91,6 +101,10 @@ class PipelineBase:
 
     def to_numpy(self, array: Array) -> np.ndarray:
         """An image-shaped array -> float32 numpy (B, H, W, C)."""
+        raise NotImplementedError
+
+    def from_numpy(self, array: np.ndarray) -> Array:
+        """float32 numpy (B, H, W, C) -> the twin's layout and device, float32 (the inverse of to_numpy)."""
         raise NotImplementedError
 
     # ----- sizes ---------------------------------------------------------------------------
@@ -171,7 +185,7 @@ class PipelineBase:
         self,
         prompts: str | Sequence[str],
         *,
-        seeds: int | Sequence[int],
+        seeds: int | Sequence[int] | None = None,
         guidance: float | None = None,
         jacobi: bool | None = None,
         block_size: int | None = None,
@@ -181,8 +195,18 @@ class PipelineBase:
         width: int | None = None,
         denoise: bool = True,
         progress: bool = False,
+        callback: BlockCallback | None = None,
     ) -> Generation:
-        """Sample one image per (prompt, seed) pair; settings left None take the model's defaults."""
+        """Sample one image per (prompt, seed) pair; settings left None take the model's defaults.
+
+        `seeds` None draws one at random per prompt (reported in the result's `.seeds`).
+        `callback(block_index, latents)` is called after each flow block with the samples so
+        far as float32 numpy (B, h, w, C), before denoising and decoding (`decode_latents`
+        makes pictures of them); blocks run from the last index down to 0.
+        """
+        drawn = seeds is None
+        if drawn:
+            seeds = draw_seeds(1 if isinstance(prompts, str) else max(len(prompts), 1))
         prompts, seeds = batch_prompts_and_seeds(prompts, seeds)
         settings = self.parts.sampling.merged(
             guidance=guidance, jacobi=jacobi, block_size=block_size, tol=tol, max_iter=max_iter
@@ -192,7 +216,8 @@ class PipelineBase:
         factor = self.parts.vae_downsample
         y, y_null = self.conditions(prompts, settings.guidance > 0)
         noise = make_noise(seeds, self.config.in_channels, height // factor, width // factor)
-        latents, steps = self.sample_flow(self.noise_array(noise), y, y_null, settings, progress)
+        on_block = None if callback is None else (lambda index, state: callback(index, self.to_numpy(state)))
+        latents, steps = self.sample_flow(self.noise_array(noise), y, y_null, settings, progress, on_block)
         check_finite(self.to_numpy(latents), seeds, "flow samples")
         mode = self.denoise_mode(denoise)
         if mode == "score":
@@ -211,8 +236,18 @@ class PipelineBase:
             latents=self.to_numpy(latents),
             images=images,
             precision=self.precision,
+            source=self.parts.source,
+            decoder=str(self.parts.decoder.resolve()) if mode == "decoder" else None,
+            framework=self.framework,
+            seeds_drawn=drawn,
         )
 
-    def __call__(self, prompts: str | Sequence[str], **kwargs) -> list:
-        """Same arguments as `generate`; returns PIL images."""
-        return self.generate(prompts, **kwargs).pil_images()
+    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
+        """Flow samples (float32 numpy (B, h, w, C), e.g. a callback's) -> images in [-1, 1],
+        numpy (B, H, W, C), with the VAE (pixel models: unchanged); no denoising."""
+        return self.to_numpy(self.decode(self.from_numpy(latents)))
+
+    def __call__(self, prompts: str | Sequence[str], **kwargs) -> GeneratedImages:
+        """Same arguments as `generate`; returns the PIL images (a sequence, with `.images`,
+        `.seeds`, `.parameters` and `.save(path_or_folder)`)."""
+        return GeneratedImages(self.generate(prompts, **kwargs))

@@ -54,6 +54,9 @@ class PipelineParts:
     sampling: GenerationSettings = GenerationSettings()
     labels: tuple[str, ...] | None = None
     default_prompts: tuple[str, ...] = ()
+    # what loads these parts again by name (release name, Hub repo id, absolute folder path);
+    # written into image metadata as "model". None: not known (parts built by hand)
+    source: str | None = None
 
     @property
     def flow_config(self) -> FlowConfig:
@@ -109,6 +112,16 @@ class PipelineParts:
                 )
 
 
+def flow_folder(folder: str | Path) -> Path:
+    """The flow's folder (config.json + model.safetensors) given it or a pipeline folder holding
+    it as transformer/, so StarFlow.from_pretrained takes either."""
+    folder = Path(folder)
+    transformer = folder / "transformer"
+    if not (folder / FLOW_CONFIG).is_file() and (transformer / FLOW_CONFIG).is_file():
+        return transformer
+    return folder
+
+
 def _component(index: dict[str, Any], folder: Path, name: str) -> Path | None:
     entry = index.get(name)
     if entry is None or entry == [None, None]:
@@ -126,7 +139,7 @@ def read_pipeline_folder(folder: str | Path) -> PipelineParts:
     index_path = folder / MODEL_INDEX
     if not index_path.is_file():
         if (folder / FLOW_CONFIG).is_file() and (folder / FLOW_WEIGHTS).is_file():
-            parts = PipelineParts(name=folder.name, transformer=folder)
+            parts = PipelineParts(name=folder.name, transformer=folder, source=str(folder.resolve()))
             parts.check()
             return parts
         raise FileNotFoundError(
@@ -154,6 +167,7 @@ def read_pipeline_folder(folder: str | Path) -> PipelineParts:
         sampling=GenerationSettings.from_dict(index.get("sampling") or {}),
         labels=tuple(labels) if labels else None,
         default_prompts=tuple(index.get("default_prompts") or ()),
+        source=str(folder.resolve()),
     )
     parts.check()
     return parts
