@@ -114,10 +114,12 @@ class FlowBlock(nn.Module):
         text: mx.array | None,
         rope: Rope | None,
         labels: mx.array | None = None,
+        query_scale: mx.array | None = None,
     ) -> tuple[mx.array, mx.array]:
         """Permuted tokens (B, T, C') -> raw scale a and shift b for every token, same order.
 
-        Without sos, position 0 gets a = b = 0: the first token passes unchanged.
+        Without sos, position 0 gets a = b = 0: the first token passes unchanged. query_scale
+        (B, 1, 1, 1) scales the attention logits per row (attn_temp, see sampling.py).
         """
         h = self.embed(self.sequence_inputs(tokens), 0, labels)
         txt_len = 0
@@ -125,7 +127,7 @@ class FlowBlock(nn.Module):
             t = self.text_tokens(text)
             txt_len = t.shape[1]
             h = mx.concatenate([t, h], axis=1)
-        h = self.trunk(h, rope)[:, txt_len:]
+        h = self.trunk(h, rope, query_scale=query_scale)[:, txt_len:]
         raw_scale, shift = self.head(h)
         if not self.config.sos:  # output t predicts token t+1
             raw_scale = mx.concatenate([mx.zeros_like(raw_scale[:, :1]), raw_scale[:, :-1]], axis=1)

@@ -113,10 +113,12 @@ class FlowBlock(nn.Module):
         text: torch.Tensor | None,
         rope: Rope | None,
         labels: torch.Tensor | None = None,
+        query_scale: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Permuted tokens (B, T, C') -> raw scale a and shift b for every token, same order.
 
-        Without sos, position 0 gets a = b = 0: the first token passes unchanged.
+        Without sos, position 0 gets a = b = 0: the first token passes unchanged. query_scale
+        (B, 1, 1, 1) scales the attention logits per row (attn_temp, see sampling.py).
         """
         h = self.embed(self.sequence_inputs(tokens), 0, labels)
         txt_len = 0
@@ -124,7 +126,7 @@ class FlowBlock(nn.Module):
             t = self.text_tokens(text)
             txt_len = t.shape[1]
             h = torch.cat([t, h], dim=1)
-        h = self.trunk(h, rope)[:, txt_len:]
+        h = self.trunk(h, rope, query_scale=query_scale)[:, txt_len:]
         raw_scale, shift = self.head(h)
         if not self.config.sos:  # output t predicts token t+1
             raw_scale = torch.cat([torch.zeros_like(raw_scale[:, :1]), raw_scale[:, :-1]], dim=1)
