@@ -7,6 +7,10 @@ the steps. Each twin's pipeline subclasses `PipelineBase` and supplies the array
     score step x + sigma^2 grad log p(x|y), or a decoder fine-tuned on noisy latents
     VAE decode                                  -> images in [-1, 1]
 
+With `image=` (and `mask_image=`) the same steps edit an image: image-to-image and
+inpainting through the flow's exact inverse (starflow_core.generation.editing). `score`
+gives the exact log-likelihood of images.
+
 Arrays crossing this layer are the twin's own (mx.array / torch.Tensor); what comes back
 to the caller is numpy, NHWC, the same in both twins (`Generation`).
 """
@@ -19,6 +23,8 @@ from typing import Any
 import numpy as np
 
 from starflow_core.config import FlowConfig
+from starflow_core.generation import editing
+from starflow_core.generation.edit_inputs import check_strength, describe_input, prepare_images, prepare_masks
 from starflow_core.generation.inputs import batch_prompts_and_seeds, check_size, make_noise, prompts_to_labels
 from starflow_core.generation.result import Generation
 from starflow_core.generation.settings import GenerationSettings, check_finite
@@ -61,8 +67,28 @@ class PipelineBase:
         """Invert the flow; returns the samples (fp32) and the number of network evaluations."""
         raise NotImplementedError
 
-    def denoise(self, latents: Array, y: Array | None) -> Array:
-        """One score (Tweedie) step, x + sigma^2 grad_x log p(x | y) (SPEC section 3)."""
+    def denoise(self, latents: Array, y: Array | None, noise_std: float | None = None) -> Array:
+        """One score (Tweedie) step, x + sigma^2 grad_x log p(x | y) (SPEC section 3); sigma is
+        noise_std, by default the model's training noise."""
+        raise NotImplementedError
+
+    def encode(self, images: Array) -> Array:
+        """Images in [-1, 1] -> the flow's data: VAE latents (posterior mean x scaling factor), or
+        the images themselves for pixel models."""
+        raise NotImplementedError
+
+    def invert_flow(
+        self, latents: Array, y: Array | None, y_null: Array | None, settings: GenerationSettings
+    ) -> Array:
+        """The exact inverse of `sample_flow` under the same conditions and guidance (fp32)."""
+        raise NotImplementedError
+
+    def log_prob(self, latents: Array, y: Array | None) -> Array:
+        """Exact log p(latents | y) in nats, (B,), under the flow (no guidance)."""
+        raise NotImplementedError
+
+    def from_numpy(self, array: np.ndarray) -> Array:
+        """float32 numpy (B, H, W, C) -> the twin's layout and device, float32 (the inverse of to_numpy)."""
         raise NotImplementedError
 
     def decode(self, latents: Array, use_decoder: bool = False) -> Array:
@@ -82,6 +108,11 @@ class PipelineBase:
     def size_multiple(self) -> int:
         """Image sides must be multiples of this: VAE downsampling x patch size."""
         return self.parts.vae_downsample * self.config.patch_size
+
+    @property
+    def image_channels(self) -> int:
+        """Channels of the images this pipeline makes and edits (the VAE's, or the flow's for pixels)."""
+        return self.parts.image_channels
 
     @property
     def default_size(self) -> int:
@@ -130,12 +161,29 @@ class PipelineBase:
         width: int | None = None,
         denoise: bool = True,
         progress: bool = False,
+        image: Any = None,
+        strength: float | None = None,
+        mask_image: Any = None,
+        source_prompt: str | Sequence[str] | None = None,
+        inpaint_rounds: int = editing.DEFAULT_ROUNDS,
     ) -> Generation:
-        """Sample one image per (prompt, seed) pair; settings left None take the model's defaults."""
+        """Sample one image per (prompt, seed) pair; settings left None take the model's defaults.
+
+        `image` (a path, PIL image or array; one or one per pair) turns this into image-to-image
+        at `strength` (0 keeps the image, 1 regenerates it; default 0.8 without a mask), or, with
+        `mask_image` (white / 1 = regenerate), inpainting (default strength 1). The image sets
+        the size unless height and width are given (it is then resized). `source_prompt`
+        conditions the inversion of the image (default: the prompt). See docs/editing.md.
+        """
         prompts, seeds = batch_prompts_and_seeds(prompts, seeds)
         settings = self.parts.sampling.merged(
             guidance=guidance, jacobi=jacobi, block_size=block_size, tol=tol, max_iter=max_iter
         )
+        if image is not None or mask_image is not None or strength is not None or source_prompt is not None:
+            request = self.edit_request(
+                len(prompts), image, strength, mask_image, source_prompt, inpaint_rounds, height, width
+            )
+            return editing.edit(self, prompts, seeds, settings, request, denoise, progress)
         height, width = height or self.default_size, width or self.default_size
         self.check_size(height, width)
         factor = self.parts.vae_downsample
@@ -160,6 +208,46 @@ class PipelineBase:
             latents=self.to_numpy(latents),
             images=images,
         )
+
+    def edit_request(
+        self,
+        count: int,
+        image: Any,
+        strength: float | None,
+        mask_image: Any,
+        source_prompt: str | Sequence[str] | None,
+        rounds: int,
+        height: int | None,
+        width: int | None,
+    ) -> editing.EditInputs:
+        """Check and load the inputs of an edit of `count` images (before any network runs)."""
+        if image is None:
+            raise ValueError("mask_image, strength and source_prompt edit an image: pass image= as well")
+        if (height is None) != (width is None):
+            raise ValueError("to resize the input image give both height and width")
+        strength = check_strength((1.0 if mask_image is not None else 0.8) if strength is None else strength)
+        size = (height, width) if height is not None else None
+        images = prepare_images(image, count, self.image_channels, size, self.size_multiple)
+        masks = None if mask_image is None else prepare_masks(mask_image, count, *images.shape[1:3])
+        sources = None
+        if source_prompt is not None:
+            sources = [source_prompt] if isinstance(source_prompt, str) else list(source_prompt)
+            if len(sources) not in (1, count):
+                raise ValueError(f"got {len(sources)} source prompts for {count} images; give one or {count}")
+            sources = sources * count if len(sources) == 1 else sources
+        description = {"image": describe_input(image)}
+        if masks is not None:
+            description["mask"] = describe_input(mask_image)
+            description["inpaint_rounds"] = str(rounds)
+        if sources is not None:
+            description["source_prompt"] = sources[0] if len(set(sources)) == 1 else repr(sources)
+        return editing.EditInputs(images, strength, masks, sources, rounds, description)
+
+    def score(self, images: Any, prompts: str | Sequence[str] = "") -> np.ndarray:
+        """Exact log-likelihood of images as bits per dimension (B,), float64; see scoring.py."""
+        from starflow_core.generation.scoring import score_images
+
+        return score_images(self, images, prompts).bits_per_dim
 
     def __call__(self, prompts: str | Sequence[str], **kwargs) -> list:
         """Same arguments as `generate`; returns PIL images."""

@@ -30,6 +30,7 @@ class Generation:
     steps: int
     latents: np.ndarray  # (B, h, w, C)
     images: np.ndarray  # (B, H, W, 3)
+    edit: dict[str, str] = dataclasses.field(default_factory=dict)  # image-to-image / inpainting inputs
 
     def uint8(self) -> np.ndarray:
         return to_uint8(self.images)
@@ -49,6 +50,7 @@ class Generation:
             "width": str(self.width),
             "denoise": self.denoise,
             "version": f"starflow-mlx {package_version()}",
+            **self.edit,
         }
 
     def pil_images(self) -> list:

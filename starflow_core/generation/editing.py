@@ -1,0 +1,149 @@
+"""Image-to-image and inpainting with an exactly invertible flow (training-free; docs/editing.md).
+
+The guided sampler at condition y and guidance w is an exact bijection T (each token affine
+in its noise given the tokens before it), and `invert_flow` computes T^-1 of a known image in
+one teacher-forced pass. With x the input (VAE latent for latent models) and eps the noise of
+the seed (make_noise, as in generation):
+
+    image-to-image   z = sqrt(1 - S^2) T_source^-1(x) + S eps        output T_target(z)
+
+S = 0 returns x (float error), S = 1 is plain generation with the seed, and the mix keeps
+z ~ N(0, I) when T^-1(x) is. Inpainting (mask m, 1 = regenerate) does this on the masked
+entries only and pastes the known ones back, for `rounds` rounds; each later round re-inverts
+the pasted result and draws the masked noise afresh, so the regenerated part adapts to the
+known part (it is exact conditional sampling when every block reads the known tokens first).
+
+The known entries of the output equal the input exactly: pixels for pixel models; latents
+for latent models, whose decoded pixels are then blended with the input pixels outside the
+mask (as diffusers' inpainting does). The score step (noisy-latent models) uses noise
+std S * noise_std: the output carries training noise of that size (exact for a Gaussian
+model), so S = 0 is not smoothed and S = 1 matches generation. All arithmetic outside the
+network calls is numpy float32 here, so both twins compute it identically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any
+
+import numpy as np
+
+from starflow_core.generation.edit_inputs import latent_mask
+from starflow_core.generation.inputs import make_noise
+from starflow_core.generation.result import Generation
+from starflow_core.generation.settings import GenerationSettings, check_finite
+
+DEFAULT_ROUNDS = 4  # inpainting rounds; docs/editing.md: accuracy vs rounds on the digits model
+
+
+@dataclasses.dataclass(frozen=True)
+class EditInputs:
+    """A checked edit request (starflow_core.generation.edit_inputs prepares the arrays)."""
+
+    images: np.ndarray  # (B, H, W, C) float32 in [-1, 1], one per job
+    strength: float  # 0 keeps the input, 1 regenerates (the masked part)
+    masks: np.ndarray | None = None  # (B, H, W) in {0, 1}, 1 = regenerate; None: image-to-image
+    source_prompts: list[str] | None = None  # condition of the inversion; None: the target prompts
+    rounds: int = DEFAULT_ROUNDS
+    description: dict[str, str] = dataclasses.field(default_factory=dict)  # for PNG metadata
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ValueError(f"inpainting rounds must be >= 1, got {self.rounds}")
+
+
+def round_noise(seeds: list[int], index: int, channels: int, height: int, width: int) -> np.ndarray:
+    """(B, h, w, C) noise of inpainting round `index`: the seed's own noise (make_noise) in
+    round 0, then a separate stream per (seed, round)."""
+    if index == 0:
+        noise = make_noise(seeds, channels, height, width)
+    else:
+        noise = np.stack(
+            [
+                np.random.default_rng([int(seed), index]).standard_normal(
+                    (channels, height, width), np.float32
+                )
+                for seed in seeds
+            ]
+        )
+    return noise.transpose(0, 2, 3, 1)  # NCHW -> NHWC
+
+
+def edit(
+    pipe: Any,
+    prompts: list[str],
+    seeds: list[int],
+    settings: GenerationSettings,
+    request: EditInputs,
+    denoise: bool,
+    progress: bool,
+) -> Generation:
+    """Run image-to-image (request.masks None) or inpainting through a twin's pipeline."""
+    images = request.images
+    batch, height, width, _ = images.shape
+    pipe.check_size(height, width)
+    strength = request.strength
+    guided = settings.guidance > 0
+    y, y_null = pipe.conditions(prompts, guided)
+    source = (
+        (y, y_null) if request.source_prompts is None else pipe.conditions(request.source_prompts, guided)
+    )
+    data = pipe.to_numpy(pipe.encode(pipe.from_numpy(images)))  # (B, h, w, C): latents or pixels
+    regenerate = (
+        np.ones((*data.shape[:3], 1), np.float32)
+        if request.masks is None
+        else latent_mask(request.masks, pipe.parts.vae_downsample)
+    )  # (B, h, w, 1)
+    if request.masks is not None and not regenerate.any():
+        warnings.warn("the mask is empty (nothing to regenerate); returning the input image", stacklevel=3)
+        return _result(pipe, prompts, seeds, settings, request, "none", 0, data, images)
+    rounds = request.rounds if (request.masks is not None and not regenerate.all()) else 1
+    channels, h, w = data.shape[3], data.shape[1], data.shape[2]
+
+    # T_source^-1 of the input; unused at strength 1 without a known region (plain generation)
+    if strength == 1.0 and regenerate.all():
+        start = np.zeros_like(data)
+    else:
+        start = pipe.to_numpy(pipe.invert_flow(pipe.from_numpy(data), *source, settings))
+    keep = np.float32(np.sqrt(1.0 - strength * strength))
+    latents, steps = data, 0
+    for index in range(rounds):
+        if index == 0:
+            noise = start
+        else:  # re-invert the pasted result under the target condition
+            noise = pipe.to_numpy(pipe.invert_flow(pipe.from_numpy(latents), y, y_null, settings))
+        fresh = keep * start + np.float32(strength) * round_noise(seeds, index, channels, h, w)
+        noise = np.where(regenerate > 0, fresh, noise)
+        noise = pipe.noise_array(np.ascontiguousarray(noise.transpose(0, 3, 1, 2)))  # as generate's noise
+        sampled, count = pipe.sample_flow(noise, y, y_null, settings, progress)
+        steps += count
+        latents = np.where(regenerate > 0, pipe.to_numpy(sampled), data)
+        check_finite(latents, seeds, "flow samples")
+
+    mode = pipe.denoise_mode(denoise) if strength > 0 else "none"
+    if mode == "score":
+        sigma = strength * pipe.config.noise_std
+        denoised = pipe.to_numpy(pipe.denoise(pipe.from_numpy(latents), y, sigma))
+        latents = np.where(regenerate > 0, denoised, data)
+    decoded = pipe.to_numpy(pipe.decode(pipe.from_numpy(latents), use_decoder=mode == "decoder"))
+    check_finite(decoded, seeds, "decoded images")
+    if request.masks is not None:  # the known pixels are the input's (exact for pixel models already)
+        decoded = np.where(request.masks[..., None] > 0, decoded, images)
+    return _result(pipe, prompts, seeds, settings, request, mode, steps, latents, decoded)
+
+
+def _result(pipe, prompts, seeds, settings, request, mode, steps, latents, images) -> Generation:
+    return Generation(
+        model=pipe.parts.name,
+        prompts=prompts,
+        seeds=seeds,
+        settings=settings,
+        height=images.shape[1],
+        width=images.shape[2],
+        denoise=mode,
+        steps=steps,
+        latents=latents.astype(np.float32),
+        images=images.astype(np.float32),
+        edit={"strength": f"{request.strength:g}", **request.description},
+    )
