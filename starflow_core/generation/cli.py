@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from starflow_core.generation.edit_cli import add_edit_arguments, check_edit_flags, edit_arguments
 from starflow_core.generation.images import enlarge_for_viewing, make_grid, save_png
 from starflow_core.generation.inputs import (
     aspect_ratio_size,
@@ -78,6 +79,7 @@ def build_parser(prog: str, description: str, torch: bool = False) -> argparse.A
     parser.add_argument("--output", type=Path, default=Path("starflow.png"), help="PNG file or directory")
     parser.add_argument("--grid", action="store_true", help="write one grid image instead of one per image")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_edit_arguments(parser)
     return parser
 
 
@@ -142,6 +144,7 @@ def image_size(args: argparse.Namespace, parts: PipelineParts) -> tuple[int, int
 
 # ----- the run -----------------------------------------------------------------------------
 def run(args: argparse.Namespace, backend: Backend) -> int:
+    check_edit_flags(args)
     if args.model is None:
         if not (DEMO_FOLDER / "model_index.json").is_file():
             raise FileNotFoundError(
@@ -159,7 +162,8 @@ def run(args: argparse.Namespace, backend: Backend) -> int:
     check_output_writable(output_directory(args.output))
     parts = resolve(args.model)
     prompts, seeds = read_prompts(args, parts), read_seeds(args)
-    height, width = image_size(args, parts)
+    edit = edit_arguments(args, parts) if args.image is not None else None  # image-to-image / inpainting
+    height, width = edit.size if edit else image_size(args, parts)
     jobs = [(p, s) for p in prompts for s in seeds]  # every prompt with every seed
     mine = rank_share(jobs, backend.rank, backend.world_size)
     start = time.perf_counter()
@@ -179,7 +183,10 @@ def run(args: argparse.Namespace, backend: Backend) -> int:
             width=width,
             denoise=not args.no_denoise,
             progress=not args.quiet,
+            **(edit.kwargs if edit else {}),
         )
+        if edit:
+            result.edit.update(edit.metadata)
         for row, (index, pixels) in enumerate(zip(indices, result.uint8(), strict=True)):
             if args.grid:
                 grid_images.append(enlarge_for_viewing(pixels))
