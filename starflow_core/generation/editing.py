@@ -101,36 +101,36 @@ def edit(
     rounds = request.rounds if (request.masks is not None and not regenerate.all()) else 1
     channels, h, w = data.shape[3], data.shape[1], data.shape[2]
 
+    def paste(sampled):  # the known entries back from the input; twin arrays in and out
+        if request.masks is None:  # image-to-image: nothing known, arrays pass untouched (as in generate)
+            return sampled
+        return pipe.from_numpy(np.where(regenerate > 0, pipe.to_numpy(sampled), data))
+
     # T_source^-1 of the input; unused at strength 1 without a known region (plain generation)
     if strength == 1.0 and regenerate.all():
         start = np.zeros_like(data)
     else:
         start = pipe.to_numpy(pipe.invert_flow(pipe.from_numpy(data), *source, settings))
     keep = np.float32(np.sqrt(1.0 - strength * strength))
-    latents, steps = data, 0
+    latents, steps = None, 0
     for index in range(rounds):
-        if index == 0:
-            noise = start
-        else:  # re-invert the pasted result under the target condition
-            noise = pipe.to_numpy(pipe.invert_flow(pipe.from_numpy(latents), y, y_null, settings))
+        # later rounds re-invert the pasted result under the target condition
+        noise = start if index == 0 else pipe.to_numpy(pipe.invert_flow(latents, y, y_null, settings))
         fresh = keep * start + np.float32(strength) * round_noise(seeds, index, channels, h, w)
         noise = np.where(regenerate > 0, fresh, noise)
         noise = pipe.noise_array(np.ascontiguousarray(noise.transpose(0, 3, 1, 2)))  # as generate's noise
         sampled, count = pipe.sample_flow(noise, y, y_null, settings, progress)
-        steps += count
-        latents = np.where(regenerate > 0, pipe.to_numpy(sampled), data)
-        check_finite(latents, seeds, "flow samples")
+        check_finite(pipe.to_numpy(sampled), seeds, "flow samples")
+        latents, steps = paste(sampled), steps + count
 
     mode = pipe.denoise_mode(denoise) if strength > 0 else "none"
     if mode == "score":
-        sigma = strength * pipe.config.noise_std
-        denoised = pipe.to_numpy(pipe.denoise(pipe.from_numpy(latents), y, sigma))
-        latents = np.where(regenerate > 0, denoised, data)
-    decoded = pipe.to_numpy(pipe.decode(pipe.from_numpy(latents), use_decoder=mode == "decoder"))
+        latents = paste(pipe.denoise(latents, y, strength * pipe.config.noise_std))
+    decoded = pipe.to_numpy(pipe.decode(latents, use_decoder=mode == "decoder"))
     check_finite(decoded, seeds, "decoded images")
     if request.masks is not None:  # the known pixels are the input's (exact for pixel models already)
         decoded = np.where(request.masks[..., None] > 0, decoded, images)
-    return _result(pipe, prompts, seeds, settings, request, mode, steps, latents, decoded)
+    return _result(pipe, prompts, seeds, settings, request, mode, steps, pipe.to_numpy(latents), decoded)
 
 
 def _result(pipe, prompts, seeds, settings, request, mode, steps, latents, images) -> Generation:
