@@ -1,0 +1,134 @@
+"""Scoring: the exact log-likelihood of images, in both twins and from the command lines.
+
+Tolerances: a score is the flow's log_prob of the same array (float32 arithmetic, summed in
+float64 afterwards): equal to 1e-6 relative. The twins run the same maths on different kernels:
+1e-5 relative (test_inversion's twin tolerance). The command lines print what the library
+computes, to the printed digits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import starflow_mlx.pipeline as mlx_pipeline
+import starflow_torch.pipeline as torch_pipeline
+from starflow_core.generation import score_cli
+from tests.helpers.tiny_pipeline import make_label_pipeline, make_tiny_pipeline, make_unconditional_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = {"text": ["a photo of a cat", ""], "labels": ["bird", ""], "unconditional": ["", ""]}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scoring")
+    return {
+        "text": make_tiny_pipeline(root),
+        "labels": make_label_pipeline(root),
+        "unconditional": make_unconditional_pipeline(root),
+    }
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Two 16x16 RGB PNG files and their pixels in [-1, 1]."""
+    folder = tmp_path_factory.mktemp("score_images")
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    paths = []
+    for index, image in enumerate(pixels):
+        paths.append(folder / f"image{index}.png")
+        Image.fromarray(image).save(paths[-1])
+    return paths, pixels.astype(np.float32) / 127.5 - 1
+
+
+@pytest.mark.parametrize("kind", ["text", "labels", "unconditional"])
+def test_scores_are_the_flows_log_prob_in_both_twins(folders, images, kind):
+    _, pixels = images
+    scores = []
+    for module in (mlx_pipeline, torch_pipeline):
+        pipe = module.StarFlowPipeline.from_pretrained(folders[kind])
+        bits = pipe.score(pixels, PROMPTS[kind])
+        latents = pipe.encode(pipe.from_numpy(pixels))
+        y, _ = pipe.conditions(PROMPTS[kind], guided=False)
+        direct = np.asarray(pipe.flow.bits_per_dim(latents, y).tolist())
+        np.testing.assert_allclose(bits, direct, rtol=1e-6)
+        scores.append(bits)
+    np.testing.assert_allclose(scores[0], scores[1], rtol=1e-5)
+    if kind != "unconditional":  # the condition enters: the same image scores differently under ""
+        pipe = mlx_pipeline.StarFlowPipeline.from_pretrained(folders[kind])
+        assert abs(pipe.score(pixels[:1], PROMPTS[kind][0])[0] - pipe.score(pixels[:1], "")[0]) > 1e-4
+
+
+def run_score(argv, loads: list, capsys) -> tuple[int, str, str]:
+    def load(parts, args):
+        loads.append(parts.name)
+        return mlx_pipeline.StarFlowPipeline.from_pretrained(parts)
+
+    parser = score_cli.build_parser("starflow-mlx-score", "test")
+    code = score_cli.main([str(a) for a in argv], parser, load)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_score_command_table_and_json(folders, images, capsys):
+    paths, pixels = images
+    pipe = mlx_pipeline.StarFlowPipeline.from_pretrained(folders["text"])
+    expected = pipe.score(pixels, "a photo of a cat")
+    code, out, _ = run_score([*paths, "--model", folders["text"], "--prompt", "a photo of a cat"], [], capsys)
+    assert code == 0
+    lines = out.splitlines()
+    assert "VAE latent" in lines[0] and "training noise N(0, 0.3^2)" in lines[0]  # what is measured
+    for line, bits in zip(lines[2:], expected, strict=True):
+        assert float(line.split()[-3]) == pytest.approx(bits, abs=1e-4)  # printed to 4 decimals
+    code, out, _ = run_score(
+        [*paths, "--model", folders["text"], "--prompt", "a photo of a cat", "--json"], [], capsys
+    )
+    report = json.loads(out)
+    assert [row["image"] for row in report["images"]] == [str(p) for p in paths]
+    np.testing.assert_allclose([row["bits_per_dim"] for row in report["images"]], expected, rtol=1e-12)
+    assert all(row["dims"] == 8 * 8 * 4 for row in report["images"])  # the latent's values
+
+
+@pytest.mark.parametrize(
+    "kind, extra, message",
+    [
+        ("labels", ["--label", "zebra"], "not a class"),
+        ("text", ["--label", "cat"], "text-conditioned; use --prompt"),
+        ("unconditional", ["--prompt", "a cat"], "unconditional; drop --prompt"),
+        ("text", ["--prompt", "a", "--prompt", "b", "--prompt", "c"], "3 conditions for 2 images"),
+        ("text", ["{broken}"], "not a readable image"),
+        ("text", ["--batch-size", "0"], "--batch-size must be >= 1"),
+    ],
+)
+def test_score_command_refuses_bad_input(folders, images, tmp_path, capsys, kind, extra, message):
+    (tmp_path / "broken.png").write_text("no image")
+    loads = []
+    files = [*images[0]]
+    if extra == ["{broken}"]:  # an unreadable file among the images
+        files, extra = [tmp_path / "broken.png", *files], []
+    argv = [*files, "--model", folders[kind], *extra]
+    code, out, err = run_score(argv, loads, capsys)
+    assert code == 2 and out == "" and loads == []
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_score_modules_run_as_commands_and_agree(folders, images, tmp_path):
+    """`python -m starflow_{mlx,torch}.score`, as a user runs them (own processes, own BLAS)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    reports = []
+    for module in ("starflow_mlx.score", "starflow_torch.score"):
+        argv = [sys.executable, "-m", module, *map(str, images[0]), "--model", str(folders["labels"])]
+        argv += ["--label", "bird", "--json"]
+        done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        reports.append(json.loads(done.stdout))
+    bits = [[row["bits_per_dim"] for row in report["images"]] for report in reports]
+    np.testing.assert_allclose(bits[0], bits[1], rtol=1e-5)
