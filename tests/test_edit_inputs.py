@@ -90,7 +90,7 @@ def test_masks_are_resized_and_thresholded_once():
     big_grey = np.kron(np.array([[0.0, 0.3], [0.7, 1.0]]), np.ones((8, 8)))  # 16x16, four grey levels
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        masks = prepare_masks(big_grey, 2, 8, 8)
+        masks = prepare_masks([big_grey, big_grey], 2, 8, 8)
     messages = [str(w.message) for w in caught]
     assert len(messages) == 2, messages  # one note each, not one per image
     assert "resized to the image size 8x8" in messages[0] and "thresholded at 0.5" in messages[1]

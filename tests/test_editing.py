@@ -21,6 +21,7 @@ import pytest
 
 import starflow_mlx.pipeline as mlx_pipeline
 import starflow_torch.pipeline as torch_pipeline
+from starflow_core.generation.editing import mix_noise, round_noise
 from tests.helpers.tiny_pipeline import (
     make_label_pipeline,
     make_tarflow_pipeline,
@@ -112,6 +113,36 @@ def test_distance_to_the_input_grows_with_strength(pipes, kind):
         result = pipe.generate(prompts, seeds=[0, 1, 2, 3], image=images, strength=strength, denoise=False)
         distances.append(float(np.sqrt(((result.latents - target) ** 2).sum(axis=(1, 2, 3))).mean()))
     assert all(a < b for a, b in zip(distances, distances[1:], strict=False)), distances
+
+
+def test_noise_mix_keeps_a_standard_normal():
+    rng = np.random.default_rng(0)
+    inverted, fresh = rng.standard_normal((2, 400_000), dtype=np.float32)
+    for strength in (0.3, 0.7):
+        mixed = mix_noise(inverted, fresh, strength)
+        # 400,000 samples: the variance's standard error is sqrt(2 / n) ~ 0.002, so 0.01 is 5 sigma
+        assert abs(mixed.var() - 1.0) < 0.01 and abs(mixed.mean()) < 0.01
+    np.testing.assert_array_equal(mix_noise(inverted, fresh, 0.0), inverted)
+    np.testing.assert_array_equal(mix_noise(inverted, fresh, 1.0), fresh)
+    # round 0 is the seed's own noise; later rounds draw other noise, per seed
+    first, later = round_noise([5], 0, 2, 4, 4), round_noise([5], 1, 2, 4, 4)
+    np.testing.assert_array_equal(
+        first[0], np.random.default_rng(5).standard_normal((2, 4, 4), np.float32).transpose(1, 2, 0)
+    )
+    assert np.abs(first - later).max() > 0.1
+
+
+def test_score_step_uses_the_strength_times_the_training_noise(pipes):
+    """A Gaussian model's output at strength S carries training noise of std S * noise_std, so
+    the Tweedie step uses that std (docs/editing.md): at S = 0.5 a quarter of the full step."""
+    pipe = pipes["labels"][0]
+    images = input_images(pipe)
+    noisy = pipe.generate(PROMPTS["labels"], seeds=SEEDS, image=images, strength=0.5, denoise=False)
+    denoised = pipe.generate(PROMPTS["labels"], seeds=SEEDS, image=images, strength=0.5)
+    y, _ = pipe.conditions(PROMPTS["labels"], guided=False)
+    expected = pipe.to_numpy(pipe.denoise(pipe.from_numpy(noisy.latents), y, 0.5 * pipe.config.noise_std))
+    np.testing.assert_allclose(denoised.latents, expected, atol=1e-6, rtol=0)  # the same arithmetic
+    assert np.abs(denoised.latents - noisy.latents).max() > 1e-5  # the step does something
 
 
 @pytest.mark.parametrize("kind", FAMILIES)

@@ -53,6 +53,13 @@ class EditInputs:
             raise ValueError(f"inpainting rounds must be >= 1, got {self.rounds}")
 
 
+def mix_noise(inverted: np.ndarray, fresh: np.ndarray, strength: float) -> np.ndarray:
+    """sqrt(1 - S^2) inverted + S fresh: N(0, I) stays N(0, I) for independent inputs; S = 0 gives
+    `inverted` and S = 1 `fresh`, both exactly (float32 throughout)."""
+    keep = np.float32(np.sqrt(1.0 - strength * strength))
+    return keep * inverted.astype(np.float32) + np.float32(strength) * fresh.astype(np.float32)
+
+
 def round_noise(seeds: list[int], index: int, channels: int, height: int, width: int) -> np.ndarray:
     """(B, h, w, C) noise of inpainting round `index`: the seed's own noise (make_noise) in
     round 0, then a separate stream per (seed, round)."""
@@ -111,12 +118,11 @@ def edit(
         start = np.zeros_like(data)
     else:
         start = pipe.to_numpy(pipe.invert_flow(pipe.from_numpy(data), *source, settings))
-    keep = np.float32(np.sqrt(1.0 - strength * strength))
     latents, steps = None, 0
     for index in range(rounds):
         # later rounds re-invert the pasted result under the target condition
         noise = start if index == 0 else pipe.to_numpy(pipe.invert_flow(latents, y, y_null, settings))
-        fresh = keep * start + np.float32(strength) * round_noise(seeds, index, channels, h, w)
+        fresh = mix_noise(start, round_noise(seeds, index, channels, h, w), strength)
         noise = np.where(regenerate > 0, fresh, noise)
         noise = pipe.noise_array(np.ascontiguousarray(noise.transpose(0, 3, 1, 2)))  # as generate's noise
         sampled, count = pipe.sample_flow(noise, y, y_null, settings, progress)
