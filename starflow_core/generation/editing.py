@@ -25,16 +25,24 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from starflow_core.generation.edit_inputs import latent_mask
+from starflow_core.generation.edit_inputs import (
+    check_strength,
+    describe_input,
+    latent_mask,
+    prepare_images,
+    prepare_masks,
+)
 from starflow_core.generation.inputs import make_noise
 from starflow_core.generation.result import Generation
 from starflow_core.generation.settings import GenerationSettings, check_finite
 
 DEFAULT_ROUNDS = 4  # inpainting rounds; docs/editing.md: accuracy vs rounds on the digits model
+DEFAULT_STRENGTH = 0.8  # image-to-image without a mask (diffusers' default); inpainting: 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +59,43 @@ class EditInputs:
     def __post_init__(self) -> None:
         if self.rounds < 1:
             raise ValueError(f"inpainting rounds must be >= 1, got {self.rounds}")
+
+
+def prepare_request(
+    pipe: Any,
+    count: int,
+    image: Any,
+    strength: float | None,
+    mask_image: Any,
+    source_prompt: str | Sequence[str] | None,
+    rounds: int,
+    height: int | None,
+    width: int | None,
+) -> EditInputs:
+    """Check and load the inputs of an edit of `count` images (before any network runs)."""
+    if image is None:
+        raise ValueError("mask_image, strength and source_prompt edit an image: pass image= as well")
+    if (height is None) != (width is None):
+        raise ValueError("to resize the input image give both height and width")
+    if strength is None:
+        strength = 1.0 if mask_image is not None else DEFAULT_STRENGTH
+    strength = check_strength(strength)
+    size = (height, width) if height is not None else None
+    images = prepare_images(image, count, pipe.image_channels, size, pipe.size_multiple)
+    masks = None if mask_image is None else prepare_masks(mask_image, count, *images.shape[1:3])
+    sources = None
+    if source_prompt is not None:
+        sources = [source_prompt] if isinstance(source_prompt, str) else list(source_prompt)
+        if len(sources) not in (1, count):
+            raise ValueError(f"got {len(sources)} source prompts for {count} images; give one or {count}")
+        sources = sources * count if len(sources) == 1 else sources
+    description = {"image": describe_input(image)}
+    if masks is not None:
+        description["mask"] = describe_input(mask_image)
+        description["inpaint_rounds"] = str(rounds)
+    if sources is not None:
+        description["source_prompt"] = sources[0] if len(set(sources)) == 1 else repr(sources)
+    return EditInputs(images, strength, masks, sources, rounds, description)
 
 
 def mix_noise(inverted: np.ndarray, fresh: np.ndarray, strength: float) -> np.ndarray:

@@ -24,9 +24,9 @@ import numpy as np
 
 from starflow_core.config import FlowConfig
 from starflow_core.generation import editing
-from starflow_core.generation.edit_inputs import check_strength, describe_input, prepare_images, prepare_masks
 from starflow_core.generation.inputs import batch_prompts_and_seeds, check_size, make_noise, prompts_to_labels
 from starflow_core.generation.result import Generation
+from starflow_core.generation.scoring import score_images
 from starflow_core.generation.settings import GenerationSettings, check_finite
 from starflow_core.sources.pipeline_folder import PipelineParts
 
@@ -180,8 +180,8 @@ class PipelineBase:
             guidance=guidance, jacobi=jacobi, block_size=block_size, tol=tol, max_iter=max_iter
         )
         if image is not None or mask_image is not None or strength is not None or source_prompt is not None:
-            request = self.edit_request(
-                len(prompts), image, strength, mask_image, source_prompt, inpaint_rounds, height, width
+            request = editing.prepare_request(
+                self, len(prompts), image, strength, mask_image, source_prompt, inpaint_rounds, height, width
             )
             return editing.edit(self, prompts, seeds, settings, request, denoise, progress)
         height, width = height or self.default_size, width or self.default_size
@@ -209,44 +209,8 @@ class PipelineBase:
             images=images,
         )
 
-    def edit_request(
-        self,
-        count: int,
-        image: Any,
-        strength: float | None,
-        mask_image: Any,
-        source_prompt: str | Sequence[str] | None,
-        rounds: int,
-        height: int | None,
-        width: int | None,
-    ) -> editing.EditInputs:
-        """Check and load the inputs of an edit of `count` images (before any network runs)."""
-        if image is None:
-            raise ValueError("mask_image, strength and source_prompt edit an image: pass image= as well")
-        if (height is None) != (width is None):
-            raise ValueError("to resize the input image give both height and width")
-        strength = check_strength((1.0 if mask_image is not None else 0.8) if strength is None else strength)
-        size = (height, width) if height is not None else None
-        images = prepare_images(image, count, self.image_channels, size, self.size_multiple)
-        masks = None if mask_image is None else prepare_masks(mask_image, count, *images.shape[1:3])
-        sources = None
-        if source_prompt is not None:
-            sources = [source_prompt] if isinstance(source_prompt, str) else list(source_prompt)
-            if len(sources) not in (1, count):
-                raise ValueError(f"got {len(sources)} source prompts for {count} images; give one or {count}")
-            sources = sources * count if len(sources) == 1 else sources
-        description = {"image": describe_input(image)}
-        if masks is not None:
-            description["mask"] = describe_input(mask_image)
-            description["inpaint_rounds"] = str(rounds)
-        if sources is not None:
-            description["source_prompt"] = sources[0] if len(set(sources)) == 1 else repr(sources)
-        return editing.EditInputs(images, strength, masks, sources, rounds, description)
-
     def score(self, images: Any, prompts: str | Sequence[str] = "") -> np.ndarray:
         """Exact log-likelihood of images as bits per dimension (B,), float64; see scoring.py."""
-        from starflow_core.generation.scoring import score_images
-
         return score_images(self, images, prompts).bits_per_dim
 
     def __call__(self, prompts: str | Sequence[str], **kwargs) -> list:
