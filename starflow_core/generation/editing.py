@@ -133,7 +133,7 @@ def edit(
 ) -> Generation:
     """Run image-to-image (request.masks None) or inpainting through a twin's pipeline."""
     images = request.images
-    batch, height, width, _ = images.shape
+    height, width = images.shape[1:3]
     pipe.check_size(height, width)
     strength = request.strength
     guided = settings.guidance > 0
@@ -163,11 +163,14 @@ def edit(
         start = np.zeros_like(data)
     else:
         start = pipe.to_numpy(pipe.invert_flow(pipe.from_numpy(data), *source, settings))
-    latents, steps = None, 0
+    nothing_known = regenerate.reshape(len(regenerate), -1).all(axis=1)[:, None, None, None]  # (B, 1, 1, 1)
+    latents, steps, first_fresh = None, 0, None
     for index in range(rounds):
         # later rounds re-invert the pasted result under the target condition
         noise = start if index == 0 else pipe.to_numpy(pipe.invert_flow(latents, y, y_null, settings))
         fresh = mix_noise(start, round_noise(seeds, index, channels, h, w), strength)
+        first_fresh = fresh if index == 0 else first_fresh
+        fresh = np.where(nothing_known, first_fresh, fresh)  # rows with a full mask: round 0 only
         noise = np.where(regenerate > 0, fresh, noise)
         noise = pipe.noise_array(np.ascontiguousarray(noise.transpose(0, 3, 1, 2)))  # as generate's noise
         sampled, count = pipe.sample_flow(noise, y, y_null, settings, progress)
