@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from starflow_core.field_types import check_field_types
 from starflow_core.io import atomic_write_text
 from starflow_core.positions import TEXT_ROPE_FREQUENCIES
 
@@ -91,28 +92,12 @@ class FlowConfig:
     quantization: tuple[int, int] | None = None  # (bits, group_size) of quantized MLX weights
 
     def __post_init__(self) -> None:
-        layers = self.layers_per_block
-        if isinstance(layers, int):
-            layers = (layers,)
-        layers = tuple(int(n) for n in layers)
-        if len(layers) == 1:
-            layers = layers * self.num_blocks
-        object.__setattr__(self, "layers_per_block", layers)
-        if self.quantization is not None:
-            object.__setattr__(self, "quantization", tuple(int(v) for v in self.quantization))
-        self._normalise_flags()
+        if isinstance(self.layers_per_block, int) and not isinstance(self.layers_per_block, bool):
+            object.__setattr__(self, "layers_per_block", (self.layers_per_block,))
+        check_field_types(self)  # e.g. "channels": "128" in a config.json is an error, not a crash
+        if len(self.layers_per_block) == 1:
+            object.__setattr__(self, "layers_per_block", self.layers_per_block * self.num_blocks)
         self._validate()
-
-    def _normalise_flags(self) -> None:
-        """Official configs write flags as 0/1 and floats as ints: store bool and float."""
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if field.type == "bool" and not isinstance(value, bool):
-                if value not in (0, 1):
-                    raise ValueError(f"FlowConfig.{field.name}={value!r}: must be true/false (or 1/0)")
-                object.__setattr__(self, field.name, bool(value))
-            elif field.type == "float" and isinstance(value, int) and not isinstance(value, bool):
-                object.__setattr__(self, field.name, float(value))
 
     def _validate(self) -> None:
         def fail(field: str, why: str) -> None:

@@ -10,7 +10,8 @@
 `.pth` files are converted without torch, one tensor in memory at a time. Casting or
 quantizing one of our folders runs in a twin: `starflow-convert` is `python -m
 starflow_mlx.convert`; `python -m starflow_torch.convert` casts with torch. Outputs are
-never overwritten without --overwrite. Errors a user can cause exit with status 2.
+never overwritten without --overwrite, and replaced only once the new one is complete (it is
+built in a staging folder beside it). Errors a user can cause exit with status 2, Ctrl-C with 130.
 """
 
 from __future__ import annotations
@@ -19,25 +20,27 @@ import argparse
 import dataclasses
 import shutil
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from starflow_core.command_line import EXIT_USAGE, run_command
 from starflow_core.config import FlowConfig
 from starflow_core.generation.inputs import prompts_to_labels
 from starflow_core.official.arguments import from_official_yaml, resolve_config
-from starflow_core.official.convert import convert_official_flow
+from starflow_core.official.convert import convert_official_checkpoint
 from starflow_core.presets import preset
 from starflow_core.sources.pipeline_folder import (
+    COMPONENT_CLASSES,
     FLOW_CONFIG,
     FLOW_WEIGHTS,
     PipelineParts,
-    write_pipeline_folder,
+    fill_pipeline_folder,
 )
 from starflow_core.sources.resolve import resolve
+from starflow_core.staging import check_output_apart, staged_folder
 
-EXIT_USAGE = 2
+__all__ = ["EXIT_USAGE", "build_parser", "main", "run"]
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -103,24 +106,36 @@ def no_resaver(folder: Path, out: Path, dtype: str | None, bits: int | None, gro
     )
 
 
-def convert_flow(args: argparse.Namespace, resave: Resaver) -> Path:
-    source, out = args.source, args.output
+def check_flow_folder(source: Path, args: argparse.Namespace) -> None:
+    """Refuse what cannot work before anything is written: a folder that is not ours, a
+    re-save that changes nothing, quantizing weights that are already quantized."""
+    if not (source / FLOW_CONFIG).is_file():
+        raise FileNotFoundError(f"{source} is not one of our flow folders (no {FLOW_CONFIG})")
+    if args.dtype is None and args.quantize is None:
+        raise ValueError("re-saving a flow folder needs --dtype and/or --quantize")
+    quantization = FlowConfig.load(source / FLOW_CONFIG).quantization
+    if args.quantize is not None and quantization is not None:
+        bits, group = quantization
+        raise ValueError(
+            f"{source} is already quantized ({bits} bits, group size {group}); quantize the "
+            "full-precision folder it was made from instead"
+        )
+
+
+def convert_flow(args: argparse.Namespace, resave: Resaver, staging: Path) -> None:
+    """Write the converted flow into the empty `staging` folder."""
+    source = args.source
     if source.is_dir():
-        if not (source / FLOW_CONFIG).is_file():
-            raise FileNotFoundError(f"{source} is not one of our flow folders (no {FLOW_CONFIG})")
-        if args.dtype is None and args.quantize is None:
-            raise ValueError("re-saving a flow folder needs --dtype and/or --quantize")
-        resave(source, out, args.dtype, args.quantize, args.group_size)
-        return out
-    if not source.is_file():
-        raise FileNotFoundError(f"no checkpoint at {source}")
+        resave(source, staging, args.dtype, args.quantize, args.group_size)
+        return
     config = flow_config(args, source)
     if args.quantize is None:
-        return convert_official_flow(source, config, out, dtype=args.dtype or "float32")
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        convert_official_flow(source, config, Path(tmp) / "flow")
-        resave(Path(tmp) / "flow", out, args.dtype, args.quantize, args.group_size)
-    return out
+        convert_official_checkpoint(source, config, staging, dtype=args.dtype or "float32")
+        return
+    full = staging / ".float32"  # the official weights in our format, quantized from here
+    convert_official_checkpoint(source, config, full)
+    resave(full, staging, args.dtype, args.quantize, args.group_size)
+    shutil.rmtree(full)
 
 
 def described_parts(args: argparse.Namespace) -> PipelineParts:
@@ -141,29 +156,47 @@ def described_parts(args: argparse.Namespace) -> PipelineParts:
     return parts
 
 
-def convert_pipeline(args: argparse.Namespace, resave: Resaver) -> Path:
-    parts = described_parts(args)
-    if args.dtype is None and args.quantize is None:
-        write_pipeline_folder(parts, args.output, overwrite=args.overwrite)
-        return args.output
-    with tempfile.TemporaryDirectory(dir=args.output.parent) as tmp:
-        flow = Path(tmp) / "transformer"
+def convert_pipeline(args: argparse.Namespace, resave: Resaver, parts: PipelineParts, staging: Path) -> None:
+    """Write the pipeline folder into the empty `staging` folder (its final place: args.output)."""
+    if args.dtype is not None or args.quantize is not None:
+        flow = staging / ".transformer"  # re-saved here, hard-linked into transformer/ below
         resave(parts.transformer, flow, args.dtype, args.quantize, args.group_size)
-        write_pipeline_folder(dataclasses.replace(parts, transformer=flow), args.output, overwrite=True)
-    return args.output
+        parts = dataclasses.replace(parts, transformer=flow)
+    fill_pipeline_folder(parts, staging, args.output)
+    shutil.rmtree(staging / ".transformer", ignore_errors=True)
+
+
+def inputs_of(args: argparse.Namespace) -> tuple[list[Path | None], PipelineParts | None]:
+    """Check every input before anything is written; (the paths an output must not replace,
+    the pipeline's parts)."""
+    if args.command == "flow":
+        source = args.source
+        if source.is_dir():
+            check_flow_folder(source, args)
+        elif not source.is_file():
+            raise FileNotFoundError(f"no checkpoint at {source}")
+        else:
+            flow_config(args, source)  # a missing or broken --config fails here, not after writing
+        return [source, args.config], None
+    parts = described_parts(args)
+    if args.quantize is not None:
+        check_flow_folder(parts.transformer, args)
+    model = Path(args.model)
+    return [model if model.exists() else None, *(getattr(parts, n) for n in COMPONENT_CLASSES)], parts
 
 
 def run(args: argparse.Namespace, resave: Resaver) -> int:
     out = args.output
-    if out.exists() and not args.overwrite:
+    if (out.exists() or out.is_symlink()) and not args.overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if args.command == "flow":
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        convert_flow(args, resave)
-    else:
-        convert_pipeline(args, resave)
+    inputs, parts = inputs_of(args)
+    check_output_apart(out, inputs)
+    # built in a staging folder beside `out`; an existing `out` is replaced only when it is complete
+    with staged_folder(out, overwrite=args.overwrite) as staging:
+        if args.command == "flow":
+            convert_flow(args, resave, staging)
+        else:
+            convert_pipeline(args, resave, parts, staging)
     for path in sorted(p for p in out.rglob("*") if p.is_file()):
         print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)")
     if (out / FLOW_WEIGHTS).is_file() or (out / "model_index.json").is_file():
@@ -179,11 +212,7 @@ def main(
     args = parser.parse_args(argv)
     warnings.simplefilter("default")  # notes (e.g. an official flag with no effect): one line each
     warnings.formatwarning = lambda message, *_args, **_kwargs: f"{prog}: warning: {message}\n"
-    try:
-        return run(args, resave)
-    except (ValueError, OSError, NotImplementedError) as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    return run_command(prog, lambda: run(args, resave))
 
 
 if __name__ == "__main__":

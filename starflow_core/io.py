@@ -74,3 +74,8 @@ def read_safetensors_header(path: str | Path) -> dict:
             f"{data_len}; re-download or re-convert it"
         )
     return header
+
+
+def safetensors_shapes(header: Mapping) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from a safetensors header (read_safetensors_header), metadata left out."""
+    return {name: tuple(entry["shape"]) for name, entry in header.items() if name != "__metadata__"}

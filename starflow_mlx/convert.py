@@ -21,15 +21,14 @@ from starflow_core import convert
 
 
 def resave(folder: Path, out: Path, dtype: str | None, bits: int | None, group_size: int) -> None:
-    """Load our flow folder in MLX, cast and/or quantize it, save it to `out`."""
+    """Load our flow folder in MLX, cast and/or quantize it (as it loads), save it to `out`."""
     import mlx.core as mx
 
     from .model import StarFlow
-    from .quantize import quantize
 
-    model = StarFlow.from_pretrained(folder, dtype=getattr(mx, dtype) if dtype else None)
-    if bits is not None:
-        quantize(model, bits, group_size)
+    model = StarFlow.from_pretrained(
+        folder, dtype=getattr(mx, dtype) if dtype else None, quantize=bits, group_size=group_size
+    )
     model.save_pretrained(out)
 
 

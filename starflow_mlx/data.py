@@ -24,6 +24,7 @@ from starflow_core.training.image_folders import (
     SampleRef,
     check_batches_exist,
     epoch_batches,
+    shard_fingerprint,
 )
 
 __all__ = [
@@ -38,8 +39,13 @@ __all__ = [
 class ImageFolderDataset(ImageFolder):
     """An ImageFolder whose items are (H, W, C) float32 arrays in [-1, 1] with their condition."""
 
+    def read_image(self, index: int, flip: bool) -> np.ndarray | None:
+        """Sample `index` as (H, W, C) float32 in [-1, 1] (mlx-data batches numpy), or None if
+        it cannot be read."""
+        return self.read_pixels(index, flip)
+
     def __getitem__(self, ref: SampleRef) -> dict:
-        pixels = self.read_pixels(ref.index, ref.flip)
+        pixels = self.read_image(ref.index, ref.flip)
         item = {"slot": ref.slot, "index": ref.index, "corrupt": pixels is None}
         if pixels is None:  # a placeholder, dropped from the batch unless every sample is corrupt
             pixels = np.zeros((*self.image_size_of(ref.index), self.channels), np.float32)
@@ -80,6 +86,9 @@ class LatentShardDataset:
         if "null_text" in self.index:
             self.null_text = load_file(str(folder / self.index["null_text"]))["text"].astype(np.float32)
         self._handles: dict[int, object] = {}
+
+    def fingerprint(self) -> dict:
+        return shard_fingerprint(self.folder, self.index)
 
     def __len__(self) -> int:
         return len(self.locations)
@@ -146,9 +155,10 @@ def drop_corrupt(batch: dict) -> dict:
     """Keep the readable samples; count the others in batch["corrupt"] (an int)."""
     corrupt = batch["corrupt"].astype(bool)
     if not corrupt.any():
-        return {**batch, "corrupt": 0, "valid": True}
+        return {**batch, "corrupt": 0, "valid": True, "corrupt_index": []}
     kept = ~corrupt if not corrupt.all() else np.ones_like(corrupt)
     out = {key: value[kept] for key, value in batch.items() if key != "corrupt"}
     out["corrupt"] = int(corrupt.sum())
+    out["corrupt_index"] = [int(i) for i in batch["index"][corrupt]]  # dataset indices, for warnings
     out["valid"] = not corrupt.all()
     return out

@@ -8,6 +8,8 @@ first in the same causal sequence.
 
 from __future__ import annotations
 
+import functools
+
 import mlx.core as mx
 import mlx.nn as nn
 
@@ -83,9 +85,15 @@ class FlowBlock(nn.Module):
         rope: Rope | None,
         cache: BlockCache | None = None,
         query_scale: mx.array | None = None,
+        recompute: bool = False,
     ) -> mx.array:
+        """recompute: a gradient through the trunk keeps each layer's input only and recomputes
+        that layer's activations in the backward pass (one layer's activations at a time)."""
         for i, layer in enumerate(self.attn_blocks):
-            h = layer(h, rope, cache.layers[i] if cache is not None else None, query_scale)
+            if recompute:
+                h = mx.checkpoint(functools.partial(layer, rope=rope, recompute=True))(h)
+            else:
+                h = layer(h, rope, cache.layers[i] if cache is not None else None, query_scale)
         return h
 
     def head(self, h: mx.array) -> tuple[mx.array, mx.array]:
@@ -115,6 +123,7 @@ class FlowBlock(nn.Module):
         rope: Rope | None,
         labels: mx.array | None = None,
         query_scale: mx.array | None = None,
+        recompute: bool = False,
     ) -> tuple[mx.array, mx.array]:
         """Permuted tokens (B, T, C') -> raw scale a and shift b for every token, same order.
 
@@ -127,7 +136,7 @@ class FlowBlock(nn.Module):
             t = self.text_tokens(text)
             txt_len = t.shape[1]
             h = mx.concatenate([t, h], axis=1)
-        h = self.trunk(h, rope, query_scale=query_scale)[:, txt_len:]
+        h = self.trunk(h, rope, query_scale=query_scale, recompute=recompute)[:, txt_len:]
         raw_scale, shift = self.head(h)
         if not self.config.sos:  # output t predicts token t+1
             raw_scale = mx.concatenate([mx.zeros_like(raw_scale[:, :1]), raw_scale[:, :-1]], axis=1)
@@ -141,10 +150,11 @@ class FlowBlock(nn.Module):
         text: mx.array | None,
         rope: Rope | None,
         labels: mx.array | None = None,
+        recompute: bool = False,
     ) -> tuple[mx.array, mx.array]:
         """tokens (B, T, C') in raster order -> (noise tokens (B, T, C') raster order, log-det (B,))."""
         permuted = self.permute(tokens)
-        raw_scale, shift = self.predict(permuted, text, rope, labels)
+        raw_scale, shift = self.predict(permuted, text, rope, labels, recompute=recompute)
         scale, log_scale = scale_and_log_scale(raw_scale, self.config.use_softplus)
         noise = to_noise(permuted, shift, scale).astype(tokens.dtype)
         return self.permute(noise), -mx.sum(log_scale, axis=(1, 2))

@@ -18,23 +18,49 @@ from collections.abc import Sequence
 import mlx.core as mx
 
 from starflow_core.generation import cli as generate_cli
+from starflow_core.generation.precision import Precision
+from starflow_core.generation.resources import physical_memory
 from starflow_core.sources.pipeline_folder import PipelineParts
 
-from .pipeline import StarFlowPipeline
+from .pipeline import StarFlowPipeline, auto_dtype
 
-DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+
+def precision(args: argparse.Namespace) -> Precision:
+    return Precision(auto_dtype(args.dtype), args.quantize, args.quantize_text)
 
 
 def load_pipeline(parts: PipelineParts, args: argparse.Namespace) -> StarFlowPipeline:
+    chosen = precision(args)
     return StarFlowPipeline.from_pretrained(
-        parts, dtype=DTYPES[args.dtype], decoder=args.decoder, quantize=args.quantize
+        parts,
+        dtype=chosen.dtype,
+        decoder=args.decoder,
+        quantize=chosen.quantize,
+        text_quantize=chosen.text_quantize,
+        strict=args.strict,
     )
+
+
+def available_memory(args: argparse.Namespace | None = None) -> tuple[int, str]:
+    """What MLX's arrays may use: Metal's recommended working set on a GPU, else the RAM."""
+    if mx.default_device() == mx.gpu:
+        info = mx.device_info()
+        for key in ("max_recommended_working_set_size", "memory_size", "total_memory"):
+            if info.get(key):
+                return int(info[key]), f"{info.get('device_name', 'GPU')} {key.replace('_', ' ')}"
+    return physical_memory(), "physical memory"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = generate_cli.build_parser("starflow-generate", "Generate images with STARFlow (MLX).")
     mx.reset_peak_memory()
-    backend = generate_cli.Backend(load=load_pipeline, peak_memory=mx.get_peak_memory)
+    backend = generate_cli.Backend(
+        load=load_pipeline,
+        peak_memory=mx.get_peak_memory,
+        precision=precision,
+        memory=available_memory,
+        quantization=True,
+    )
     return generate_cli.main(argv, parser, backend)
 
 

@@ -26,8 +26,16 @@ __all__ = [
 ]
 
 
-def load_flow(parts: PipelineParts, dtype: mx.Dtype | None = None) -> StarFlow:
-    return StarFlow.from_pretrained(parts.transformer, dtype=dtype)
+def load_flow(
+    parts: PipelineParts,
+    dtype: mx.Dtype | None = None,
+    quantize: int | None = None,
+    group_size: int = 64,
+    strict: bool = False,
+) -> StarFlow:
+    return StarFlow.from_pretrained(
+        parts.transformer, dtype=dtype, quantize=quantize, group_size=group_size, strict=strict
+    )
 
 
 def load_vae(parts: PipelineParts, dtype: mx.Dtype = mx.float32) -> AutoencoderKL | None:
@@ -44,8 +52,14 @@ def load_decoder(parts: PipelineParts, dtype: mx.Dtype = mx.float32) -> Autoenco
     return AutoencoderKL.from_pretrained(parts.vae, weights_file=parts.decoder, dtype=dtype)
 
 
-def load_text_encoder(parts: PipelineParts, dtype: mx.Dtype = mx.float32) -> TextEncoder | None:
+def load_text_encoder(
+    parts: PipelineParts, dtype: mx.Dtype = mx.float32, quantize: int | None = None, group_size: int = 64
+) -> TextEncoder | None:
+    """T5 in `dtype` (quantized to `quantize` bits as it loads), read tensor by tensor."""
     if parts.text_encoder is None:
         return None
     tokenizer = T5Tokenizer(parts.tokenizer / SPIECE_NAME)
-    return TextEncoder(tokenizer, T5Encoder.from_pretrained(parts.text_encoder, dtype=dtype))
+    encoder = T5Encoder.from_pretrained(
+        parts.text_encoder, dtype=dtype, quantize=quantize, group_size=group_size
+    )
+    return TextEncoder(tokenizer, encoder)

@@ -43,14 +43,31 @@ class StarFlow(nn.Module):
 
     # ----- loading and saving (see checkpoint.py) ----------------------------------------
     @classmethod
-    def from_official(cls, path: str | Path, config: FlowConfig | dict | str | Path) -> StarFlow:
-        """Load an official `.pth` state_dict without torch (restricted unpickler), strict key checks."""
-        return checkpoint.load_official(cls, path, config)
+    def from_official(
+        cls, path: str | Path, config: FlowConfig | dict | str | Path, *, strict: bool = False
+    ) -> StarFlow:
+        """Load an official `.pth` state_dict without torch (restricted unpickler), tensor by tensor.
+
+        Missing or mis-shaped tensors are errors; tensors the model does not use are skipped
+        with a warning (an error with strict=True)."""
+        return checkpoint.load_official(cls, path, config, strict)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, dtype: mx.Dtype | None = None) -> StarFlow:
-        """Load our format: config.json + model.safetensors."""
-        return checkpoint.load_pretrained(cls, folder, dtype)
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        dtype: mx.Dtype | None = None,
+        *,
+        quantize: int | None = None,
+        group_size: int = 64,
+        strict: bool = False,
+    ) -> StarFlow:
+        """Load our format (config.json + model.safetensors) tensor by tensor, straight into `dtype`.
+
+        `quantize` (4 or 8 bits) quantizes the transformer linears as they load, so the
+        full-precision model is never resident; `strict` as in from_official."""
+        quantization = None if quantize is None else (quantize, group_size)
+        return checkpoint.load_pretrained(cls, folder, dtype, quantization, strict)
 
     def save_pretrained(self, folder: str | Path, dtype: mx.Dtype | None = None) -> None:
         checkpoint.save_pretrained(self, folder, dtype)
@@ -136,9 +153,27 @@ class StarFlow(nn.Module):
             raise ValueError(f"class labels must be < num_classes={self.config.num_classes}")
         return y
 
+    def check_labels(self, y: mx.array | None) -> None:
+        """Integer labels must be classes 0..num_classes-1 or -1 (the null label); a label past
+        the one-hot width would otherwise become an all-zero condition, silently. Not called in
+        __call__, which training compiles (this reads the values)."""
+        if y is None or not self.config.num_classes or mx.issubdtype(y.dtype, mx.floating):
+            return
+        low, high = mx.min(y).item(), mx.max(y).item()
+        if low < -1 or high >= self.config.num_classes:
+            raise ValueError(
+                f"class labels must be 0..{self.config.num_classes - 1} (or -1, the null label), "
+                f"got {high if high >= self.config.num_classes else low}"
+            )
+
     # ----- data -> noise ----------------------------------------------------------------
-    def __call__(self, x: mx.array, y: mx.array | None = None) -> tuple[mx.array, mx.array]:
-        """x (B, H, W, C) -> (z (B, H, W, C), total log|det dz/dx| (B,) in nats)."""
+    def __call__(
+        self, x: mx.array, y: mx.array | None = None, *, recompute: bool = False
+    ) -> tuple[mx.array, mx.array]:
+        """x (B, H, W, C) -> (z (B, H, W, C), total log|det dz/dx| (B,) in nats).
+
+        recompute=True: a gradient of the result keeps one layer's activations at a time
+        (each layer is recomputed in the backward pass), the same numbers in bounded memory."""
         self._check_input(x)
         B, H, W, _ = x.shape
         p = self.config.patch_size
@@ -150,13 +185,14 @@ class StarFlow(nn.Module):
                 continue
             txt_len = text.shape[1] if text is not None else 0
             rope = self.rope(i, H // p, W // p, txt_len)
-            tokens, block_logdet = block(tokens, text if block.has_text else None, rope, labels)
+            tokens, block_logdet = block(tokens, text if block.has_text else None, rope, labels, recompute)
             logdet = logdet + block_logdet
         return self.unpatchify(tokens, H, W), logdet
 
-    def log_prob(self, x: mx.array, y: mx.array | None = None) -> mx.array:
-        """Exact log p(x | y) in nats, (B,): log N(z; 0, var) + log|det|."""
-        z, logdet = self(x, y)
+    def log_prob(self, x: mx.array, y: mx.array | None = None, *, recompute: bool = False) -> mx.array:
+        """Exact log p(x | y) in nats, (B,): log N(z; 0, var) + log|det|; recompute as in __call__."""
+        self.check_labels(y)
+        z, logdet = self(x, y, recompute=recompute)
         z = self.patchify(z).astype(mx.float32)
         var = self.var.astype(mx.float32) if self.config.family == "tarflow" else mx.ones(z.shape[1:])
         log_normal = -0.5 * (mx.square(z) / var + mx.log(2 * math.pi * var))
@@ -272,6 +308,7 @@ class StarFlow(nn.Module):
         """BlockConditions without guidance, and with (2B rows) when guidance > 0."""
         if guidance < 0:
             raise ValueError(f"guidance must be >= 0, got {guidance}")
+        self.check_labels(y)
         text, labels = self.text_features(y, batch), self.class_labels(y, batch)
         plain = BlockConditions(text, labels, 0.0, annealed, attn_temp)
         if guidance == 0:
@@ -296,11 +333,14 @@ class StarFlow(nn.Module):
 
     # ----- score-based denoising ---------------------------------------------------------
     def denoise(self, x: mx.array, y: mx.array | None = None, noise_std: float | None = None) -> mx.array:
-        """One Tweedie step x + sigma^2 * grad_x log p(x | y) (SPEC section 3), sigma = noise_std."""
+        """One Tweedie step x + sigma^2 * grad_x log p(x | y) (SPEC section 3), sigma = noise_std.
+
+        The gradient recomputes each layer in the backward pass, so its memory is the model
+        plus one layer's activations (and each layer's input), not every layer's at once."""
         sigma = self.config.noise_std if noise_std is None else noise_std
         if sigma <= 0:
             return x
-        score = mx.grad(lambda v: mx.sum(self.log_prob(v, y)))(x.astype(mx.float32))
+        score = mx.grad(lambda v: mx.sum(self.log_prob(v, y, recompute=True)))(x.astype(mx.float32))
         return (x.astype(mx.float32) + sigma**2 * score).astype(x.dtype)
 
     def num_parameters(self) -> int:

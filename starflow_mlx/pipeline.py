@@ -19,6 +19,7 @@ import numpy as np
 
 from starflow_core.config import FlowConfig
 from starflow_core.generation.pipeline import PipelineBase
+from starflow_core.generation.precision import Precision, resolve_dtype
 from starflow_core.generation.settings import GenerationSettings
 from starflow_core.sources.pipeline_folder import PipelineParts
 
@@ -28,55 +29,119 @@ from .sampling import SamplingStats
 from .text import TextEncoder
 from .vae import AutoencoderKL
 
+DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+
+
+def dtype_name(dtype: str | mx.Dtype) -> str:
+    """ "auto", a dtype name, or an mx.Dtype -> its name."""
+    if isinstance(dtype, str):
+        return dtype
+    names = [name for name, value in DTYPES.items() if value == dtype]
+    if not names:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)} (or 'auto'), got {dtype}")
+    return names[0]
+
+
+def auto_dtype(name: str) -> str:
+    """`--dtype auto`: bfloat16 where MLX's default device is a GPU (Metal, CUDA), else float32."""
+    return resolve_dtype(name, accelerated=mx.default_device() == mx.gpu)
+
 
 class StarFlowPipeline(PipelineBase):
     def __init__(
         self,
         parts: PipelineParts,
-        flow: StarFlow,
+        flow: StarFlow | None,
         vae: AutoencoderKL | None,
         decoder: AutoencoderKL | None = None,
         text_encoder: TextEncoder | None = None,
-        dtype: mx.Dtype = mx.float32,
+        precision: Precision | None = None,
+        strict: bool = False,
     ):
-        """`text_encoder` given here stays loaded; otherwise T5 is loaded for each call and its
-        weights freed before sampling (the flow and T5 are then never in memory together
-        beyond the encoding step)."""
-        self.parts, self.flow, self.vae, self.decoder = parts, flow, vae, decoder
+        """`flow` None: loaded from `parts` on first use, after the prompts are encoded, so the
+        flow and T5 are not in memory together. `text_encoder` given here stays loaded;
+        otherwise T5 is loaded for each encoding and its weights freed before sampling."""
+        self.parts, self._vae, self._decoder = parts, vae, decoder
+        self._flow = flow
+        self.flow_config = flow.config if flow is not None else parts.flow_config
         self.text_encoder = text_encoder
-        self.dtype = dtype
+        self.precision = precision or Precision()
+        self.dtype = DTYPES[self.precision.dtype]
+        self.strict = strict
+        self.prompt_features = {}
 
     @classmethod
     def from_pretrained(
         cls,
         source: str | Path | PipelineParts,
         *,
-        dtype: mx.Dtype = mx.float32,
+        dtype: str | mx.Dtype = "auto",
         decoder: str | Path | None = None,
         quantize: int | None = None,
         group_size: int = 64,
+        text_quantize: int | None = None,
         keep_text_encoder: bool = False,
+        strict: bool = False,
         flow_config: FlowConfig | None = None,
     ) -> StarFlowPipeline:
         """Load from a pipeline folder, a release name, a Hub repo id (see starflow_core.sources)
         or already resolved parts.
 
+        `dtype`: "auto" (bfloat16 on a GPU, float32 on CPU), a dtype name or an mx.Dtype; the
+        flow's scale, shift, log-det and guidance stay fp32, T5 never runs in float16.
         `decoder`: a VAE folder or weights file fine-tuned on noisy latents, used instead of
-        score denoising. `quantize`: 4 or 8 bit flow weights. `flow_config` replaces a
-        release's flow configuration (tests).
+        score denoising. `quantize`: 4 or 8 bit flow weights, quantized layer by layer as they
+        load; `text_quantize`: 8-bit T5. `strict`: refuse checkpoints carrying tensors the
+        model does not use (else skipped with a warning). `flow_config` replaces a release's
+        flow configuration (tests). The flow itself loads on first use (see __init__).
         """
-        parts = hub.resolve(source, flow_config=flow_config).with_decoder(decoder)
-        flow = hub.load_flow(parts, dtype)
-        if quantize is not None:
-            flow.quantize(quantize, group_size)
-        text_encoder = hub.load_text_encoder(parts, dtype) if keep_text_encoder else None
-        return cls(
-            parts, flow, hub.load_vae(parts, dtype), hub.load_decoder(parts, dtype), text_encoder, dtype
-        )
+        precision = Precision(auto_dtype(dtype_name(dtype)), quantize, text_quantize, group_size)
+        parts = hub.resolve(source, flow_config=flow_config, dtype=precision.dtype, strict=strict)
+        parts = parts.with_decoder(decoder)
+        pipe = cls(parts, None, None, precision=precision, strict=strict)
+        pipe.decoder  # noqa: B018 - a --decoder given is loaded now: a bad file fails before any work
+        if keep_text_encoder:
+            pipe.text_encoder = pipe.load_text_encoder()
+        return pipe
+
+    @property
+    def flow(self) -> StarFlow:
+        """The flow model, loaded (tensor by tensor, quantized as it loads) on first use."""
+        if self._flow is None:
+            precision = self.precision
+            self._flow = hub.load_flow(
+                self.parts, self.dtype, precision.quantize, precision.group_size, self.strict
+            )
+        return self._flow
+
+    @property
+    def vae(self) -> AutoencoderKL | None:
+        """The VAE, loaded on first use (at decoding: it is not resident while sampling)."""
+        if self._vae is None and self.parts.vae is not None:
+            self._vae = hub.load_vae(self.parts, self.dtype)
+        return self._vae
+
+    @property
+    def decoder(self) -> AutoencoderKL | None:
+        if self._decoder is None and self.parts.decoder is not None:
+            self._decoder = hub.load_decoder(self.parts, self.dtype)
+        return self._decoder
 
     # ----- array work (PipelineBase runs the steps) ------------------------------------------
+    def load_text_encoder(self) -> TextEncoder:
+        precision = self.precision
+        return hub.load_text_encoder(
+            self.parts, DTYPES[precision.text_dtype], precision.text_quantize, precision.group_size
+        )
+
     def _text_encoder(self) -> TextEncoder:
-        return self.text_encoder or hub.load_text_encoder(self.parts, self.dtype)
+        return self.text_encoder or self.load_text_encoder()
+
+    def release_memory(self) -> None:
+        mx.clear_cache()
+
+    def concatenate(self, rows: list[mx.array]) -> mx.array:
+        return mx.concatenate(rows)
 
     def label_array(self, labels: list[int]) -> mx.array:
         return mx.array(labels, dtype=mx.int32)
@@ -95,7 +160,7 @@ class StarFlowPipeline(PipelineBase):
         if encoder is not self.text_encoder:  # free T5 before sampling
             encoder.unload()
             del encoder
-            mx.clear_cache()
+            self.release_memory()
         return y, y_null
 
     def noise_array(self, noise: np.ndarray) -> mx.array:

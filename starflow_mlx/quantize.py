@@ -5,7 +5,8 @@ or gate_proj/up_proj/down_proj with SwiGLU) whose input width is a multiple of t
 input/output projections proj_in and proj_out (the affine map's shift and scale come
 straight out of proj_out, and both are tiny) and proj_txt. The rule lives in
 `is_quantized`, and `quantize_model` is what checkpoint.load_pretrained calls for a
-folder whose config.json records `quantization: [bits, group_size]`.
+folder whose config.json records `quantization: [bits, group_size]`, and also, with
+`quantize=(bits, group_size)`, to quantize a full-precision folder layer by layer as it loads.
 
 On Apple GPUs quantized matmuls cut weight traffic (what bounds sequential sampling);
 on the Linux CPU backend they mainly save memory (the CPU kernels are slower than BLAS).
@@ -45,10 +46,16 @@ def quantize(model: nn.Module, bits: int = 8, group_size: int = 64) -> nn.Module
     """
     if model.config.quantization is not None:
         raise ValueError(f"model is already quantized {model.config.quantization}; load full weights")
-    config = model.config.replace(quantization=(bits, group_size))  # validates bits and group_size
+    model.config.replace(quantization=(bits, group_size))  # validates bits and group_size first
     quantize_model(model, bits, group_size)
+    record_quantization(model, bits, group_size)
+    return model
+
+
+def record_quantization(model: nn.Module, bits: int, group_size: int) -> None:
+    """Record (bits, group_size) in the config of the model and of its blocks."""
+    config = model.config.replace(quantization=(bits, group_size))  # validates bits and group_size
     model.config = config
     for block in model.blocks:
         if hasattr(block, "config"):
             block.config = config
-    return model

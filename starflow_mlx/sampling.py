@@ -197,6 +197,9 @@ class _BlockSampler:
         return mx.concatenate([shift, shift]), mx.concatenate([scale, scale])
 
     def result(self) -> mx.array:
+        """The sampled tokens; also releases the compiled steps, which refer back to this sampler
+        (a cycle Python cannot collect, that kept every block's KV cache alive after sampling)."""
+        self._compiled_steps.clear()
         tokens = self.sequence[: self.batch, 1:] if self.block.config.sos else self.sequence[: self.batch]
         return self.block.permute(tokens)
 

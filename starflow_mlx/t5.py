@@ -2,7 +2,8 @@
 
 Attribute paths are the transformers parameter names (``shared``, ``encoder.block.{i}.layer.0.
 SelfAttention.q``, ...), so loading is a filter: decoder and ``lm_head`` weights of a full
-T5 checkpoint are dropped, ``encoder.embed_tokens`` is the tied copy of ``shared``.
+T5 checkpoint are never read, ``encoder.embed_tokens`` is the tied copy of ``shared``
+(starflow_core.sources.t5_files picks the files and tensors).
 
 What makes T5 differ from a textbook transformer (all followed here):
 - RMS layer norm without mean or bias, statistics in float32;
@@ -21,11 +22,12 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_flatten
+
+from starflow_core.io import read_safetensors_header, safetensors_shapes
+from starflow_core.sources.t5_files import encoder_tensor_names, encoder_weight_files
 
 CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 
 # transformers' feed_forward_proj -> (gated, activation); "gated-gelu" uses the tanh approximation.
 FEED_FORWARD_KINDS = {
@@ -257,63 +259,80 @@ class T5Encoder(nn.Module):
         return self.encoder(self.shared(input_ids), attention_mask)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, dtype: mx.Dtype = mx.float32) -> T5Encoder:
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        dtype: mx.Dtype = mx.float32,
+        quantize: int | None = None,
+        group_size: int = 64,
+    ) -> T5Encoder:
         """Load a transformers T5 folder: ``config.json`` + ``model.safetensors`` or a sharded
-        checkpoint (``model.safetensors.index.json``). Decoder weights, if any, are skipped."""
+        checkpoint (``model.safetensors.index.json``; only the shards holding encoder tensors are
+        read, decoder-only shards need not be there). Decoder weights are skipped.
+
+        Tensor by tensor, straight into ``dtype``: the peak is the encoder in ``dtype`` plus one
+        tensor. ``quantize`` (8 or 4 bits) quantizes the linears and the token embedding as they
+        load (MLX affine, groups of ``group_size``); float16 overflows in T5, prefer bfloat16.
+        """
+        from .checkpoint import stream_into
+
         folder = Path(folder)
         config_path = folder / CONFIG_NAME
         if not config_path.is_file():
             raise FileNotFoundError(f"T5 config not found: {config_path}")
         config = T5Config.from_hf(json.loads(config_path.read_text()), source=str(config_path))
-        model = cls(config)
-        weights = load_encoder_weights(folder)
-        expected = dict(tree_flatten(model.parameters()))
-        missing = sorted(set(expected) - set(weights))
-        unexpected = sorted(set(weights) - set(expected))
+        if quantize is not None and quantize not in (4, 8):
+            raise ValueError(f"T5 quantization must be 4 or 8 bits, got {quantize}")
+        model = cls(config)  # lazy: never materialised, every parameter is replaced below
+        sources = encoder_tensor_sources(folder)
+        expected = {name: tuple(v.shape) for name, v in tree_flatten(model.parameters())}
+        found = {name: shape for name, (_, _, shape) in sources.items()}
+        missing = sorted(set(expected) - set(found))
+        unexpected = sorted(set(found) - set(expected))
         if missing or unexpected:
             raise ValueError(
                 f"{folder}: T5 weights do not match {config_path.name}; "
                 f"missing keys {missing}, unexpected keys {unexpected}"
             )
-        wrong = [
-            f"{k}: expected {expected[k].shape}, got {v.shape}"
-            for k, v in weights.items()
-            if v.shape != expected[k].shape
-        ]
+        wrong = [f"{k}: expected {expected[k]}, got {v}" for k, v in found.items() if v != expected[k]]
         if wrong:
             raise ValueError(f"{folder}: T5 weight shapes do not match {config_path.name}: {wrong}")
-        model.update(tree_unflatten([(key, value.astype(dtype)) for key, value in weights.items()]))
-        mx.eval(model.parameters())
+        quantize_now = lambda name: False  # noqa: E731
+        if quantize is not None:
+            nn.quantize(
+                model,
+                group_size=group_size,
+                bits=quantize,
+                class_predicate=lambda _, m: is_quantized_t5_module(m, group_size),
+            )
+            quantized = {f"{path}.weight" for path, m in model.named_modules() if hasattr(m, "scales")}
+            quantize_now = quantized.__contains__
+        for path in dict.fromkeys(file for file, _, _ in sources.values()):
+            lazy = mx.load(str(path))  # nothing is read until a tensor is evaluated
+            # largest first: the embedding's fp32 copy is converted while little else is resident
+            names = sorted(
+                (
+                    (ours, theirs, math.prod(shape))
+                    for ours, (file, theirs, shape) in sources.items()
+                    if file == path
+                ),
+                key=lambda item: -item[2],
+            )
+            stream_into(model, ((ours, lazy.pop(theirs)) for ours, theirs, _ in names), dtype, quantize_now)
         return model
 
 
-def sanitize(weights: dict[str, mx.array]) -> dict[str, mx.array]:
-    """transformers T5 state dict -> encoder weights: keep ``shared.*`` and ``encoder.*``, drop the
-    decoder and ``lm_head``; ``encoder.embed_tokens.weight`` (tied to ``shared``) fills in
-    ``shared.weight`` only when the latter is absent."""
-    kept = {key: value for key, value in weights.items() if key.startswith(("shared.", "encoder."))}
-    tied = kept.pop("encoder.embed_tokens.weight", None)
-    if tied is not None and "shared.weight" not in kept:
-        kept["shared.weight"] = tied
-    return kept
+def is_quantized_t5_module(module: nn.Module, group_size: int) -> bool:
+    """Linears and the token embedding whose rows split into whole groups (not the 32-wide
+    relative position bias table)."""
+    return isinstance(module, (nn.Linear, nn.Embedding)) and module.weight.shape[-1] % group_size == 0
 
 
-def load_encoder_weights(folder: Path) -> dict[str, mx.array]:
-    """Read single-file or sharded safetensors, keeping only encoder weights shard by shard."""
-    index_path = folder / WEIGHTS_INDEX_NAME
-    if (folder / WEIGHTS_NAME).is_file():
-        shard_paths = [folder / WEIGHTS_NAME]
-    elif index_path.is_file():
-        weight_map = json.loads(index_path.read_text())["weight_map"]
-        shard_paths = [folder / name for name in sorted(set(weight_map.values()))]
-        for path in shard_paths:
-            if not path.is_file():
-                raise FileNotFoundError(f"T5 weight shard {path} listed in {index_path} is missing")
-    else:
-        raise FileNotFoundError(
-            f"T5 weights not found in {folder}: expected {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} (safetensors)"
-        )
-    weights: dict[str, mx.array] = {}
-    for path in shard_paths:
-        weights.update(sanitize(mx.load(str(path))))
-    return weights
+def encoder_tensor_sources(folder: Path) -> dict[str, tuple[Path, str, tuple[int, ...]]]:
+    """Encoder parameter name -> (file, tensor name in that file, shape), from the headers only."""
+    sources = {}
+    for path in encoder_weight_files(folder):
+        shapes = safetensors_shapes(read_safetensors_header(path))
+        for ours, theirs in encoder_tensor_names(shapes).items():
+            sources.setdefault(ours, (path, theirs, shapes[theirs]))
+    return sources

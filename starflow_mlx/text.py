@@ -96,12 +96,15 @@ class TextEncoder:
         self.model: T5Encoder | None = model
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, dtype: mx.Dtype = mx.float32) -> TextEncoder:
+    def from_pretrained(
+        cls, folder: str | Path, dtype: mx.Dtype = mx.float32, quantize: int | None = None
+    ) -> TextEncoder:
+        """`quantize`: 8 (or 4) bit T5 weights, quantized as they load (see T5Encoder)."""
         folder = Path(folder)
         if not (folder / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"T5 config not found: {folder / CONFIG_NAME}")
         tokenizer = T5Tokenizer(folder / SPIECE_NAME)
-        return cls(tokenizer, T5Encoder.from_pretrained(folder, dtype=dtype))
+        return cls(tokenizer, T5Encoder.from_pretrained(folder, dtype=dtype, quantize=quantize))
 
     @property
     def d_model(self) -> int:

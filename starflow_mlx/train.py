@@ -17,24 +17,17 @@ from __future__ import annotations
 from . import command_setup  # noqa: F401  (first: OpenBLAS for MLX on Linux, before mlx loads)
 
 # isort: split
+import sys
 from collections.abc import Sequence
 
-from starflow_core.training.cli import parse_train_arguments
+from starflow_core.training.cli import train_command
 
 from .training import load_run_config, train
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args, overrides = parse_train_arguments("starflow-mlx-train", __doc__.splitlines()[0], argv)
-    try:
-        run = load_run_config(args.config, overrides)
-        result = train(run, resume=args.resume, stop_at_step=args.stop_at_step)
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"starflow-mlx-train: {err}") from None
-    state = "stopped" if result.interrupted else "finished"
-    if result.checkpoint is not None:
-        print(f"{state} at step {result.progress.step}; checkpoint {result.checkpoint}")
+def main(argv: Sequence[str] | None = None) -> int:
+    return train_command("starflow-mlx-train", __doc__.splitlines()[0], argv, load_run_config, train)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_flatten
 
 from starflow_core.official.keys import vae_key_to_diffusers
 
@@ -124,13 +124,41 @@ class GroupNorm(nn.Module):
         return out.astype(x.dtype)
 
 
+# MLX's CPU convolution unfolds its input (kernel^2 copies of every pixel's channels) before one
+# GEMM: 0.7 GB for one 256 -> 128 channel 3x3 conv at 256x256, 2.2 GB for a whole SD-VAE decode.
+# Bands of output rows, each with the input rows it reads, bound that scratch to this many bytes;
+# every output pixel is the same dot product over the same inputs as in one call.
+CONV_SCRATCH_BYTES = 64 * 2**20
+
+
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d (same parameters) that convolves large stride-1 inputs in bands of rows.
+
+    Evaluates as it goes: for inference (decode / encode), not inside mx.compile or a gradient."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        batch, height, width, channels = x.shape
+        kernel, pad = self.weight.shape[1], self.padding[0]
+        band = CONV_SCRATCH_BYTES // max(1, batch * width * channels * kernel * kernel * x.itemsize)
+        if kernel == 1 or self.stride != (1, 1) or band >= height or band < 1:
+            return super().__call__(x)
+        padded = mx.pad(x, [(0, 0), (pad, pad), (0, 0), (0, 0)])  # columns are padded by conv2d
+        bands = []
+        for first in range(0, height, band):
+            rows = padded[:, first : min(first + band, height) + kernel - 1]
+            bands.append(mx.conv2d(rows, self.weight, padding=(0, self.padding[1])))
+            mx.eval(bands[-1])  # one band's scratch at a time (lazily, MLX would schedule all at once)
+        out = mx.concatenate(bands, axis=1)
+        return out + self.bias if "bias" in self else out
+
+
 class ResnetBlock2D(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, num_groups: int):
         super().__init__()
         self.norm1 = GroupNorm(num_groups, in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.conv1 = Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
         self.norm2 = GroupNorm(num_groups, out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
+        self.conv2 = Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
         if in_channels != out_channels:
             self.conv_shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1)
 
@@ -181,7 +209,7 @@ class Upsample2D(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.conv = Conv2d(channels, channels, kernel_size=3, padding=1)
 
     def __call__(self, x: mx.array) -> mx.array:
         batch, height, width, channels = x.shape
@@ -241,7 +269,7 @@ class Encoder(nn.Module):
         super().__init__()
         channels = config.block_out_channels
         groups = config.norm_num_groups
-        self.conv_in = nn.Conv2d(config.in_channels, channels[0], kernel_size=3, padding=1)
+        self.conv_in = Conv2d(config.in_channels, channels[0], kernel_size=3, padding=1)
         self.down_blocks = [
             DownEncoderBlock2D(
                 channels[max(i - 1, 0)], channels[i], config.layers_per_block, groups, i < len(channels) - 1
@@ -250,7 +278,7 @@ class Encoder(nn.Module):
         ]
         self.mid_block = UNetMidBlock2D(channels[-1], groups, config.mid_block_add_attention)
         self.conv_norm_out = GroupNorm(groups, channels[-1])
-        self.conv_out = nn.Conv2d(channels[-1], 2 * config.latent_channels, kernel_size=3, padding=1)
+        self.conv_out = Conv2d(channels[-1], 2 * config.latent_channels, kernel_size=3, padding=1)
 
     def __call__(self, x: mx.array) -> mx.array:
         x = self.conv_in(x)
@@ -267,7 +295,7 @@ class Decoder(nn.Module):
         super().__init__()
         channels = tuple(reversed(config.block_out_channels))
         groups = config.norm_num_groups
-        self.conv_in = nn.Conv2d(config.latent_channels, channels[0], kernel_size=3, padding=1)
+        self.conv_in = Conv2d(config.latent_channels, channels[0], kernel_size=3, padding=1)
         self.mid_block = UNetMidBlock2D(channels[0], groups, config.mid_block_add_attention)
         self.up_blocks = [
             UpDecoderBlock2D(
@@ -280,7 +308,7 @@ class Decoder(nn.Module):
             for i in range(len(channels))
         ]
         self.conv_norm_out = GroupNorm(groups, channels[-1])
-        self.conv_out = nn.Conv2d(channels[-1], config.out_channels, kernel_size=3, padding=1)
+        self.conv_out = Conv2d(channels[-1], config.out_channels, kernel_size=3, padding=1)
 
     def __call__(self, z: mx.array) -> mx.array:
         x = self.mid_block(self.conv_in(z))
@@ -374,11 +402,14 @@ class AutoencoderKL(nn.Module):
         weights_path = Path(weights_file) if weights_file is not None else folder / WEIGHTS_NAME
         if not weights_path.is_file():
             raise FileNotFoundError(f"VAE weights not found: {weights_path}")
-        model = cls(config)
-        weights = sanitize(read_weights(weights_path))
+        from .checkpoint import stream_into
+
+        model = cls(config)  # lazy: never materialised, every parameter is replaced below
+        weights = sanitize(read_weights(weights_path))  # lazy for safetensors: nothing read yet
         check_weights_match(model, weights, str(weights_path))
-        model.update(tree_unflatten([(key, value.astype(dtype)) for key, value in weights.items()]))
-        mx.eval(model.parameters())
+        # tensor by tensor into dtype: popped, so the file's copy of each is freed once converted
+        order = sorted(weights, key=lambda key: weights[key].nbytes, reverse=True)  # largest first
+        stream_into(model, ((key, weights.pop(key)) for key in order), dtype)
         return model
 
     @property

@@ -3,12 +3,20 @@
 Our folder format: `config.json` (FlowConfig) + `model.safetensors` with the official
 tensor names, deprecated buffers dropped. Official pickles are only ever opened
 with `torch.load(weights_only=True)`, which refuses files that carry code.
+
+Loading is tensor by tensor: the model is built on the meta device (no memory), and every
+tensor is read, converted to the target dtype and put in place on its own, so a
+full-precision copy of the model never exists next to the target one: the peak is the
+target-dtype model plus one tensor.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import pickle
+import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -25,15 +33,19 @@ WRAPPER_KEYS = ("model", "state_dict", "ema")  # official training checkpoints n
 
 
 def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict of an official .pth, memory-mapped (tensors are read when used)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL (\S+)", str(err))  # torch's message names the refused callable
+        what = f"it references {found[1]}" if found else "it may carry pickled code"
         raise ValueError(
-            f"refused to load {path}: it is not a plain tensor checkpoint (it may carry pickled code). "
-            f"Only state_dicts loadable with torch.load(weights_only=True) are accepted. ({err})"
+            f"refused to load {path}: it is not a plain tensor checkpoint ({what}). Only state_dicts "
+            "loadable with torch.load(weights_only=True) are accepted; if you trust the file, load it "
+            "with torch and re-save its state_dict"
         ) from err
     except (RuntimeError, EOFError, OSError) as err:
         raise ValueError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): {err}") from err
@@ -46,24 +58,105 @@ def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_into(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def read_safetensors_mapped(path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file as a view of the memory-mapped file (copy-on-write):
+    nothing is read until a tensor is used, and what is read is the OS's page cache, not the
+    process's memory. `stream_into` copies each tensor out in the target dtype."""
+    path = Path(path)
+    header = read_safetensors_header(path)  # clear errors for missing / truncated files
+    with open(path, "rb") as handle:
+        data_start = 8 + int.from_bytes(handle.read(8), "little")
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+    tensors = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if entry["dtype"] not in SAFETENSORS_DTYPES:
+            raise ValueError(f"{path}: tensor {name} has unsupported safetensors dtype {entry['dtype']}")
+        dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+        first, stop = entry["data_offsets"]
+        count = (stop - first) // dtype.itemsize
+        flat = (
+            torch.frombuffer(mapped, dtype=dtype, count=count, offset=data_start + first)
+            if count
+            else torch.empty(0, dtype=dtype)
+        )
+        tensors[name] = flat.reshape(entry["shape"])
+    return tensors
+
+
+def build_empty(make: Callable[[], nn.Module]) -> nn.Module:
+    """A module built on the meta device: shapes only, no memory; stream_into fills it."""
+    with torch.device("meta"):
+        return make()
+
+
+def stream_into(
+    model: nn.Module,
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+) -> None:
+    """Put each (name, tensor) into `model` as a fresh copy in `dtype` (floating tensors) on
+    `device`, one at a time; the caller has checked the names. Parameters shared between
+    modules (tied embeddings) are replaced everywhere they appear."""
+    holders: dict[int, list[tuple[nn.Module, str]]] = {}
+    for _, module in model.named_modules(remove_duplicate=False):
+        for leaf, parameter in module._parameters.items():
+            if parameter is not None:
+                holders.setdefault(id(parameter), []).append((module, leaf))
+    modules = dict(model.named_modules())
+    for name, tensor in tensors:
+        module_path, _, leaf = name.rpartition(".")
+        module = modules[module_path]
+        target = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+        value = tensor.to(device=device, dtype=target, copy=True)  # never a view of a mapped file
+        del tensor
+        if leaf in module._parameters:
+            old = module._parameters[leaf]
+            parameter = nn.Parameter(value, requires_grad=old.requires_grad)
+            for holder, holder_leaf in holders.get(id(old), [(module, leaf)]):
+                holder._parameters[holder_leaf] = parameter
+        else:
+            module._buffers[leaf] = value
+
+
+def _load_official_into(model: nn.Module, state: dict, kept: list[str], source: str, strict: bool) -> None:
+    found = {official_to_ours(name): tuple(state[name].shape) for name in kept}
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    check_weights(expected, {name: tuple(t.shape) for name, t in tensors.items()}, source)
-    model.load_state_dict(tensors, strict=True)
+    unexpected = set(check_weights(expected, found, source, strict))
+    ours = ((official_to_ours(name), state[name]) for name in kept)
+    stream_into(model, ((name, t) for name, t in ours if name not in unexpected), torch.float32)
 
 
-def load_official(cls, path: str | Path, config: FlowConfig | dict | str | Path) -> nn.Module:
+def load_official(
+    cls, path: str | Path, config: FlowConfig | dict | str | Path, strict: bool = False
+) -> nn.Module:
     config = resolve_config(config)
     state = read_official_state_dict(path)
     kept, _ = split_deprecated(state, config.family)
-    model = cls(config)
-    _load_into(model, {official_to_ours(name): state[name].float() for name in kept}, str(path))
+    model = build_empty(lambda: cls(config))
+    _load_official_into(model, state, kept, str(path), strict)
     return model.eval()
 
 
-def load_pretrained(cls, folder: str | Path, dtype: torch.dtype | None = None) -> nn.Module:
-    from safetensors.torch import load_file
-
+def load_pretrained(
+    cls, folder: str | Path, dtype: torch.dtype | None = None, strict: bool = False, device: str = "cpu"
+) -> nn.Module:
     folder = Path(folder)
     config = FlowConfig.load(folder / CONFIG_NAME)
     if config.quantization is not None:
@@ -72,19 +165,26 @@ def load_pretrained(cls, folder: str | Path, dtype: torch.dtype | None = None) -
             "loads; convert the original (unquantized) weights for torch"
         )
     weights = folder / WEIGHTS_NAME
-    read_safetensors_header(weights)  # clear errors for missing / truncated files
-    tensors = load_file(str(weights))
-    model = cls(config)
-    _load_into(model, tensors, str(weights))
-    if dtype is not None:
-        model = model.to(dtype)
+    tensors = read_safetensors_mapped(weights)
+    model = build_empty(lambda: cls(config))
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    found = {name: tuple(t.shape) for name, t in tensors.items()}
+    unexpected = set(check_weights(expected, found, str(weights), strict))
+    stream_into(model, _popping(tensors, unexpected), dtype, device)
     return model.eval()
+
+
+def _popping(tensors: dict[str, torch.Tensor], skip: set[str] = frozenset()):
+    """(name, tensor) taken out of the dict one by one, leaving out `skip`, largest first (the
+    largest conversion's scratch then meets the least resident memory)."""
+    for name in sorted(tensors, key=lambda key: tensors[key].nbytes, reverse=True):
+        tensor = tensors.pop(name)
+        if name not in skip:
+            yield name, tensor
 
 
 def save_pretrained(model: nn.Module, folder: str | Path, dtype: torch.dtype | None = None) -> None:
     """Write config.json and model.safetensors atomically (each file complete or untouched)."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {
@@ -92,5 +192,19 @@ def save_pretrained(model: nn.Module, folder: str | Path, dtype: torch.dtype | N
         for name, t in model.state_dict().items()
     }
     with atomic_path(folder / WEIGHTS_NAME) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", "config": json.dumps(model.config.to_dict())})
+        write_safetensors(
+            tmp, tensors, metadata={"format": "pt", "config": json.dumps(model.config.to_dict())}
+        )
     model.config.save(folder / CONFIG_NAME)
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """safetensors' save_file, with a failed write (a full disk) raised as the OSError it is
+    (safetensors raises its own SafetensorError for I/O)."""
+    import safetensors
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except safetensors.SafetensorError as err:
+        raise OSError(f"cannot write {path}: {err}") from err

@@ -11,13 +11,15 @@ python -m starflow_torch.train --set train.data=my_shards/ ...
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
-from starflow_core.training.image_folders import encode_argument_parser
+from starflow_core.training.image_folders import encode_argument_parser, encode_command
 
-from .training.encode import describe, encode_dataset
+from .training.encode import encode_dataset
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -31,37 +33,41 @@ def on_device(component, device: str):
     return component.to(device) if hasattr(component, "to") else component
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     from tqdm import tqdm
 
     from .vae import AutoencoderKL
 
     args = parse_args(argv)
-    vae = on_device(AutoencoderKL.from_pretrained(args.vae), args.device)
-    text_encoder = None
-    if args.text_encoder:
-        from .text import TextEncoder
 
-        text_encoder = TextEncoder.from_pretrained(args.text_encoder, device=args.device)
-    with tqdm(desc="encode", unit="img") as bar:
-        index = encode_dataset(
-            args.images,
-            args.out,
-            vae,
-            text_encoder,
-            conditioning=args.conditioning,
-            image_size=args.image_size,
-            txt_size=args.txt_size,
-            multiple=args.multiple,
-            buckets=args.buckets,
-            batch_size=args.batch_size,
-            shard_size=args.shard_size,
-            dtype=getattr(torch, args.dtype),
-            device=args.device,
-            progress=bar.update,
-        )
-    print(f"wrote {args.out}: {describe(index)}")
+    def encode(out: Path) -> dict:
+        vae = on_device(AutoencoderKL.from_pretrained(args.vae), args.device)
+        text_encoder = None
+        if args.text_encoder:
+            from .text import TextEncoder
+
+            text_encoder = TextEncoder.from_pretrained(args.text_encoder, device=args.device)
+        with tqdm(desc="encode", unit="img") as bar:
+            index = encode_dataset(
+                args.images,
+                out,
+                vae,
+                text_encoder,
+                conditioning=args.conditioning,
+                image_size=args.image_size,
+                txt_size=args.txt_size,
+                multiple=args.multiple,
+                buckets=args.buckets,
+                batch_size=args.batch_size,
+                shard_size=args.shard_size,
+                dtype=getattr(torch, args.dtype),
+                device=args.device,
+                progress=bar.update,
+            )
+        return index
+
+    return encode_command("starflow-encode", args, encode)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -9,6 +9,7 @@ first in the same causal sequence.
 from __future__ import annotations
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from starflow_core.config import FlowConfig
@@ -82,9 +83,15 @@ class FlowBlock(nn.Module):
         rope: Rope | None,
         cache: BlockCache | None = None,
         query_scale: torch.Tensor | None = None,
+        recompute: bool = False,
     ) -> torch.Tensor:
+        """recompute: a gradient through the trunk keeps each layer's input only and recomputes
+        that layer's activations in the backward pass (one layer's activations at a time)."""
         for i, layer in enumerate(self.attn_blocks):
-            h = layer(h, rope, cache.layers[i] if cache is not None else None, query_scale)
+            if recompute:
+                h = torch.utils.checkpoint.checkpoint(layer, h, rope, recompute=True, use_reentrant=False)
+            else:
+                h = layer(h, rope, cache.layers[i] if cache is not None else None, query_scale)
         return h
 
     def head(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,6 +121,7 @@ class FlowBlock(nn.Module):
         rope: Rope | None,
         labels: torch.Tensor | None = None,
         query_scale: torch.Tensor | None = None,
+        recompute: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Permuted tokens (B, T, C') -> raw scale a and shift b for every token, same order.
 
@@ -126,7 +134,7 @@ class FlowBlock(nn.Module):
             t = self.text_tokens(text)
             txt_len = t.shape[1]
             h = torch.cat([t, h], dim=1)
-        h = self.trunk(h, rope, query_scale=query_scale)[:, txt_len:]
+        h = self.trunk(h, rope, query_scale=query_scale, recompute=recompute)[:, txt_len:]
         raw_scale, shift = self.head(h)
         if not self.config.sos:  # output t predicts token t+1
             raw_scale = torch.cat([torch.zeros_like(raw_scale[:, :1]), raw_scale[:, :-1]], dim=1)
@@ -140,10 +148,11 @@ class FlowBlock(nn.Module):
         text: torch.Tensor | None,
         rope: Rope | None,
         labels: torch.Tensor | None = None,
+        recompute: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens (B, T, C') in raster order -> (noise tokens (B, T, C') raster order, log-det (B,))."""
         permuted = self.permute(tokens)
-        raw_scale, shift = self.predict(permuted, text, rope, labels)
+        raw_scale, shift = self.predict(permuted, text, rope, labels, recompute=recompute)
         scale, log_scale = scale_and_log_scale(raw_scale, self.config.use_softplus)
         noise = to_noise(permuted, shift, scale).to(tokens.dtype)
         return self.permute(noise), -log_scale.sum(dim=(1, 2))

@@ -22,11 +22,11 @@ from collections.abc import Sequence
 import torch
 
 from starflow_core.generation import cli as generate_cli
+from starflow_core.generation.precision import Precision
+from starflow_core.generation.resources import physical_memory
 from starflow_core.sources.pipeline_folder import PipelineParts
 
-from .pipeline import StarFlowPipeline
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from .pipeline import StarFlowPipeline, auto_dtype
 
 
 def distributed_rank() -> tuple[int, int, int]:
@@ -39,11 +39,35 @@ def distributed_rank() -> tuple[int, int, int]:
 
 
 def choose_device(requested: str | None, local_rank: int) -> torch.device:
-    if requested:
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
+    """The --device asked for (checked: it exists on this machine), or CUDA when available."""
+    if not requested:
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+        return torch.device("cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ValueError(f"unknown --device {requested!r}; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"--device {requested}: {why}; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                f"cuda:0..cuda:{torch.cuda.device_count() - 1}"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {requested}: MPS is not available here; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {requested}: only cpu, cuda[:N] and mps are supported")
+    return device
+
+
+def check_dtype_on_device(dtype: str, device: torch.device) -> None:
+    """Half precision fails on CPU in the torch twin (its CPU layer norm needs float32 weights)."""
+    if device.type == "cpu" and dtype in ("float16", "bfloat16"):
+        raise ValueError(f"--dtype {dtype} does not run on CPU in the torch twin; use --dtype float32 on CPU")
 
 
 def peak_memory() -> int:
@@ -58,15 +82,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     rank, world_size, local_rank = distributed_rank()
 
+    def precision(args: argparse.Namespace) -> Precision:
+        return Precision(auto_dtype(args.dtype, choose_device(args.device, local_rank)))
+
     def load_pipeline(parts: PipelineParts, args: argparse.Namespace) -> StarFlowPipeline:
         device = choose_device(args.device, local_rank)
+        check_dtype_on_device(args.dtype, device)
         return StarFlowPipeline.from_pretrained(
-            parts, dtype=DTYPES[args.dtype], decoder=args.decoder, device=device
+            parts, dtype=precision(args).dtype, decoder=args.decoder, device=device, strict=args.strict
         )
+
+    def available_memory(args: argparse.Namespace) -> tuple[int, str]:
+        device = choose_device(args.device, local_rank)
+        if device.type == "cuda":
+            return torch.cuda.get_device_properties(
+                device
+            ).total_memory, f"{torch.cuda.get_device_name(device)}"
+        return physical_memory(), "physical memory"
 
     backend = generate_cli.Backend(
         load=load_pipeline,
         peak_memory=peak_memory,
+        precision=precision,
+        memory=available_memory,
         rank=rank,
         world_size=world_size,
     )

@@ -4,7 +4,6 @@ and load each part of the pipeline as a torch module on `device`."""
 from __future__ import annotations
 
 import torch
-import transformers
 
 from starflow_core.sources.hub import MissingModelFileError
 from starflow_core.sources.pipeline_folder import PipelineParts
@@ -12,7 +11,7 @@ from starflow_core.sources.releases import RELEASES
 from starflow_core.sources.resolve import resolve
 
 from .model import StarFlow
-from .text import TextEncoder, _tokenizer_class
+from .text import TextEncoder, _tokenizer_class, load_t5_encoder
 from .vae import AutoencoderKL
 
 __all__ = [
@@ -26,8 +25,10 @@ __all__ = [
 ]
 
 
-def load_flow(parts: PipelineParts, dtype: torch.dtype | None = None, device: str = "cpu") -> StarFlow:
-    return StarFlow.from_pretrained(parts.transformer, dtype=dtype).to(device)
+def load_flow(
+    parts: PipelineParts, dtype: torch.dtype | None = None, device: str = "cpu", strict: bool = False
+) -> StarFlow:
+    return StarFlow.from_pretrained(parts.transformer, dtype=dtype, strict=strict, device=device)
 
 
 def load_vae(
@@ -54,5 +55,4 @@ def load_text_encoder(
     if parts.text_encoder is None:
         return None
     tokenizer = _tokenizer_class().from_pretrained(parts.tokenizer)
-    model = transformers.T5EncoderModel.from_pretrained(parts.text_encoder, dtype=dtype)
-    return TextEncoder(tokenizer, model.to(device).eval())
+    return TextEncoder(tokenizer, load_t5_encoder(parts.text_encoder, dtype, device))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from starflow_core.config import FlowConfig
@@ -40,9 +41,13 @@ def make_norm(config: FlowConfig) -> nn.Module:
 
 def norm_in_float32(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Apply a norm in at least fp32 (the official code normalises half-precision input in fp32)."""
-    if x.dtype in (torch.float16, torch.bfloat16):
-        return norm(x.float()).type_as(x)
-    return norm(x)
+    if x.dtype not in (torch.float16, torch.bfloat16):
+        return norm(x)
+    if isinstance(norm, nn.LayerNorm):  # torch's CPU layer_norm refuses fp32 input with bf16 weights
+        weight = None if norm.weight is None else norm.weight.float()
+        bias = None if norm.bias is None else norm.bias.float()
+        return F.layer_norm(x.float(), norm.normalized_shape, weight, bias, norm.eps).type_as(x)
+    return norm(x.float()).type_as(x)
 
 
 def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, halves: bool = False) -> torch.Tensor:
@@ -61,6 +66,33 @@ def repeat_kv_heads(t: torch.Tensor, groups: int) -> torch.Tensor:
     """(B, nkv, S, hd) -> (B, nkv * groups, S, hd): key/value head j serves query heads
     j*groups .. j*groups + groups-1 (grouped-query attention, as the official repeat_interleave)."""
     return t if groups == 1 else t.repeat_interleave(groups, dim=1)
+
+
+# A recomputed causal attention (the score step) runs this many bytes of fp32 scores per head
+# group, each group recomputed on its own in the backward pass (as starflow_mlx.layers).
+ATTENTION_SCRATCH_BYTES = 8 * 2**20
+
+
+def causal_attention_in_head_groups(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Causal softmax(q k^T scale) v, (B, nh, L, hd), as groups of heads each under
+    torch.utils.checkpoint: the same numbers, one group's scores alive in a gradient."""
+    batch, heads, length, _ = q.shape
+    group = max(1, ATTENTION_SCRATCH_BYTES // (batch * length * length * 4))
+    if group >= heads:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+
+    def attend(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+
+    outs = [
+        torch.utils.checkpoint.checkpoint(
+            attend, q[:, i : i + group], k[:, i : i + group], v[:, i : i + group], use_reentrant=False
+        )
+        for i in range(0, heads, group)
+    ]
+    return torch.cat(outs, dim=1)
 
 
 class Attention(nn.Module):
@@ -89,6 +121,7 @@ class Attention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None,
         cache: LayerCache | None = None,
         query_scale: torch.Tensor | None = None,
+        recompute: bool = False,
     ) -> torch.Tensor:
         """x (B, L, C); rope = (cos, sin) for these L positions, each (L, head_dim).
 
@@ -116,7 +149,10 @@ class Attention(nn.Module):
         groups = self.num_heads // self.num_kv_heads
         if cache is None:
             k, v = repeat_kv_heads(k, groups), repeat_kv_heads(v, groups)
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+            if recompute:  # a gradient recomputing in head groups (the score step)
+                out = causal_attention_in_head_groups(q, k, v, scale)
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
         else:
             keys, values = cache.write(k, v)  # (B, nkv, start + L, hd)
             keys, values = repeat_kv_heads(keys, groups), repeat_kv_heads(values, groups)
@@ -166,6 +202,13 @@ class TransformerLayer(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None,
         cache: LayerCache | None = None,
         query_scale: torch.Tensor | None = None,
+        recompute: bool = False,
     ) -> torch.Tensor:
+        """recompute (no cache): attention and MLP are each recomputed on their own in the
+        backward pass, so a gradient holds one of them at a time (see FlowBlock.trunk)."""
+        if recompute:
+            checkpoint = torch.utils.checkpoint.checkpoint
+            x = x + checkpoint(lambda h: self.attention(h, rope, recompute=True), x, use_reentrant=False)
+            return x + checkpoint(self.mlp, x, use_reentrant=False)
         x = x + self.attention(x, rope, cache, query_scale)
         return x + self.mlp(x)

@@ -41,14 +41,27 @@ class StarFlow(nn.Module):
 
     # ----- loading and saving (see checkpoint.py) ----------------------------------------
     @classmethod
-    def from_official(cls, path: str | Path, config: FlowConfig | dict | str | Path) -> StarFlow:
-        """Load an official `.pth` state_dict (torch.load weights_only=True) with strict key checks."""
-        return checkpoint.load_official(cls, path, config)
+    def from_official(
+        cls, path: str | Path, config: FlowConfig | dict | str | Path, *, strict: bool = False
+    ) -> StarFlow:
+        """Load an official `.pth` state_dict (torch.load weights_only=True), tensor by tensor.
+
+        Missing or mis-shaped tensors are errors; tensors the model does not use are skipped
+        with a warning (an error with strict=True)."""
+        return checkpoint.load_official(cls, path, config, strict)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, dtype: torch.dtype | None = None) -> StarFlow:
-        """Load our format: config.json + model.safetensors."""
-        return checkpoint.load_pretrained(cls, folder, dtype)
+    def from_pretrained(
+        cls,
+        folder: str | Path,
+        dtype: torch.dtype | None = None,
+        *,
+        strict: bool = False,
+        device: str | torch.device = "cpu",
+    ) -> StarFlow:
+        """Load our format (config.json + model.safetensors) tensor by tensor, straight into
+        `dtype` on `device`; `strict` as in from_official."""
+        return checkpoint.load_pretrained(cls, folder, dtype, strict, device)
 
     def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None) -> None:
         checkpoint.save_pretrained(self, folder, dtype)
@@ -128,9 +141,26 @@ class StarFlow(nn.Module):
             raise ValueError(f"class labels must be < num_classes={self.config.num_classes}")
         return y
 
+    def check_labels(self, y: torch.Tensor | None) -> None:
+        """Integer labels must be classes 0..num_classes-1 or -1 (the null label); a label of
+        num_classes would otherwise select the null condition, silently."""
+        if y is None or not self.config.num_classes or torch.is_floating_point(y) or y.numel() == 0:
+            return
+        low, high = int(y.min()), int(y.max())
+        if low < -1 or high >= self.config.num_classes:
+            raise ValueError(
+                f"class labels must be 0..{self.config.num_classes - 1} (or -1, the null label), "
+                f"got {high if high >= self.config.num_classes else low}"
+            )
+
     # ----- data -> noise ----------------------------------------------------------------
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, C, H, W) -> (z (B, C, H, W), total log|det dz/dx| (B,) in nats)."""
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor | None = None, *, recompute: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, C, H, W) -> (z (B, C, H, W), total log|det dz/dx| (B,) in nats).
+
+        recompute=True: a gradient of the result keeps one layer's activations at a time
+        (each layer is recomputed in the backward pass), the same numbers in bounded memory."""
         self._check_input(x)
         B, _, H, W = x.shape
         p = self.config.patch_size
@@ -142,13 +172,16 @@ class StarFlow(nn.Module):
                 continue
             txt_len = text.shape[1] if text is not None else 0
             rope = self.rope(i, H // p, W // p, txt_len, x.device)
-            tokens, block_logdet = block(tokens, text if block.has_text else None, rope, labels)
+            tokens, block_logdet = block(tokens, text if block.has_text else None, rope, labels, recompute)
             logdet = logdet + block_logdet
         return self.unpatchify(tokens, H, W), logdet
 
-    def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Exact log p(x | y) in nats, (B,): log N(z; 0, var) + log|det|."""
-        z, logdet = self(x, y)
+    def log_prob(
+        self, x: torch.Tensor, y: torch.Tensor | None = None, *, recompute: bool = False
+    ) -> torch.Tensor:
+        """Exact log p(x | y) in nats, (B,): log N(z; 0, var) + log|det|; recompute as in forward."""
+        self.check_labels(y)
+        z, logdet = self(x, y, recompute=recompute)
         z = self.patchify(z).float()
         var = self.var.float() if self.config.family == "tarflow" else torch.ones_like(z[0])
         log_normal = -0.5 * (z.square() / var + torch.log(2 * math.pi * var))
@@ -264,6 +297,7 @@ class StarFlow(nn.Module):
         """BlockConditions without guidance, and with (2B rows) when guidance > 0."""
         if guidance < 0:
             raise ValueError(f"guidance must be >= 0, got {guidance}")
+        self.check_labels(y)
         text, labels = self.text_features(y, batch), self.class_labels(y, batch)
         plain = BlockConditions(text, labels, 0.0, annealed, attn_temp)
         if guidance == 0:
@@ -292,13 +326,16 @@ class StarFlow(nn.Module):
     def denoise(
         self, x: torch.Tensor, y: torch.Tensor | None = None, noise_std: float | None = None
     ) -> torch.Tensor:
-        """One Tweedie step x + sigma^2 * grad_x log p(x | y) (SPEC section 3), sigma = noise_std."""
+        """One Tweedie step x + sigma^2 * grad_x log p(x | y) (SPEC section 3), sigma = noise_std.
+
+        The gradient recomputes each layer in the backward pass, so its memory is the model
+        plus one layer's activations (and each layer's input), not every layer's at once."""
         sigma = self.config.noise_std if noise_std is None else noise_std
         if sigma <= 0:
             return x
         with torch.enable_grad():
             x_var = x.detach().float().requires_grad_(True)
-            score = torch.autograd.grad(self.log_prob(x_var, y).sum(), x_var)[0]
+            score = torch.autograd.grad(self.log_prob(x_var, y, recompute=True).sum(), x_var)[0]
         return (x.float() + sigma**2 * score).to(x.dtype)
 
     def num_parameters(self) -> int:

@@ -19,6 +19,7 @@ import torch
 
 from starflow_core.config import FlowConfig
 from starflow_core.generation.pipeline import PipelineBase
+from starflow_core.generation.precision import Precision, resolve_dtype
 from starflow_core.generation.settings import GenerationSettings
 from starflow_core.sources.pipeline_folder import PipelineParts
 
@@ -28,56 +29,120 @@ from .sampling import SamplingStats
 from .text import TextEncoder
 from .vae import AutoencoderKL
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def dtype_name(dtype: str | torch.dtype) -> str:
+    """ "auto", a dtype name, or a torch.dtype -> its name."""
+    if isinstance(dtype, str):
+        return dtype
+    names = [name for name, value in DTYPES.items() if value == dtype]
+    if not names:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)} (or 'auto'), got {dtype}")
+    return names[0]
+
+
+def auto_dtype(name: str, device: str | torch.device) -> str:
+    """`--dtype auto`: bfloat16 on CUDA, else float32."""
+    return resolve_dtype(name, accelerated=torch.device(device).type == "cuda")
+
 
 class StarFlowPipeline(PipelineBase):
     def __init__(
         self,
         parts: PipelineParts,
-        flow: StarFlow,
+        flow: StarFlow | None,
         vae: AutoencoderKL | None,
         decoder: AutoencoderKL | None = None,
         text_encoder: TextEncoder | None = None,
-        dtype: torch.dtype = torch.float32,
+        precision: Precision | None = None,
+        strict: bool = False,
         device: str | torch.device = "cpu",
     ):
-        """`text_encoder` given here stays loaded; otherwise T5 is loaded for each call and
-        freed before sampling."""
-        self.parts, self.flow, self.vae, self.decoder = parts, flow, vae, decoder
+        """`flow` None: loaded from `parts` on first use, after the prompts are encoded, so the
+        flow and T5 are not in memory together. `text_encoder` given here stays loaded;
+        otherwise T5 is loaded for each encoding and freed before sampling."""
+        self.parts, self._vae, self._decoder = parts, vae, decoder
+        self._flow = flow
+        self.flow_config = flow.config if flow is not None else parts.flow_config
         self.text_encoder = text_encoder
-        self.dtype = dtype
+        self.precision = precision or Precision()
+        self.dtype = DTYPES[self.precision.dtype]
+        self.strict = strict
         self.device = torch.device(device)
+        self.prompt_features = {}
 
     @classmethod
     def from_pretrained(
         cls,
         source: str | Path | PipelineParts,
         *,
-        dtype: torch.dtype = torch.float32,
+        dtype: str | torch.dtype = "auto",
         decoder: str | Path | None = None,
         quantize: int | None = None,
         group_size: int = 64,
+        text_quantize: int | None = None,
         keep_text_encoder: bool = False,
+        strict: bool = False,
         flow_config: FlowConfig | None = None,
         device: str | torch.device = "cpu",
     ) -> StarFlowPipeline:
         """Load from a pipeline folder, a release name, a Hub repo id (see starflow_core.sources)
         or already resolved parts.
 
+        `dtype`: "auto" (bfloat16 on CUDA, float32 on CPU), a dtype name or a torch.dtype; the
+        flow's scale, shift, log-det and guidance stay fp32, T5 never runs in float16.
         `decoder`: a VAE folder or weights file fine-tuned on noisy latents, used instead of
-        score denoising. `quantize` exists for symmetry with MLX and is refused here.
+        score denoising. `quantize` and `text_quantize` exist for symmetry with MLX and are
+        refused here. `strict`: refuse checkpoints carrying tensors the model does not use.
+        The flow itself loads on first use (see __init__).
         """
-        if quantize is not None:
-            raise ValueError("weight quantization is MLX-only; use starflow_mlx or run without --quantize")
-        parts = hub.resolve(source, flow_config=flow_config).with_decoder(decoder)
-        device = str(device)
-        flow = hub.load_flow(parts, dtype, device)
-        text_encoder = hub.load_text_encoder(parts, dtype, device) if keep_text_encoder else None
-        vae, fine_tuned = hub.load_vae(parts, dtype, device), hub.load_decoder(parts, dtype, device)
-        return cls(parts, flow, vae, fine_tuned, text_encoder, dtype, device)
+        if quantize is not None or text_quantize is not None:
+            raise ValueError(
+                "weight quantization is MLX-only; use starflow_mlx or run without --quantize/--quantize-text"
+            )
+        precision = Precision(auto_dtype(dtype_name(dtype), device), group_size=group_size)
+        parts = hub.resolve(source, flow_config=flow_config, dtype=precision.dtype, strict=strict)
+        parts = parts.with_decoder(decoder)
+        pipe = cls(parts, None, None, precision=precision, strict=strict, device=device)
+        pipe.decoder  # noqa: B018 - a --decoder given is loaded now: a bad file fails before any work
+        if keep_text_encoder:
+            pipe.text_encoder = pipe.load_text_encoder()
+        return pipe
+
+    @property
+    def flow(self) -> StarFlow:
+        """The flow model, loaded (tensor by tensor, in the pipeline's dtype) on first use."""
+        if self._flow is None:
+            self._flow = hub.load_flow(self.parts, self.dtype, str(self.device), self.strict)
+        return self._flow
+
+    @property
+    def vae(self) -> AutoencoderKL | None:
+        """The VAE, loaded on first use (at decoding: it is not resident while sampling)."""
+        if self._vae is None and self.parts.vae is not None:
+            self._vae = hub.load_vae(self.parts, self.dtype, str(self.device))
+        return self._vae
+
+    @property
+    def decoder(self) -> AutoencoderKL | None:
+        if self._decoder is None and self.parts.decoder is not None:
+            self._decoder = hub.load_decoder(self.parts, self.dtype, str(self.device))
+        return self._decoder
 
     # ----- array work (PipelineBase runs the steps) ------------------------------------------
+    def load_text_encoder(self) -> TextEncoder:
+        return hub.load_text_encoder(self.parts, DTYPES[self.precision.text_dtype], str(self.device))
+
     def _text_encoder(self) -> TextEncoder:
-        return self.text_encoder or hub.load_text_encoder(self.parts, self.dtype, str(self.device))
+        return self.text_encoder or self.load_text_encoder()
+
+    def release_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def concatenate(self, rows: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(rows)
 
     def label_array(self, labels: list[int]) -> torch.Tensor:
         return torch.tensor(labels, dtype=torch.long, device=self.device)
@@ -96,8 +161,7 @@ class StarFlowPipeline(PipelineBase):
         if encoder is not self.text_encoder:  # free T5 before sampling
             encoder.unload()
             del encoder
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+            self.release_memory()
         return y, y_null
 
     def noise_array(self, noise: np.ndarray) -> torch.Tensor:

@@ -12,10 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import diffusers
-import safetensors.torch
 import torch
 
 from starflow_core.official.keys import vae_key_to_diffusers
+
+from .checkpoint import read_official_state_dict, read_safetensors_mapped
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -34,10 +35,11 @@ def sanitize(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Memory-mapped: tensors are read as from_pretrained copies them out one by one."""
     if path.suffix == ".safetensors":
-        return safetensors.torch.load_file(str(path))
+        return read_safetensors_mapped(path)  # checks the header: clear errors for damaged files
     if path.suffix in (".bin", ".pth", ".pt"):
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return read_official_state_dict(path)  # weights_only; a file carrying code is refused by name
     raise ValueError(f"{path}: unsupported weights file type {path.suffix!r} (.safetensors, .bin, .pth, .pt)")
 
 
@@ -79,12 +81,14 @@ class AutoencoderKL(diffusers.AutoencoderKL):
         weights_path = Path(weights_file) if weights_file is not None else folder / WEIGHTS_NAME
         if not weights_path.is_file():
             raise FileNotFoundError(f"VAE weights not found: {weights_path}")
-        model = cls.from_config(cls.load_config(folder))
-        weights = sanitize(read_weights(weights_path))
+        from .checkpoint import build_empty, stream_into
+
+        model = build_empty(lambda: cls.from_config(cls.load_config(folder)))  # no memory yet
+        weights = sanitize(read_weights(weights_path))  # memory-mapped views
         check_weights_match(model, weights, str(weights_path))
-        model.load_state_dict(weights, strict=True)
-        # torch.nn.Module.to: diffusers' own .to() warns about fp32-kept modules AutoencoderKL does not have.
-        return torch.nn.Module.to(model, dtype).eval()
+        order = sorted(weights, key=lambda key: weights[key].nbytes, reverse=True)  # largest first
+        stream_into(model, ((key, weights.pop(key)) for key in order), dtype)  # one at a time
+        return model.eval()
 
     @property
     def downsample_factor(self) -> int:

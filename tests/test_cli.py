@@ -57,6 +57,8 @@ def test_generate_metadata_and_reproducibility(folders, tmp_path):
     assert text["model"] == "tiny-t2i" and text["prompt"] == "a photo of a cat" and text["seed"] == "4"
     assert text["cfg"] == "1.5" and text["sampler"].startswith("jacobi(block_size=4")
     assert int(text["steps"]) > 0 and text["version"].startswith("starflow-mlx")
+    # --dtype auto is float32 on this CPU; no quantization
+    assert text["dtype"] == "float32" and text["text_dtype"] == "float32" and text["quantization"] == "none"
 
     again = run("starflow_mlx.generate", *common, "--output", tmp_path / "b", tmp=tmp_path)
     assert again.returncode == 0, again.stderr
@@ -167,6 +169,29 @@ def test_convert_checkpoint_and_refuse_overwrite(tmp_path):
     assert (
         missing.returncode == 2 and "hf download apple/starflow starflow_3B_t2i_256x256.pth" in missing.stderr
     )
+
+
+def test_unexpected_tensors_warn_and_strict_refuses(folders, tmp_path):
+    """A flow file carrying a tensor the model does not use: one warning line naming it and the
+    image is made; --strict makes it an error (exit 2) before anything is written."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    pipeline = tmp_path / "pipeline"
+    shutil.copytree(folders["text"], pipeline)
+    weights = pipeline / "transformer" / "model.safetensors"
+    tensors = load_file(weights)
+    weights.unlink()  # the copy may share its data with the original (hard links)
+    save_file({**tensors, "blocks.0.unused": np.zeros(3, np.float32)}, weights)
+    common = ["a cat", "--model", pipeline, "--seed", 0, "--quiet", "--sequential"]
+    loose = run("starflow_mlx.generate", *common, "--output", tmp_path / "a.png", tmp=tmp_path)
+    assert loose.returncode == 0, loose.stderr
+    warning = [line for line in loose.stderr.splitlines() if "does not use" in line]
+    assert len(warning) == 1 and "warning:" in warning[0] and "blocks.0.unused" in warning[0]
+    strict = run("starflow_mlx.generate", *common, "--strict", "--output", tmp_path / "b.png", tmp=tmp_path)
+    assert strict.returncode == 2 and "unexpected (1): blocks.0.unused" in strict.stderr
+    assert "Traceback" not in strict.stderr and not (tmp_path / "b.png").exists()
 
 
 # The starflow_arch vectors' model as an official training YAML (flags of the official train.py)

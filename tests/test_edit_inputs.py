@@ -25,6 +25,7 @@ from starflow_core.generation.edit_inputs import (
     prepare_images,
     prepare_masks,
 )
+from starflow_core.generation.precision import Precision
 from tests.helpers.tiny_pipeline import make_label_pipeline
 
 
@@ -126,14 +127,24 @@ def label_folder(tmp_path_factory):
 
 def run_generate(argv, loads: list) -> int:
     """The shared command line in this process, with an MLX library loader (no BLAS switch)."""
-    from starflow_mlx.pipeline import StarFlowPipeline
+    from starflow_mlx.pipeline import StarFlowPipeline, auto_dtype
+
+    def precision(args):
+        return Precision(auto_dtype(args.dtype), args.quantize, args.quantize_text)
 
     def load(parts, args):
         loads.append(parts.name)
-        return StarFlowPipeline.from_pretrained(parts)
+        chosen = precision(args)
+        return StarFlowPipeline.from_pretrained(parts, dtype=chosen.dtype, quantize=chosen.quantize)
 
     parser = generate_cli.build_parser("starflow-generate", "test")
-    backend = generate_cli.Backend(load=load, peak_memory=lambda: None)
+    backend = generate_cli.Backend(
+        load=load,
+        peak_memory=lambda: None,
+        precision=precision,
+        memory=lambda args: (10**12, "test machine"),  # ample: these runs test the edit flags only
+        quantization=True,
+    )
     return generate_cli.main([str(a) for a in argv], parser, backend)
 
 

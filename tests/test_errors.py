@@ -10,7 +10,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES
+from conftest import FIXTURES, load_vectors, to_nhwc
 from helpers.twins import random_torch_model
 
 import starflow_mlx
@@ -18,7 +18,7 @@ import starflow_torch
 from starflow_core.config import FlowConfig
 from starflow_core.official.arguments import resolve_config
 from starflow_core.official.convert import convert_official_checkpoint
-from starflow_core.official.keys import CheckpointMismatchError
+from starflow_core.official.keys import CheckpointMismatchError, UnexpectedTensorsWarning
 
 CONFIG = FlowConfig(
     in_channels=3,
@@ -103,17 +103,53 @@ def _state_dict_with(change):
     ids=["missing", "extra", "mis-shaped"],
 )
 def test_checkpoint_key_mismatches_are_listed(change, names, tmp_path):
+    """With strict=True every mismatch is an error; missing and mis-shaped tensors always are."""
     path = tmp_path / "edited.pth"
     torch.save(_state_dict_with(change), path)
     config = STARFLOW_TINY / "config.json"
     for loader in (starflow_torch.StarFlow.from_official, starflow_mlx.StarFlow.from_official):
         with pytest.raises(CheckpointMismatchError) as info:
-            loader(path, config)
+            loader(path, config, strict=True)
         for name in names:
             assert name in str(info.value)
+        if names[0] != "unexpected":
+            with pytest.raises(CheckpointMismatchError):
+                loader(path, config)
     with pytest.raises(CheckpointMismatchError):
-        convert_official_checkpoint(path, resolve_config(config), tmp_path / "out")
+        convert_official_checkpoint(path, resolve_config(config), tmp_path / "out", strict=True)
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_unexpected_tensors_warn_and_are_skipped(tmp_path):
+    """The official sampler loads with strict=False: extra tensors are listed in a warning and the
+    model loads exactly as without them, in both twins, in conversion and from our folders."""
+    from safetensors.numpy import load_file, save_file
+
+    extra = {"blocks.9.extra": torch.zeros(2), "ema_decay": torch.ones(1)}
+    path = tmp_path / "extra.pth"
+    torch.save(_state_dict_with(lambda s: s.update(extra)), path)
+    config = STARFLOW_TINY / "config.json"
+    _, vectors = load_vectors("starflow_tiny")
+    x, y = to_nhwc(vectors["x"]), mx.array(vectors["y"])
+    z_clean, _ = starflow_mlx.StarFlow.from_official(STARFLOW_TINY / "official.pth", config)(x, y)
+    with pytest.warns(UnexpectedTensorsWarning, match=r"2 tensor\(s\).*blocks\.9\.extra, ema_decay"):
+        z_mlx, _ = starflow_mlx.StarFlow.from_official(path, config)(x, y)
+    assert np.array_equal(np.array(z_mlx), np.array(z_clean))
+    with pytest.warns(UnexpectedTensorsWarning, match=r"blocks\.9\.extra, ema_decay"):
+        starflow_torch.StarFlow.from_official(path, config)
+    with pytest.warns(UnexpectedTensorsWarning, match="blocks.9.extra"):
+        result = convert_official_checkpoint(path, resolve_config(config), tmp_path / "ours")
+    assert {"blocks.9.extra", "ema_decay"} <= set(result["dropped"])
+    assert "blocks.9.extra" not in load_file(tmp_path / "ours" / "model.safetensors")
+
+    # one of our folders holding a tensor the model does not use
+    weights = tmp_path / "ours" / "model.safetensors"
+    save_file({**load_file(weights), "blocks.0.unused": np.zeros(3, np.float32)}, weights)
+    for twin in (starflow_mlx, starflow_torch):
+        with pytest.warns(UnexpectedTensorsWarning, match="blocks.0.unused"):
+            twin.StarFlow.from_pretrained(tmp_path / "ours")
+        with pytest.raises(CheckpointMismatchError, match="blocks.0.unused"):
+            twin.StarFlow.from_pretrained(tmp_path / "ours", strict=True)
 
 
 def test_truncated_safetensors_gives_a_clear_error(tmp_path):

@@ -9,6 +9,7 @@ the 3B one through the `flow_config` override. Nothing touches the network.
 from __future__ import annotations
 
 import huggingface_hub
+import mlx.core as mx
 import numpy as np
 import pytest
 import torch
@@ -98,7 +99,7 @@ def test_complete_cache_needs_no_network(fake_hub, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", file_download)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     resolve("starflow-3b", flow_config=TINY_TEXT_FLOW)  # an alias
-    assert calls == [True, True, True]
+    assert calls == [True, True, True, True]  # flow, VAE, T5's small files, T5's encoder weights
 
 
 def test_missing_checkpoint_names_repo_file_and_command(tmp_path, monkeypatch):
@@ -132,3 +133,81 @@ def test_unknown_model_lists_the_choices(tmp_path):
         resolve("not-a-model")
     with pytest.raises(FileNotFoundError, match="neither a pipeline folder"):
         resolve(tmp_path)
+
+
+def test_text_encoder_reads_and_downloads_only_encoder_shards(fake_hub, tmp_path):
+    """A full sharded T5 (encoder + decoder, as google/flan-t5-xl): the shards holding only decoder
+    tensors are neither required in the cache nor asked for, and both twins load the encoder."""
+    import json
+    import shutil
+
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from starflow_core.sources.t5_files import encoder_shards
+    from starflow_mlx.text import TextEncoder
+    from starflow_torch.text import TextEncoder as TorchTextEncoder
+    from tests.helpers.tiny_components import randomize_
+
+    t5 = tmp_path / "full_t5"
+    make_tiny_t5_folder(t5)  # tokenizer files and an encoder-only checkpoint, replaced below
+    (t5 / "model.safetensors").unlink()
+    torch.manual_seed(0)
+    full = T5ForConditionalGeneration(T5Config.from_pretrained(t5)).eval()
+    randomize_(full, seed=3)
+    full.save_pretrained(t5, max_shard_size="40KB")
+    index = json.loads((t5 / "model.safetensors.index.json").read_text())
+    wanted = encoder_shards(index)
+    decoder_only = sorted(set(index["weight_map"].values()) - set(wanted))
+    assert wanted and decoder_only  # the test needs both kinds of shard
+    shutil.rmtree(fake_hub / "models--google--flan-t5-xl")
+    files = {p.name: p for p in t5.iterdir() if p.is_file() and p.name not in decoder_only}
+    add_to_fake_hub(fake_hub, "google/flan-t5-xl", files, COMMIT)
+
+    parts = resolve("starflow-3b-t2i-256", flow_config=TINY_TEXT_FLOW)
+    assert not any((parts.text_encoder / name).exists() for name in decoder_only)
+    tokens = full.get_encoder()
+    ids = torch.tensor([[5, 6, 7, 1]])
+    with torch.no_grad():
+        expected = tokens(input_ids=ids).last_hidden_state.numpy()
+    mlx_encoder = TextEncoder.from_pretrained(parts.text_encoder).model
+    got = np.array(mlx_encoder(mx.array(ids.numpy()), mx.ones(ids.shape, dtype=mx.int32)))
+    assert np.abs(got - expected).max() < 1e-4  # fp32, 2 layers of width 32: round-off only
+    torch_encoder = TorchTextEncoder.from_pretrained(parts.text_encoder).model
+    with torch.no_grad():
+        twin = torch_encoder(input_ids=ids).last_hidden_state.numpy()
+    assert np.abs(twin - expected).max() < 1e-5  # the same torch module, reloaded: round-off only
+
+    # an encoder shard missing: the command to run names the encoder shards, never the decoder's
+    blob = (parts.text_encoder / wanted[0]).resolve()
+    (parts.text_encoder / wanted[0]).unlink()
+    blob.unlink()
+    with pytest.raises(MissingModelFileError) as info:
+        resolve("starflow-3b-t2i-256", flow_config=TINY_TEXT_FLOW)
+    assert wanted[0] in str(info.value)
+    assert not any(name in str(info.value) for name in decoder_only)
+
+
+def test_conversion_cache_is_written_in_the_run_dtype(fake_hub, tmp_path, monkeypatch):
+    """A bf16 run converts the .pth once into bf16 (half the disk); a float32 conversion, when it
+    exists, serves every dtype without converting again."""
+    import json
+    import shutil
+
+    from starflow_core.io import read_safetensors_header
+
+    bf16 = resolve("starflow-3b-t2i-256", flow_config=TINY_TEXT_FLOW, dtype="bfloat16").transformer
+    header = read_safetensors_header(bf16 / "model.safetensors")
+    assert {entry["dtype"] for name, entry in header.items() if name != "__metadata__"} == {"BF16"}
+    fp32 = resolve("starflow-3b-t2i-256", flow_config=TINY_TEXT_FLOW, dtype="float32").transformer
+    assert fp32 != bf16
+    size = (fp32 / "model.safetensors").stat().st_size
+    assert (bf16 / "model.safetensors").stat().st_size < 0.55 * size
+    assert json.loads((bf16 / "config.json").read_text()) == json.loads((fp32 / "config.json").read_text())
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("an existing conversion should have been used")
+
+    monkeypatch.setattr(releases, "convert_official_flow", no_conversion)
+    assert resolve("starflow-3b-t2i-256", flow_config=TINY_TEXT_FLOW, dtype="bfloat16").transformer == bf16
+    shutil.rmtree(bf16)
+    assert resolve("starflow-3b-t2i-256", flow_config=TINY_TEXT_FLOW, dtype="bfloat16").transformer == fp32

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from starflow_core.command_line import EXIT_USAGE, run_command
 from starflow_core.generation.edit_cli import add_edit_arguments, check_edit_flags, edit_arguments
 from starflow_core.generation.images import enlarge_for_viewing, make_grid, save_png
 from starflow_core.generation.inputs import (
@@ -28,13 +29,27 @@ from starflow_core.generation.inputs import (
     snap_size,
 )
 from starflow_core.generation.outputs import check_output_writable, grid_path, image_path, output_directory
+from starflow_core.generation.precision import DTYPE_CHOICES, QUANTIZE_BITS, TEXT_QUANTIZE_BITS, Precision
+from starflow_core.generation.resource_check import (
+    ModelSizes,
+    check_disk,
+    check_memory,
+    model_sizes,
+    parts_sizes,
+)
+from starflow_core.generation.resources import GB, RunShape
+from starflow_core.generation.validation import (
+    MAX_IMAGES,
+    MAX_SIDE_FACTOR,
+    check_image_count,
+    check_size_limit,
+)
 from starflow_core.sources import PipelineParts, resolve
 from starflow_core.sources.releases import DEMO_FOLDER
+from starflow_core.staging import removing_new_empty_folders
 
-EXIT_USAGE = 2
-
-
-DTYPES = ("float32", "bfloat16", "float16")
+PRECOMPUTED_PROMPTS = 64  # up to this many distinct prompts are encoded before the flow loads
+__all__ = ["EXIT_USAGE", "Backend", "build_parser", "main", "run"]
 
 
 @dataclasses.dataclass
@@ -43,6 +58,9 @@ class Backend:
 
     load: Callable[[PipelineParts, argparse.Namespace], Any]  # -> StarFlowPipeline
     peak_memory: Callable[[], int | None]  # bytes
+    precision: Callable[[argparse.Namespace], Precision]  # --dtype auto resolved for the device
+    memory: Callable[[argparse.Namespace], tuple[int, str]]  # bytes the arrays may use, what that is
+    quantization: bool = False  # whether --quantize / --quantize-text exist
     rank: int = 0
     world_size: int = 1
 
@@ -71,14 +89,53 @@ def build_parser(prog: str, description: str, torch: bool = False) -> argparse.A
     parser.add_argument("--snap", action="store_true", help="round --height/--width to valid sizes")
     parser.add_argument("--no-denoise", action="store_true", help="decode the noisy flow samples as they are")
     parser.add_argument("--batch-size", type=int, default=4, help="images sampled together")
-    parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default="auto",
+        help="weights and activations (auto: bfloat16 on a GPU, float32 on CPU); the flow's scale, "
+        "shift, log-det and guidance stay float32, T5 never runs in float16",
+    )
     if torch:
         parser.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when available)")
     else:
-        parser.add_argument("--quantize", type=int, choices=(4, 8), help="quantize the flow to 4 or 8 bits")
+        parser.add_argument(
+            "--quantize", type=int, choices=QUANTIZE_BITS, help="quantize the flow to 4 or 8 bits as it loads"
+        )
+        parser.add_argument(
+            "--quantize-text",
+            type=int,
+            choices=TEXT_QUANTIZE_BITS,
+            help="quantize the T5 text encoder to 8 bits",
+        )
+    parser.add_argument(
+        "--strict", action="store_true", help="refuse checkpoints holding tensors the model does not use"
+    )
+    parser.add_argument(
+        "--memory-limit",
+        type=float,
+        metavar="GB",
+        help="memory the run may use, in GB (default: the machine's; the GPU's working set on a Mac)",
+    )
+    parser.add_argument(
+        "--no-resource-check",
+        action="store_true",
+        help="run even if the memory or disk estimate says this machine cannot hold it",
+    )
     parser.add_argument("--output", type=Path, default=Path("starflow.png"), help="PNG file or directory")
     parser.add_argument("--grid", action="store_true", help="write one grid image instead of one per image")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--max-images",
+        type=int,
+        default=MAX_IMAGES,
+        help=f"refuse runs of more images (default {MAX_IMAGES})",
+    )
+    parser.add_argument(
+        "--no-size-limit",
+        action="store_true",
+        help=f"allow sides beyond {MAX_SIDE_FACTOR}x the model's training size",
+    )
     add_edit_arguments(parser)
     return parser
 
@@ -122,14 +179,20 @@ def image_size(args: argparse.Namespace, parts: PipelineParts) -> tuple[int, int
     config = parts.flow_config
     multiple = parts.vae_downsample * config.patch_size
     base = config.img_size * parts.vae_downsample
-    if args.height and args.width:
+    for name, value in (("height", args.height), ("width", args.width)):
+        if value is not None and value <= 0:  # 0 is a wrong size, not "not given"
+            raise ValueError(f"--{name} must be a positive number of pixels, got {value}")
+    given_height, given_width = args.height is not None, args.width is not None
+    if given_height and given_width:
         if args.aspect_ratio:
             raise ValueError("give --aspect-ratio or both --height and --width, not all three")
         height, width = args.height, args.width
-    elif args.height or args.width:  # the other side from the aspect ratio, rounded to a valid size
+    elif given_height or given_width:  # the other side from the aspect ratio, rounded to a valid size
         ratio = parse_aspect_ratio(args.aspect_ratio or "1:1")
-        height = args.height or max(multiple, round(args.width / ratio / multiple) * multiple)
-        width = args.width or max(multiple, round(args.height * ratio / multiple) * multiple)
+        height = (
+            args.height if given_height else max(multiple, round(args.width / ratio / multiple) * multiple)
+        )
+        width = args.width if given_width else max(multiple, round(args.height * ratio / multiple) * multiple)
     elif args.aspect_ratio:
         height, width = aspect_ratio_size(base, args.aspect_ratio, multiple)
     else:
@@ -137,9 +200,54 @@ def image_size(args: argparse.Namespace, parts: PipelineParts) -> tuple[int, int
     if args.snap:
         height, width = snap_size(height, width, multiple)
     check_size(height, width, multiple, f"VAE downsample {parts.vae_downsample} x patch {config.patch_size}")
+    check_size_limit(height, width, base, args.no_size_limit)
     if config.uses_pos_embed and (height, width) != (base, base):
         raise ValueError(f"this model has a learned position embedding and only makes {base}x{base} images")
     return height, width
+
+
+def planned_jobs(args: argparse.Namespace) -> int:
+    """Images the flags ask for, before the model is known (default prompts count as one)."""
+    prompts = len(args.prompts) + len(args.prompt)
+    if args.prompt_file is not None and args.prompt_file.is_file():
+        prompts += sum(
+            1 for line in args.prompt_file.read_text(encoding="utf-8").splitlines() if line.strip()
+        )
+    seeds = len(args.seed) if args.seed and len(args.seed) > 1 else (args.n_images or 1)
+    return max(prompts, 1) * max(seeds, 1)
+
+
+def run_shape(args: argparse.Namespace, sizes: ModelSizes, jobs: int) -> RunShape:
+    """What one batch computes, from the flags and the model's defaults (for the memory estimate)."""
+    config, factor = sizes.config, sizes.vae_downsample
+    side = config.img_size * factor
+    height, width = (args.height or side, args.width or side) if args.height or args.width else (side, side)
+    check_size_limit(height, width, side, args.no_size_limit)  # the clearer error comes first
+    merged = sizes.sampling.merged(guidance=args.cfg, jacobi=args.jacobi, block_size=args.jacobi_block_size)
+    return RunShape(
+        batch=max(1, min(args.batch_size, jobs)),
+        tokens=max(1, (height // factor // config.patch_size) * (width // factor // config.patch_size)),
+        pixels=height * width,
+        guided=merged.guidance > 0,
+        block_size=merged.block_size if merged.jacobi else 1,
+    )
+
+
+def check_resources(args: argparse.Namespace, backend: Backend, sizes: ModelSizes, jobs: int) -> None:
+    """Memory and (for releases) first-run disk against this machine; raises before any download."""
+    if args.no_resource_check:
+        return
+    precision = backend.precision(args)
+    shape = run_shape(args, sizes, jobs)
+    if args.memory_limit is not None:
+        if args.memory_limit <= 0:
+            raise ValueError(f"--memory-limit must be > 0 GB, got {args.memory_limit}")
+        available = (int(args.memory_limit * GB), "--memory-limit")
+    else:
+        available = backend.memory(args)
+    check_memory(sizes, precision, shape, not args.no_denoise, available, backend.quantization)
+    if sizes.release is not None:
+        check_disk(sizes.release, precision)
 
 
 # ----- the run -----------------------------------------------------------------------------
@@ -159,42 +267,62 @@ def run(args: argparse.Namespace, backend: Backend) -> int:
             args.n_images = 8
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    with removing_new_empty_folders(output_directory(args.output)):
+        return generate(args, backend)
+
+
+def generate(args: argparse.Namespace, backend: Backend) -> int:
     check_output_writable(output_directory(args.output))
-    parts = resolve(args.model)
+    sizes = model_sizes(args.model)
+    if sizes is not None:  # a release or a local folder: checked before anything is downloaded
+        check_resources(args, backend, sizes, planned_jobs(args))
+    parts = resolve(args.model, dtype=backend.precision(args).dtype, strict=args.strict)
     prompts, seeds = read_prompts(args, parts), read_seeds(args)
+    check_image_count(len(prompts), len(seeds), args.max_images)
     edit = edit_arguments(args, parts) if args.image is not None else None  # image-to-image / inpainting
     height, width = edit.size if edit else image_size(args, parts)
     jobs = [(p, s) for p in prompts for s in seeds]  # every prompt with every seed
     mine = rank_share(jobs, backend.rank, backend.world_size)
+    if sizes is None:  # a Hub repo: its sizes are known now, before the weights load
+        check_resources(args, backend, parts_sizes(parts), len(mine))
     start = time.perf_counter()
     pipe = backend.load(parts, args)
+    distinct = list(dict.fromkeys(jobs[i][0] for i in mine))
+    if len(distinct) <= PRECOMPUTED_PROMPTS:  # T5 loaded once and freed before the flow loads
+        pipe.encode_prompts(distinct)
     written, grid_images, grid_meta = [], [], []
-    for first in range(0, len(mine), args.batch_size):
-        indices = mine[first : first + args.batch_size]
-        result = pipe.generate(
-            [jobs[i][0] for i in indices],
-            seeds=[jobs[i][1] for i in indices],
-            guidance=args.cfg,
-            jacobi=args.jacobi,
-            block_size=args.jacobi_block_size,
-            tol=args.jacobi_tol,
-            max_iter=args.jacobi_max_iter,
-            height=height,
-            width=width,
-            denoise=not args.no_denoise,
-            progress=not args.quiet,
-            **(edit.kwargs if edit else {}),
+    try:  # each PNG is written atomically as its batch is done; Ctrl-C keeps the complete ones
+        for first in range(0, len(mine), args.batch_size):
+            indices = mine[first : first + args.batch_size]
+            result = pipe.generate(
+                [jobs[i][0] for i in indices],
+                seeds=[jobs[i][1] for i in indices],
+                guidance=args.cfg,
+                jacobi=args.jacobi,
+                block_size=args.jacobi_block_size,
+                tol=args.jacobi_tol,
+                max_iter=args.jacobi_max_iter,
+                height=height,
+                width=width,
+                denoise=not args.no_denoise,
+                progress=not args.quiet,
+                **(edit.kwargs if edit else {}),
+            )
+            if edit:
+                result.edit.update(edit.metadata)
+            for row, (index, pixels) in enumerate(zip(indices, result.uint8(), strict=True)):
+                if args.grid:
+                    grid_images.append(enlarge_for_viewing(pixels))
+                    grid_meta.append(result.metadata(row))
+                    continue
+                path = image_path(args.output, index, jobs[index][1], len(jobs))
+                save_png(path, enlarge_for_viewing(pixels), result.metadata(row))
+                written.append(path)
+    except KeyboardInterrupt:
+        done = (
+            f"{len(written)} complete image(s) were written before it" if written else "no image was written"
         )
-        if edit:
-            result.edit.update(edit.metadata)
-        for row, (index, pixels) in enumerate(zip(indices, result.uint8(), strict=True)):
-            if args.grid:
-                grid_images.append(enlarge_for_viewing(pixels))
-                grid_meta.append(result.metadata(row))
-                continue
-            path = image_path(args.output, index, jobs[index][1], len(jobs))
-            save_png(path, enlarge_for_viewing(pixels), result.metadata(row))
-            written.append(path)
+        raise KeyboardInterrupt(done) from None
     if args.grid and grid_images:
         path = grid_path(args.output, backend.rank, backend.world_size)
         meta = dict(grid_meta[0])
@@ -224,8 +352,4 @@ def main(argv: Sequence[str] | None, parser: argparse.ArgumentParser, backend: B
     args = parser.parse_args(argv)
     warnings.simplefilter("default")
     warnings.formatwarning = lambda message, *_args, **_kwargs: f"{parser.prog}: warning: {message}\n"
-    try:
-        return run(args, backend)
-    except (ValueError, OSError, NotImplementedError) as err:  # the user's input; message says the fix
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    return run_command(parser.prog, lambda: run(args, backend))

@@ -21,6 +21,7 @@ from starflow_core.generation.edit_inputs import (
 )
 from starflow_core.generation.editing import DEFAULT_ROUNDS
 from starflow_core.generation.inputs import check_size, snap_size
+from starflow_core.generation.validation import check_size_limit
 from starflow_core.sources.pipeline_folder import PipelineParts
 
 EDIT_FLAGS = ("mask", "mask_box", "strength", "source_prompt", "inpaint_rounds")
@@ -83,6 +84,13 @@ def edit_arguments(args: argparse.Namespace, parts: PipelineParts) -> EditArgume
         check_size(*size, multiple, f"VAE downsample {parts.vae_downsample} x patch {config.patch_size}")
     image = prepare_images(args.image, 1, parts.image_channels, size, multiple)[0]  # (H, W, C)
     height, width = image.shape[:2]
+    base = config.img_size * parts.vae_downsample
+    check_size_limit(height, width, base, args.no_size_limit)  # a large photo is refused as a large --height
+    if config.uses_pos_embed and (height, width) != (base, base):
+        raise ValueError(
+            f"this model has a learned position embedding and only edits {base}x{base} images; "
+            f"resize --image or pass --height {base} --width {base}"
+        )
     metadata = {"image": str(args.image)}
     mask = None
     if args.mask is not None:

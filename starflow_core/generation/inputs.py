@@ -31,8 +31,8 @@ def parse_aspect_ratio(ratio: str) -> float:
         width, height = (float(part) for part in ratio.split(":"))
     except ValueError:
         raise ValueError(f"aspect ratio must look like W:H (e.g. 16:9), got {ratio!r}") from None
-    if width <= 0 or height <= 0:
-        raise ValueError(f"aspect ratio sides must be > 0, got {ratio!r}")
+    if not (math.isfinite(width) and math.isfinite(height)) or width <= 0 or height <= 0:
+        raise ValueError(f"aspect ratio sides must be finite numbers > 0 (e.g. 16:9), got {ratio!r}")
     return width / height
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from starflow_core.config import FlowConfig
 from starflow_core.generation import editing
 from starflow_core.generation.inputs import batch_prompts_and_seeds, check_size, make_noise, prompts_to_labels
+from starflow_core.generation.precision import Precision
 from starflow_core.generation.result import Generation
 from starflow_core.generation.scoring import score_images
 from starflow_core.generation.settings import GenerationSettings, check_finite
@@ -34,14 +35,20 @@ Array = Any  # the twin's array type: mx.array (NHWC) or torch.Tensor (NCHW)
 
 
 class PipelineBase:
-    """What both twins' pipelines share. Subclasses set `parts`, `flow` (a StarFlow), `vae`,
-    `decoder` and `text_encoder` (None where absent) and implement the array methods below."""
+    """What both twins' pipelines share. Subclasses set `parts`, `flow_config`, `precision`,
+    `flow` (a StarFlow), `vae`, `decoder` (twins load these on first use: the flow after the
+    text is encoded, the VAE at decoding) and `text_encoder` (None where absent) and implement
+    the array methods below."""
 
     parts: PipelineParts
+    flow_config: FlowConfig
+    precision: Precision
     flow: Any
     vae: Any
     decoder: Any
     text_encoder: Any
+    # prompt -> its T5 features (1, txt_size, d_model), filled by encode_prompts; "" included
+    prompt_features: dict[str, Any]
 
     # ----- array work, one implementation per twin -------------------------------------------
     def label_array(self, labels: list[int]) -> Array:
@@ -49,7 +56,20 @@ class PipelineBase:
         raise NotImplementedError
 
     def encode_text(self, prompts: list[str], guided: bool) -> tuple[Array, Array | None]:
-        """T5 features of the prompts, and of "" when guided (padding rows zero)."""
+        """T5 features of the prompts, and of "" when guided (padding rows zero). T5 is loaded
+        for the call and freed before returning unless `text_encoder` holds it."""
+        raise NotImplementedError
+
+    def load_text_encoder(self) -> Any:
+        """The T5 TextEncoder, loaded now in the pipeline's text dtype / quantization."""
+        raise NotImplementedError
+
+    def release_memory(self) -> None:
+        """Give freed buffers back (MLX's cache, CUDA's caching allocator)."""
+        raise NotImplementedError
+
+    def concatenate(self, rows: list[Array]) -> Array:
+        """Arrays (1, ...) -> one (B, ...) array, in order."""
         raise NotImplementedError
 
     def noise_array(self, noise: np.ndarray) -> Array:
@@ -102,7 +122,8 @@ class PipelineBase:
     # ----- sizes ---------------------------------------------------------------------------
     @property
     def config(self) -> FlowConfig:
-        return self.flow.config
+        """The flow's configuration (known before its weights are loaded)."""
+        return self.flow_config
 
     @property
     def size_multiple(self) -> int:
@@ -138,7 +159,37 @@ class PipelineBase:
             return self.label_array(prompts_to_labels(prompts, config.num_classes, self.parts.labels)), None
         if config.txt_dim == 0:
             return None, None
+        features = self.prompt_features
+        if all(prompt in features for prompt in [*prompts, ""]):
+            y = self.concatenate([features[prompt] for prompt in prompts])
+            return y, (self.concatenate([features[""]] * len(prompts)) if guided else None)
         return self.encode_text(prompts, guided)
+
+    def encode_prompts(self, prompts: Sequence[str], batch_size: int = 8) -> None:
+        """Encode `prompts` and "" now, loading T5 once, and keep their features for `generate`.
+
+        A run of many batches then never holds T5 and the flow together (T5 is freed here,
+        before the flow is loaded); the features are small (1 MB a prompt for the 3B model).
+        """
+        config = self.config
+        if config.txt_dim == 0 or config.label_conditioned or self.parts.text_encoder is None:
+            return
+        missing = [p for p in dict.fromkeys([*prompts, ""]) if p not in self.prompt_features]
+        if not missing:
+            return
+        kept = self.text_encoder
+        if kept is None:
+            self.text_encoder = self.load_text_encoder()
+        try:
+            for first in range(0, len(missing), batch_size):
+                chunk = missing[first : first + batch_size]
+                y, _ = self.encode_text(chunk, guided=False)
+                self.prompt_features.update({prompt: y[i : i + 1] for i, prompt in enumerate(chunk)})
+        finally:
+            if kept is None:
+                self.text_encoder.unload()
+                self.text_encoder = None
+                self.release_memory()
 
     def denoise_mode(self, denoise: bool) -> str:
         """ "score" (Tweedie step), "decoder" (fine-tuned decoder) or "none"."""
@@ -207,6 +258,7 @@ class PipelineBase:
             steps=steps,
             latents=self.to_numpy(latents),
             images=images,
+            precision=self.precision,
         )
 
     def score(self, images: Any, prompts: str | Sequence[str] = "") -> np.ndarray:

@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 
 from starflow_core.generation.images import to_uint8
+from starflow_core.generation.precision import Precision
 from starflow_core.generation.settings import GenerationSettings
 from starflow_core.version import package_version
 
@@ -30,6 +31,7 @@ class Generation:
     steps: int
     latents: np.ndarray  # (B, h, w, C)
     images: np.ndarray  # (B, H, W, 3)
+    precision: Precision | None = None  # dtypes and quantization the pipeline ran in
     edit: dict[str, str] = dataclasses.field(default_factory=dict)  # image-to-image / inpainting inputs
 
     def uint8(self) -> np.ndarray:
@@ -50,6 +52,7 @@ class Generation:
             "width": str(self.width),
             "denoise": self.denoise,
             "version": f"starflow-mlx {package_version()}",
+            **(self.precision.metadata() if self.precision is not None else {}),
             **self.edit,
         }
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from starflow_core.field_types import check_field_types
+
 
 class NonFiniteSampleError(ValueError):
     """A sample holds NaN or inf (broken weights, overflow in a low-precision dtype)."""
@@ -25,6 +27,7 @@ class GenerationSettings:
     max_iter: int = 32
 
     def __post_init__(self) -> None:
+        check_field_types(self)  # model_index.json "sampling" values of the wrong type, NaN tolerances
         if self.guidance < 0 or not math.isfinite(self.guidance):
             raise ValueError(f"guidance (cfg) must be a finite number >= 0, got {self.guidance}")
         if self.block_size < 1 or self.max_iter < 1:

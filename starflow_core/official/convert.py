@@ -9,8 +9,6 @@ fit the config fails with every missing, unexpected and mis-shaped name listed.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 from starflow_core.config import FlowConfig
@@ -19,6 +17,7 @@ from starflow_core.official.keys import check_weights, official_to_ours, split_d
 from starflow_core.official.pth_reader import list_pth_tensors
 from starflow_core.official.safetensors_stream import stream_pth_to_safetensors
 from starflow_core.official.shapes import expected_weight_shapes
+from starflow_core.staging import check_output_apart, staged_folder
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -31,8 +30,11 @@ def convert_official_checkpoint(
     out_dir: str | Path,
     dtype: str = "float32",
     overwrite: bool = False,
+    strict: bool = False,
 ) -> dict[str, list[str]]:
-    """Write `out_dir/config.json` and `out_dir/model.safetensors`; return written and dropped names."""
+    """Write `out_dir/config.json` and `out_dir/model.safetensors`; return written and dropped names.
+
+    Tensors the model does not use are dropped with a warning (an error when `strict`)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     pth_path, out_dir = Path(pth_path), Path(out_dir)
@@ -43,11 +45,13 @@ def convert_official_checkpoint(
         raise FileExistsError(f"{weights_path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     infos = list_pth_tensors(pth_path)
     kept, dropped = split_deprecated(infos, config.family)
-    check_weights(
+    unexpected = check_weights(
         expected_weight_shapes(config),
         {official_to_ours(name): tuple(infos[name].shape) for name in kept},
         str(pth_path),
+        strict,
     )
+    dropped += [name for name in kept if official_to_ours(name) in set(unexpected)]
     out_dir.mkdir(parents=True, exist_ok=True)
     result = stream_pth_to_safetensors(
         pth_path,
@@ -64,18 +68,19 @@ def convert_official_checkpoint(
 
 # ----- official checkpoint -> our format ------------------------------------------------------
 def convert_official_flow(
-    pth: str | Path, config: FlowConfig, out: str | Path, dtype: str = "float32"
+    pth: str | Path,
+    config: FlowConfig,
+    out: str | Path,
+    dtype: str = "float32",
+    overwrite: bool = True,
+    strict: bool = False,
 ) -> Path:
-    """Official `.pth` -> our flow folder (convert.official: strict name/shape checks, then one
-    tensor at a time), written into a temporary folder renamed onto `out` when complete."""
+    """Official `.pth` -> our flow folder in `dtype` (name/shape checks, then one tensor at a
+    time), written into a staging folder swapped onto `out` when complete: a failure or an
+    interrupt leaves an existing `out` as it was. Tensors the model does not use are dropped
+    with a warning (an error when `strict`)."""
     out = Path(out)
-    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        convert_official_checkpoint(pth, config, staging, dtype=dtype)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    check_output_apart(out, [pth])
+    with staged_folder(out, overwrite=overwrite) as staging:
+        convert_official_checkpoint(pth, config, staging, dtype=dtype, strict=strict)
     return out

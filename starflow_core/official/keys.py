@@ -2,12 +2,14 @@
 
 Our attribute paths are the official ones, so converting an official state_dict is
 identity on names, minus buffers that carry no information. Checking is strict:
-missing, unexpected and mis-shaped tensors are all listed by name.
+missing and mis-shaped tensors are errors listing every name; unexpected ones are
+skipped with a warning listing them (an error when strict).
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 
 # Buffers of the official STARFlow Model that carry no information (SPEC section 2):
@@ -46,10 +48,23 @@ class CheckpointMismatchError(ValueError):
     """The weights do not fit the model: lists every missing, unexpected and mis-shaped name."""
 
 
+class UnexpectedTensorsWarning(UserWarning):
+    """A checkpoint carries tensors the model does not use; they were skipped."""
+
+
 def check_weights(
-    expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]], source: str
-) -> None:
-    """Raise CheckpointMismatchError naming each missing, unexpected or mis-shaped tensor."""
+    expected: Mapping[str, tuple[int, ...]],
+    found: Mapping[str, tuple[int, ...]],
+    source: str,
+    strict: bool = False,
+) -> list[str]:
+    """Check `found` against `expected`; return the unexpected names (sorted), which the caller skips.
+
+    Missing and mis-shaped tensors raise CheckpointMismatchError naming each of them. Unexpected
+    tensors give an UnexpectedTensorsWarning listing them (the official sampler loads with
+    strict=False, so a released file may carry tensors the model never reads); strict=True makes
+    them an error too.
+    """
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     mis_shaped = [
@@ -57,8 +72,16 @@ def check_weights(
         for name in sorted(set(expected) & set(found))
         if tuple(found[name]) != tuple(expected[name])
     ]
-    if not (missing or unexpected or mis_shaped):
-        return
+    if not (missing or mis_shaped or (strict and unexpected)):
+        if unexpected:
+            warnings.warn(
+                f"{source} holds {len(unexpected)} tensor(s) the model does not use, skipped: "
+                + ", ".join(unexpected)
+                + " (pass --strict / strict=True to refuse such files)",
+                UnexpectedTensorsWarning,
+                stacklevel=2,
+            )
+        return unexpected
     lines = [f"weights in {source} do not match the model configuration:"]
     if missing:
         lines.append(f"  missing ({len(missing)}): " + ", ".join(missing))

@@ -75,8 +75,9 @@ _LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 _CHUNK_BYTES = 1 << 20  # read/convert/write granularity: bounds the memory beyond one tensor
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
-    """The checkpoint's pickle references code other than tensor rebuilding; nothing was run."""
+class UnsafeCheckpointError(pickle.UnpicklingError, ValueError):
+    """The checkpoint's pickle references code other than tensor rebuilding; nothing was run.
+    (A ValueError too: a refused file is bad input, reported like any other.)"""
 
 
 class CheckpointFormatError(ValueError):

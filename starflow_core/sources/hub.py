@@ -14,10 +14,9 @@ from pathlib import Path
 VAE_PATTERNS = ("config.json", "diffusion_pytorch_model.safetensors")
 
 
+# A T5 repo's small files; the weights are chosen by text_encoder_snapshot (encoder shards only).
 T5_PATTERNS = (
     "config.json",
-    "model.safetensors",
-    "model-*.safetensors",
     "model.safetensors.index.json",
     "spiece.model",
     "tokenizer.json",
@@ -57,6 +56,14 @@ def conversion_cache_dir() -> Path:
     return Path(base) / "starflow_mlx"
 
 
+def cached_file(repo_id: str, filename: str) -> Path | None:
+    """The cached copy of one Hub file, or None; never touches the network."""
+    import huggingface_hub
+
+    found = huggingface_hub.try_to_load_from_cache(repo_id, filename, cache_dir=hub_cache_dir())
+    return Path(found) if isinstance(found, str) and Path(found).is_file() else None
+
+
 # ----- Hub downloads, cache first ----------------------------------------------------------
 def _missing(repo_id: str, what: str, command: str, err: Exception | None) -> MissingModelFileError:
     reason = "HF_HUB_OFFLINE is set" if hub_offline() else f"downloading failed ({err})"
@@ -88,14 +95,8 @@ def hub_file(repo_id: str, filename: str) -> Path:
 
 
 def _snapshot_complete(folder: Path, required: tuple[str, ...]) -> list[str]:
-    """Names of required files missing from a snapshot folder (sharded weights included)."""
-    missing = [name for name in required if not (folder / name).is_file()]
-    index = folder / "model.safetensors.index.json"
-    if "model.safetensors" in missing and index.is_file():
-        missing.remove("model.safetensors")
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        missing += [shard for shard in shards if not (folder / shard).is_file()]
-    return missing
+    """Names of required files missing from a snapshot folder."""
+    return [name for name in required if not (folder / name).is_file()]
 
 
 def hub_snapshot(repo_id: str, patterns: tuple[str, ...], required: tuple[str, ...]) -> Path:
@@ -130,3 +131,15 @@ def hub_snapshot(repo_id: str, patterns: tuple[str, ...], required: tuple[str, .
     if missing:
         raise _missing(repo_id, f"files {missing}", command, FileNotFoundError("not in the repo"))
     return folder
+
+
+def text_encoder_snapshot(repo_id: str) -> Path:
+    """A T5 snapshot holding the tokenizer, the config and only the weight files that hold
+    encoder tensors: model.safetensors, or the shards the index maps encoder tensors to (the
+    decoder-only shards of google/flan-t5-xl are never downloaded)."""
+    from starflow_core.sources.t5_files import WEIGHTS_INDEX_NAME, WEIGHTS_NAME, encoder_shards
+
+    folder = hub_snapshot(repo_id, T5_PATTERNS, ("config.json", "spiece.model"))
+    index = folder / WEIGHTS_INDEX_NAME
+    weights = encoder_shards(json.loads(index.read_text())) if index.is_file() else [WEIGHTS_NAME]
+    return hub_snapshot(repo_id, T5_PATTERNS + tuple(weights), ("config.json", "spiece.model", *weights))

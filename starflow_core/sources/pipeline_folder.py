@@ -23,6 +23,7 @@ from typing import Any
 from starflow_core.config import FlowConfig
 from starflow_core.generation.settings import GenerationSettings
 from starflow_core.io import atomic_write_json
+from starflow_core.staging import check_output_apart, staged_folder
 from starflow_core.version import package_version
 
 MODEL_INDEX = "model_index.json"
@@ -209,16 +210,21 @@ def _component_files(name: str, folder: Path) -> list[Path]:
 
 def write_pipeline_folder(parts: PipelineParts, out: str | Path, overwrite: bool = False) -> list[Path]:
     """Assemble `parts` into a pipeline folder at `out` (files hard-linked or copied); returns the
-    files written. Refuses an existing `out` unless overwrite."""
+    files written. Refuses an existing `out` unless overwrite, and an `out` that is or holds one of
+    the parts; an existing `out` is replaced only once the new folder is complete."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
     parts.check()
-    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    if staging.exists():
-        shutil.rmtree(staging)
+    check_output_apart(out, [getattr(parts, name) for name in COMPONENT_CLASSES])
+    with staged_folder(out, overwrite=overwrite) as staging:
+        return fill_pipeline_folder(parts, staging, out)
+
+
+def fill_pipeline_folder(parts: PipelineParts, folder: Path, final: Path | None = None) -> list[Path]:
+    """Place the files of `parts` into the empty `folder`; returns their paths under `final`
+    (where `folder`, a staging folder, will be moved), or under `folder`."""
+    final = final or folder
     written = []
-    for name in ("transformer", "vae", "text_encoder", "tokenizer", "decoder"):
+    for name in COMPONENT_CLASSES:
         source = getattr(parts, name)
         if source is None:
             continue
@@ -226,11 +232,8 @@ def write_pipeline_folder(parts: PipelineParts, out: str | Path, overwrite: bool
         if name == "decoder" and source.is_file():
             raise ValueError("write_pipeline_folder needs the decoder as a VAE folder, not a weights file")
         for file in _component_files(name, source):
-            _place(file, staging / name / file.name)
-            written.append(out / name / file.name)
-    atomic_write_json(staging / MODEL_INDEX, model_index(parts))
-    written.append(out / MODEL_INDEX)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(staging, out)
+            _place(file, folder / name / file.name)
+            written.append(final / name / file.name)
+    atomic_write_json(folder / MODEL_INDEX, model_index(parts))
+    written.append(final / MODEL_INDEX)
     return written

@@ -27,12 +27,20 @@ def _looks_like_repo_id(source: str) -> bool:
     return len(pieces) == 2 and all(pieces) and not source.startswith((".", "~", "/"))
 
 
-def resolve(source: str | Path | PipelineParts, *, flow_config: FlowConfig | None = None) -> PipelineParts:
+def resolve(
+    source: str | Path | PipelineParts,
+    *,
+    flow_config: FlowConfig | None = None,
+    dtype: str = "float32",
+    strict: bool = False,
+) -> PipelineParts:
     """Parts of the pipeline named by `source`: a folder, a release name, or a Hub repo id
     (already resolved parts are returned as they are).
 
     `flow_config` replaces a release's flow configuration (keeping its repos and file
-    names); tests use it to stand a tiny checkpoint in for the 3B one.
+    names); tests use it to stand a tiny checkpoint in for the 3B one. A release's flow is
+    converted once into `dtype` ("float32" | "bfloat16" | "float16"); `strict` refuses
+    tensors the model does not use (else skipped with a warning).
     """
     if isinstance(source, PipelineParts):
         return source
@@ -47,7 +55,7 @@ def resolve(source: str | Path | PipelineParts, *, flow_config: FlowConfig | Non
     if release is not None:
         if flow_config is not None:
             release = dataclasses.replace(release, config=flow_config)
-        return resolve_release(release)
+        return resolve_release(release, dtype, strict)
     if _looks_like_repo_id(str(source)):
         return read_pipeline_folder(hub_snapshot(str(source), PIPELINE_PATTERNS, ("model_index.json",)))
     raise ValueError(

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from starflow_core.config import FlowConfig
+from starflow_core.field_types import check_field_types
 from starflow_core.presets import preset
 
 NOISE_TYPES = ("gaussian", "uniform")
@@ -31,19 +32,6 @@ PARALLEL_MODES = ("ddp", "fsdp")
 
 
 DATA_FORMATS = ("auto", "images", "latents")
-
-
-FLOAT_FIELDS = (
-    "lr",
-    "min_lr",
-    "weight_decay",
-    "grad_clip",
-    "noise_std",
-    "latent_norm_reg",
-    "drop_label",
-    "ema_decay",
-    "sample_guidance",
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,14 +74,9 @@ class TrainConfig:
     text_encoder: str | None = None  # TextEncoder folder, for captioned image folders
 
     def __post_init__(self) -> None:
-        for name in FLOAT_FIELDS:  # YAML 1.1 reads 1e-4 (no dot) as a string
-            value = getattr(self, name)
-            if isinstance(value, str):
-                try:
-                    object.__setattr__(self, name, float(value))
-                except ValueError:
-                    raise ValueError(f"TrainConfig.{name}={value!r}: must be a number") from None
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        # wrong types (steps=abc, betas=0.9, lr=.inf) are errors naming the field; numeric strings
+        # become numbers (YAML 1.1 reads 1e-4, without a dot, as a string)
+        check_field_types(self)
         self._validate()
 
     def _validate(self) -> None:
@@ -114,6 +97,8 @@ class TrainConfig:
         for name in ("warmup_steps", "num_workers", "sample_every", "sample_count"):
             if getattr(self, name) < 0:
                 fail(name, "must be >= 0")
+        if self.seed < 0:  # MLX cannot seed from a negative number; torch can: refused in both
+            fail("seed", "must be >= 0 (both twins seed their generators from it)")
         if self.batch_size % self.grad_accum:
             fail("batch_size", f"must be divisible by grad_accum={self.grad_accum}")
         if not 0 < self.min_lr <= self.lr:
@@ -126,7 +111,7 @@ class TrainConfig:
             fail("ema_decay", "must be in [0, 1) (0 disables the EMA)")
         for name in ("grad_clip", "weight_decay", "latent_norm_reg", "sample_guidance"):
             if getattr(self, name) < 0:
-                fail(name, "must be >= 0")
+                fail(name, "must be >= 0" + (" (0 disables clipping)" if name == "grad_clip" else ""))
         if self.noise_std is not None and self.noise_std < 0:
             fail("noise_std", "must be >= 0")
 

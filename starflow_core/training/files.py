@@ -8,7 +8,9 @@
         ema/config.json, ema/model.safetensors
         <training state>                   optimizer, schedule, counters (framework-specific file)
         run.json                           the run configuration
+        data.json                          what data it was trained on (a resume on other data is refused)
     <out_dir>/checkpoints/latest           name of the newest complete checkpoint
+    <out_dir>/.lock                        held by the trainer writing the folder (run_folder.py)
 
 A checkpoint is written into a temporary folder that is renamed into place only when
 every file is complete; `latest` is then replaced atomically. A failure midway leaves
@@ -17,19 +19,26 @@ the previous checkpoint and `latest` untouched.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pickle
+import re
 import shutil
-from collections.abc import Callable
+import sys
+import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from starflow_core.command_line import one_line
 from starflow_core.config import FlowConfig
 from starflow_core.io import atomic_path, atomic_write_json, atomic_write_text
 
 RUN_NAME = "run.json"
+DATA_NAME = "data.json"  # the fingerprint of the data set a checkpoint was trained on
 LATEST_NAME = "latest"
 # the training-state file of each twin: a checkpoint of one continues only in that twin
 TORCH_STATE_NAME = "training_state.pt"
@@ -42,31 +51,90 @@ def checkpoint_dir(out_dir: str | Path, step: int) -> Path:
     return Path(out_dir) / "checkpoints" / f"step_{step:08d}"
 
 
+def step_of(folder: Path) -> int | None:
+    """The step number of a checkpoint folder name (step_00000012 -> 12), None for other names."""
+    match = re.fullmatch(r"step_(\d+)", folder.name)
+    return int(match[1]) if match else None
+
+
+def saved_checkpoints(root: Path) -> list[Path]:
+    """The checkpoint folders under `root` (a run's checkpoints/), oldest step first."""
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if p.is_dir() and step_of(p) is not None), key=step_of)
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, a read-only folder); the previous one is intact."""
+
+
 def commit_checkpoint(
-    out_dir: str | Path, step: int, run: dict[str, Any], write_files: Callable[[Path], None], keep: int
+    out_dir: str | Path,
+    step: int,
+    run: dict[str, Any],
+    write_files: Callable[[Path], None],
+    keep: int,
+    data: dict[str, Any] | None = None,
 ) -> Path:
     """Write a complete checkpoint folder, point `latest` at it and prune all but `keep`.
 
-    `write_files(folder)` writes the weights and the training state into a fresh folder.
+    `write_files(folder)` writes the weights and the training state into a fresh folder;
+    `data` (the data set's fingerprint) is saved beside them, for resume checks.
     """
     final = checkpoint_dir(out_dir, step)
     root = final.parent
-    root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
         write_files(tmp)
         atomic_write_json(tmp / RUN_NAME, run)
+        if data is not None:
+            atomic_write_json(tmp / DATA_NAME, data)
         if final.exists():  # the same step saved again (e.g. a signal right after a periodic save)
             shutil.rmtree(final)
         os.replace(tmp, final)
+        atomic_write_text(root / LATEST_NAME, final.name + "\n")
+    except OSError as err:
+        latest = root / LATEST_NAME
+        previous = latest.read_text().strip() if latest.is_file() else None
+        kept = (
+            f"the previous checkpoint {root / previous} is intact; free space and continue from it "
+            f"with --resume {out_dir}"
+            if previous
+            else "no earlier checkpoint exists"
+        )
+        raise CheckpointWriteError(
+            f"could not write the checkpoint of step {step} in {root} ({err.strerror or err}); {kept}"
+        ) from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    atomic_write_text(root / LATEST_NAME, final.name + "\n")
-    saved = sorted(p for p in root.glob("step_*") if p.is_dir())
-    for old in saved[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    # oldest first by step number (not by name); never the one `latest` names
+    for old in saved_checkpoints(root)[:-keep]:
+        if old.name != final.name:
+            shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+class DamagedCheckpointError(ValueError):
+    """A checkpoint's files cannot be read (truncated, corrupt)."""
+
+
+@contextlib.contextmanager
+def reading_checkpoint(folder: Path) -> Iterator[None]:
+    """Turn a failure to read the files of checkpoint `folder` into an error offering the
+    previous intact checkpoint of the same run."""
+    try:
+        yield
+    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        others = [p for p in saved_checkpoints(folder.parent) if p != folder and step_of(p) < step_of(folder)]
+        fix = (
+            f"resume from the previous checkpoint instead: --resume {others[-1]}"
+            if others and step_of(folder) is not None
+            else "no earlier checkpoint of this run exists"
+        )
+        detail = one_line(str(err)).split(". ")[0][:200]  # torch's zip errors run on for lines
+        raise DamagedCheckpointError(f"checkpoint {folder} cannot be read ({detail}); {fix}") from err
 
 
 def resolve_checkpoint(path: str | Path, state_name: str) -> Path:
@@ -115,25 +183,45 @@ def check_resume_compatible(folder: Path, config: FlowConfig, train: dict[str, A
 
 
 class JsonlLog:
-    """Append-only log, one JSON object per line; a resumed run drops lines past its step."""
+    """Append-only log, one JSON object per line; a resumed run drops lines past its step.
+
+    A damaged line (a run killed mid-write, a disk that filled up) is skipped with a warning
+    naming the file and line: the log is a record, the checkpoint is what a run resumes from.
+    """
 
     def __init__(self, path: Path, resume_step: int | None):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and path.is_file():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept))
-        elif resume_step is None and path.is_file():
-            path.unlink()  # a fresh run in a used folder starts a fresh log
+            kept = [record for record in self.records(warn=True) if record["step"] <= resume_step]
+            with atomic_path(path) as tmp:
+                tmp.write_text("".join(json.dumps(record) + "\n" for record in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self, warn: bool = False) -> list[dict[str, Any]]:
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines()]
+        records = []
+        text = self.path.read_bytes().decode("utf-8", errors="replace")
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                    raise ValueError("no step number")
+            except ValueError:
+                if warn:
+                    print(
+                        f"warning: {self.path}, line {number} is damaged; it is left out of the log",
+                        file=sys.stderr,
+                    )
+                continue
+            records.append(record)
+        return records
 
 
 def plot_loss_curve(records: list[dict[str, Any]], path: Path) -> None:

@@ -14,8 +14,10 @@ twins' loaders (torch DataLoader, mlx-data stream) read from it.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from starflow_core.command_line import one_line
 from starflow_core.training.config import conditioning_of
 
 SHARD_INDEX = "index.json"  # the index of a folder of encoded latent shards
@@ -111,21 +114,28 @@ class ImageFolder:
                 '{"file_name": "a.png", "text": "a caption"}'
             )
         files, texts = [], []
-        for number, line in enumerate(metadata.read_text().splitlines(), start=1):
+        for number, raw in enumerate(metadata.read_bytes().splitlines(), start=1):
+            where = f"{metadata}, line {number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{where} is not UTF-8 text ({err.reason} at byte {err.start})") from None
             if not line.strip():
                 continue
-            where = f"{metadata}, line {number}"
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{where} is not valid JSON: {err}") from err
             if not isinstance(entry, dict) or "file_name" not in entry:
                 raise ValueError(f"{where} has no 'file_name'")
+            name = entry["file_name"]
+            if not isinstance(name, str) or not name.strip():
+                raise ValueError(f"{where}: 'file_name' must be a file name string, got {name!r}")
             if not isinstance(entry.get("text"), str):
-                raise ValueError(f"{where} ({entry['file_name']}) has no 'text' caption string")
-            path = folder / entry["file_name"]
+                raise ValueError(f"{where} ({name}) has no 'text' caption string")
+            path = folder / inside_folder(name, where)
             if not path.is_file():
-                raise FileNotFoundError(f"{where} names {entry['file_name']}, which does not exist")
+                raise FileNotFoundError(f"{where} names {name}, which does not exist")
             files.append(path)
             texts.append(entry["text"])
         return files, texts
@@ -163,15 +173,45 @@ class ImageFolder:
         """(H, W, channels) in [-1, 1] (float32), or None if the file cannot be decoded."""
         height, width = self.image_size_of(index)
         try:
-            with Image.open(self.files[index]) as image:
-                image = image.convert("L" if self.channels == 1 else "RGB")
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            image = self.decode(index)
+        except UnreadableImageError:
             return None
         image = center_crop_resize(image, height, width)
         if flip:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         pixels = np.asarray(image, dtype=np.float32).reshape(height, width, self.channels)
         return pixels / 127.5 - 1.0
+
+    def decode(self, index: int) -> Image.Image:
+        """Sample `index` as an 8-bit grey or RGB image; UnreadableImageError says why not."""
+        try:
+            with Image.open(self.files[index]) as image:
+                return to_8bit(image, self.channels)
+        except UnreadableImageError:
+            raise
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            name = str(self.files[index])
+            reason = one_line(str(err)).replace(f" {name!r}", "").replace(name, "this file")[:120]
+            raise UnreadableImageError(f"cannot be decoded ({reason})") from None
+
+    def why_unreadable(self, index: int) -> str:
+        """'<file>: <reason>' for a sample read_pixels refused (for warnings and errors)."""
+        try:
+            self.decode(index)
+        except UnreadableImageError as err:
+            return f"{self.files[index]} {err}"
+        return f"{self.files[index]}"
+
+    def fingerprint(self) -> dict:
+        """What identifies this data set: its files and their conditions (a resume checks it)."""
+        digest = hashlib.sha256()
+        for path, target in zip(self.files, self.targets, strict=True):
+            digest.update(f"{path.relative_to(self.folder)}\t{target}\n".encode())
+        return {
+            "folder": str(self.folder.resolve()),
+            "count": len(self.files),
+            "digest": digest.hexdigest(),
+        }
 
     def target_of(self, index: int) -> dict:
         """The condition of sample `index`: {"text": caption}, {"label": class} or {}."""
@@ -180,6 +220,50 @@ class ImageFolder:
         if self.conditioning == "label":
             return {"label": self.targets[index]}
         return {}
+
+
+class UnreadableImageError(ValueError):
+    """An image file that cannot be turned into training pixels."""
+
+
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_8bit(image: Image.Image, channels: int) -> Image.Image:
+    """An image of any mode as 8-bit grey (channels=1) or RGB (channels=3).
+
+    Pillow's plain convert() saturates 16-bit greys (I;16: all white) and drops alpha onto
+    whatever colour the transparent pixels hold. Here 16-bit values are scaled to 8 bits
+    (65535 -> 255) and transparent pixels are composited onto white; 32-bit integer and
+    float images, whose range is unknown, are refused.
+    """
+    target = "L" if channels == 1 else "RGB"
+    if image.mode in HIGH_BIT_DEPTH_MODES:
+        values = np.asarray(image, dtype=np.float64)  # 0..65535
+        image = Image.fromarray(np.round(values / 257.0).astype(np.uint8), mode="L")
+    elif image.mode in ("I", "F"):
+        raise UnreadableImageError(
+            f"is a 32-bit {'integer' if image.mode == 'I' else 'float'} image with no fixed range; "
+            "save it as 8- or 16-bit"
+        )
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        image.mode == "P" and "transparency" in image.info
+    )
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return image.convert(target)
+
+
+def inside_folder(name: str, where: str) -> str:
+    """`name` (a metadata file_name) if it stays inside the data set folder; absolute paths and
+    paths through '..' are refused, so a metadata file cannot make training read other files."""
+    normal = os.path.normpath(name)
+    if os.path.isabs(normal) or normal == ".." or normal.startswith(".." + os.sep):
+        raise ValueError(
+            f"{where}: file_name {name!r} leaves the data set folder; use paths relative to it, inside it"
+        )
+    return normal
 
 
 def center_crop_resize(image: Image.Image, height: int, width: int) -> Image.Image:
@@ -225,6 +309,12 @@ def training_data_kind(config, train) -> str:
     if conditioning_of(config) == "text" and train.text_encoder is None:
         raise ValueError("a captioned image folder for a text model needs train.text_encoder (a T5 folder)")
     return "images"
+
+
+def shard_fingerprint(folder: Path, index: dict) -> dict:
+    """What identifies a folder of encoded shards: its index (a resume checks it)."""
+    digest = hashlib.sha256(json.dumps(index, sort_keys=True).encode()).hexdigest()
+    return {"folder": str(Path(folder).resolve()), "count": index.get("count"), "digest": digest}
 
 
 def check_latent_channels(index: dict, folder: Path, in_channels: int) -> None:
@@ -321,4 +411,25 @@ def encode_argument_parser(prog: str, description: str) -> argparse.ArgumentPars
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--shard-size", type=int, default=1024)
     parser.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     return parser
+
+
+def encode_command(prog: str, args: argparse.Namespace, encode) -> int:
+    """Both encoders' command: `encode(out)` writes the shards of args.images into the folder
+    `out`, a staging folder swapped onto args.out when complete (an existing one is replaced
+    only then, and only with --overwrite); errors exit 2 with one line, Ctrl-C 130."""
+    from starflow_core.command_line import run_command
+    from starflow_core.staging import check_output_apart, staged_folder
+
+    def body() -> int:
+        out = Path(args.out)
+        if (out.exists() or out.is_symlink()) and not args.overwrite:
+            raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+        check_output_apart(out, [args.images, args.vae, args.text_encoder])
+        with staged_folder(out, overwrite=args.overwrite) as staging:
+            index = encode(staging)
+        print(f"wrote {out}: {describe_shards(index)}")
+        return 0
+
+    return run_command(prog, body)

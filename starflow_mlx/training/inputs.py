@@ -12,10 +12,10 @@ from starflow_core.config import FlowConfig
 from starflow_core.training.config import TrainConfig, conditioning_of
 from starflow_core.training.image_folders import check_class_count, check_latent_channels, training_data_kind
 
-from ..data import ImageFolderDataset, LatentShardDataset, SampleRef, batch_stream
+from ..data import ImageFolderDataset, LatentShardDataset, SampleRef
 from .objective import augment, drop_mask, micro_step_keys
 
-__all__ = ["InputBuilder", "ModelInputs", "batch_stream", "build_dataset", "sample_conditions"]
+__all__ = ["InputBuilder", "ModelInputs", "build_dataset", "sample_conditions"]
 
 
 def build_dataset(config: FlowConfig, train: TrainConfig):

@@ -25,6 +25,7 @@ from starflow_core.training.files import (
 from starflow_core.training.files import resolve_checkpoint as resolve_checkpoint_of
 from starflow_core.training.schedule import Progress
 
+from ..checkpoint import write_safetensors
 from ..model import StarFlow
 
 STATE_NAME = MLX_STATE_NAME
@@ -56,6 +57,7 @@ def save_checkpoint(
     optimizer_state: dict,
     progress: Progress,
     keep: int,
+    data: dict[str, Any] | None = None,
 ) -> Path:
     """Write a complete checkpoint folder, point `latest` at it, prune old ones."""
     tensors = {f"optimizer.{name}": value for name, value in tree_flatten(optimizer_state)}
@@ -70,9 +72,9 @@ def save_checkpoint(
         if ema_parameters is not None:
             write_weights(ema_parameters, config, folder / "ema")
         # the folder itself is temporary until committed, so the file needs no atomic rename
-        mx.save_safetensors(str(folder / STATE_NAME), tensors, metadata=metadata)
+        write_safetensors(folder / STATE_NAME, tensors, metadata)
 
-    return commit_checkpoint(out_dir, progress.step, run, write_files, keep)
+    return commit_checkpoint(out_dir, progress.step, run, write_files, keep, data)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -20,15 +20,18 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
-from mlx.utils import tree_map
+from mlx.utils import tree_flatten, tree_map
 
 from starflow_core.training.config import RunConfig
+from starflow_core.training.files import reading_checkpoint
+from starflow_core.training.guards import CorruptImages, check_resume_data, non_finite_weights_error
+from starflow_core.training.run_folder import claim_run_folder
 from starflow_core.training.schedule import Progress, StopSignal
 
-from ..data import ImageFolderDataset
+from ..data import ImageFolderDataset, batch_stream
 from ..model import StarFlow
 from . import state
-from .inputs import InputBuilder, batch_stream, build_dataset, sample_conditions
+from .inputs import InputBuilder, build_dataset, sample_conditions
 from .objective import FlowObjective, bits_per_dim_from_loss, learning_rate
 from .progress import JsonlLog, plot_loss_curve, sample_grid, save_png
 
@@ -41,14 +44,24 @@ class TrainResult:
     interrupted: bool = False
 
 
-def train(run: RunConfig, resume: str | Path | None = None, stop_at_step: int | None = None) -> TrainResult:
-    """Train (or continue) a run; stop_at_step saves and stops early, like a signal would."""
-    with StopSignal() as stop:
-        return Trainer(run, resume).run(stop, stop_at_step)
+def train(
+    run: RunConfig,
+    resume: str | Path | None = None,
+    stop_at_step: int | None = None,
+    allow_data_change: bool = False,
+) -> TrainResult:
+    """Train (or continue) a run; stop_at_step saves and stops early, like a signal would.
+
+    The run folder is locked for the run (a second trainer on it is refused), and a fresh
+    run is refused in a folder that already holds one (starflow_core.training.run_folder).
+    """
+    claim = claim_run_folder(run.train.out_dir, resume, state.resolve_checkpoint)
+    with StopSignal() as stop, claim as resume_dir:
+        return Trainer(run, resume_dir, allow_data_change).run(stop, stop_at_step)
 
 
 class Trainer:
-    def __init__(self, run: RunConfig, resume: str | Path | None):
+    def __init__(self, run: RunConfig, resume: str | Path | None, allow_data_change: bool = False):
         self.run_config, self.config, self.train = run, run.model, run.train
         if self.train.gradient_checkpointing:
             raise ValueError("train.gradient_checkpointing is a torch setting; the MLX trainer has none")
@@ -60,6 +73,10 @@ class Trainer:
 
         text_encoder = self._load_component("text", self.train.text_encoder)
         self.dataset = build_dataset(self.config, self.train)
+        self.data_fingerprint = self.dataset.fingerprint()
+        if resume_dir is not None:
+            check_resume_data(resume_dir, self.data_fingerprint, allow_data_change)
+        self.corrupt = CorruptImages(self.dataset, self.out_dir)
         self.inputs = InputBuilder(self.config, self.train, self.dataset, text_encoder)
 
         self.model = self._initial_model(resume_dir)
@@ -90,7 +107,8 @@ class Trainer:
     # ----- setup ------------------------------------------------------------------------
     def _initial_model(self, resume_dir: Path | None) -> StarFlow:
         if resume_dir is not None:
-            return StarFlow.from_pretrained(resume_dir, dtype=mx.float32)
+            with reading_checkpoint(resume_dir):
+                return StarFlow.from_pretrained(resume_dir, dtype=mx.float32)
         if self.train.init_weights:
             model = StarFlow.from_pretrained(self.train.init_weights, dtype=mx.float32)
             if model.config != self.config:
@@ -114,11 +132,12 @@ class Trainer:
         return TextEncoder.from_pretrained(folder)
 
     def _restore(self, folder: Path) -> None:
-        self.progress, optimizer_state = state.load_training_state(folder)
-        self.optimizer.state = optimizer_state
-        if self.ema is not None:
-            ema_model = StarFlow.from_pretrained(folder / "ema", dtype=mx.float32)
-            self.ema = ema_model.trainable_parameters()
+        with reading_checkpoint(folder):
+            self.progress, optimizer_state = state.load_training_state(folder)
+            self.optimizer.state = optimizer_state
+            if self.ema is not None:
+                ema_model = StarFlow.from_pretrained(folder / "ema", dtype=mx.float32)
+                self.ema = ema_model.trainable_parameters()
 
     # ----- the loop ---------------------------------------------------------------------
     def run(self, stop: StopSignal, stop_at_step: int | None) -> TrainResult:
@@ -126,6 +145,14 @@ class Trainer:
         p = self.progress
         stream = batch_stream(self.dataset, self.train, p.epoch, p.batch_in_epoch)
         bar = self._progress_bar()
+        try:
+            self._loop(stream, stop, stop_at_step, result, bar)
+        finally:
+            bar.close()  # ends the bar's line, so an error message starts on a line of its own
+        return result
+
+    def _loop(self, stream, stop: StopSignal, stop_at_step: int | None, result: TrainResult, bar) -> None:
+        p = self.progress
         last_log_time, last_log_samples = time.perf_counter(), p.samples_seen
         while p.step < self.train.steps:
             metrics = self.step(stream)
@@ -147,8 +174,6 @@ class Trainer:
             if stopping:
                 result.interrupted = True
                 break
-        bar.close()
-        return result
 
     def _progress_bar(self):
         from tqdm import tqdm
@@ -159,11 +184,13 @@ class Trainer:
         p, train = self.progress, self.train
         lr = learning_rate(p.step, train.lr, train.min_lr, train.warmup_steps, train.steps)
         self.optimizer.learning_rate = lr
-        grads_sum, loss_sum, flow_loss_sum, corrupt = None, 0.0, 0.0, 0
+        grads_sum, loss_sum, flow_loss_sum, corrupt, valid, unreadable = None, 0.0, 0.0, 0, 0.0, []
         for _ in range(train.grad_accum):
             p.epoch, p.batch_in_epoch, batch = next(stream)
             corrupt += batch["corrupt"]
+            unreadable += batch["corrupt_index"]
             inputs = self.inputs(batch, p.micro_step)
+            valid += inputs.weight
             p.micro_step += 1
             (loss, flow_loss), grads = self.loss_and_grad(inputs.x, inputs.y)
             scale = inputs.weight / train.grad_accum
@@ -176,10 +203,12 @@ class Trainer:
         grads_sum, grad_norm = optim.clip_grad_norm(grads_sum, train.grad_clip or math.inf)
         grad_norm = grad_norm.item()
         loss_mean, flow_loss_mean = loss_sum / train.grad_accum, flow_loss_sum / train.grad_accum
-        if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
-            p.skipped_steps += 1  # the NaN/inf guard: no update from this step
+        if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)) or valid == 0:
+            p.skipped_steps += 1  # the NaN/inf guard, or no readable image: no update from this step
         else:
             self.optimizer.update(self.model, grads_sum)
+            if not weights_are_finite(self.model):  # checked before the EMA or a checkpoint sees them
+                raise non_finite_weights_error(p.step + 1, lr, grad_norm, self.out_dir)
             if self.ema is not None:
                 decay = train.ema_decay
                 self.ema = tree_map(
@@ -191,6 +220,7 @@ class Trainer:
         p.step += 1
         p.corrupt_images += corrupt
         p.samples_seen += train.batch_size
+        self.corrupt.after_step(p, unreadable)
         return {
             "step": p.step,
             "loss": loss_mean,
@@ -213,6 +243,7 @@ class Trainer:
             self.optimizer.state,
             self.progress,
             self.train.keep_checkpoints,
+            self.data_fingerprint,
         )
         plot_loss_curve(self.log.records(), self.out_dir / "loss.png")
         return path
@@ -237,3 +268,8 @@ class Trainer:
         )
         text = {"step": str(self.progress.step), "config": json.dumps(self.run_config.to_dict())}
         save_png(image, self.out_dir / "samples" / f"step_{self.progress.step:08d}.png", text)
+
+
+def weights_are_finite(model: nn.Module) -> bool:
+    leaves = [mx.isfinite(value).all() for _, value in tree_flatten(model.trainable_parameters())]
+    return bool(mx.all(mx.stack(leaves)).item())

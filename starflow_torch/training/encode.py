@@ -69,7 +69,7 @@ def encode_dataset(
         pending: dict[str, list[torch.Tensor]] = {}
         for start in range(0, len(by_bucket[bucket]), batch_size):
             chunk = by_bucket[bucket][start : start + batch_size]
-            pixels = [dataset.load_image(i, flip=False) for i in chunk]
+            pixels = [dataset.read_image(i, flip=False) for i in chunk]
             kept = [(i, p) for i, p in zip(chunk, pixels, strict=True) if p is not None]
             corrupt += len(chunk) - len(kept)
             if progress is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,13 +15,8 @@ from ..data import (
     ImageFolderDataset,
     LatentShardDataset,
     SampleRef,
-    ShardedBatchSampler,
-    check_batches_exist,
-    collate,
-    epoch_batches,
 )
 from .objective import augment, drop_mask, micro_step_generator
-from .parallel import ProcessInfo
 
 
 def build_dataset(config: FlowConfig, train: TrainConfig) -> torch.utils.data.Dataset:
@@ -37,28 +31,6 @@ def build_dataset(config: FlowConfig, train: TrainConfig) -> torch.utils.data.Da
     )
     check_class_count(dataset, config.num_classes)
     return dataset
-
-
-def batch_stream(
-    dataset, train: TrainConfig, info: ProcessInfo, epoch: int, start: int
-) -> Iterator[tuple[int, int, dict]]:
-    """Endless (epoch, next batch index, batch) for this process, from position (epoch, start)."""
-    global_batch = train.micro_batch_size
-    if global_batch % info.world_size:
-        raise ValueError(
-            f"batch_size/grad_accum={global_batch} must be divisible by the {info.world_size} processes"
-        )
-    flip = train.flip and isinstance(dataset, ImageFolderDataset)
-    while True:
-        batches = epoch_batches(dataset.buckets, global_batch, train.seed, epoch, flip)
-        check_batches_exist(len(batches), len(dataset), global_batch, train.buckets)
-        sampler = ShardedBatchSampler(batches, info.rank, info.world_size, start)
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=sampler, collate_fn=collate, num_workers=train.num_workers
-        )
-        for number, batch in enumerate(loader, start=start + 1):
-            yield epoch, number, batch
-        epoch, start = epoch + 1, 0
 
 
 @dataclass

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from starflow_core.command_line import one_line
 from starflow_core.config import FlowConfig
 from starflow_core.io import atomic_path
 from starflow_core.training.files import (
@@ -69,6 +70,7 @@ def save_checkpoint(
     ema_state: dict[str, torch.Tensor] | None,
     training_state: dict[str, Any],
     keep: int,
+    data: dict[str, Any] | None = None,
 ) -> Path:
     """Write a complete checkpoint folder (main process only), point `latest` at it, prune old ones."""
 
@@ -77,9 +79,12 @@ def save_checkpoint(
         if ema_state is not None:
             write_weights(ema_state, config, folder / "ema")
         with atomic_path(folder / STATE_NAME) as path:
-            torch.save(training_state, path)
+            try:
+                torch.save(training_state, path)
+            except RuntimeError as err:  # torch's writer reports a full disk as "enforce fail ..."
+                raise OSError(f"cannot write {path} ({one_line(str(err))}); is the disk full?") from err
 
-    return commit_checkpoint(out_dir, training_state["progress"]["step"], run, write_files, keep)
+    return commit_checkpoint(out_dir, training_state["progress"]["step"], run, write_files, keep, data)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

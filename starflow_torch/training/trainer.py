@@ -8,8 +8,10 @@ counted). SIGTERM / SIGINT finish the current step, save a checkpoint and return
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +23,17 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from starflow_core.io import read_safetensors_header
 from starflow_core.training.config import RunConfig
+from starflow_core.training.files import reading_checkpoint
+from starflow_core.training.guards import CorruptImages, check_resume_data, non_finite_weights_error
+from starflow_core.training.run_folder import claim_run_folder
 from starflow_core.training.schedule import StopSignal
 
-from ..data import ImageFolderDataset
+from ..data import ImageFolderDataset, batch_stream
 from ..model import StarFlow
 from . import parallel, state
-from .inputs import InputBuilder, batch_stream, build_dataset, sample_conditions
+from .inputs import InputBuilder, build_dataset, sample_conditions
 from .objective import FlowObjective, bits_per_dim_from_loss, learning_rate
 from .progress import JsonlLog, plot_loss_curve, sample_grid, save_png
 
@@ -40,18 +46,38 @@ class TrainResult:
     interrupted: bool = False
 
 
-def train(run: RunConfig, resume: str | Path | None = None, stop_at_step: int | None = None) -> TrainResult:
-    """Train (or continue) a run; stop_at_step saves and stops early, like a signal would."""
+def train(
+    run: RunConfig,
+    resume: str | Path | None = None,
+    stop_at_step: int | None = None,
+    allow_data_change: bool = False,
+) -> TrainResult:
+    """Train (or continue) a run; stop_at_step saves and stops early, like a signal would.
+
+    The main process locks the run folder for the run (a second trainer on it is refused),
+    and a fresh run is refused in a folder that already holds one
+    (starflow_core.training.run_folder).
+    """
     info = parallel.init_processes()
     try:
-        with StopSignal() as stop:
-            return Trainer(run, info, resume).run(stop, stop_at_step)
+        if info.is_main:
+            claim = claim_run_folder(run.train.out_dir, resume, state.resolve_checkpoint)
+        else:
+            claim = contextlib.nullcontext(state.resolve_checkpoint(resume) if resume is not None else None)
+        with StopSignal() as stop, claim as resume_dir:
+            return Trainer(run, info, resume_dir, allow_data_change).run(stop, stop_at_step)
     finally:
         parallel.close_processes(info)
 
 
 class Trainer:
-    def __init__(self, run: RunConfig, info: parallel.ProcessInfo, resume: str | Path | None):
+    def __init__(
+        self,
+        run: RunConfig,
+        info: parallel.ProcessInfo,
+        resume: str | Path | None,
+        allow_data_change: bool = False,
+    ):
         self.run_config, self.config, self.train = run, run.model, run.train
         self.info = info
         self.out_dir = Path(self.train.out_dir)
@@ -62,6 +88,10 @@ class Trainer:
 
         text_encoder = self._load_component("text", self.train.text_encoder)
         self.dataset = build_dataset(self.config, self.train)
+        self.data_fingerprint = self.dataset.fingerprint()
+        if resume_dir is not None:
+            check_resume_data(resume_dir, self.data_fingerprint, allow_data_change)
+        self.corrupt = CorruptImages(self.dataset, self.out_dir)
         self.inputs = InputBuilder(self.config, self.train, self.dataset, info.device, text_encoder)
 
         model = self._initial_model(resume_dir)
@@ -92,7 +122,8 @@ class Trainer:
     # ----- setup ------------------------------------------------------------------------
     def _initial_model(self, resume_dir: Path | None) -> StarFlow:
         if resume_dir is not None:
-            return StarFlow.from_pretrained(resume_dir).train()
+            with reading_checkpoint(resume_dir):
+                return StarFlow.from_pretrained(resume_dir).train()
         if self.train.init_weights:
             model = StarFlow.from_pretrained(self.train.init_weights)
             if model.config != self.config:
@@ -116,18 +147,20 @@ class Trainer:
         return TextEncoder.from_pretrained(folder)
 
     def _restore(self, folder: Path) -> None:
-        saved = state.load_training_state(folder)
-        self.progress = state.Progress(**saved["progress"])
-        set_optimizer_state_dict(
-            self.objective,
-            self.optimizer,
-            optim_state_dict=saved["optimizer"],
-            options=StateDictOptions(full_state_dict=True),
-        )
-        if self.ema is not None:
-            from safetensors.torch import load_file
+        with reading_checkpoint(folder):
+            saved = state.load_training_state(folder)
+            self.progress = state.Progress(**saved["progress"])
+            set_optimizer_state_dict(
+                self.objective,
+                self.optimizer,
+                optim_state_dict=saved["optimizer"],
+                options=StateDictOptions(full_state_dict=True),
+            )
+            if self.ema is not None:
+                from safetensors.torch import load_file
 
-            self.ema.load_full_state(load_file(str(folder / "ema" / "model.safetensors")))
+                read_safetensors_header(folder / "ema" / "model.safetensors")  # truncated: a clear error
+                self.ema.load_full_state(load_file(str(folder / "ema" / "model.safetensors")))
         rng = saved["rng"]
         state.set_rng_state(rng[self.info.rank] if self.info.rank < len(rng) else rng[0])
 
@@ -135,11 +168,39 @@ class Trainer:
     def run(self, stop: StopSignal, stop_at_step: int | None) -> TrainResult:
         result = TrainResult(self.progress)
         p = self.progress
-        stream = batch_stream(self.dataset, self.train, self.info, p.epoch, p.batch_in_epoch)
+        stream = batch_stream(
+            self.dataset, self.train, p.epoch, p.batch_in_epoch, self.info.rank, self.info.world_size
+        )
         bar = self._progress_bar()
+        try:
+            self._loop(stream, stop, stop_at_step, result, bar)
+        finally:
+            if bar is not None:
+                bar.close()  # ends the bar's line, so an error message starts on a line of its own
+        return result
+
+    def _loop(self, stream, stop: StopSignal, stop_at_step: int | None, result: TrainResult, bar) -> None:
+        p = self.progress
         last_log_time, last_log_samples = time.perf_counter(), p.samples_seen
         while p.step < self.train.steps:
-            metrics = self.step(stream)
+            before = dataclasses.replace(p)
+            try:
+                metrics = self.step(stream)
+            except RuntimeError:
+                # a DataLoader worker killed by a signal sent to the whole process group (when
+                # it arrived before the workers ignored it): the step is abandoned, not lost
+                # work; the state before it is saved below like any stop
+                if not (stop.received and not self.info.distributed):
+                    raise
+                p.__dict__.update(before.__dict__)
+                self.optimizer.zero_grad(set_to_none=True)
+                print(
+                    f"note: a DataLoader worker died after the stop signal; the unfinished step was "
+                    f"dropped and step {p.step} is saved",
+                    file=sys.stderr,
+                )
+                result.checkpoint, result.interrupted = self.save(), True
+                break
             result.losses.append(metrics["loss"])
             stopping = self._agree(stop.received) or p.step == stop_at_step
             if bar is not None:
@@ -160,9 +221,6 @@ class Trainer:
             if stopping:
                 result.interrupted = True
                 break
-        if bar is not None:
-            bar.close()
-        return result
 
     def _progress_bar(self):
         if not self.info.is_main:
@@ -181,11 +239,13 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, flow_loss_sum, corrupt = 0.0, 0.0, 0
+        loss_sum, flow_loss_sum, corrupt, valid, unreadable = 0.0, 0.0, 0, 0.0, []
         for micro in range(train.grad_accum):
             p.epoch, p.batch_in_epoch, batch = next(stream)
             corrupt += batch["corrupt"]
+            unreadable += batch["corrupt_index"]
             inputs = self.inputs(batch, p.micro_step)
+            valid += inputs.weight
             p.micro_step += 1
             with parallel.gradient_sync(self.objective, micro == train.grad_accum - 1), self.autocast:
                 loss, flow_loss = self.objective(inputs.x, inputs.y)
@@ -199,19 +259,23 @@ class Trainer:
         grad_norm = (
             float(parallel.full_tensor(grad_norm)) if hasattr(grad_norm, "full_tensor") else float(grad_norm)
         )
-        values = [loss_sum, flow_loss_sum, float(not math.isfinite(loss_sum)), float(corrupt)]
+        values = [loss_sum, flow_loss_sum, float(not math.isfinite(loss_sum)), float(corrupt), valid]
         totals = parallel.all_reduce_sum(torch.tensor(values, dtype=torch.float64), self.info)
         loss_mean, flow_loss_mean = (float(t) / (train.grad_accum * self.info.world_size) for t in totals[:2])
-        if totals[2] > 0 or not math.isfinite(grad_norm):
-            self.optimizer.zero_grad(set_to_none=True)  # the NaN/inf guard: no update from this step
+        if totals[2] > 0 or not math.isfinite(grad_norm) or totals[4] == 0:
+            # the NaN/inf guard, or no readable image in the global batch: no update from this step
+            self.optimizer.zero_grad(set_to_none=True)
             p.skipped_steps += 1
         else:
             self.optimizer.step()
+            if not self._weights_are_finite():  # checked before the EMA or a checkpoint sees them
+                raise non_finite_weights_error(p.step + 1, lr, grad_norm, self.out_dir)
             if self.ema is not None:
                 self.ema.update()
         p.step += 1
         p.corrupt_images += int(totals[3])
         p.samples_seen += train.batch_size
+        self.corrupt.after_step(p, unreadable)
         return {
             "step": p.step,
             "loss": loss_mean,
@@ -222,6 +286,13 @@ class Trainer:
             "skipped_steps": p.skipped_steps,
             "corrupt_images": p.corrupt_images,
         }
+
+    def _weights_are_finite(self) -> bool:
+        """Every process's parameters (its shards under FSDP) are finite."""
+        params = [p.detach() for p in parallel.model_parameters(self.objective).values()]
+        local = [p.to_local() if hasattr(p, "to_local") else p for p in params]
+        bad = sum(float(not torch.isfinite(t).all()) for t in local)
+        return parallel.all_reduce_sum(torch.tensor([bad], dtype=torch.float64), self.info)[0] == 0
 
     # ----- outputs ----------------------------------------------------------------------
     def _full_states(self) -> tuple[dict, dict | None]:
@@ -259,6 +330,7 @@ class Trainer:
                 ema_state,
                 training_state,
                 self.train.keep_checkpoints,
+                self.data_fingerprint,
             )
             plot_loss_curve(self.log.records(), self.out_dir / "loss.png")
         if self.info.distributed:
