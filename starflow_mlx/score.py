@@ -16,23 +16,31 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import mlx.core as mx
-
 from starflow_core.generation import score_cli
+from starflow_core.generation.precision import Precision
 from starflow_core.sources.pipeline_folder import PipelineParts
 
-from .pipeline import StarFlowPipeline
+from .pipeline import StarFlowPipeline, auto_dtype
 
-DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+
+def precision(args: argparse.Namespace) -> Precision:
+    return Precision(auto_dtype(args.dtype), args.quantize, args.quantize_text)
 
 
 def load_pipeline(parts: PipelineParts, args: argparse.Namespace) -> StarFlowPipeline:
-    return StarFlowPipeline.from_pretrained(parts, dtype=DTYPES[args.dtype])
+    chosen = precision(args)
+    return StarFlowPipeline.from_pretrained(
+        parts,
+        dtype=chosen.dtype,
+        quantize=chosen.quantize,
+        text_quantize=chosen.text_quantize,
+        strict=args.strict,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = score_cli.build_parser("starflow-mlx-score", "Exact log-likelihood of images (MLX).")
-    return score_cli.main(argv, parser, load_pipeline)
+    return score_cli.main(argv, parser, load_pipeline, precision)
 
 
 if __name__ == "__main__":

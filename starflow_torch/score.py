@@ -13,27 +13,31 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import torch
-
 from starflow_core.generation import score_cli
+from starflow_core.generation.precision import Precision
 from starflow_core.sources.pipeline_folder import PipelineParts
 
-from .generate import choose_device
-from .pipeline import StarFlowPipeline
+from .generate import check_dtype_on_device, choose_device
+from .pipeline import StarFlowPipeline, auto_dtype
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+def precision(args: argparse.Namespace) -> Precision:
+    return Precision(auto_dtype(args.dtype, choose_device(args.device, local_rank=0)))
 
 
 def load_pipeline(parts: PipelineParts, args: argparse.Namespace) -> StarFlowPipeline:
     device = choose_device(args.device, local_rank=0)
-    return StarFlowPipeline.from_pretrained(parts, dtype=DTYPES[args.dtype], device=device)
+    check_dtype_on_device(args.dtype, device)
+    return StarFlowPipeline.from_pretrained(
+        parts, dtype=precision(args).dtype, device=device, strict=args.strict
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = score_cli.build_parser(
         "starflow-torch-score", "Exact log-likelihood of images (PyTorch).", torch=True
     )
-    return score_cli.main(argv, parser, load_pipeline)
+    return score_cli.main(argv, parser, load_pipeline, precision)
 
 
 if __name__ == "__main__":

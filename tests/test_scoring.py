@@ -21,6 +21,7 @@ from PIL import Image
 import starflow_mlx.pipeline as mlx_pipeline
 import starflow_torch.pipeline as torch_pipeline
 from starflow_core.generation import score_cli
+from starflow_core.generation.precision import Precision
 from tests.helpers.tiny_pipeline import make_label_pipeline, make_tiny_pipeline, make_unconditional_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,12 +69,21 @@ def test_scores_are_the_flows_log_prob_in_both_twins(folders, images, kind):
 
 
 def run_score(argv, loads: list, capsys) -> tuple[int, str, str]:
+    """The shared command line in this process, loading as starflow_mlx.score does (whose import
+    would switch BLAS under this process's torch)."""
+
+    def precision(args):
+        return Precision(mlx_pipeline.auto_dtype(args.dtype), args.quantize, args.quantize_text)
+
     def load(parts, args):
         loads.append(parts.name)
-        return mlx_pipeline.StarFlowPipeline.from_pretrained(parts)
+        chosen = precision(args)
+        return mlx_pipeline.StarFlowPipeline.from_pretrained(
+            parts, dtype=chosen.dtype, quantize=chosen.quantize, strict=args.strict
+        )
 
     parser = score_cli.build_parser("starflow-mlx-score", "test")
-    code = score_cli.main([str(a) for a in argv], parser, load)
+    code = score_cli.main([str(a) for a in argv], parser, load, precision)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -86,6 +96,7 @@ def test_score_command_table_and_json(folders, images, capsys):
     assert code == 0
     lines = out.splitlines()
     assert "VAE latent" in lines[0] and "training noise N(0, 0.3^2)" in lines[0]  # what is measured
+    assert "(float32)" in lines[0]  # the precision scored in
     for line, bits in zip(lines[2:], expected, strict=True):
         assert float(line.split()[-3]) == pytest.approx(bits, abs=1e-4)  # printed to 4 decimals
     code, out, _ = run_score(
@@ -95,6 +106,24 @@ def test_score_command_table_and_json(folders, images, capsys):
     assert [row["image"] for row in report["images"]] == [str(p) for p in paths]
     np.testing.assert_allclose([row["bits_per_dim"] for row in report["images"]], expected, rtol=1e-12)
     assert all(row["dims"] == 8 * 8 * 4 for row in report["images"])  # the latent's values
+    assert report["dtype"] == "float32" and report["quantization"] == "none"
+
+
+def test_score_command_says_when_the_weights_are_quantized(folders, images, capsys):
+    """8-bit weights are another model: the header names them, and the numbers move a little."""
+    paths, pixels = images
+    argv = [*paths, "--model", folders["labels"], "--label", "bird"]
+    code, out, _ = run_score(argv + ["--json"], [], capsys)
+    exact = [row["bits_per_dim"] for row in json.loads(out)["images"]]
+    code, out, _ = run_score(argv + ["--json", "--quantize", "8"], [], capsys)
+    report = json.loads(out)
+    assert code == 0 and report["quantization"] == "flow 8-bit (group size 64)"
+    quantized = [row["bits_per_dim"] for row in report["images"]]
+    assert quantized != exact  # the quantized weights were the ones scored
+    # 8-bit groups of 64 move a tiny random flow's bits/dim by far less than 0.05 (measured ~1e-3)
+    np.testing.assert_allclose(quantized, exact, atol=0.05)
+    code, out, _ = run_score(argv + ["--quantize", "8"], [], capsys)
+    assert "(float32, flow 8-bit (group size 64))" in out.splitlines()[0]
 
 
 @pytest.mark.parametrize(
@@ -106,6 +135,7 @@ def test_score_command_table_and_json(folders, images, capsys):
         ("text", ["--prompt", "a", "--prompt", "b", "--prompt", "c"], "3 conditions for 2 images"),
         ("text", ["{broken}"], "not a readable image"),
         ("text", ["--batch-size", "0"], "--batch-size must be >= 1"),
+        ("text", ["{missing}"], "does not exist"),
     ],
 )
 def test_score_command_refuses_bad_input(folders, images, tmp_path, capsys, kind, extra, message):
@@ -114,6 +144,8 @@ def test_score_command_refuses_bad_input(folders, images, tmp_path, capsys, kind
     files = [*images[0]]
     if extra == ["{broken}"]:  # an unreadable file among the images
         files, extra = [tmp_path / "broken.png", *files], []
+    if extra == ["{missing}"]:
+        files, extra = [*files, tmp_path / "missing.png"], []
     argv = [*files, "--model", folders[kind], *extra]
     code, out, err = run_score(argv, loads, capsys)
     assert code == 2 and out == "" and loads == []

@@ -18,14 +18,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from starflow_core.command_line import EXIT_USAGE, run_command
 from starflow_core.generation.edit_inputs import prepare_images
 from starflow_core.generation.inputs import prompts_to_labels
+from starflow_core.generation.precision import DTYPE_CHOICES, QUANTIZE_BITS, TEXT_QUANTIZE_BITS, Precision
 from starflow_core.generation.scoring import Scores, score_images
 from starflow_core.sources import PipelineParts, resolve
 from starflow_core.sources.releases import DEMO_FOLDER
 
-EXIT_USAGE = 2
-DTYPES = ("float32", "bfloat16", "float16")
+__all__ = ["EXIT_USAGE", "build_parser", "main", "run"]
 
 
 def build_parser(prog: str, description: str, torch: bool = False) -> argparse.ArgumentParser:
@@ -41,9 +42,25 @@ def build_parser(prog: str, description: str, torch: bool = False) -> argparse.A
     parser.add_argument("--model", help="release name, pipeline folder or Hub repo id; default: the demo")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--batch-size", type=int, default=16, help="images scored together")
-    parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default="float32",
+        help="weights and activations (default float32: the reference likelihood; auto: bfloat16 on a "
+        "GPU); the flow's log-det and Gaussian term stay float32",
+    )
     if torch:
         parser.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when available)")
+    else:  # smaller weights change the model being scored: the header says so
+        parser.add_argument(
+            "--quantize", type=int, choices=QUANTIZE_BITS, help="quantize the flow to 4 or 8 bits as it loads"
+        )
+        parser.add_argument(
+            "--quantize-text", type=int, choices=TEXT_QUANTIZE_BITS, help="quantize the T5 encoder to 8 bits"
+        )
+    parser.add_argument(
+        "--strict", action="store_true", help="refuse checkpoints holding tensors the model does not use"
+    )
     return parser
 
 
@@ -64,10 +81,10 @@ def conditions(args: argparse.Namespace, parts: PipelineParts, count: int) -> li
     return values * count if len(values) == 1 else values
 
 
-def format_table(paths: Sequence[Path], scores: Scores, model: str) -> str:
+def format_table(paths: Sequence[Path], scores: Scores, model: str, precision: Precision) -> str:
     width = max(len("image"), *(len(str(path)) for path in paths))
     lines = [
-        f"# {model}: bits/dim = -log2 p / dims, p = {scores.measured}",
+        f"# {model} ({describe(precision)}): bits/dim = -log2 p / dims, p = {scores.measured}",
         f"{'image':<{width}}  {'condition':<16}  {'bits/dim':>10}  {'log p (nats)':>14}  {'dims':>7}",
     ]
     for path, prompt, bits, nats, dims in zip(
@@ -78,7 +95,12 @@ def format_table(paths: Sequence[Path], scores: Scores, model: str) -> str:
     return "\n".join(lines)
 
 
-def as_json(paths: Sequence[Path], scores: Scores, model: str) -> str:
+def describe(precision: Precision) -> str:
+    quantized = precision.quantization_name()
+    return precision.dtype + ("" if quantized == "none" else f", {quantized}")
+
+
+def as_json(paths: Sequence[Path], scores: Scores, model: str, precision: Precision) -> str:
     rows = [
         {
             "image": str(path),
@@ -91,17 +113,23 @@ def as_json(paths: Sequence[Path], scores: Scores, model: str) -> str:
             paths, scores.prompts, scores.bits_per_dim, scores.log_prob, scores.dims, strict=True
         )
     ]
-    return json.dumps({"model": model, "measured": scores.measured, "images": rows}, indent=2)
+    header = {"model": model, "measured": scores.measured, **precision.metadata()}
+    return json.dumps({**header, "images": rows}, indent=2)
 
 
-def run(args: argparse.Namespace, load: Callable[[PipelineParts, argparse.Namespace], Any]) -> int:
+Loader = Callable[[PipelineParts, argparse.Namespace], Any]  # -> the twin's StarFlowPipeline
+PrecisionOf = Callable[[argparse.Namespace], Precision]  # --dtype auto resolved for the device
+
+
+def run(args: argparse.Namespace, load: Loader, precision_of: PrecisionOf) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.model is None:
         if not (DEMO_FOLDER / "model_index.json").is_file():
             raise FileNotFoundError(f"the embedded demo model is not installed ({DEMO_FOLDER}); pass --model")
         args.model = str(DEMO_FOLDER)
-    parts = resolve(args.model)
+    precision = precision_of(args)
+    parts = resolve(args.model, dtype=precision.dtype, strict=args.strict)
     prompts = conditions(args, parts, len(args.images))
     multiple = parts.vae_downsample * parts.flow_config.patch_size
     images = [prepare_images(path, 1, parts.image_channels, None, multiple)[0] for path in args.images]
@@ -110,24 +138,18 @@ def run(args: argparse.Namespace, load: Callable[[PipelineParts, argparse.Namesp
         warnings.simplefilter("ignore")
         scores = score_images(pipe, images, prompts, args.batch_size)
     print(
-        as_json(args.images, scores, parts.name)
+        as_json(args.images, scores, parts.name, precision)
         if args.json
-        else format_table(args.images, scores, parts.name)
+        else format_table(args.images, scores, parts.name, precision)
     )
     return 0
 
 
 def main(
-    argv: Sequence[str] | None,
-    parser: argparse.ArgumentParser,
-    load: Callable[[PipelineParts, argparse.Namespace], Any],
+    argv: Sequence[str] | None, parser: argparse.ArgumentParser, load: Loader, precision_of: PrecisionOf
 ) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     warnings.simplefilter("default")
     warnings.formatwarning = lambda message, *_args, **_kwargs: f"{parser.prog}: warning: {message}\n"
-    try:
-        return run(args, load)
-    except (ValueError, OSError, NotImplementedError) as err:  # the user's input; message says the fix
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    return run_command(parser.prog, lambda: run(args, load, precision_of))
