@@ -207,6 +207,49 @@ def test_generate_inpaints_a_file(label_folder, files):
         assert np.abs(pixels[4:].astype(int) - source[4:]).mean() > 5
 
 
+@pytest.mark.parametrize("precision", [["--dtype", "bfloat16"], ["--quantize", "8"]])
+def test_generate_edits_in_half_precision_and_quantized(label_folder, files, precision):
+    """The edit runs through the same loader options as generation (--dtype, --quantize): the
+    guided inverse and the rounds work in bfloat16 and on 8-bit weights, the known half stays
+    the input's bit for bit (it is pasted from the input, whatever the flow's precision), and
+    the PNG records the precision."""
+    output = files / "out"
+    argv = ["cat", "--model", label_folder, "--seed", 3, "--quiet", "--output", output / "q.png"]
+    argv += ["--image", files / "image.png", "--mask-box", "0,4,8,8", "--inpaint-rounds", 2, *precision]
+    assert run_generate(argv, []) == 0
+    written = Image.open(output / "q.png")
+    source = np.asarray(Image.open(files / "image.png"))
+    factor = written.size[0] // 8
+    pixels = np.asarray(written.convert("RGB"))[::factor, ::factor]
+    np.testing.assert_array_equal(pixels[:4], source[:4])
+    assert np.abs(pixels[4:].astype(int) - source[4:]).mean() > 5  # the box was regenerated
+    expected = "bfloat16" if "bfloat16" in precision else "float32"
+    assert written.text["dtype"] == expected
+    assert ("8-bit" in written.text["quantization"]) == ("--quantize" in precision)
+
+
+def test_generate_plans_an_edit_at_its_image_size(label_folder, files, capsys):
+    """The size limit and the memory estimate see the edit's size (the image's), before loading:
+    an image beyond 4x the training size is refused naming --no-size-limit, and the memory
+    estimate of an edit grows with its image (8x8 vs 32x32 on the 8px model)."""
+    large = np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    Image.fromarray(large).save(files / "large.png")  # 5x the 8px model's side
+    Image.fromarray(large[:32, :32]).save(files / "four.png")  # 4x: within the size limit
+    output = files / "out"
+    argv = ["cat", "--model", label_folder, "--seed", 0, "--quiet", "--output", output / "big.png"]
+    loads = []
+    assert run_generate(argv + ["--image", files / "large.png"], loads) == 2
+    err = capsys.readouterr().err
+    assert "40x40 is more than 4x" in err and "--no-size-limit" in err and loads == []
+    needs = []
+    for name in ("image.png", "four.png"):  # a limit far too small: the refusal states the estimate
+        assert run_generate(argv + ["--image", files / name, "--memory-limit", "1e-9"], loads) == 2
+        err = capsys.readouterr().err
+        number, unit = re.search(r"needs about ([0-9.]+) (KB|MB|GB)", err).groups()
+        needs.append(float(number) * {"KB": 1e3, "MB": 1e6, "GB": 1e9}[unit])
+    assert loads == [] and needs[1] > needs[0], needs
+
+
 def test_generate_image_to_image_with_a_box_and_a_size(label_folder, files):
     output = files / "out"
     argv = ["dog", "--model", label_folder, "--seed", 2, "--quiet", "--output", output / "dog.png"]

@@ -19,7 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from starflow_core.command_line import EXIT_USAGE, run_command
-from starflow_core.generation.edit_cli import add_edit_arguments, check_edit_flags, edit_arguments
+from starflow_core.generation.edit_cli import (
+    add_edit_arguments,
+    check_edit_flags,
+    edit_arguments,
+    planned_edit_size,
+)
 from starflow_core.generation.images import enlarge_for_viewing, make_grid, save_png
 from starflow_core.generation.inputs import (
     aspect_ratio_size,
@@ -222,6 +227,8 @@ def run_shape(args: argparse.Namespace, sizes: ModelSizes, jobs: int) -> RunShap
     config, factor = sizes.config, sizes.vae_downsample
     side = config.img_size * factor
     height, width = (args.height or side, args.width or side) if args.height or args.width else (side, side)
+    planned = planned_edit_size(args, factor * config.patch_size)  # an edit runs at its image's size
+    height, width = planned or (height, width)
     check_size_limit(height, width, side, args.no_size_limit)  # the clearer error comes first
     merged = sizes.sampling.merged(guidance=args.cfg, jacobi=args.jacobi, block_size=args.jacobi_block_size)
     return RunShape(

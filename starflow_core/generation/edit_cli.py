@@ -64,6 +64,23 @@ def check_edit_flags(args: argparse.Namespace) -> None:
         raise ValueError("to resize --image give both --height and --width")
 
 
+def planned_edit_size(args: argparse.Namespace, multiple: int) -> tuple[int, int] | None:
+    """(height, width) the edit will run at, from --image's header alone (rounded to the model's
+    size step as prepare_images does), for the memory estimate before the model is known. None
+    when there is no image, --height/--width decide, or the file cannot be read yet (the clear
+    error comes when the image is read for the edit)."""
+    if args.image is None or args.height is not None:
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(args.image) as image:
+            width, height = image.size
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return tuple(max(multiple, int(round(side / multiple)) * multiple) for side in (height, width))
+
+
 @dataclasses.dataclass(frozen=True)
 class EditArguments:
     kwargs: dict[str, Any]  # for StarFlowPipeline.generate

@@ -199,5 +199,6 @@ def _result(pipe, prompts, seeds, settings, request, mode, steps, latents, image
         steps=steps,
         latents=latents.astype(np.float32),
         images=images.astype(np.float32),
+        precision=pipe.precision,
         edit={"strength": f"{request.strength:g}", **request.description},
     )
