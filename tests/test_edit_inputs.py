@@ -26,7 +26,7 @@ from starflow_core.generation.edit_inputs import (
     prepare_masks,
 )
 from starflow_core.generation.precision import Precision
-from tests.helpers.tiny_pipeline import make_label_pipeline
+from tests.helpers.tiny_pipeline import make_label_pipeline, make_tiny_pipeline
 
 
 # ----- library ------------------------------------------------------------------------------
@@ -248,6 +248,32 @@ def test_generate_plans_an_edit_at_its_image_size(label_folder, files, capsys):
         number, unit = re.search(r"needs about ([0-9.]+) (KB|MB|GB)", err).groups()
         needs.append(float(number) * {"KB": 1e3, "MB": 1e6, "GB": 1e9}[unit])
     assert loads == [] and needs[1] > needs[0], needs
+
+
+def test_generate_encodes_the_source_prompt_before_the_flow_loads(tmp_path, files, monkeypatch):
+    """An edit with --source-prompt loads T5 once, for the prompts and the source prompt
+    together, before the flow (main's memory rule: T5 and the flow are never resident together)."""
+    from starflow_mlx.pipeline import StarFlowPipeline
+
+    folder = make_tiny_pipeline(tmp_path)
+    events = []
+    original_encoder, original_flow = StarFlowPipeline.load_text_encoder, StarFlowPipeline.flow.fget
+
+    def load_text_encoder(pipe):
+        events.append("t5")
+        return original_encoder(pipe)
+
+    def flow(pipe):
+        if pipe._flow is None:
+            events.append("flow")
+        return original_flow(pipe)
+
+    monkeypatch.setattr(StarFlowPipeline, "load_text_encoder", load_text_encoder)
+    monkeypatch.setattr(StarFlowPipeline, "flow", property(flow))
+    argv = ["a dog", "--model", folder, "--seed", 0, "--quiet", "--output", files / "out" / "dog.png"]
+    argv += ["--image", files / "image.png", "--strength", 0.5, "--source-prompt", "a cat", "--cfg", 2]
+    assert run_generate(argv, []) == 0
+    assert events == ["t5", "flow"], events
 
 
 def test_generate_image_to_image_with_a_box_and_a_size(label_folder, files):

@@ -295,6 +295,8 @@ def generate(args: argparse.Namespace, backend: Backend) -> int:
     start = time.perf_counter()
     pipe = backend.load(parts, args)
     distinct = list(dict.fromkeys(jobs[i][0] for i in mine))
+    if edit and args.source_prompt is not None:  # the inversion's condition, encoded with the rest
+        distinct.append(args.source_prompt)
     if len(distinct) <= PRECOMPUTED_PROMPTS:  # T5 loaded once and freed before the flow loads
         pipe.encode_prompts(distinct)
     written, grid_images, grid_meta = [], [], []
