@@ -26,7 +26,7 @@ from starflow_core.generation.edit_inputs import (
     prepare_masks,
 )
 from starflow_core.generation.precision import Precision
-from tests.helpers.tiny_pipeline import make_label_pipeline, make_tiny_pipeline
+from tests.helpers.tiny_pipeline import make_label_pipeline, make_tarflow_pipeline, make_tiny_pipeline
 
 
 # ----- library ------------------------------------------------------------------------------
@@ -274,6 +274,23 @@ def test_generate_encodes_the_source_prompt_before_the_flow_loads(tmp_path, file
     argv += ["--image", files / "image.png", "--strength", 0.5, "--source-prompt", "a cat", "--cfg", 2]
     assert run_generate(argv, []) == 0
     assert events == ["t5", "flow"], events
+
+
+def test_generate_edits_a_learned_position_model_only_at_its_size(tmp_path, files, capsys):
+    """TARFlow's learned position embedding fixes the size: a 16x16 image for the 8x8 model is
+    refused before loading, naming the fix; with --height/--width 8 it is resized and edited."""
+    folder = make_tarflow_pipeline(tmp_path)
+    image = np.random.default_rng(2).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(image).save(files / "sixteen.png")
+    argv = ["0", "--model", folder, "--seed", 0, "--quiet", "--output", files / "out" / "t.png"]
+    argv += ["--image", files / "sixteen.png", "--strength", 0.5]
+    loads = []
+    assert run_generate(argv, loads) == 2
+    err = capsys.readouterr().err
+    assert "learned position embedding and only edits 8x8 images" in err and "--height 8" in err, err
+    assert loads == [] and not (files / "out").exists()
+    with pytest.warns(UserWarning, match="resized to 8x8"):  # announced
+        assert run_generate(argv + ["--height", 8, "--width", 8], loads) == 0
 
 
 def test_generate_image_to_image_with_a_box_and_a_size(label_folder, files):
