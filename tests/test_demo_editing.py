@@ -1,4 +1,4 @@
-"""Inpainting and scoring with the shipped digits model: the claims of docs/editing.md on a small, fixed sample.
+"""Inpainting and scoring with the shipped digits model: docs/editing.md on a small, fixed sample.
 
 The bottom half of 50 held-out digits (the first 5 of each class in the test split) is
 regenerated unconditioned (""), seeds 0..49, 4 rounds; the SVC trained on the real training
