@@ -164,3 +164,28 @@ def test_score_modules_run_as_commands_and_agree(folders, images, tmp_path):
         reports.append(json.loads(done.stdout))
     bits = [[row["bits_per_dim"] for row in report["images"]] for report in reports]
     np.testing.assert_allclose(bits[0], bits[1], rtol=1e-5)
+
+
+def test_score_command_checks_images_and_disk_before_any_download(images, tmp_path, monkeypatch, capsys):
+    """Scoring with a release (the 3B): an unreadable image, and then a disk too small for the
+    first run's downloads, are refused before anything is downloaded or loaded."""
+    import huggingface_hub
+
+    from starflow_core.generation import resource_check
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("STARFLOW_MLX_CACHE", str(tmp_path / "converted"))
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("nothing may be downloaded before the images and the disk are checked")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_download)
+    (tmp_path / "broken.png").write_text("no image")
+    argv = [*images[0], "--model", "starflow-3b-t2i-256", "--prompt", "a cat"]
+    loads = []
+    code, out, err = run_score([tmp_path / "broken.png", *argv], loads, capsys)
+    assert code == 2 and "not a readable image" in err and loads == [], err
+    monkeypatch.setattr(resource_check, "free_disk", lambda folder: (10**9, tmp_path))  # 1 GB free
+    code, out, err = run_score(argv, loads, capsys)
+    assert code == 2 and "only 1.0 GB is free" in err and loads == [], err

@@ -22,9 +22,10 @@ from starflow_core.command_line import EXIT_USAGE, run_command
 from starflow_core.generation.edit_inputs import prepare_images
 from starflow_core.generation.inputs import prompts_to_labels
 from starflow_core.generation.precision import DTYPE_CHOICES, QUANTIZE_BITS, TEXT_QUANTIZE_BITS, Precision
+from starflow_core.generation.resource_check import check_disk
 from starflow_core.generation.scoring import Scores, score_images
 from starflow_core.sources import PipelineParts, resolve
-from starflow_core.sources.releases import DEMO_FOLDER
+from starflow_core.sources.releases import DEMO_FOLDER, release_by_name
 
 __all__ = ["EXIT_USAGE", "build_parser", "main", "run"]
 
@@ -60,6 +61,11 @@ def build_parser(prog: str, description: str, torch: bool = False) -> argparse.A
         )
     parser.add_argument(
         "--strict", action="store_true", help="refuse checkpoints holding tensors the model does not use"
+    )
+    parser.add_argument(
+        "--no-resource-check",
+        action="store_true",
+        help="download even if the disk check says it will not fit",
     )
     return parser
 
@@ -117,6 +123,10 @@ def as_json(paths: Sequence[Path], scores: Scores, model: str, precision: Precis
     return json.dumps({**header, "images": rows}, indent=2)
 
 
+def read_images(paths: Sequence[Path], channels: int, multiple: int) -> list:
+    return [prepare_images(path, 1, channels, None, multiple)[0] for path in paths]
+
+
 Loader = Callable[[PipelineParts, argparse.Namespace], Any]  # -> the twin's StarFlowPipeline
 PrecisionOf = Callable[[argparse.Namespace], Precision]  # --dtype auto resolved for the device
 
@@ -129,10 +139,20 @@ def run(args: argparse.Namespace, load: Loader, precision_of: PrecisionOf) -> in
             raise FileNotFoundError(f"the embedded demo model is not installed ({DEMO_FOLDER}); pass --model")
         args.model = str(DEMO_FOLDER)
     precision = precision_of(args)
+    images = None
+    release = release_by_name(args.model)
+    if release is not None:  # the images are read and the disk checked before anything downloads
+        channels = 3 if release.vae_repo else release.config.in_channels  # SD-VAE takes RGB
+        multiple = (8 if release.vae_repo else 1) * release.config.patch_size
+        images = read_images(args.images, channels, multiple)
+        if not args.no_resource_check:
+            check_disk(release, precision)
     parts = resolve(args.model, dtype=precision.dtype, strict=args.strict)
     prompts = conditions(args, parts, len(args.images))
-    multiple = parts.vae_downsample * parts.flow_config.patch_size
-    images = [prepare_images(path, 1, parts.image_channels, None, multiple)[0] for path in args.images]
+    if images is None:
+        images = read_images(
+            args.images, parts.image_channels, parts.vae_downsample * parts.flow_config.patch_size
+        )
     pipe = load(parts, args)
     with warnings.catch_warnings():  # the images were read (and any resize announced) above
         warnings.simplefilter("ignore")
