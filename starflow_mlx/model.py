@@ -22,7 +22,13 @@ from starflow_core.positions import rope_angles
 
 from . import checkpoint
 from .flow_block import FlowBlock, Rope
-from .sampling import BlockConditions, SamplingStats, sample_block_jacobi, sample_block_sequential
+from .sampling import (
+    BlockConditions,
+    SamplingStats,
+    invert_block,
+    sample_block_jacobi,
+    sample_block_sequential,
+)
 
 
 class StarFlow(nn.Module):
@@ -270,6 +276,43 @@ class StarFlow(nn.Module):
             if callback is not None:
                 callback(i, self.unpatchify(tokens, H, W))
         return self.unpatchify(tokens, H, W).astype(noise.dtype)
+
+    def invert(
+        self,
+        x: mx.array,
+        y: mx.array | None = None,
+        y_null: mx.array | None = None,
+        guidance: float = 0.0,
+        *,
+        annealed_guidance: bool = False,
+        attn_temp: float = 1.0,
+    ) -> tuple[mx.array, mx.array]:
+        """The exact inverse of `sample` with the same conditions and guidance: data x (B, H, W, C)
+        -> (noise (B, H, W, C), log|det d noise / dx| (B,) in nats).
+
+        sample(invert(x)[0], ...) == x up to float error (sequential sampling; Jacobi to its
+        tolerance). One teacher-forced pass per block, blocks in forward order. With guidance 0
+        this is the forward pass (TARFlow: noise also divided by sqrt(var)), so
+        log N(noise; 0, I) + log|det| is the log-density of the guided sampler's output.
+        """
+        self._check_input(x)
+        B, H, W, _ = x.shape
+        p = self.config.patch_size
+        tokens = self.patchify(x).astype(mx.float32)
+        plain, guided = self._conditions(y, y_null, B, guidance, annealed_guidance, attn_temp)
+        logdet = mx.zeros((B,), dtype=mx.float32)
+        for i, block in enumerate(self.blocks):  # the reverse of sample's order
+            if self.is_identity(i):
+                continue
+            cond = guided if (guided is not None and self._block_is_conditioned(block)) else plain
+            txt_len = cond.text.shape[1] if (block.has_text and cond.text is not None) else 0
+            tokens, block_logdet = invert_block(block, tokens, cond, self.rope(i, H // p, W // p, txt_len))
+            logdet = logdet + block_logdet
+        if self.config.family == "tarflow":  # sample multiplies the noise by sqrt(var)
+            var = self.var.astype(mx.float32)
+            tokens = tokens / mx.sqrt(var)
+            logdet = logdet - 0.5 * mx.sum(mx.log(var))
+        return self.unpatchify(tokens, H, W).astype(x.dtype), logdet
 
     def _block_is_conditioned(self, block: FlowBlock) -> bool:
         return block.has_text or block.has_class_embed

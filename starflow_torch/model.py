@@ -21,7 +21,13 @@ from starflow_core.positions import rope_angles
 
 from . import checkpoint
 from .flow_block import FlowBlock, Rope
-from .sampling import BlockConditions, SamplingStats, sample_block_jacobi, sample_block_sequential
+from .sampling import (
+    BlockConditions,
+    SamplingStats,
+    invert_block,
+    sample_block_jacobi,
+    sample_block_sequential,
+)
 
 
 class StarFlow(nn.Module):
@@ -258,6 +264,44 @@ class StarFlow(nn.Module):
             if callback is not None:
                 callback(i, self.unpatchify(tokens, H, W))
         return self.unpatchify(tokens, H, W).to(noise.dtype)
+
+    def invert(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        y_null: torch.Tensor | None = None,
+        guidance: float = 0.0,
+        *,
+        annealed_guidance: bool = False,
+        attn_temp: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The exact inverse of `sample` with the same conditions and guidance: data x (B, C, H, W)
+        -> (noise (B, C, H, W), log|det d noise / dx| (B,) in nats).
+
+        sample(invert(x)[0], ...) == x up to float error (sequential sampling; Jacobi to its
+        tolerance). One teacher-forced pass per block, blocks in forward order. With guidance 0
+        this is the forward pass (TARFlow: noise also divided by sqrt(var)), so
+        log N(noise; 0, I) + log|det| is the log-density of the guided sampler's output.
+        """
+        self._check_input(x)
+        B, _, H, W = x.shape
+        p = self.config.patch_size
+        tokens = self.patchify(x).float()
+        plain, guided = self._conditions(y, y_null, B, guidance, annealed_guidance, attn_temp)
+        logdet = torch.zeros(B, device=x.device, dtype=torch.float32)
+        for i, block in enumerate(self.blocks):  # the reverse of sample's order
+            if self.is_identity(i):
+                continue
+            cond = guided if (guided is not None and self._block_is_conditioned(block)) else plain
+            txt_len = cond.text.shape[1] if (block.has_text and cond.text is not None) else 0
+            rope = self.rope(i, H // p, W // p, txt_len, x.device)
+            tokens, block_logdet = invert_block(block, tokens, cond, rope)
+            logdet = logdet + block_logdet
+        if self.config.family == "tarflow":  # sample multiplies the noise by sqrt(var)
+            var = self.var.float()
+            tokens = tokens / var.sqrt()
+            logdet = logdet - 0.5 * var.log().sum()
+        return self.unpatchify(tokens, H, W).to(x.dtype), logdet
 
     def _block_is_conditioned(self, block: FlowBlock) -> bool:
         return block.has_text or block.has_class_embed

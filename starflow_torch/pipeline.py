@@ -200,19 +200,43 @@ class StarFlowPipeline(PipelineBase):
         """(B, C, H, W) tensor -> (B, H, W, C) float32 numpy, the layout both twins return."""
         return array.detach().float().permute(0, 2, 3, 1).cpu().numpy()
 
+    def denoise(
+        self, latents: torch.Tensor, y: torch.Tensor | None, noise_std: float | None = None
+    ) -> torch.Tensor:
+        """One score (Tweedie) step per sample, one at a time to bound the backward pass's memory."""
+        rows = [
+            self.flow.denoise(latents[i : i + 1], None if y is None else y[i : i + 1], noise_std)
+            for i in range(latents.shape[0])
+        ]
+        return torch.cat(rows)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) in [-1, 1] -> VAE latents (posterior mean); pixel models: the images."""
+        if self.vae is None:
+            return images
+        return self.vae.encode(images).float()
+
+    @torch.no_grad()
+    def invert_flow(
+        self,
+        latents: torch.Tensor,
+        y: torch.Tensor | None,
+        y_null: torch.Tensor | None,
+        settings: GenerationSettings,
+    ) -> torch.Tensor:
+        noise, _ = self.flow.invert(latents.float(), y, y_null, settings.guidance)
+        return noise.float()
+
+    @torch.no_grad()
+    def log_prob(self, latents: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        return self.flow.log_prob(latents.float(), y)
+
     def from_numpy(self, array: np.ndarray) -> torch.Tensor:
         """(B, H, W, C) float32 numpy -> (B, C, H, W) tensor on the pipeline's device."""
         return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2), dtype=np.float32)).to(
             self.device
         )
-
-    def denoise(self, latents: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """One score (Tweedie) step per sample, one at a time to bound the backward pass's memory."""
-        rows = [
-            self.flow.denoise(latents[i : i + 1], None if y is None else y[i : i + 1])
-            for i in range(latents.shape[0])
-        ]
-        return torch.cat(rows)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, use_decoder: bool = False) -> torch.Tensor:

@@ -128,6 +128,28 @@ def test_config_from_metadata_makes_the_same_pixels(folders, tmp_path):
     assert np.abs(pixels(tmp_path / "other.png") - pixels(tmp_path / "cat.png")).max() > 10
 
 
+def test_an_edit_is_remade_from_its_metadata(tmp_path):
+    """Inpainting's flags (--image, --mask-box, --strength, rounds) are recorded and restored."""
+    made = run(
+        "starflow_mlx.generate", "seven", "--seed", 5, "--quiet", "--output", "seven.png", tmp=tmp_path
+    )
+    assert made.returncode == 0, made.stderr
+    edited = run(
+        "starflow_mlx.generate", "one", "--image", "seven.png", "--height", 8, "--width", 8, "--mask-box", "0,4,8,8",
+        "--seed", 1, "--inpaint-rounds", 2, "--quiet", "--output", "edited.png", tmp=tmp_path,
+    )  # fmt: skip
+    assert edited.returncode == 0, edited.stderr
+    again = run(
+        "starflow_mlx.generate", "--config-from-metadata", "edited.png", "--quiet", "--output", "again.png",
+        tmp=tmp_path,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    recorded = read_parameters(tmp_path / "again.png")
+    assert (recorded["mask"], recorded["inpaint_rounds"]) == ("box 0,4,8,8", "2")
+    np.testing.assert_array_equal(pixels(tmp_path / "again.png"), pixels(tmp_path / "edited.png"))
+    assert np.abs(pixels(tmp_path / "edited.png") - pixels(tmp_path / "seven.png")).max() > 10  # an edit
+
+
 def test_demo_grid_remade_from_its_metadata_and_kept(tmp_path):
     first = run("starflow_mlx.generate", "--quiet", "--seed", 2, "--n-images", 2, tmp=tmp_path)  # 10 x 2
     assert first.returncode == 0, first.stderr

@@ -17,6 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from starflow_core.command_line import EXIT_USAGE, run_command
+from starflow_core.generation.edit_cli import (
+    add_edit_arguments,
+    check_edit_flags,
+    edit_arguments,
+    planned_edit_size,
+)
 from starflow_core.generation.inputs import (
     aspect_ratio_size,
     check_size,
@@ -147,6 +153,7 @@ def build_parser(prog: str, description: str, torch: bool = False) -> argparse.A
         action="store_true",
         help=f"allow sides beyond {MAX_SIDE_FACTOR}x the model's training size",
     )
+    add_edit_arguments(parser)
     return parser
 
 
@@ -235,6 +242,8 @@ def run_shape(args: argparse.Namespace, sizes: ModelSizes, jobs: int) -> RunShap
     config, factor = sizes.config, sizes.vae_downsample
     side = config.img_size * factor
     height, width = (args.height or side, args.width or side) if args.height or args.width else (side, side)
+    planned = planned_edit_size(args, factor * config.patch_size)  # an edit runs at its image's size
+    height, width = planned or (height, width)
     check_size_limit(height, width, side, args.no_size_limit)  # the clearer error comes first
     merged = sizes.sampling.merged(guidance=args.cfg, jacobi=args.jacobi, block_size=args.jacobi_block_size)
     return RunShape(
@@ -266,6 +275,7 @@ def check_resources(args: argparse.Namespace, backend: Backend, sizes: ModelSize
 # ----- the run -----------------------------------------------------------------------------
 def run(args: argparse.Namespace, backend: Backend) -> int:
     fill_from_metadata(args)
+    check_edit_flags(args)
     if args.model is None:
         if not (DEMO_FOLDER / "model_index.json").is_file():
             raise FileNotFoundError(
@@ -304,7 +314,8 @@ def generate(args: argparse.Namespace, backend: Backend) -> int:
     parts = resolve(args.model, dtype=backend.precision(args).dtype, strict=args.strict)
     prompts, seeds = read_prompts(args, parts), read_seeds(args)
     check_image_count(len(prompts), len(seeds), args.max_images)
-    height, width = image_size(args, parts)
+    edit = edit_arguments(args, parts) if args.image is not None else None  # image-to-image / inpainting
+    height, width = edit.size if edit else image_size(args, parts)
     jobs = [(p, s) for p in prompts for s in seeds]  # every prompt with every seed
     writer.total = len(jobs)
     mine = rank_share(jobs, backend.rank, backend.world_size)
@@ -313,6 +324,8 @@ def generate(args: argparse.Namespace, backend: Backend) -> int:
     start = time.perf_counter()
     pipe = backend.load(parts, args)
     distinct = list(dict.fromkeys(jobs[i][0] for i in mine))
+    if edit and args.source_prompt is not None:  # the inversion's condition, encoded with the rest
+        distinct.append(args.source_prompt)
     if len(distinct) <= PRECOMPUTED_PROMPTS:  # T5 loaded once and freed before the flow loads
         pipe.encode_prompts(distinct)
     try:  # each image is written atomically as its batch is done; Ctrl-C keeps the complete ones
@@ -332,7 +345,10 @@ def generate(args: argparse.Namespace, backend: Backend) -> int:
                 denoise=not args.no_denoise,
                 progress=not args.quiet,
                 callback=stepwise_writer(args.stepwise_output_dir, pipe, indices, batch_seeds),
+                **(edit.kwargs if edit else {}),
             )
+            if edit:
+                result.edit.update(edit.metadata)
             for row, (index, pixels) in enumerate(zip(indices, result.uint8(), strict=True)):
                 if args.grid:
                     writer.add_to_grid(pixels, result.parameters(row))

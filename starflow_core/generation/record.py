@@ -133,6 +133,24 @@ def generate_flags(parameters: dict[str, Any]) -> dict[str, Any]:
         "quantize": parameters.get("quantize"),
         "quantize_text": parameters.get("text_quantize"),
         "grid": grid,
+        **edit_flags(parameters),
+    }
+
+
+def edit_flags(parameters: dict[str, Any]) -> dict[str, Any]:
+    """The image-to-image / inpainting flags of an edited image (none for a generated one)."""
+    if "image" not in parameters:
+        return {}
+    mask = parameters.get("mask")
+    boxed = isinstance(mask, str) and mask.startswith("box ")
+    rounds = parameters.get("inpaint_rounds")
+    return {
+        "image": Path(parameters["image"]),
+        "strength": float(parameters["strength"]) if "strength" in parameters else None,
+        "mask": None if mask is None or boxed else Path(mask),
+        "mask_box": mask[len("box ") :] if boxed else None,
+        "source_prompt": parameters.get("source_prompt"),
+        "inpaint_rounds": int(rounds) if rounds is not None else None,
     }
 
 
@@ -169,4 +187,10 @@ def equivalent_command(parameters: dict[str, Any]) -> str:
         words += ["--quantize-text", str(flags["quantize_text"])]
     if flags["grid"]:
         words.append("--grid")
+    for name in ("image", "strength", "mask", "mask_box", "source_prompt", "inpaint_rounds"):
+        if flags.get(name) is not None:
+            words += [
+                "--" + name.replace("_", "-"),
+                f"{flags[name]:g}" if name == "strength" else str(flags[name]),
+            ]
     return shlex.join(words)

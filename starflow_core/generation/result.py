@@ -42,6 +42,7 @@ class Generation:
     decoder: str | None = None  # the fine-tuned decoder used, when one was
     framework: str = ""  # "mlx" | "torch"
     seeds_drawn: bool = False  # True when the seeds were drawn at random (none were given)
+    edit: dict[str, str] = dataclasses.field(default_factory=dict)  # image-to-image / inpainting inputs
 
     def uint8(self) -> np.ndarray:
         return to_uint8(self.images)
@@ -73,6 +74,7 @@ class Generation:
             "steps": self.steps,
             "framework": self.framework,
             "version": package_version(),
+            **self.edit,
         }
 
     def metadata(self, index: int) -> dict[str, str]:

@@ -70,6 +70,13 @@ class PipelineParts:
         config = json.loads((self.vae / "config.json").read_text())
         return 2 ** (len(config.get("block_out_channels", (128, 256, 512, 512))) - 1)
 
+    @property
+    def image_channels(self) -> int:
+        """Channels of the images: the VAE's input channels, or the flow's for pixel models."""
+        if self.vae is None:
+            return self.flow_config.in_channels
+        return int(json.loads((self.vae / "config.json").read_text()).get("in_channels", 3))
+
     def with_decoder(self, decoder: str | Path | None) -> PipelineParts:
         if decoder is None:
             return self
