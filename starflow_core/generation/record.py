@@ -21,6 +21,10 @@ PARAMETERS_KEY = "parameters"
 
 
 # ----- writing --------------------------------------------------------------------------
+# what an image-to-image or inpainting run adds (starflow_core.generation.editing)
+EDIT_KEYS = ("image", "strength", "mask", "inpaint_rounds", "source_prompt")
+
+
 def flat_metadata(parameters: dict[str, Any]) -> dict[str, str]:
     """Image metadata entries: readable ones (as earlier versions wrote) and the JSON."""
     grid = "prompts" in parameters
@@ -53,6 +57,7 @@ def flat_metadata(parameters: dict[str, Any]) -> dict[str, str]:
         "text_dtype": parameters["text_dtype"],
         "quantization": quantization,
         "version": f"starflow-mlx {parameters['version']}",
+        **{key: str(parameters[key]) for key in EDIT_KEYS if key in parameters},
         PARAMETERS_KEY: json.dumps(parameters, ensure_ascii=False),
     }
 
