@@ -40,6 +40,11 @@ COMMANDS = {
     "starflow_torch.convert": ("starflow-torch-convert",),
     "starflow_mlx.memory_report": ("starflow-mlx-memory-report",),
     "starflow_torch.memory_report": ("starflow-torch-memory-report",),
+    "starflow_mlx.info": ("starflow-mlx-info",),
+    "starflow_torch.info": ("starflow-torch-info",),
+    "starflow_core.generation.info": ("starflow-info",),  # framework-free: reads PNG metadata only
+    "starflow_mlx.score": ("starflow-mlx-score",),
+    "starflow_torch.score": ("starflow-torch-score",),
 }
 
 # what a user's input, files or machine can cause; every such error names its fix (a missing

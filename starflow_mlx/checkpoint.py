@@ -26,6 +26,7 @@ from starflow_core.io import atomic_path, read_safetensors_header, safetensors_s
 from starflow_core.official.arguments import resolve_config
 from starflow_core.official.keys import check_weights, official_to_ours, split_deprecated
 from starflow_core.official.pth_reader import iter_pth_tensors, list_pth_tensors
+from starflow_core.sources.pipeline_folder import flow_folder
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -135,7 +136,7 @@ def load_pretrained(
     linears as they load (see quantize.py), so the full-precision model is never resident."""
     from .quantize import quantize_model, record_quantization
 
-    folder = Path(folder)
+    folder = flow_folder(folder)  # a pipeline folder: its transformer/
     config = FlowConfig.load(folder / CONFIG_NAME)
     weights = folder / WEIGHTS_NAME
     found = safetensors_shapes(read_safetensors_header(weights))  # clear errors for bad files

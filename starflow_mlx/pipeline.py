@@ -1,7 +1,8 @@
 """Prompt -> image with STARFlow in MLX: text encoding, flow sampling, denoising, VAE decoding.
 
     pipe = StarFlowPipeline.from_pretrained("starflow-3b-t2i-256")   # or a folder / Hub repo id
-    images = pipe(["a film still of a cat playing piano"], seeds=[0, 1])  # PIL images
+    images = pipe(["a film still of a cat playing piano"], seeds=[0, 1])  # PIL images (a sequence)
+    images.seeds, images.save("outputs/")   # seeds (drawn when not given); files as the CLI writes
     result = pipe.generate(prompts, seeds=[0])   # raw arrays (numpy, NHWC) and settings
 
 The steps, settings and sizes are framework-free (starflow_core.generation.pipeline.PipelineBase);
@@ -12,6 +13,7 @@ to pixels. Noise comes from numpy per seed, identical in both twins.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import mlx.core as mx
@@ -48,6 +50,8 @@ def auto_dtype(name: str) -> str:
 
 
 class StarFlowPipeline(PipelineBase):
+    framework = "mlx"
+
     def __init__(
         self,
         parts: PipelineParts,
@@ -173,6 +177,7 @@ class StarFlowPipeline(PipelineBase):
         y_null: mx.array | None,
         settings: GenerationSettings,
         progress: bool,
+        callback: Callable[[int, mx.array], None] | None = None,
     ) -> tuple[mx.array, int]:
         stats = SamplingStats()
         latents = self.flow.sample(
@@ -186,6 +191,7 @@ class StarFlowPipeline(PipelineBase):
             max_iter=settings.max_iter,
             progress=progress,
             stats=stats,
+            callback=callback,
         ).astype(mx.float32)
         mx.eval(latents)
         return latents, stats.steps
@@ -193,14 +199,40 @@ class StarFlowPipeline(PipelineBase):
     def to_numpy(self, array: mx.array) -> np.ndarray:
         return np.array(array.astype(mx.float32))
 
-    def denoise(self, latents: mx.array, y: mx.array | None) -> mx.array:
+    def denoise(self, latents: mx.array, y: mx.array | None, noise_std: float | None = None) -> mx.array:
         """One score (Tweedie) step per sample, one at a time to bound the backward pass's memory."""
         rows = []
         for i in range(latents.shape[0]):
-            row = self.flow.denoise(latents[i : i + 1], None if y is None else y[i : i + 1])
+            row = self.flow.denoise(latents[i : i + 1], None if y is None else y[i : i + 1], noise_std)
             mx.eval(row)
             rows.append(row)
         return mx.concatenate(rows)
+
+    def encode(self, images: mx.array) -> mx.array:
+        """Images (B, H, W, C) in [-1, 1] -> VAE latents (posterior mean); pixel models: the images."""
+        if self.vae is None:
+            return images
+        latents = self.vae.encode(images).astype(mx.float32)
+        mx.eval(latents)
+        return latents
+
+    def invert_flow(
+        self,
+        latents: mx.array,
+        y: mx.array | None,
+        y_null: mx.array | None,
+        settings: GenerationSettings,
+    ) -> mx.array:
+        noise, _ = self.flow.invert(latents.astype(mx.float32), y, y_null, settings.guidance)
+        noise = noise.astype(mx.float32)
+        mx.eval(noise)
+        return noise
+
+    def log_prob(self, latents: mx.array, y: mx.array | None) -> mx.array:
+        return self.flow.log_prob(latents.astype(mx.float32), y)
+
+    def from_numpy(self, array: np.ndarray) -> mx.array:
+        return mx.array(np.ascontiguousarray(array, dtype=np.float32))  # already NHWC
 
     def decode(self, latents: mx.array, use_decoder: bool = False) -> mx.array:
         """Flow samples -> images (B, H, W, 3) in [-1, 1] (pixel models: the samples themselves)."""

@@ -20,7 +20,7 @@ import mlx.core as mx
 from tqdm.auto import tqdm
 
 from .flow_block import FlowBlock, Rope
-from .flow_math import guide_linear, guide_scale_shift, scale_and_log_scale, to_data
+from .flow_math import guide_linear, guide_scale_shift, scale_and_log_scale, to_data, to_noise
 from .kv_cache import BlockCache, visible_positions
 
 PROGRESS_DELAY = 1.0  # seconds before a block's progress bar appears: fast blocks stay quiet
@@ -49,6 +49,45 @@ class BlockConditions:
     attn_temp: float
 
 
+def attention_query_scale(config, cond: BlockConditions, batch: int) -> mx.array | None:
+    """Per-row factor (B', 1, 1, 1) on the attention queries for attn_temp != 1, else None.
+
+    Official STARFlow tempers every row; TARFlow only the null branch of a guided batch."""
+    if cond.attn_temp == 1.0:
+        return None
+    guided = cond.guidance > 0
+    rows = 2 * batch if guided else batch
+    first = batch if (config.family == "tarflow" and guided) else 0
+    factors = [1.0] * first + [1.0 / cond.attn_temp] * (rows - first)
+    return mx.array(factors).reshape(rows, 1, 1, 1)
+
+
+def guided_shift_scale(
+    config, cond: BlockConditions, raw_scale: mx.array, shift: mx.array, steps: mx.array, num_targets: int
+) -> tuple[mx.array, mx.array, mx.array]:
+    """The affine map of each target token: (shift, scale, log scale), each (B, L, C').
+
+    Guided (raw_scale and shift hold 2B rows, conditional first): the guided Gaussian of
+    SPEC section 3, which both branches follow; B rows come back. `steps` (L,) are the
+    targets' 1-based numbers, for annealed guidance w * step / num_targets.
+    """
+    if cond.guidance <= 0:
+        scale, log_scale = scale_and_log_scale(raw_scale, config.use_softplus)
+        return shift, scale, log_scale
+    weight = cond.guidance
+    if cond.annealed:
+        weight = (weight * steps / num_targets).reshape(1, -1, 1)
+    shift_c, shift_u = mx.split(shift, 2, axis=0)
+    if config.family == "tarflow":
+        raw_c, raw_u = mx.split(raw_scale, 2, axis=0)
+        scale, log_scale = scale_and_log_scale(guide_linear(raw_c, raw_u, weight), config.use_softplus)
+        return guide_linear(shift_c, shift_u, weight), scale, log_scale
+    scale, _ = scale_and_log_scale(raw_scale, config.use_softplus)
+    scale_c, scale_u = mx.split(scale, 2, axis=0)
+    guided_shift, guided_scale = guide_scale_shift(shift_c, scale_c, shift_u, scale_u, weight)
+    return guided_shift, guided_scale, mx.log(guided_scale)
+
+
 class _BlockSampler:
     """The state of inverting one block: the causal sequence, the noise and the KV cache.
 
@@ -74,11 +113,7 @@ class _BlockSampler:
             self.sequence = mx.concatenate([sos, self.z], axis=1)
         else:  # (B', T, C'); token 0 is copied from the noise
             self.sequence = mx.array(self.z)
-        self.query_scale = None
-        if cond.attn_temp != 1.0:  # official STARFlow: every row; TARFlow: the null branch only
-            first = self.batch if (config.family == "tarflow" and self.guided) else 0
-            factors = [1.0] * first + [1.0 / cond.attn_temp] * (rows - first)
-            self.query_scale = mx.array(factors).reshape(rows, 1, 1, 1)
+        self.query_scale = attention_query_scale(config, cond, self.batch)
         self.txt_len = cond.text.shape[1] if block.has_text else 0
         cache = BlockCache.empty(
             len(block.attn_blocks),
@@ -153,24 +188,13 @@ class _BlockSampler:
         return change
 
     def combine(self, raw_scale, shift, first: mx.array, length: int) -> tuple[mx.array, mx.array]:
-        config = self.block.config
+        steps = (first + 1 + mx.arange(length, dtype=mx.int32)).astype(mx.float32)
+        shift, scale, _ = guided_shift_scale(
+            self.block.config, self.cond, raw_scale, shift, steps, self.num_targets
+        )
         if not self.guided:
-            scale, _ = scale_and_log_scale(raw_scale, config.use_softplus)
             return shift, scale
-        weight = self.cond.guidance
-        if self.cond.annealed:  # w * (t + 1) / T, per target
-            steps = (first + 1 + mx.arange(length, dtype=mx.int32)).astype(mx.float32)
-            weight = (weight * steps / self.num_targets).reshape(1, -1, 1)
-        shift_c, shift_u = mx.split(shift, 2, axis=0)
-        if config.family == "tarflow":
-            raw_c, raw_u = mx.split(raw_scale, 2, axis=0)
-            guided_shift = guide_linear(shift_c, shift_u, weight)
-            scale, _ = scale_and_log_scale(guide_linear(raw_c, raw_u, weight), config.use_softplus)
-        else:
-            scale, _ = scale_and_log_scale(raw_scale, config.use_softplus)
-            scale_c, scale_u = mx.split(scale, 2, axis=0)
-            guided_shift, scale = guide_scale_shift(shift_c, scale_c, shift_u, scale_u, weight)
-        return mx.concatenate([guided_shift, guided_shift]), mx.concatenate([scale, scale])
+        return mx.concatenate([shift, shift]), mx.concatenate([scale, scale])
 
     def result(self) -> mx.array:
         """The sampled tokens; also releases the compiled steps, which refer back to this sampler
@@ -233,3 +257,27 @@ def sample_block_jacobi(
         bar.update(length)
     bar.close()
     return sampler.result(), iterations
+
+
+def invert_block(
+    block: FlowBlock, tokens: mx.array, cond: BlockConditions, rope: Rope | None
+) -> tuple[mx.array, mx.array]:
+    """The exact inverse of sampling one block under the same conditions and guidance:
+    data tokens (B, T, C') raster order -> (noise tokens (B, T, C'), log|det| (B,)).
+
+    Teacher forcing: each token's shift and scale depend only on the tokens before it,
+    which are all known here, so one parallel pass (both branches when guided, each
+    reading the same tokens, as in sampling) gives every token's affine map at once.
+    Without guidance this is the block's forward pass.
+    """
+    config = block.config
+    batch, length, _ = tokens.shape
+    permuted = block.permute(tokens.astype(mx.float32))
+    rows = mx.concatenate([permuted, permuted]) if cond.guidance > 0 else permuted
+    query_scale = attention_query_scale(config, cond, batch)
+    raw_scale, shift = block.predict(rows, cond.text, rope, cond.labels, query_scale)
+    offset = 0 if config.sos else 1  # token t is target t - offset, as in _BlockSampler
+    steps = (mx.arange(length, dtype=mx.int32) + 1 - offset).astype(mx.float32)
+    shift, scale, log_scale = guided_shift_scale(config, cond, raw_scale, shift, steps, length - offset)
+    noise = to_noise(permuted, shift, scale)
+    return block.permute(noise), -mx.sum(log_scale, axis=(1, 2))

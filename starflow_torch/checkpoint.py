@@ -26,6 +26,7 @@ from starflow_core.config import FlowConfig
 from starflow_core.io import atomic_path, read_safetensors_header
 from starflow_core.official.arguments import resolve_config
 from starflow_core.official.keys import check_weights, official_to_ours, split_deprecated
+from starflow_core.sources.pipeline_folder import flow_folder
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -157,7 +158,7 @@ def load_official(
 def load_pretrained(
     cls, folder: str | Path, dtype: torch.dtype | None = None, strict: bool = False, device: str = "cpu"
 ) -> nn.Module:
-    folder = Path(folder)
+    folder = flow_folder(folder)  # a pipeline folder: its transformer/
     config = FlowConfig.load(folder / CONFIG_NAME)
     if config.quantization is not None:
         raise ValueError(

@@ -120,11 +120,13 @@ class FlowBlock(nn.Module):
         text: torch.Tensor | None,
         rope: Rope | None,
         labels: torch.Tensor | None = None,
+        query_scale: torch.Tensor | None = None,
         recompute: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Permuted tokens (B, T, C') -> raw scale a and shift b for every token, same order.
 
-        Without sos, position 0 gets a = b = 0: the first token passes unchanged.
+        Without sos, position 0 gets a = b = 0: the first token passes unchanged. query_scale
+        (B, 1, 1, 1) scales the attention logits per row (attn_temp, see sampling.py).
         """
         h = self.embed(self.sequence_inputs(tokens), 0, labels)
         txt_len = 0
@@ -132,7 +134,7 @@ class FlowBlock(nn.Module):
             t = self.text_tokens(text)
             txt_len = t.shape[1]
             h = torch.cat([t, h], dim=1)
-        h = self.trunk(h, rope, recompute=recompute)[:, txt_len:]
+        h = self.trunk(h, rope, query_scale=query_scale, recompute=recompute)[:, txt_len:]
         raw_scale, shift = self.head(h)
         if not self.config.sos:  # output t predicts token t+1
             raw_scale = torch.cat([torch.zeros_like(raw_scale[:, :1]), raw_scale[:, :-1]], dim=1)
@@ -150,7 +152,7 @@ class FlowBlock(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens (B, T, C') in raster order -> (noise tokens (B, T, C') raster order, log-det (B,))."""
         permuted = self.permute(tokens)
-        raw_scale, shift = self.predict(permuted, text, rope, labels, recompute)
+        raw_scale, shift = self.predict(permuted, text, rope, labels, recompute=recompute)
         scale, log_scale = scale_and_log_scale(raw_scale, self.config.use_softplus)
         noise = to_noise(permuted, shift, scale).to(tokens.dtype)
         return self.permute(noise), -log_scale.sum(dim=(1, 2))

@@ -26,8 +26,6 @@ from starflow_core.generation.precision import Precision
 from starflow_core.generation.resources import physical_memory
 from starflow_core.sources.pipeline_folder import PipelineParts
 
-from .pipeline import StarFlowPipeline, auto_dtype
-
 
 def distributed_rank() -> tuple[int, int, int]:
     """(rank, world size, local rank) from the torchrun environment; (0, 1, 0) without it."""
@@ -83,9 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     rank, world_size, local_rank = distributed_rank()
 
     def precision(args: argparse.Namespace) -> Precision:
+        from .pipeline import auto_dtype  # diffusers and transformers: seconds, so not for --help
+
         return Precision(auto_dtype(args.dtype, choose_device(args.device, local_rank)))
 
-    def load_pipeline(parts: PipelineParts, args: argparse.Namespace) -> StarFlowPipeline:
+    def load_pipeline(parts: PipelineParts, args: argparse.Namespace):
+        from .pipeline import StarFlowPipeline
+
         device = choose_device(args.device, local_rank)
         check_dtype_on_device(args.dtype, device)
         return StarFlowPipeline.from_pretrained(

@@ -9,6 +9,7 @@ checkpoint names, so official weights load with no renaming.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,13 @@ from starflow_core.positions import rope_angles
 
 from . import checkpoint
 from .flow_block import FlowBlock, Rope
-from .sampling import BlockConditions, SamplingStats, sample_block_jacobi, sample_block_sequential
+from .sampling import (
+    BlockConditions,
+    SamplingStats,
+    invert_block,
+    sample_block_jacobi,
+    sample_block_sequential,
+)
 
 
 class StarFlow(nn.Module):
@@ -54,7 +61,8 @@ class StarFlow(nn.Module):
         device: str | torch.device = "cpu",
     ) -> StarFlow:
         """Load our format (config.json + model.safetensors) tensor by tensor, straight into
-        `dtype` on `device`; `strict` as in from_official."""
+        `dtype` on `device`; `strict` as in from_official. `folder` is a flow folder or a pipeline
+        folder (model_index.json; its transformer/ loads)."""
         return checkpoint.load_pretrained(cls, folder, dtype, strict, device)
 
     def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None) -> None:
@@ -208,13 +216,22 @@ class StarFlow(nn.Module):
         attn_temp: float = 1.0,
         progress: bool = False,
         stats: SamplingStats | None = None,
+        callback: Callable[[int, torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
         """noise (B, C, H, W) ~ N(0, I) -> sample (B, C, H, W).
 
         Guidance w > 0 applies in conditioned blocks (only the deep block when
         cond_top_only); text models need y_null (the encoded empty prompt), label
         models use the null label. jacobi=True samples chunks of block_size tokens in
-        parallel (sos models); `stats`, if given, receives the iteration counts.
+        parallel (sos models); `stats`, if given, receives the iteration counts;
+        `callback(block_index, x)`, if given, is called after each block with the state so far
+        (B, C, H, W), fp32 (blocks run from the last index down to 0; identity blocks are skipped).
+
+        The result is neither denoised nor clipped. Pixel models: data scaled to about [-1, 1]
+        plus the Gaussian noise (std noise_std) the model was trained on, so values past +-1
+        are normal (80 demo-model samples, seeds 0-7 at guidance 1: -1.44..2.00). Latent
+        models: VAE latents (times the VAE scaling factor). StarFlowPipeline denoises, decodes
+        and clips to [-1, 1] on the way to uint8 pixels.
         """
         self._check_input(noise)
         if jacobi and not self.config.sos:
@@ -244,7 +261,47 @@ class StarFlow(nn.Module):
             else:
                 tokens = sample_block_sequential(block, tokens, cond, rope, progress)
                 stats.steps += tokens.shape[1]
+            if callback is not None:
+                callback(i, self.unpatchify(tokens, H, W))
         return self.unpatchify(tokens, H, W).to(noise.dtype)
+
+    def invert(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        y_null: torch.Tensor | None = None,
+        guidance: float = 0.0,
+        *,
+        annealed_guidance: bool = False,
+        attn_temp: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The exact inverse of `sample` with the same conditions and guidance: data x (B, C, H, W)
+        -> (noise (B, C, H, W), log|det d noise / dx| (B,) in nats).
+
+        sample(invert(x)[0], ...) == x up to float error (sequential sampling; Jacobi to its
+        tolerance). One teacher-forced pass per block, blocks in forward order. With guidance 0
+        this is the forward pass (TARFlow: noise also divided by sqrt(var)), so
+        log N(noise; 0, I) + log|det| is the log-density of the guided sampler's output.
+        """
+        self._check_input(x)
+        B, _, H, W = x.shape
+        p = self.config.patch_size
+        tokens = self.patchify(x).float()
+        plain, guided = self._conditions(y, y_null, B, guidance, annealed_guidance, attn_temp)
+        logdet = torch.zeros(B, device=x.device, dtype=torch.float32)
+        for i, block in enumerate(self.blocks):  # the reverse of sample's order
+            if self.is_identity(i):
+                continue
+            cond = guided if (guided is not None and self._block_is_conditioned(block)) else plain
+            txt_len = cond.text.shape[1] if (block.has_text and cond.text is not None) else 0
+            rope = self.rope(i, H // p, W // p, txt_len, x.device)
+            tokens, block_logdet = invert_block(block, tokens, cond, rope)
+            logdet = logdet + block_logdet
+        if self.config.family == "tarflow":  # sample multiplies the noise by sqrt(var)
+            var = self.var.float()
+            tokens = tokens / var.sqrt()
+            logdet = logdet - 0.5 * var.log().sum()
+        return self.unpatchify(tokens, H, W).to(x.dtype), logdet
 
     def _block_is_conditioned(self, block: FlowBlock) -> bool:
         return block.has_text or block.has_class_embed

@@ -1,7 +1,8 @@
 """Prompt -> image with STARFlow in PyTorch: text encoding, flow sampling, denoising, VAE decoding.
 
     pipe = StarFlowPipeline.from_pretrained("starflow-3b-t2i-256", device="cuda")
-    images = pipe(["a film still of a cat playing piano"], seeds=[0, 1])  # PIL images
+    images = pipe(["a film still of a cat playing piano"], seeds=[0, 1])  # PIL images (a sequence)
+    images.seeds, images.save("outputs/")   # seeds (drawn when not given); files as the CLI writes
     result = pipe.generate(prompts, seeds=[0])   # raw arrays (numpy, NHWC) and settings
 
 The twin of starflow_mlx.pipeline: the steps, settings and sizes are framework-free
@@ -12,6 +13,7 @@ like the MLX twin's; the modules work on NCHW tensors.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,6 +53,8 @@ def auto_dtype(name: str, device: str | torch.device) -> str:
 
 
 class StarFlowPipeline(PipelineBase):
+    framework = "torch"
+
     def __init__(
         self,
         parts: PipelineParts,
@@ -177,6 +181,7 @@ class StarFlowPipeline(PipelineBase):
         y_null: torch.Tensor | None,
         settings: GenerationSettings,
         progress: bool,
+        callback: Callable[[int, torch.Tensor], None] | None = None,
     ) -> tuple[torch.Tensor, int]:
         stats = SamplingStats()
         latents = self.flow.sample(
@@ -190,6 +195,7 @@ class StarFlowPipeline(PipelineBase):
             max_iter=settings.max_iter,
             progress=progress,
             stats=stats,
+            callback=callback,
         ).float()
         return latents, stats.steps
 
@@ -197,13 +203,43 @@ class StarFlowPipeline(PipelineBase):
         """(B, C, H, W) tensor -> (B, H, W, C) float32 numpy, the layout both twins return."""
         return array.detach().float().permute(0, 2, 3, 1).cpu().numpy()
 
-    def denoise(self, latents: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    def denoise(
+        self, latents: torch.Tensor, y: torch.Tensor | None, noise_std: float | None = None
+    ) -> torch.Tensor:
         """One score (Tweedie) step per sample, one at a time to bound the backward pass's memory."""
         rows = [
-            self.flow.denoise(latents[i : i + 1], None if y is None else y[i : i + 1])
+            self.flow.denoise(latents[i : i + 1], None if y is None else y[i : i + 1], noise_std)
             for i in range(latents.shape[0])
         ]
         return torch.cat(rows)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) in [-1, 1] -> VAE latents (posterior mean); pixel models: the images."""
+        if self.vae is None:
+            return images
+        return self.vae.encode(images).float()
+
+    @torch.no_grad()
+    def invert_flow(
+        self,
+        latents: torch.Tensor,
+        y: torch.Tensor | None,
+        y_null: torch.Tensor | None,
+        settings: GenerationSettings,
+    ) -> torch.Tensor:
+        noise, _ = self.flow.invert(latents.float(), y, y_null, settings.guidance)
+        return noise.float()
+
+    @torch.no_grad()
+    def log_prob(self, latents: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        return self.flow.log_prob(latents.float(), y)
+
+    def from_numpy(self, array: np.ndarray) -> torch.Tensor:
+        """(B, H, W, C) float32 numpy -> (B, C, H, W) tensor on the pipeline's device."""
+        return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2), dtype=np.float32)).to(
+            self.device
+        )
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, use_decoder: bool = False) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .flow_block import FlowBlock, Rope
-from .flow_math import guide_linear, guide_scale_shift, scale_and_log_scale, to_data
+from .flow_math import guide_linear, guide_scale_shift, scale_and_log_scale, to_data, to_noise
 from .kv_cache import BlockCache
 
 PROGRESS_DELAY = 1.0  # seconds before a block's progress bar appears: fast blocks stay quiet
@@ -47,6 +47,53 @@ class BlockConditions:
     attn_temp: float
 
 
+def attention_query_scale(
+    config, cond: BlockConditions, batch: int, device: torch.device
+) -> torch.Tensor | None:
+    """Per-row factor (B', 1, 1, 1) on the attention queries for attn_temp != 1, else None.
+
+    Official STARFlow tempers every row; TARFlow only the null branch of a guided batch."""
+    if cond.attn_temp == 1.0:
+        return None
+    guided = cond.guidance > 0
+    rows = 2 * batch if guided else batch
+    first = batch if (config.family == "tarflow" and guided) else 0
+    scale = torch.ones(rows, 1, 1, 1, device=device)
+    scale[first:] = 1.0 / cond.attn_temp
+    return scale
+
+
+def guided_shift_scale(
+    config,
+    cond: BlockConditions,
+    raw_scale: torch.Tensor,
+    shift: torch.Tensor,
+    steps: torch.Tensor,
+    num_targets: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The affine map of each target token: (shift, scale, log scale), each (B, L, C').
+
+    Guided (raw_scale and shift hold 2B rows, conditional first): the guided Gaussian of
+    SPEC section 3, which both branches follow; B rows come back. `steps` (L,) are the
+    targets' 1-based numbers, for annealed guidance w * step / num_targets.
+    """
+    if cond.guidance <= 0:
+        scale, log_scale = scale_and_log_scale(raw_scale, config.use_softplus)
+        return shift, scale, log_scale
+    weight = cond.guidance
+    if cond.annealed:
+        weight = (weight * steps / num_targets).view(1, -1, 1)
+    shift_c, shift_u = shift.chunk(2)
+    if config.family == "tarflow":
+        raw_c, raw_u = raw_scale.chunk(2)
+        scale, log_scale = scale_and_log_scale(guide_linear(raw_c, raw_u, weight), config.use_softplus)
+        return guide_linear(shift_c, shift_u, weight), scale, log_scale
+    scale, _ = scale_and_log_scale(raw_scale, config.use_softplus)
+    scale_c, scale_u = scale.chunk(2)
+    guided_shift, guided_scale = guide_scale_shift(shift_c, scale_c, shift_u, scale_u, weight)
+    return guided_shift, guided_scale, torch.log(guided_scale)
+
+
 class _BlockSampler:
     """The state of inverting one block: the causal sequence, the noise and the KV cache.
 
@@ -72,12 +119,7 @@ class _BlockSampler:
             self.sequence = torch.cat([sos, self.z], dim=1)
         else:  # (B', T, C'); token 0 is copied from the noise
             self.sequence = self.z.clone()
-        self.query_scale = None
-        if cond.attn_temp != 1.0:  # official STARFlow: every row; TARFlow: the null branch only
-            scale = torch.ones(rows, 1, 1, 1, device=z.device)
-            first = self.batch if (config.family == "tarflow" and self.guided) else 0
-            scale[first:] = 1.0 / cond.attn_temp
-            self.query_scale = scale
+        self.query_scale = attention_query_scale(config, cond, self.batch, z.device)
         self.txt_len = cond.text.shape[1] if block.has_text else 0
         weight = block.proj_in.weight
         self.cache = BlockCache.empty(
@@ -121,25 +163,13 @@ class _BlockSampler:
         return change
 
     def combine(self, raw_scale, shift, first: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        config = self.block.config
+        steps = torch.arange(first + 1, first + length + 1, device=shift.device, dtype=torch.float32)
+        shift, scale, _ = guided_shift_scale(
+            self.block.config, self.cond, raw_scale, shift, steps, self.num_targets
+        )
         if not self.guided:
-            scale, _ = scale_and_log_scale(raw_scale, config.use_softplus)
             return shift, scale
-        weight = self.cond.guidance
-        if self.cond.annealed:  # w * (t + 1) / T, per target
-            steps = torch.arange(first + 1, first + length + 1, device=shift.device, dtype=torch.float32)
-            weight = (weight * steps / self.num_targets).view(1, -1, 1)
-        if config.family == "tarflow":
-            raw_c, raw_u = raw_scale.chunk(2)
-            shift_c, shift_u = shift.chunk(2)
-            guided_shift = guide_linear(shift_c, shift_u, weight)
-            scale, _ = scale_and_log_scale(guide_linear(raw_c, raw_u, weight), config.use_softplus)
-        else:
-            scale, _ = scale_and_log_scale(raw_scale, config.use_softplus)
-            scale_c, scale_u = scale.chunk(2)
-            shift_c, shift_u = shift.chunk(2)
-            guided_shift, scale = guide_scale_shift(shift_c, scale_c, shift_u, scale_u, weight)
-        return torch.cat([guided_shift, guided_shift]), torch.cat([scale, scale])
+        return torch.cat([shift, shift]), torch.cat([scale, scale])
 
     def result(self) -> torch.Tensor:
         tokens = self.sequence[: self.batch, 1:] if self.block.config.sos else self.sequence[: self.batch]
@@ -201,3 +231,27 @@ def sample_block_jacobi(
         bar.update(length)
     bar.close()
     return sampler.result(), iterations
+
+
+def invert_block(
+    block: FlowBlock, tokens: torch.Tensor, cond: BlockConditions, rope: Rope | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact inverse of sampling one block under the same conditions and guidance:
+    data tokens (B, T, C') raster order -> (noise tokens (B, T, C'), log|det| (B,)).
+
+    Teacher forcing: each token's shift and scale depend only on the tokens before it,
+    which are all known here, so one parallel pass (both branches when guided, each
+    reading the same tokens, as in sampling) gives every token's affine map at once.
+    Without guidance this is the block's forward pass. Differentiable (no no_grad).
+    """
+    config = block.config
+    batch, length, _ = tokens.shape
+    permuted = block.permute(tokens.float())
+    rows = torch.cat([permuted, permuted]) if cond.guidance > 0 else permuted
+    query_scale = attention_query_scale(config, cond, batch, tokens.device)
+    raw_scale, shift = block.predict(rows, cond.text, rope, cond.labels, query_scale)
+    offset = 0 if config.sos else 1  # token t is target t - offset, as in _BlockSampler
+    steps = torch.arange(1 - offset, length + 1 - offset, device=tokens.device, dtype=torch.float32)
+    shift, scale, log_scale = guided_shift_scale(config, cond, raw_scale, shift, steps, length - offset)
+    noise = to_noise(permuted, shift, scale)
+    return block.permute(noise), -log_scale.sum(dim=(1, 2))

@@ -158,8 +158,11 @@ USE_MLX = (
 @needs_openblas
 def test_importing_and_using_starflow_mlx_leaves_torch_unchanged() -> None:
     """Torch after `import starflow_mlx` and MLX work: bit-identical results, same speed."""
-    alone = run_python(TORCH_PROBE)
-    beside_mlx = run_python(USE_MLX + TORCH_PROBE)
+    # interleaved, fastest of three processes each: a loaded machine slows single runs by 5x
+    runs = [(run_python(TORCH_PROBE), run_python(USE_MLX + TORCH_PROBE)) for _ in range(3)]
+    alone = min((pair[0] for pair in runs), key=lambda probe: probe["seconds"])
+    beside_mlx = min((pair[1] for pair in runs), key=lambda probe: probe["seconds"])
+    assert len({probe["hash"] for pair in runs for probe in pair}) == 1
     switched = run_python("import starflow_mlx; starflow_mlx.use_system_blas()\n" + TORCH_PROBE)
     assert beside_mlx["hash"] == alone["hash"]
     # Timing noise on a shared 2-core machine is about 10%; the global switch made this 2.1x slower.

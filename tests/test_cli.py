@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from starflow_core.generation.images import GRID_GAP, LABEL_WIDTH_MAX
 from tests.helpers.tiny_pipeline import make_nan_pipeline, make_tiny_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +55,9 @@ def test_generate_metadata_and_reproducibility(folders, tmp_path):
     assert "2 image(s) in" in first.stdout and "peak memory" in first.stdout
     path = tmp_path / "a" / "cat_0001_seed4.png"
     text = Image.open(path).text
-    assert text["model"] == "tiny-t2i" and text["prompt"] == "a photo of a cat" and text["seed"] == "4"
+    # "model" is what loads the model again (here the folder); "model_name" its model_index name
+    assert text["model"] == str(folders["text"].resolve()) and text["model_name"] == "tiny-t2i"
+    assert text["prompt"] == "a photo of a cat" and text["seed"] == "4"
     assert text["cfg"] == "1.5" and text["sampler"].startswith("jacobi(block_size=4")
     assert int(text["steps"]) > 0 and text["version"].startswith("starflow-mlx")
     # --dtype auto is float32 on this CPU; no quantization
@@ -103,8 +106,11 @@ def test_grid_and_sizes(folders, tmp_path):
     assert result.returncode == 0, result.stderr
     image = Image.open(tmp_path / "grid.png")
     # two 22x12 images (16:9 of 16x16, multiples of 2), enlarged 6x for viewing (shorter side >= 64),
-    # one row per prompt and one column per seed
-    assert image.size == (6 * 22, 2 * 6 * 12)
+    # one row per prompt and one column per seed, GRID_GAP pixels between and around the cells, and
+    # a label strip on the left with each row's prompt
+    gap = GRID_GAP
+    strip = image.size[0] - (6 * 22 + 2 * gap)
+    assert image.size[1] == 2 * 6 * 12 + 3 * gap and 0 < strip <= LABEL_WIDTH_MAX + 2 * gap + 4
     assert json.loads(image.text["prompt"]) == ["a cat", "a dog"]
     assert image.text["sampler"] == "sequential" and image.text["cfg"] == "0"
 
@@ -147,7 +153,8 @@ def test_no_arguments_runs_the_embedded_demo_model(tmp_path):
     grid = tmp_path / "starflow.png"
     assert f"wrote {grid.name}" in result.stdout
     image = Image.open(grid)
-    assert image.size == (8 * 64, 10 * 64)  # 8x8 digits enlarged to 64 px: 8 seeds x 10 digits
+    # 8x8 digits enlarged to 64 px: 8 seeds x 10 digits, gaps between them, labels on the left
+    assert image.size[1] == 10 * 64 + 11 * GRID_GAP and image.size[0] > 8 * 64 + 9 * GRID_GAP
     prompts = json.loads(image.text["prompt"])
     assert len(prompts) == 80 and prompts[:8] == ["zero"] * 8 and prompts[-1] == "nine"
     assert "peak memory" in result.stdout

@@ -26,7 +26,8 @@ from starflow_core.version import package_version
 
 REPO = Path(__file__).resolve().parents[1]
 MLX_MODULES = [m for m in COMMANDS if m.startswith("starflow_mlx.")]
-TORCH_MODULES = [m for m in COMMANDS if m.startswith("starflow_torch.")]
+# the torch twin's commands and the framework-free ones (no MLX in their process)
+TORCH_MODULES = [m for m in COMMANDS if not m.startswith("starflow_mlx.")]
 # one default each command's --help must show (train's options have none: they are overrides)
 SHOWN_DEFAULTS = {
     "generate": ["(default: 4)", "(default: starflow.png)"],
@@ -34,6 +35,8 @@ SHOWN_DEFAULTS = {
     "memory_report": [],
     "train": [],
     "convert": [],
+    "info": [],
+    "score": [],
 }
 
 
@@ -110,8 +113,9 @@ def test_installed_names_are_the_command_table():
     expected = {name: f"{module}:main" for module, names in COMMANDS.items() for name in names}
     assert scripts == expected
     for module, names in COMMANDS.items():  # the first name says its framework and what it does
-        framework, command = module.split(".")
-        assert names[0] == f"starflow-{framework.split('_')[1]}-{command.replace('_', '-')}"
+        package, command = module.split(".")[0], module.rsplit(".", 1)[1]
+        framework = {"starflow_mlx": "mlx-", "starflow_torch": "torch-", "starflow_core": ""}[package]
+        assert names[0] == f"starflow-{framework}{command.replace('_', '-')}"
 
 
 def test_every_command_answers_version_with_its_name(outcomes):
@@ -129,7 +133,7 @@ def test_help_is_named_after_the_command_and_shows_defaults(outcomes):
         got = outcome(results, module, ["--help"])
         assert got["code"] == 0 and got["stdout"].startswith(f"usage: {COMMANDS[module][0]} "), module
         text = " ".join(got["stdout"].split())  # argparse wraps help text at any space
-        for shown in SHOWN_DEFAULTS[module.split(".")[1]]:
+        for shown in SHOWN_DEFAULTS[module.rsplit(".", 1)[1]]:
             assert shown in text, (module, shown)
     flow_help = " ".join(outcome(results, f"starflow_{twin}.convert", ["flow", "--help"])["stdout"].split())
     assert "--group-size {32,64,128} weights sharing one quantization scale (default: 64)" in flow_help

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 
 import mlx.core as mx
@@ -162,13 +163,36 @@ def test_truncated_safetensors_gives_a_clear_error(tmp_path):
             loader(tmp_path)
 
 
-def test_truncated_pth_gives_a_clear_error(tmp_path):
+@pytest.mark.parametrize("kept", [0.5, 0.99])
+@pytest.mark.parametrize("twin", [starflow_mlx, starflow_torch], ids=["mlx", "torch"])
+def test_truncated_pth_gives_a_clear_error(tmp_path, kept, twin):
+    """A ValueError that names the file and what is wrong with it (not zipfile.BadZipFile)."""
     data = (STARFLOW_TINY / "official.pth").read_bytes()
     path = tmp_path / "cut.pth"
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError):
-        starflow_torch.StarFlow.from_official(path, STARFLOW_TINY / "config.json")
-    with pytest.raises((ValueError, zipfile.BadZipFile)):
+    path.write_bytes(data[: int(len(data) * kept)])
+    with pytest.raises(
+        ValueError, match=rf"{re.escape(str(path))} is (a truncated or corrupt zip|not a readable)"
+    ):
+        twin.StarFlow.from_official(path, STARFLOW_TINY / "config.json")
+
+
+def test_corrupt_tensor_data_in_a_pth_gives_a_clear_error(tmp_path):
+    """The torch-free reader checks each record's CRC: damaged tensor bytes name the file and storage."""
+    path = tmp_path / "damaged.pth"
+    path.write_bytes((STARFLOW_TINY / "official.pth").read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        record = max(
+            (info for info in archive.infolist() if "/data/" in info.filename), key=lambda i: i.file_size
+        )
+        offset = (
+            record.header_offset + 30 + len(record.filename) + len(record.extra)
+        )  # local header: 30 bytes
+    with open(path, "r+b") as handle:
+        handle.seek(offset + record.file_size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: storage \S+ is corrupt .*re-download"):
         starflow_mlx.StarFlow.from_official(path, STARFLOW_TINY / "config.json")
 
 

@@ -5,7 +5,8 @@
   its scale, float32 Jacobian by finite-free autograd);
 - the KV-cached sampler equals a reference loop that re-runs the whole causal
   sequence without a cache for every token (1e-5: same kernels, different shapes),
-  also with grouped key/value heads (the cache then holds only the shared heads).
+  also with grouped key/value heads (the cache then holds only the shared heads);
+- the score step of an identity flow is exactly (1 - sigma^2) x.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from conftest import max_relative_error, to_nchw, to_nhwc
 from helpers.twins import random_inputs, twin_models
 
 from starflow_core.config import FlowConfig
+from starflow_mlx import StarFlow as MlxStarFlow
+from starflow_torch import StarFlow as TorchStarFlow
 
 TEXT_CONFIG = FlowConfig(
     in_channels=2,
@@ -171,3 +174,29 @@ def test_denoise_moves_along_the_score(tmp_path):
     np.testing.assert_allclose(den_m, den_t, atol=1e-4)
     # for a standard normal prior and a near-identity flow the score is about -x
     assert np.corrcoef((den_t - x).ravel(), -x.ravel())[0, 1] > 0.5
+
+
+@pytest.mark.parametrize("use_softplus", [True, False], ids=["softplus", "exp"])
+def test_denoise_of_an_identity_flow_is_exactly_one_minus_sigma_squared_x(use_softplus, tmp_path):
+    """proj_out zero (weight and bias): z = x and log p(x) = log N(x; 0, I), so the score is -x and
+    Tweedie's step x + sigma^2 * score is (1 - sigma^2) x (SPEC section 3). The scale is exactly 1
+    (softplus(0 + 0.5413...) and exp(0) round to 1.0 in float32), so both twins compute
+    x + sigma^2 * (-x) bit for bit; it differs from (1 - sigma^2) * x by float32 rounding only."""
+    config = TEXT_CONFIG.replace(use_softplus=use_softplus, noise_std=0.3)
+    torch.manual_seed(0)
+    torch_model = TorchStarFlow(config).eval()
+    with torch.no_grad():
+        for block in torch_model.blocks:
+            if hasattr(block, "proj_out"):
+                block.proj_out.bias.zero_()  # the weight is zero-initialised
+    torch_model.save_pretrained(tmp_path)
+    mlx_model = MlxStarFlow.from_pretrained(tmp_path)
+    x, y = random_inputs(config, 2, 4, 6)  # a non-square grid
+    sigma = np.float32(0.3)
+    for denoised in (
+        torch_model.denoise(torch.from_numpy(x), torch.from_numpy(y)).numpy(),
+        to_nchw(mlx_model.denoise(to_nhwc(x), mx.array(y))),
+    ):
+        np.testing.assert_array_equal(denoised, x + sigma**2 * -x)
+        # 1 - sigma^2 rounded first: at most one float32 step apart (|x| < 4, spacing 2.4e-7 there)
+        np.testing.assert_allclose(denoised, (1 - sigma**2) * x, rtol=0, atol=2.4e-7)

@@ -24,6 +24,8 @@ from starflow_core.presets import preset
 from starflow_core.training.config import load_run_config
 from starflow_mlx.model import StarFlow
 from starflow_mlx.training import train
+from starflow_mlx.training.objective import FlowObjective
+from starflow_torch.training.objective import FlowObjective as TorchFlowObjective
 
 TINY = preset("digits").replace(channels=64, layers_per_block=(1, 1, 1, 1))
 RUN_FILE = Path(__file__).resolve().parents[1] / "examples" / "digits_run.yaml"
@@ -44,32 +46,38 @@ def max_relative_error(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))
 
 
-@pytest.mark.parametrize("config", [TINY, TINY_VARIANT], ids=["digits", "variant"])
-def test_loss_and_gradients_match_torch(config, tmp_path):
-    # proj_out and the norms perturbed: with proj_out at its zero init no gradient reaches the layers
+@pytest.mark.parametrize(
+    ("config", "latent_norm_reg"),
+    [(TINY, 0.0), (TINY, 1e-2), (TINY_VARIANT, 0.0)],
+    ids=["digits", "digits-latent-norm-reg", "variant"],
+)
+def test_loss_and_gradients_match_torch(config, latent_norm_reg, tmp_path):
+    """The trainers' objectives (starflow_{mlx,torch}.training.objective) on one batch; measured 9e-7.
+
+    proj_out starts at zero, which makes every block the identity and the gradient of every
+    tensor before it exactly zero in both twins (66 of 74): perturbed here (with the norms), so
+    every gradient is non-zero and the comparison covers them all."""
     torch_model = random_torch_model(config, seed=0)
     torch_model.save_pretrained(tmp_path)
+    torch_model.train()
     model = StarFlow.from_pretrained(tmp_path)
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (4, 1, 8, 8)).astype(np.float32)  # (B, C, H, W)
     y = np.array([0, 3, -1, 9])
 
-    torch_loss = torch_model.loss(torch.from_numpy(x), torch.from_numpy(y))
+    torch_loss, _ = TorchFlowObjective(torch_model, latent_norm_reg)(torch.from_numpy(x), torch.from_numpy(y))
     torch_loss.backward()
-    loss_and_gradients = nn.value_and_grad(model, lambda m, images, labels: m.loss(images, labels))
-    loss, grads = loss_and_gradients(model, mx.array(x.transpose(0, 2, 3, 1)), mx.array(y, dtype=mx.int32))
+    loss_and_grad = nn.value_and_grad(model, FlowObjective(latent_norm_reg))
+    (loss, _), grads = loss_and_grad(model, mx.array(x.transpose(0, 2, 3, 1)), mx.array(y, dtype=mx.int32))
 
     assert abs(loss.item() - torch_loss.item()) <= 1e-4 * abs(torch_loss.item())
     torch_grads = {name: p.grad for name, p in torch_model.named_parameters()}
     mlx_grads = dict(tree_flatten(grads))
     assert set(mlx_grads) == set(torch_grads)
+    zero = [name for name, grad in torch_grads.items() if grad is None or not grad.abs().max() > 0]
+    assert not zero, f"gradients that are exactly zero, so the comparison checks nothing there: {zero}"
     for name, grad in mlx_grads.items():
-        want = torch_grads[name]
-        want = np.zeros(grad.shape, np.float32) if want is None else want.numpy()
-        if not np.abs(want).any():
-            np.testing.assert_allclose(np.array(grad), want, atol=1e-7, err_msg=name)
-            continue
-        assert max_relative_error(np.array(grad), want) < 1e-4, name
+        assert max_relative_error(np.array(grad), torch_grads[name].numpy()) < 1e-4, name
 
 
 def test_the_digits_run_file_reduces_the_loss(tmp_path):

@@ -5,6 +5,7 @@ checkpoint layout; exact resume; weights that load in torch; clear errors.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -104,6 +105,73 @@ def test_resume_continues_exactly(tmp_path):
         a, b = weights(straight.checkpoint / name), weights(second.checkpoint / name)
         assert all(np.array_equal(a[k], b[k]) for k in a), name
     assert second.progress.step == 4 and second.progress.micro_step == 8
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """The MLX trainer commits checkpoints like the torch one: a save that fails midway (here the
+    training state, written after the weights) leaves the previous checkpoint, `latest` and no
+    leftovers, and the run still resumes from it."""
+    data = make_class_folder(tmp_path / "images")
+    out = tmp_path / "run"
+    settings = dict(data=str(data), steps=4, save_every=1)
+    train(run_config(TARFLOW_TINY, out, **settings), stop_at_step=1)
+    before = weights(out / "checkpoints/step_00000001")
+    real_save = mx.save_safetensors
+
+    def disk_full(path, *args, **kwargs):
+        if Path(path).name == "training_state.safetensors":
+            raise OSError("No space left on device")
+        return real_save(path, *args, **kwargs)
+
+    monkeypatch.setattr(mx, "save_safetensors", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        train(run_config(TARFLOW_TINY, out, **settings), resume=out)
+    monkeypatch.undo()
+    checkpoints = out / "checkpoints"
+    assert (checkpoints / "latest").read_text().strip() == "step_00000001"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step_00000001"]  # no leftovers
+    after = weights(checkpoints / "step_00000001")
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    assert train(run_config(TARFLOW_TINY, out, **settings), resume=out).progress.step == 4
+
+
+def test_command_line_training_is_exact_on_openblas_with_two_threads(tmp_path):
+    """What "exact" means for the MLX trainer: on one machine with one BLAS, a run stopped and
+    resumed gives the losses, gradient norms and weights of an uninterrupted run, bit for bit.
+    The suite's other MLX tests run on MLX's bundled single-threaded BLAS; this one runs the
+    command line as users do (the system OpenBLAS on Linux, command_setup) with 2 threads, on
+    products large enough for OpenBLAS to split them (128 rows x 64 x 192: over its 262144
+    multiply-add threshold for one thread)."""
+    data = make_class_folder(tmp_path / "images", per_class=8)
+    model = dict(TARFLOW_TINY, channels=64, head_dim=32)
+    settings = overrides(
+        model, data=str(data), steps=6, batch_size=8, grad_accum=2, drop_label=0.3, ema_decay=0.9
+    )
+    environment = {**os.environ, "OPENBLAS_NUM_THREADS": "2"}
+
+    def command(out: Path, *extra: str) -> None:
+        arguments = [arg for item in [*settings, f"train.out_dir={out}"] for arg in ("--set", item)]
+        completed = subprocess.run(
+            [sys.executable, "-m", "starflow_mlx.train", *arguments, *extra],
+            cwd=REPO,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert completed.returncode == 0, completed.stderr[-3000:]
+
+    command(tmp_path / "straight")
+    command(tmp_path / "split", "--stop-at-step", "3")
+    command(tmp_path / "split", "--resume", str(tmp_path / "split"))
+    straight, split = read_log(tmp_path / "straight"), read_log(tmp_path / "split")
+    assert [r["step"] for r in split] == [r["step"] for r in straight] == list(range(1, 7))
+    for key in ("loss", "grad_norm"):
+        assert [r[key] for r in split] == [r[key] for r in straight], key
+    last = "checkpoints/step_00000006"
+    for name in ("", "ema"):
+        a, b = weights(tmp_path / "straight" / last / name), weights(tmp_path / "split" / last / name)
+        assert all(np.array_equal(a[k], b[k]) for k in a), name
 
 
 def test_captioned_folder_with_the_t5_encoder(tmp_path):

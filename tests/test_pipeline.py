@@ -8,6 +8,8 @@ quantisation to uint8 (a value can sit on a rounding boundary).
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import pytest
 
@@ -84,6 +86,28 @@ def test_seed_alone_determines_the_image(twins):
     np.testing.assert_array_equal(noise, np.random.default_rng(5).standard_normal((4, 8, 8), np.float32))
 
 
+@pytest.mark.parametrize("twin", [0, 1], ids=["mlx", "torch"])
+def test_the_flow_starts_from_numpys_normal_noise_per_seed(twins, twin, monkeypatch):
+    """Both twins draw their noise through shared code, so twin parity cannot see a mistake there:
+    compare what reaches the flow with numpy's generator directly (bit for bit), non-square."""
+    pipe = twins["text"][twin]
+    received = []
+    sample_flow = type(pipe).sample_flow
+
+    def spy(self, noise, *args, **kwargs):
+        received.append(noise.numpy() if hasattr(noise, "detach") else np.array(noise))  # torch or MLX
+        return sample_flow(self, noise, *args, **kwargs)
+
+    monkeypatch.setattr(type(pipe), "sample_flow", spy)
+    pipe.generate(PROMPTS, seeds=SEEDS, height=16, width=24, guidance=0.0)
+    noise = received[0] if twin == 1 else received[0].transpose(0, 3, 1, 2)  # MLX is NHWC
+    channels, height, width = 4, 16 // 2, 24 // 2  # the tiny VAE downsamples by 2
+    want = [
+        np.random.default_rng(seed).standard_normal((channels, height, width), np.float32) for seed in SEEDS
+    ]
+    np.testing.assert_array_equal(noise, np.stack(want))
+
+
 def test_label_pixel_model_twins_agree(twins):
     mlx_pipe, torch_pipe = twins["labels"]
     prompts = ["cat", "2", "Dog"]  # class names (any case) or indices
@@ -110,11 +134,30 @@ def test_denoising_modes(folders, twins):
     np.testing.assert_allclose(decoded.images, plain.images, atol=1e-6)
 
 
-def test_call_returns_pil_images_and_frees_t5(twins):
-    pipe = twins["text"][0]
-    images = pipe(PROMPTS, seeds=SEEDS, guidance=0.0)
+@pytest.mark.parametrize("twin", [0, 1], ids=["mlx", "torch"])
+def test_call_returns_pil_images_and_frees_t5_before_sampling(twins, twin, monkeypatch):
+    """The T5 that the pipeline loads for a call is gone when the flow starts sampling: its
+    weights were dropped (unload) and nothing holds the module any more (a weak reference dies)."""
+    pipe = twins["text"][twin]
+    hub = (mlx_pipeline if twin == 0 else torch_pipeline).hub
+    loaded, seen_at_sampling = [], []
+    load_text_encoder, sample_flow = hub.load_text_encoder, type(pipe).sample_flow
+
+    def load_spy(*args, **kwargs):
+        encoder = load_text_encoder(*args, **kwargs)
+        loaded.append((encoder, weakref.ref(encoder.model)))  # the wrapper is kept here on purpose
+        return encoder
+
+    def sample_spy(self, *args, **kwargs):
+        seen_at_sampling.extend((encoder.model, t5()) for encoder, t5 in loaded)
+        return sample_flow(self, *args, **kwargs)
+
+    monkeypatch.setattr(hub, "load_text_encoder", load_spy)
+    monkeypatch.setattr(type(pipe), "sample_flow", sample_spy)
+    images = pipe(PROMPTS, seeds=SEEDS, guidance=1.5)
     assert [image.size for image in images] == [(16, 16), (16, 16)]
-    assert pipe.text_encoder is None  # loaded for the call, freed before sampling
+    assert len(loaded) == 1  # one T5 per call, for the prompts and the empty prompt
+    assert seen_at_sampling == [(None, None)]
 
 
 def test_bad_sizes_are_refused(twins):

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import secrets
 import sys
 import time
 import warnings
@@ -19,15 +17,27 @@ from pathlib import Path
 from typing import Any
 
 from starflow_core.command_line import EXIT_USAGE, command_parser, run_command
-from starflow_core.generation.images import enlarge_for_viewing, make_grid, save_png
+from starflow_core.generation.edit_cli import (
+    add_edit_arguments,
+    check_edit_flags,
+    edit_arguments,
+    planned_edit_size,
+)
 from starflow_core.generation.inputs import (
     aspect_ratio_size,
     check_size,
+    draw_seeds,
     parse_aspect_ratio,
     rank_share,
     snap_size,
 )
-from starflow_core.generation.outputs import check_output_writable, grid_path, image_path, output_directory
+from starflow_core.generation.output_cli import (
+    add_output_arguments,
+    announce,
+    fill_from_metadata,
+    stepwise_writer,
+)
+from starflow_core.generation.outputs import check_output_writable, output_directory
 from starflow_core.generation.precision import DTYPE_CHOICES, QUANTIZE_BITS, TEXT_QUANTIZE_BITS, Precision
 from starflow_core.generation.resource_check import (
     ModelSizes,
@@ -43,6 +53,7 @@ from starflow_core.generation.validation import (
     check_image_count,
     check_size_limit,
 )
+from starflow_core.generation.writer import ImageWriter
 from starflow_core.sources import PipelineParts, resolve
 from starflow_core.sources.releases import DEMO_FOLDER
 from starflow_core.staging import removing_new_empty_folders
@@ -123,8 +134,14 @@ def build_parser(module: str, description: str, torch: bool = False) -> argparse
         help="run even if the memory or disk estimate says this machine cannot hold it",
     )
     parser.add_argument(
-        "-o", "--output", type=Path, default=Path("starflow.png"), help="PNG file or directory"
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("starflow.png"),
+        help="image file (its suffix .png, .jpg, .jpeg or .webp picks the format) or folder (a name "
+        "without a suffix); an existing file is kept and the new one named <stem>_1, _2, ...",
     )
+    add_output_arguments(parser)
     parser.add_argument("--grid", action="store_true", help="write one grid image instead of one per image")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument(
@@ -138,6 +155,7 @@ def build_parser(module: str, description: str, torch: bool = False) -> argparse
         action="store_true",
         help=f"allow sides beyond {MAX_SIDE_FACTOR}x the model's training size",
     )
+    add_edit_arguments(parser)
     return parser
 
 
@@ -171,8 +189,11 @@ def read_seeds(args: argparse.Namespace) -> list[int]:
         if args.n_images not in (None, len(args.seed)):
             raise ValueError(f"--n-images {args.n_images} disagrees with the {len(args.seed)} seeds given")
         return list(args.seed)
-    first = args.seed[0] if args.seed else secrets.randbelow(2**31)
-    return [first + i for i in range(args.n_images or 1)]
+    first = args.seed[0] if args.seed else draw_seeds(1)[0]
+    seeds = [first + i for i in range(args.n_images or 1)]
+    if not args.seed:  # say which, so an image worth keeping can be made again
+        print(f"seed(s) drawn at random: {' '.join(map(str, seeds))} (--seed {first} repeats them)")
+    return seeds
 
 
 def image_size(args: argparse.Namespace, parts: PipelineParts) -> tuple[int, int]:
@@ -223,6 +244,8 @@ def run_shape(args: argparse.Namespace, sizes: ModelSizes, jobs: int) -> RunShap
     config, factor = sizes.config, sizes.vae_downsample
     side = config.img_size * factor
     height, width = (args.height or side, args.width or side) if args.height or args.width else (side, side)
+    planned = planned_edit_size(args, factor * config.patch_size)  # an edit runs at its image's size
+    height, width = planned or (height, width)
     check_size_limit(height, width, side, args.no_size_limit)  # the clearer error comes first
     merged = sizes.sampling.merged(guidance=args.cfg, jacobi=args.jacobi, block_size=args.jacobi_block_size)
     return RunShape(
@@ -253,6 +276,8 @@ def check_resources(args: argparse.Namespace, backend: Backend, sizes: ModelSize
 
 # ----- the run -----------------------------------------------------------------------------
 def run(args: argparse.Namespace, backend: Backend) -> int:
+    fill_from_metadata(args)
+    check_edit_flags(args)
     if args.model is None:
         if not (DEMO_FOLDER / "model_index.json").is_file():
             raise FileNotFoundError(
@@ -272,30 +297,46 @@ def run(args: argparse.Namespace, backend: Backend) -> int:
 
 
 def generate(args: argparse.Namespace, backend: Backend) -> int:
-    check_output_writable(output_directory(args.output))
+    writer = ImageWriter(
+        args.output,
+        total=0,
+        overwrite=args.overwrite,
+        sidecar=args.metadata,
+        rank=backend.rank,
+        world_size=backend.world_size,
+    )
+    writer.check()
+    if args.stepwise_output_dir is not None:
+        check_output_writable(args.stepwise_output_dir)
     sizes = model_sizes(args.model)
     if sizes is not None:  # a release or a local folder: checked before anything is downloaded
         check_resources(args, backend, sizes, planned_jobs(args))
+    if backend.world_size > 1 and not args.seed:  # the ranks must share one list of jobs
+        raise ValueError("give --seed under torchrun: each rank would draw its own random seeds")
     parts = resolve(args.model, dtype=backend.precision(args).dtype, strict=args.strict)
     prompts, seeds = read_prompts(args, parts), read_seeds(args)
     check_image_count(len(prompts), len(seeds), args.max_images)
-    height, width = image_size(args, parts)
+    edit = edit_arguments(args, parts) if args.image is not None else None  # image-to-image / inpainting
+    height, width = edit.size if edit else image_size(args, parts)
     jobs = [(p, s) for p in prompts for s in seeds]  # every prompt with every seed
+    writer.total = len(jobs)
     mine = rank_share(jobs, backend.rank, backend.world_size)
     if sizes is None:  # a Hub repo: its sizes are known now, before the weights load
         check_resources(args, backend, parts_sizes(parts), len(mine))
     start = time.perf_counter()
     pipe = backend.load(parts, args)
     distinct = list(dict.fromkeys(jobs[i][0] for i in mine))
+    if edit and args.source_prompt is not None:  # the inversion's condition, encoded with the rest
+        distinct.append(args.source_prompt)
     if len(distinct) <= PRECOMPUTED_PROMPTS:  # T5 loaded once and freed before the flow loads
         pipe.encode_prompts(distinct)
-    written, grid_images, grid_meta = [], [], []
-    try:  # each PNG is written atomically as its batch is done; Ctrl-C keeps the complete ones
+    try:  # each image is written atomically as its batch is done; Ctrl-C keeps the complete ones
         for first in range(0, len(mine), args.batch_size):
             indices = mine[first : first + args.batch_size]
+            batch_seeds = [jobs[i][1] for i in indices]
             result = pipe.generate(
                 [jobs[i][0] for i in indices],
-                seeds=[jobs[i][1] for i in indices],
+                seeds=batch_seeds,
                 guidance=args.cfg,
                 jacobi=args.jacobi,
                 block_size=args.jacobi_block_size,
@@ -305,31 +346,26 @@ def generate(args: argparse.Namespace, backend: Backend) -> int:
                 width=width,
                 denoise=not args.no_denoise,
                 progress=not args.quiet,
+                callback=stepwise_writer(args.stepwise_output_dir, pipe, indices, batch_seeds),
+                **(edit.kwargs if edit else {}),
             )
+            if edit:
+                result.edit.update(edit.metadata)
             for row, (index, pixels) in enumerate(zip(indices, result.uint8(), strict=True)):
                 if args.grid:
-                    grid_images.append(enlarge_for_viewing(pixels))
-                    grid_meta.append(result.metadata(row))
+                    writer.add_to_grid(pixels, result.parameters(row))
                     continue
-                path = image_path(args.output, index, jobs[index][1], len(jobs))
-                save_png(path, enlarge_for_viewing(pixels), result.metadata(row))
-                written.append(path)
+                announce(writer, writer.write_image(index, pixels, result.parameters(row)))
     except KeyboardInterrupt:
-        done = (
-            f"{len(written)} complete image(s) were written before it" if written else "no image was written"
-        )
+        images = [path for path in writer.written if path.suffix != ".json"]  # not the sidecars
+        done = f"{len(images)} complete image(s) were written before it" if images else "no image was written"
         raise KeyboardInterrupt(done) from None
-    if args.grid and grid_images:
-        path = grid_path(args.output, backend.rank, backend.world_size)
-        meta = dict(grid_meta[0])
-        meta["prompt"] = json.dumps([m["prompt"] for m in grid_meta])
-        meta["seed"] = json.dumps([int(m["seed"]) for m in grid_meta])
-        cols = len(seeds) if len(prompts) > 1 and len(grid_images) == len(jobs) else None
-        save_png(path, make_grid(grid_images, cols), meta)
-        written.append(path)
+    if args.grid:
+        columns = len(seeds) if len(prompts) > 1 and len(mine) == len(jobs) else None
+        path = writer.write_grid(columns)
+        if path is not None:
+            announce(writer, path)
     elapsed = time.perf_counter() - start
-    for path in written:
-        print(f"wrote {path}")
     peak = backend.peak_memory()
     memory = ""
     if peak:

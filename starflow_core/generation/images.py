@@ -1,7 +1,9 @@
-"""Pixels out: [-1, 1] floats to uint8, grids, PNG files with their generation parameters."""
+"""Pixels out: [-1, 1] floats to uint8, grids, image files (PNG, JPEG, WebP) with their generation
+parameters, and those parameters read back."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,21 +41,100 @@ def png_metadata(values: dict[str, Any]):
     return info
 
 
-def make_grid(images: Sequence[np.ndarray], cols: int | None = None) -> np.ndarray:
-    """uint8 (H, W, 3) images of one size -> one grid (near-square unless cols), black padding."""
+GRID_GAP = 4  # pixels between cells and around the grid, so neighbouring images never run together
+GRID_BACKGROUND = (128, 128, 128)  # mid grey: visible against dark and light images alike
+LABEL_WIDTH_MAX = 160  # pixels; longer row labels are cut with "..."
+
+
+def make_grid(
+    images: Sequence[np.ndarray],
+    cols: int | None = None,
+    labels: Sequence[str] | None = None,
+    gap: int = GRID_GAP,
+) -> np.ndarray:
+    """uint8 (H, W, 3) images of one size -> one grid (near-square unless cols) with `gap` grey
+    pixels between and around the cells; `labels` (one per row) are written in a strip on
+    the left, e.g. each row's prompt."""
     count = len(images)
     cols = cols or int(np.ceil(np.sqrt(count)))
     rows = int(np.ceil(count / cols))
+    if labels is not None and len(labels) != rows:
+        raise ValueError(f"{len(labels)} row labels for a grid of {rows} rows")
     height, width, channels = images[0].shape
-    grid = np.zeros((rows * height, cols * width, channels), dtype=np.uint8)
+    strip = _label_strip(labels, height, gap) if labels else None
+    left = strip.shape[1] if strip is not None else 0
+    grid = np.empty((rows * (height + gap) + gap, left + cols * (width + gap) + gap, channels), np.uint8)
+    grid[...] = np.array(GRID_BACKGROUND[:channels], dtype=np.uint8)
+    if strip is not None:
+        grid[:, :left] = strip[..., :channels]
     for i, image in enumerate(images):
         r, c = divmod(i, cols)
-        grid[r * height : (r + 1) * height, c * width : (c + 1) * width] = image
+        top, start = gap + r * (height + gap), left + gap + c * (width + gap)
+        grid[top : top + height, start : start + width] = image
     return grid
 
 
+def _label_strip(labels: Sequence[str], cell_height: int, gap: int) -> np.ndarray:
+    """A white strip (rows * (cell_height + gap) + gap high) with one label centred beside each row."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=max(10, min(16, cell_height // 4)))
+    texts = [_fit(str(label), font, LABEL_WIDTH_MAX) for label in labels]
+    width = min(LABEL_WIDTH_MAX, max(int(font.getlength(text)) for text in texts)) + 2 * gap + 4
+    height = len(labels) * (cell_height + gap) + gap
+    strip = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for row, text in enumerate(texts):
+        middle = gap + row * (cell_height + gap) + cell_height // 2
+        draw.text((gap + 2, middle), text, fill=(0, 0, 0), font=font, anchor="lm")
+    return np.asarray(strip)
+
+
+def _fit(text: str, font, width: int) -> str:
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "...") > width:
+        text = text[:-1]
+    return text + "..."
+
+
 def save_png(path: Path, pixels: np.ndarray, metadata: dict[str, str]) -> None:
+    with atomic_path(path) as tmp:
+        encode_image(tmp, pixels, metadata, "PNG")
+
+
+EXIF_IMAGE_DESCRIPTION = 0x010E  # where JPEG and WebP files carry the metadata (as JSON)
+
+
+def encode_image(path: Path, pixels: np.ndarray, metadata: dict[str, str], image_format: str) -> None:
+    """Write uint8 pixels as PNG (one tEXt chunk per metadata entry), JPEG or WebP (quality 95;
+    the entries as one JSON object in the EXIF image description, ASCII-escaped)."""
     from PIL import Image
 
-    with atomic_path(path) as tmp:
-        Image.fromarray(pixels).save(tmp, format="PNG", pnginfo=png_metadata(metadata))
+    image = Image.fromarray(pixels)
+    if image_format == "PNG":
+        image.save(path, format="PNG", pnginfo=png_metadata(metadata))
+        return
+    exif = Image.Exif()
+    exif[EXIF_IMAGE_DESCRIPTION] = json.dumps(metadata, ensure_ascii=True)
+    image.save(path, format=image_format, quality=95, exif=exif)
+
+
+def read_image_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata entries of an image written by `encode_image` ({} when it has none)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            if image.format == "PNG":
+                return dict(getattr(image, "text", {}) or {})
+            description = image.getexif().get(EXIF_IMAGE_DESCRIPTION)
+    except UnidentifiedImageError:
+        raise ValueError(f"{path} is not an image PIL can read (PNG, JPEG or WebP)") from None
+    if not description:
+        return {}
+    try:
+        values = json.loads(description)
+    except json.JSONDecodeError:
+        return {}
+    return {str(key): str(value) for key, value in values.items()} if isinstance(values, dict) else {}

@@ -7,6 +7,7 @@ MLX and PyTorch whatever else is in the batch.
 from __future__ import annotations
 
 import math
+import secrets
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -23,6 +24,11 @@ def make_noise(seeds: Sequence[int], channels: int, height: int, width: int) -> 
             raise ValueError(f"seeds must be >= 0, got {seed}")
         rows.append(np.random.default_rng(int(seed)).standard_normal((channels, height, width), np.float32))
     return np.stack(rows)  # (B, C, H, W)
+
+
+def draw_seeds(count: int) -> list[int]:
+    """`count` seeds drawn at random (from the OS), in [0, 2^31): what runs without --seed use."""
+    return [secrets.randbelow(2**31) for _ in range(count)]
 
 
 # ----- sizes --------------------------------------------------------------------------

@@ -7,25 +7,38 @@ the steps. Each twin's pipeline subclasses `PipelineBase` and supplies the array
     score step x + sigma^2 grad log p(x|y), or a decoder fine-tuned on noisy latents
     VAE decode                                  -> images in [-1, 1]
 
+With `image=` (and `mask_image=`) the same steps edit an image: image-to-image and
+inpainting through the flow's exact inverse (starflow_core.generation.editing). `score`
+gives the exact log-likelihood of images.
+
 Arrays crossing this layer are the twin's own (mx.array / torch.Tensor); what comes back
 to the caller is numpy, NHWC, the same in both twins (`Generation`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from starflow_core.config import FlowConfig
-from starflow_core.generation.inputs import batch_prompts_and_seeds, check_size, make_noise, prompts_to_labels
+from starflow_core.generation import editing
+from starflow_core.generation.inputs import (
+    batch_prompts_and_seeds,
+    check_size,
+    draw_seeds,
+    make_noise,
+    prompts_to_labels,
+)
 from starflow_core.generation.precision import Precision
-from starflow_core.generation.result import Generation
+from starflow_core.generation.result import GeneratedImages, Generation
+from starflow_core.generation.scoring import score_images
 from starflow_core.generation.settings import GenerationSettings, check_finite
 from starflow_core.sources.pipeline_folder import PipelineParts
 
 Array = Any  # the twin's array type: mx.array (NHWC) or torch.Tensor (NCHW)
+BlockCallback = Callable[[int, np.ndarray], None]  # (block index, state after it: float32 NHWC)
 
 
 class PipelineBase:
@@ -34,6 +47,7 @@ class PipelineBase:
     text is encoded, the VAE at decoding) and `text_encoder` (None where absent) and implement
     the array methods below."""
 
+    framework: str  # "mlx" | "torch", recorded in image metadata
     parts: PipelineParts
     flow_config: FlowConfig
     precision: Precision
@@ -77,12 +91,34 @@ class PipelineBase:
         y_null: Array | None,
         settings: GenerationSettings,
         progress: bool,
+        callback: Callable[[int, Array], None] | None = None,
     ) -> tuple[Array, int]:
-        """Invert the flow; returns the samples (fp32) and the number of network evaluations."""
+        """Invert the flow; returns the samples (fp32) and the number of network evaluations.
+        `callback(block_index, state)` is passed on to StarFlow.sample."""
         raise NotImplementedError
 
-    def denoise(self, latents: Array, y: Array | None) -> Array:
-        """One score (Tweedie) step, x + sigma^2 grad_x log p(x | y) (SPEC section 3)."""
+    def denoise(self, latents: Array, y: Array | None, noise_std: float | None = None) -> Array:
+        """One score (Tweedie) step, x + sigma^2 grad_x log p(x | y) (SPEC section 3); sigma is
+        noise_std, by default the model's training noise."""
+        raise NotImplementedError
+
+    def encode(self, images: Array) -> Array:
+        """Images in [-1, 1] -> the flow's data: VAE latents (posterior mean x scaling factor), or
+        the images themselves for pixel models."""
+        raise NotImplementedError
+
+    def invert_flow(
+        self, latents: Array, y: Array | None, y_null: Array | None, settings: GenerationSettings
+    ) -> Array:
+        """The exact inverse of `sample_flow` under the same conditions and guidance (fp32)."""
+        raise NotImplementedError
+
+    def log_prob(self, latents: Array, y: Array | None) -> Array:
+        """Exact log p(latents | y) in nats, (B,), under the flow (no guidance)."""
+        raise NotImplementedError
+
+    def from_numpy(self, array: np.ndarray) -> Array:
+        """float32 numpy (B, H, W, C) -> the twin's layout and device, float32 (the inverse of to_numpy)."""
         raise NotImplementedError
 
     def decode(self, latents: Array, use_decoder: bool = False) -> Array:
@@ -103,6 +139,11 @@ class PipelineBase:
     def size_multiple(self) -> int:
         """Image sides must be multiples of this: VAE downsampling x patch size."""
         return self.parts.vae_downsample * self.config.patch_size
+
+    @property
+    def image_channels(self) -> int:
+        """Channels of the images this pipeline makes and edits (the VAE's, or the flow's for pixels)."""
+        return self.parts.image_channels
 
     @property
     def default_size(self) -> int:
@@ -171,7 +212,7 @@ class PipelineBase:
         self,
         prompts: str | Sequence[str],
         *,
-        seeds: int | Sequence[int],
+        seeds: int | Sequence[int] | None = None,
         guidance: float | None = None,
         jacobi: bool | None = None,
         block_size: int | None = None,
@@ -181,18 +222,50 @@ class PipelineBase:
         width: int | None = None,
         denoise: bool = True,
         progress: bool = False,
+        callback: BlockCallback | None = None,
+        image: Any = None,
+        strength: float | None = None,
+        mask_image: Any = None,
+        source_prompt: str | Sequence[str] | None = None,
+        inpaint_rounds: int = editing.DEFAULT_ROUNDS,
     ) -> Generation:
-        """Sample one image per (prompt, seed) pair; settings left None take the model's defaults."""
+        """Sample one image per (prompt, seed) pair; settings left None take the model's defaults.
+
+        `seeds` None draws one at random per prompt (reported in the result's `.seeds`).
+        `callback(block_index, latents)` is called after each flow block with the samples so
+        far as float32 numpy (B, h, w, C), before denoising and decoding (`decode_latents`
+        makes pictures of them); blocks run from the last index down to 0.
+
+        `image` (a path, PIL image or array; one or one per pair) turns this into image-to-image
+        at `strength` (0 keeps the image, 1 regenerates it; default 0.8 without a mask), or, with
+        `mask_image` (white / 1 = regenerate), inpainting (default strength 1). The image sets
+        the size unless height and width are given (it is then resized). `source_prompt`
+        conditions the inversion of the image (default: the prompt). See docs/editing.md.
+        """
+        drawn = seeds is None
+        if drawn:
+            seeds = draw_seeds(1 if isinstance(prompts, str) else max(len(prompts), 1))
         prompts, seeds = batch_prompts_and_seeds(prompts, seeds)
         settings = self.parts.sampling.merged(
             guidance=guidance, jacobi=jacobi, block_size=block_size, tol=tol, max_iter=max_iter
         )
+        if image is not None or mask_image is not None or strength is not None or source_prompt is not None:
+            request = editing.prepare_request(
+                self, len(prompts), image, strength, mask_image, source_prompt, inpaint_rounds, height, width
+            )
+            return editing.edit(self, prompts, seeds, settings, request, denoise, progress)
+        on_block = None if callback is None else (lambda index, state: callback(index, self.to_numpy(state)))
+        if image is not None or mask_image is not None or strength is not None or source_prompt is not None:
+            request = editing.prepare_request(
+                self, len(prompts), image, strength, mask_image, source_prompt, inpaint_rounds, height, width
+            )
+            return editing.edit(self, prompts, seeds, settings, request, denoise, progress, on_block, drawn)
         height, width = height or self.default_size, width or self.default_size
         self.check_size(height, width)
         factor = self.parts.vae_downsample
         y, y_null = self.conditions(prompts, settings.guidance > 0)
         noise = make_noise(seeds, self.config.in_channels, height // factor, width // factor)
-        latents, steps = self.sample_flow(self.noise_array(noise), y, y_null, settings, progress)
+        latents, steps = self.sample_flow(self.noise_array(noise), y, y_null, settings, progress, on_block)
         check_finite(self.to_numpy(latents), seeds, "flow samples")
         mode = self.denoise_mode(denoise)
         if mode == "score":
@@ -211,8 +284,22 @@ class PipelineBase:
             latents=self.to_numpy(latents),
             images=images,
             precision=self.precision,
+            source=self.parts.source,
+            decoder=str(self.parts.decoder.resolve()) if mode == "decoder" else None,
+            framework=self.framework,
+            seeds_drawn=drawn,
         )
 
-    def __call__(self, prompts: str | Sequence[str], **kwargs) -> list:
-        """Same arguments as `generate`; returns PIL images."""
-        return self.generate(prompts, **kwargs).pil_images()
+    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
+        """Flow samples (float32 numpy (B, h, w, C), e.g. a callback's) -> images in [-1, 1],
+        numpy (B, H, W, C), with the VAE (pixel models: unchanged); no denoising."""
+        return self.to_numpy(self.decode(self.from_numpy(latents)))
+
+    def __call__(self, prompts: str | Sequence[str], **kwargs) -> GeneratedImages:
+        """Same arguments as `generate`; returns the PIL images (a sequence, with `.images`,
+        `.seeds`, `.parameters` and `.save(path_or_folder)`)."""
+        return GeneratedImages(self.generate(prompts, **kwargs))
+
+    def score(self, images: Any, prompts: str | Sequence[str] = "") -> np.ndarray:
+        """Exact log-likelihood of images as bits per dimension (B,), float64; see scoring.py."""
+        return score_images(self, images, prompts).bits_per_dim

@@ -54,6 +54,9 @@ class PipelineParts:
     sampling: GenerationSettings = GenerationSettings()
     labels: tuple[str, ...] | None = None
     default_prompts: tuple[str, ...] = ()
+    # what loads these parts again by name (release name, Hub repo id, absolute folder path);
+    # written into image metadata as "model". None: not known (parts built by hand)
+    source: str | None = None
 
     @property
     def flow_config(self) -> FlowConfig:
@@ -66,6 +69,13 @@ class PipelineParts:
             return 1
         config = json.loads((self.vae / "config.json").read_text())
         return 2 ** (len(config.get("block_out_channels", (128, 256, 512, 512))) - 1)
+
+    @property
+    def image_channels(self) -> int:
+        """Channels of the images: the VAE's input channels, or the flow's for pixel models."""
+        if self.vae is None:
+            return self.flow_config.in_channels
+        return int(json.loads((self.vae / "config.json").read_text()).get("in_channels", 3))
 
     def with_decoder(self, decoder: str | Path | None) -> PipelineParts:
         if decoder is None:
@@ -109,6 +119,16 @@ class PipelineParts:
                 )
 
 
+def flow_folder(folder: str | Path) -> Path:
+    """The flow's folder (config.json + model.safetensors) given it or a pipeline folder holding
+    it as transformer/, so StarFlow.from_pretrained takes either."""
+    folder = Path(folder)
+    transformer = folder / "transformer"
+    if not (folder / FLOW_CONFIG).is_file() and (transformer / FLOW_CONFIG).is_file():
+        return transformer
+    return folder
+
+
 def _component(index: dict[str, Any], folder: Path, name: str) -> Path | None:
     entry = index.get(name)
     if entry is None or entry == [None, None]:
@@ -126,7 +146,7 @@ def read_pipeline_folder(folder: str | Path) -> PipelineParts:
     index_path = folder / MODEL_INDEX
     if not index_path.is_file():
         if (folder / FLOW_CONFIG).is_file() and (folder / FLOW_WEIGHTS).is_file():
-            parts = PipelineParts(name=folder.name, transformer=folder)
+            parts = PipelineParts(name=folder.name, transformer=folder, source=str(folder.resolve()))
             parts.check()
             return parts
         raise FileNotFoundError(
@@ -154,6 +174,7 @@ def read_pipeline_folder(folder: str | Path) -> PipelineParts:
         sampling=GenerationSettings.from_dict(index.get("sampling") or {}),
         labels=tuple(labels) if labels else None,
         default_prompts=tuple(index.get("default_prompts") or ()),
+        source=str(folder.resolve()),
     )
     parts.check()
     return parts

@@ -48,16 +48,19 @@ def resolve(
     if path.exists():
         if not path.is_dir():
             raise ValueError(f"{path} is a file; --model takes a pipeline folder (convert a .pth first)")
+        if path.resolve() == DEMO_FOLDER.resolve():  # named so metadata loads on any installation
+            return dataclasses.replace(read_pipeline_folder(path), source=DEMO_NAME)
         return read_pipeline_folder(path)
     if str(source) == DEMO_NAME:
-        return read_pipeline_folder(DEMO_FOLDER)
+        return dataclasses.replace(read_pipeline_folder(DEMO_FOLDER), source=DEMO_NAME)
     release = release_by_name(str(source))
     if release is not None:
         if flow_config is not None:
             release = dataclasses.replace(release, config=flow_config)
-        return resolve_release(release, dtype, strict)
+        return dataclasses.replace(resolve_release(release, dtype, strict), source=release.name)
     if _looks_like_repo_id(str(source)):
-        return read_pipeline_folder(hub_snapshot(str(source), PIPELINE_PATTERNS, ("model_index.json",)))
+        folder = hub_snapshot(str(source), PIPELINE_PATTERNS, ("model_index.json",))
+        return dataclasses.replace(read_pipeline_folder(folder), source=str(source))
     raise ValueError(
         f"unknown model {str(source)!r}: not an existing folder, not a release name "
         f"({', '.join(sorted(RELEASES) + sorted(ALIASES) + [DEMO_NAME])}) and not a Hub repo id (owner/name)"

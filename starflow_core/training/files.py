@@ -14,7 +14,8 @@
 
 A checkpoint is written into a temporary folder that is renamed into place only when
 every file is complete; `latest` is then replaced atomically. A failure midway leaves
-the previous checkpoint and `latest` untouched.
+the previous checkpoint and `latest` untouched. At every moment of a save, `latest` names
+a complete checkpoint, also when a step is saved again (a resumed run passing a saved step).
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ def commit_checkpoint(
         if data is not None:
             atomic_write_json(tmp / DATA_NAME, data)
         if final.exists():  # the same step saved again (e.g. a signal right after a periodic save)
+            _move_latest_off(root, final)
             shutil.rmtree(final)
         os.replace(tmp, final)
         atomic_write_text(root / LATEST_NAME, final.name + "\n")
@@ -109,11 +111,34 @@ def commit_checkpoint(
         ) from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    # oldest first by step number (not by name); never the one `latest` names
-    for old in saved_checkpoints(root)[:-keep]:
-        if old.name != final.name:
-            shutil.rmtree(old, ignore_errors=True)
+    for stand_in in root.glob(".step_*.previous-*"):  # latest has moved on to `final`
+        shutil.rmtree(stand_in, ignore_errors=True)
+    # the one just written (which `latest` names) stays, with the keep - 1 highest steps of the
+    # others (by step number, not by name: an unpadded step_9 sorts after step_00000010)
+    others = [p for p in saved_checkpoints(root) if p.name != final.name]
+    for old in others[: max(0, len(others) - (keep - 1))]:
+        shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _move_latest_off(root: Path, folder: Path) -> None:
+    """If `latest` names `folder`, point it at a stand-in: a copy of `folder` made of hard links
+    (no data is copied; checkpoint files are never modified in place), so that `folder` can be
+    replaced while `latest` still names a complete checkpoint."""
+    latest = root / LATEST_NAME
+    if not latest.is_file() or latest.read_text().strip() != folder.name:
+        return
+    stand_in = root / f".{folder.name}.previous-{os.getpid()}"
+    shutil.rmtree(stand_in, ignore_errors=True)
+    shutil.copytree(folder, stand_in, copy_function=_link_or_copy)
+    atomic_write_text(latest, stand_in.name + "\n")
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # a file system without hard links
+        shutil.copy2(source, target)
 
 
 class DamagedCheckpointError(ValueError):
@@ -127,10 +152,11 @@ def reading_checkpoint(folder: Path) -> Iterator[None]:
     try:
         yield
     except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
-        others = [p for p in saved_checkpoints(folder.parent) if p != folder and step_of(p) < step_of(folder)]
+        step = step_of(folder)
+        others = [p for p in saved_checkpoints(folder.parent) if step is not None and step_of(p) < step]
         fix = (
             f"resume from the previous checkpoint instead: --resume {others[-1]}"
-            if others and step_of(folder) is not None
+            if others
             else "no earlier checkpoint of this run exists"
         )
         detail = one_line(str(err)).split(". ")[0][:200]  # torch's zip errors run on for lines

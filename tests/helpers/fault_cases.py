@@ -22,12 +22,13 @@ from .fault_scenarios import damaged_checkpoint, scenarios, second_trainer, used
 from .fault_workspace import Outcome, changes, judge, make_workspace, run_cli, snapshot
 
 OUT = "{ws}/out/x.png"  # a generate output in a folder that does not exist yet (must not be left)
+IMAGE, BROKEN_IMAGE = "{ws}/images/class_0/0.png", "{ws}/broken_images/class_0/0.png"
 
 
 @dataclasses.dataclass(frozen=True)
 class Case:
     name: str
-    command: str  # convert | generate | train | encode_dataset
+    command: str  # convert | generate | train | encode_dataset | score
     args: tuple[str, ...]  # "{ws}" stands for the workspace folder
     expect: str
     twins: tuple[str, ...] = ("mlx", "torch")
@@ -159,6 +160,21 @@ CASES = [
     _gen("generate-config-value-of-wrong-type", "FlowConfig.channels='128'", model="bad_config"),
     _gen("generate-refused-pickle-decoder", "refused", "--decoder", "{ws}/evil.pth", model="latent"),
     _gen("generate-device-bogus", "unknown --device 'bogus'", "--device", "bogus", twins=("torch",)),
+    # ----- editing and scoring (issue 15): refused before any weights load, nothing written
+    _gen("generate-mask-without-image", "give --image PATH", "--mask", IMAGE),
+    _gen("generate-strength-above-one", "strength must be in [0, 1]", "--image", IMAGE, "--strength", "1.5"),
+    _gen("generate-unreadable-image", "not a readable image", "--image", BROKEN_IMAGE),
+    _gen("generate-missing-mask", "does not exist", "--image", IMAGE, "--mask", "{ws}/no_mask.png"),
+    _gen("generate-mask-box-outside", "must satisfy", "--image", IMAGE, "--mask-box", "0,0,99,4"),
+    Case(
+        "score-unreadable-image", "score", (IMAGE, BROKEN_IMAGE, "--model", "{ws}/labels"), "not a readable"
+    ),
+    Case(
+        "score-label-not-in-model",
+        "score",
+        (IMAGE, "--model", "{ws}/labels", "--label", "zebra"),
+        "not a class",
+    ),
     # ----- train: settings checked before the run folder is touched
     _train(
         "train-betas-not-a-pair",

@@ -258,6 +258,8 @@ def interrupted_generate(ws: Path, twin: str) -> list[Outcome]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C's default action even when the suite runs in a background job (which ignores SIGINT)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while not (out.is_dir() and any(out.glob("*.png"))) and time.monotonic() < deadline:

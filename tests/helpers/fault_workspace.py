@@ -37,7 +37,7 @@ OFFICIAL = ROOT / "tests" / "fixtures" / "starflow_tiny"
 MODULES = {
     twin: {
         command: f"starflow_{twin}.{command}"
-        for command in ("convert", "generate", "train", "encode_dataset")
+        for command in ("convert", "generate", "train", "encode_dataset", "score")
     }
     for twin in ("mlx", "torch")
 }

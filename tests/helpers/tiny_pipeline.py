@@ -16,7 +16,14 @@ from starflow_core.config import FlowConfig
 from starflow_core.generation.settings import GenerationSettings
 from starflow_core.sources.pipeline_folder import PipelineParts, write_pipeline_folder
 
-from .tiny_components import TINY_T5_CONFIG, make_tiny_t5_folder, make_tiny_vae_folder, randomize_
+from .tiny_components import (
+    TINY_T5_CONFIG,
+    TINY_VAE_CONFIG,
+    make_tiny_t5_folder,
+    make_tiny_vae_folder,
+    make_vae_folder,
+    randomize_,
+)
 
 # latent 8x8x4 through the tiny VAE (downsample 2) -> 16x16 images; txt_dim = tiny T5 width
 TINY_TEXT_FLOW = FlowConfig(
@@ -42,6 +49,23 @@ TINY_TEXT_FLOW = FlowConfig(
 TINY_LABEL_FLOW = TINY_TEXT_FLOW.replace(
     in_channels=3, num_classes=3, txt_size=1, txt_dim=4, noise_std=0.05, num_blocks=2, layers_per_block=(1, 2)
 )
+# unconditional latent STARFlow (through the tiny VAE), no text encoder
+TINY_UNCONDITIONAL_FLOW = TINY_TEXT_FLOW.replace(
+    txt_size=0, txt_dim=0, cond_top_only=False, noise_std=0.2, num_blocks=2, layers_per_block=(1, 2)
+)
+# class-conditional TARFlow on 8x8 RGB pixels: no sos, learned positions, guidance on raw outputs
+TINY_TARFLOW = FlowConfig(
+    family="tarflow",
+    in_channels=3,
+    img_size=8,
+    patch_size=2,
+    channels=32,
+    head_dim=16,
+    num_blocks=2,
+    layers_per_block=(1, 1),
+    num_classes=2,
+    noise_std=0.05,
+)
 TINY_SETTINGS = GenerationSettings(guidance=1.5, jacobi=False, block_size=4, tol=1e-4, max_iter=16)
 
 
@@ -51,6 +75,11 @@ def make_flow_folder(path: Path, config: FlowConfig, seed: int = 0, nan: bool = 
     torch.manual_seed(seed)
     model = StarFlow(config)
     randomize_(model, seed, spread=0.05)
+    if config.family == "tarflow":  # a prior variance other than one, so code that ignores it fails
+        with torch.no_grad():
+            model.var.copy_(
+                0.8 + 0.4 * torch.rand(model.var.shape, generator=torch.Generator().manual_seed(seed))
+            )
     if nan:
         with torch.no_grad():
             model.blocks[-1].proj_out.weight[0, 0] = float("nan")
@@ -96,6 +125,31 @@ def make_label_pipeline(root: Path) -> Path:
     )
     write_pipeline_folder(parts, root / "label_pipeline")
     return root / "label_pipeline"
+
+
+def make_unconditional_pipeline(root: Path) -> Path:
+    """root/unconditional_pipeline: a latent flow without conditioning (so no guidance), through a
+    tiny VAE with scaling_factor 1: latents of unit scale, where the random flow is well conditioned
+    (at the 0.2 scale of the default tiny VAE its inverse amplifies float32 rounding to ~1e-3)."""
+    make_vae_folder(root / "unit_vae", {**TINY_VAE_CONFIG, "scaling_factor": 1.0})
+    make_flow_folder(root / "unconditional_flow", TINY_UNCONDITIONAL_FLOW, seed=2)
+    parts = PipelineParts(
+        name="tiny-unconditional",
+        transformer=root / "unconditional_flow",
+        vae=root / "unit_vae",
+        sampling=dataclasses.replace(TINY_SETTINGS, guidance=0.0),
+    )
+    write_pipeline_folder(parts, root / "unconditional_pipeline")
+    return root / "unconditional_pipeline"
+
+
+def make_tarflow_pipeline(root: Path) -> Path:
+    make_flow_folder(root / "tarflow_flow", TINY_TARFLOW, seed=3)
+    parts = PipelineParts(
+        name="tiny-tarflow", transformer=root / "tarflow_flow", sampling=TINY_SETTINGS, labels=("cat", "dog")
+    )
+    write_pipeline_folder(parts, root / "tarflow_pipeline")
+    return root / "tarflow_pipeline"
 
 
 def add_to_fake_hub(cache: Path, repo_id: str, files: dict[str, Path], commit: str) -> Path:
