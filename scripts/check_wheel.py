@@ -6,8 +6,8 @@ virtual environment, and run every console script's --help and the main job from
 1. `pip wheel` on a clean copy of the checkout (verbose, so setuptools' warnings are visible):
    no warnings beyond the two byte-compiling notes, and the wheel holds every file of the four
    packages (git ls-files), the demo asset included, and nothing from the tests.
-2. A fresh venv (no system site-packages) gets torch first, then the wheel with the [torch]
-   extra through pip's resolver, so a missing dependency shows. torch (with its own
+2. A fresh venv (no system site-packages) gets torch first, then the wheel with the
+   [cpu,train,torch] extras (cpu: MLX's Linux backend) through pip's resolver, so a missing dependency shows. torch (with its own
    requirements) is the CPU build that scripts/setup.sh put in .venv, hard-linked instead of
    unpacked again: the same files as `pip install torch==2.13.0`, in seconds, never a CUDA
    build. Everything else, the package above all, comes from the wheel and pip.
@@ -190,6 +190,31 @@ def check_installed(venv: Path, place: Path, scripts: list[str]) -> None:
     fail(problems)
 
 
+def check_generation_only(wheel: Path, root: Path) -> None:
+    """What the README promises a generation-only install: `pip install starflow-mlx[cpu]` (the
+    Linux backend; a no-op extra on a Mac) brings neither torch nor mlx-data, and the main job runs
+    (pyyaml comes anyway: huggingface-hub requires it)."""
+    venv = root / "venv-generate"
+    created = run([sys.executable, "-m", "venv", str(venv)])
+    fail([f"python -m venv failed: {created.stderr}"] if created.returncode else [])
+    python = str(venv / "bin" / "python")
+    installed = run([python, "-m", "pip", "install", "-q", f"{wheel}[cpu]"])
+    fail(
+        [f"installing {wheel.name}[cpu] failed:\n{installed.stderr[-3000:]}"] if installed.returncode else []
+    )
+    probe = "import importlib.util as u; print([m for m in ('torch', 'mlx.data') if u.find_spec(m.split('.')[0]) and u.find_spec(m)])"
+    extra = run([python, "-c", probe])
+    place = root / "generate-only"
+    place.mkdir()
+    job = run([str(venv / "bin" / "starflow-mlx-generate"), "--quiet"], cwd=place, timeout=600)
+    problems = (
+        [] if extra.stdout.strip() == "[]" else [f"a generation-only install holds {extra.stdout.strip()}"]
+    )
+    if job.returncode != 0 or not (place / "starflow.png").is_file():
+        problems.append(f"the main job failed without the extras ({job.returncode}): {job.stderr[-1500:]}")
+    fail(problems)
+
+
 def main() -> None:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as root:
@@ -202,17 +227,18 @@ def main() -> None:
         fail([f"python -m venv failed: {created.stderr}"] if created.returncode else [])
         link_torch(venv)
         pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-        installed = run([*pip, "torch==2.13.0", f"{wheel}[torch]"])
+        installed = run([*pip, "torch==2.13.0", f"{wheel}[cpu,train,torch]"])
         fail([f"installing {wheel.name} failed:\n{installed.stderr[-3000:]}"] if installed.returncode else [])
         ready = time.perf_counter()
         place = root / "elsewhere"
         place.mkdir()
         scripts = console_scripts(wheel)
         check_installed(venv, place, scripts)
+        check_generation_only(wheel, root)
     seconds = [built - start, ready - built, time.perf_counter() - ready]
     print(
         f"check_wheel: {wheel.name} holds every package file; installed in a fresh venv, "
-        f"{len(scripts)} console scripts answer --help and the main job runs "
+        f"{len(scripts)} console scripts answer --help and the main job runs, also from [cpu] alone "
         f"(build {seconds[0]:.0f} s, install {seconds[1]:.0f} s, run {seconds[2]:.0f} s)"
     )
 
