@@ -15,4 +15,6 @@ fi
 .venv/bin/python -m pip install -q "torch==2.13.0"
 # cpu: MLX's CPU backend on Linux (a no-op on a Mac); train: mlx-data and pyyaml, which the
 # tests need; generation alone needs neither (pip install starflow-mlx)
-.venv/bin/python -m pip install -q -e ".[cpu,train,torch,dev]"
+# (setuptools prints a boxed caution about flat layouts on every editable install; it is about
+# folders named like the package in the working directory, which is this checkout itself)
+PYTHONWARNINGS=ignore::UserWarning .venv/bin/python -m pip install -q -e ".[cpu,train,torch,dev]"
