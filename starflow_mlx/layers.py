@@ -329,26 +329,17 @@ class Attention(nn.Module):
         attention temperature.
         """
         B, L, _ = x.shape
-        nh, nkv = self.num_heads, self.num_kv_heads
+        nh = self.num_heads
         if cache is None and recompute and query_scale is None:
             return self.recomputed(x, rope)
-        # (B, L, nh + 2 nkv, hd): queries, keys, values head by head (a free reshape)
-        qkv = self.qkv(norm_in_float32(self.norm, x)).reshape(B, L, nh + 2 * nkv, self.head_dim)
-        qk = qkv[:, :, : nh + nkv]  # queries and keys side by side, so one rotation serves both
-        if hasattr(self, "query_norm"):
-            qk = mx.concatenate([self.query_norm(qk[:, :, :nh]), self.key_norm(qk[:, :, nh:])], axis=2)
-        if rope is not None:
-            cos, sin = (table[:, None] for table in rope)  # (L, 1, hd)
-            qk = rotate_pairs(qk, cos, sin, self.hf_style_rope).astype(x.dtype)
+        qk, v = self.queries_keys_values(x, *(rope if rope is not None else (None, None)))
         qk = qk.transpose(0, 2, 1, 3)  # (B, nh + nkv, L, hd)
         q, k = qk[:, :nh], qk[:, nh:]
-        v = qkv[:, :, nh + nkv :].transpose(0, 2, 1, 3)  # (B, nkv, L, hd)
+        v = v.transpose(0, 2, 1, 3)  # (B, nkv, L, hd)
         if query_scale is not None:
             q = q * query_scale.astype(q.dtype)
         scale = self.head_dim**-0.5
-        if cache is None and recompute:  # a gradient recomputing in head groups (the score step)
-            out = causal_attention_in_head_groups(q, k, v, scale)
-        elif cache is None:
+        if cache is None:
             out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal")
         else:
             keys, values = cache.write(k, v)  # (B, nkv, visible, hd)
@@ -356,22 +347,26 @@ class Attention(nn.Module):
                 out = masked_attention(q, keys, values, cache.mask, scale)
             else:
                 out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=scale, mask=cache.mask)
-        out = self.proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))  # (B, L, C)
-        return self.post_norm(out) if hasattr(self, "post_norm") else out
+        return self.project_out(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
-    def project_in(self, x: mx.array, cos: mx.array | None, sin: mx.array | None) -> mx.array:
-        """x (B, l, C) -> (B, l, nh + 2 nkv, hd): queries and keys normed and rotated, values."""
+    def queries_keys_values(
+        self, x: mx.array, cos: mx.array | None, sin: mx.array | None
+    ) -> tuple[mx.array, mx.array]:
+        """x (B, l, C) -> queries and keys normed and rotated, side by side (B, l, nh + nkv, hd),
+        and values (B, l, nkv, hd); cos / sin (l, hd) or None without RoPE."""
         B, length, _ = x.shape
         nh, nkv = self.num_heads, self.num_kv_heads
+        # (B, l, nh + 2 nkv, hd): queries, keys, values head by head (a free reshape)
         qkv = self.qkv(norm_in_float32(self.norm, x)).reshape(B, length, nh + 2 * nkv, self.head_dim)
-        qk = qkv[:, :, : nh + nkv]
+        qk = qkv[:, :, : nh + nkv]  # queries and keys side by side, so one rotation serves both
         if hasattr(self, "query_norm"):
             qk = mx.concatenate([self.query_norm(qk[:, :, :nh]), self.key_norm(qk[:, :, nh:])], axis=2)
         if cos is not None:
             qk = rotate_pairs(qk, cos[:, None], sin[:, None], self.hf_style_rope).astype(x.dtype)
-        return mx.concatenate([qk, qkv[:, :, nh + nkv :]], axis=2)
+        return qk, qkv[:, :, nh + nkv :]
 
     def project_out(self, out: mx.array) -> mx.array:
+        """Heads joined (B, l, nh hd) -> (B, l, C)."""
         out = self.proj(out)
         return self.post_norm(out) if hasattr(self, "post_norm") else out
 
@@ -380,11 +375,13 @@ class Attention(nn.Module):
         and scores by head groups, one piece at a time (in_order), so its scratch is a piece's."""
         B, L, _ = x.shape
         nh, nkv = self.num_heads, self.num_kv_heads
+
+        def project_in(h, cos=None, sin=None):  # one array out, as in_order needs
+            return mx.concatenate(self.queries_keys_values(h, cos, sin), axis=2)
+
         positions = position_pieces(L)
-        if rope is None:
-            qkv = in_order(lambda h: self.project_in(h, None, None), [x], [1], [positions], 1)
-        else:
-            qkv = in_order(self.project_in, [x, *rope], [1, 0, 0], [positions] * 3, 1)
+        arrays, axes = ([x], [1]) if rope is None else ([x, *rope], [1, 0, 0])
+        qkv = in_order(project_in, arrays, axes, [positions] * len(arrays), 1)
         qkv = qkv.transpose(0, 2, 1, 3)  # (B, nh + 2 nkv, L, hd)
         q, k, v = qkv[:, :nh], qkv[:, nh : nh + nkv], qkv[:, nh + nkv :]
         out = causal_attention_in_head_groups(q, k, v, self.head_dim**-0.5)
