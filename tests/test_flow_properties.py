@@ -16,30 +16,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import max_relative_error, to_nchw, to_nhwc
-from helpers.twins import random_inputs, twin_models
+from helpers.twins import TEXT_CONFIG, random_inputs, twin_models
 
 from starflow_core.config import FlowConfig
 from starflow_mlx import StarFlow as MlxStarFlow
 from starflow_torch import StarFlow as TorchStarFlow
 
-TEXT_CONFIG = FlowConfig(
-    in_channels=2,
-    img_size=4,
-    patch_size=1,
-    channels=32,
-    num_blocks=3,
-    layers_per_block=(1, 0, 2),
-    head_dim=32,
-    rope=True,
-    sos=True,
-    txt_size=3,
-    txt_dim=8,
-    cond_top_only=True,
-    use_softplus=True,
-    use_final_norm=True,
-    soft_clip=2.0,
-    seq_order="L2R",
-)
 NO_SOS_CONFIG = FlowConfig(
     in_channels=3,
     img_size=4,

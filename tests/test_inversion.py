@@ -17,27 +17,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import max_relative_error, to_nchw, to_nhwc
+from helpers.twins import TEXT_CONFIG as SHARED_TEXT_CONFIG
 from helpers.twins import random_inputs, twin_models
 
 from starflow_core.config import FlowConfig
 
-TEXT_CONFIG = FlowConfig(
-    in_channels=2,
-    img_size=4,
-    patch_size=1,
-    channels=32,
-    num_blocks=3,
-    layers_per_block=(1, 0, 2),
-    head_dim=32,
-    rope=True,
-    sos=True,
-    txt_size=3,
-    txt_dim=8,
-    cond_top_only=False,  # guidance in every block, so the shallow blocks' inverse is guided too
-    use_softplus=True,
-    use_final_norm=True,
-    soft_clip=2.0,
-    seq_order="L2R",
+TEXT_CONFIG = SHARED_TEXT_CONFIG.replace(
+    cond_top_only=False  # guidance in every block, so the shallow blocks' inverse is guided too
 )
 VARIANT_CONFIG = TEXT_CONFIG.replace(  # the official architectural options (issue 13) together
     head_dim=16,

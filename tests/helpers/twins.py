@@ -9,6 +9,26 @@ import torch
 
 from starflow_core.config import FlowConfig
 
+# a small text-conditioned STARFlow: RoPE, sos, a zero-layer block, text in the deep block only
+TEXT_CONFIG = FlowConfig(
+    in_channels=2,
+    img_size=4,
+    patch_size=1,
+    channels=32,
+    num_blocks=3,
+    layers_per_block=(1, 0, 2),
+    head_dim=32,
+    rope=True,
+    sos=True,
+    txt_size=3,
+    txt_dim=8,
+    cond_top_only=True,
+    use_softplus=True,
+    use_final_norm=True,
+    soft_clip=2.0,
+    seq_order="L2R",
+)
+
 
 def random_torch_model(config: FlowConfig, seed: int = 0, scale: float = 0.05):
     """A torch StarFlow with non-trivial weights: proj_out (it starts at zero) and every norm
