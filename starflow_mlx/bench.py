@@ -20,7 +20,6 @@ from . import command_setup  # noqa: F401  (first: OpenBLAS for MLX on Linux, be
 # isort: split
 import argparse
 import ctypes
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,14 +27,13 @@ import mlx.core as mx
 import numpy as np
 
 from starflow_core.bench.measure import (
-    load_average,
     machine_info,
     preset_result,
     relative_rms,
     time_modes,
     timed,
 )
-from starflow_core.bench.report import format_table, speedups, write_report
+from starflow_core.bench.report import benchmark_presets, speedups
 from starflow_core.bench.settings import (
     QUANTIZATION_BITS,
     QUANTIZATION_GROUP_SIZE,
@@ -161,22 +159,10 @@ def run_benchmark(
     save_samples: also <out>/samples_<preset>.npz (one NCHW array per mode), for comparing twins.
     """
     set_threads(settings.threads)
-    gemm_gflops = measure_gemm_gflops()
-    machine = machine_info(FRAMEWORK, mx.__version__, settings.threads, gemm_gflops, blas=blas_status())
-    results = []
-    for name in presets:
-        result, samples = run_preset(dataclasses.replace(settings, preset=name), gemm_gflops)
-        print(format_table(result), flush=True)
-        results.append(result)
-        if save_samples:
-            out.mkdir(parents=True, exist_ok=True)
-            np.savez(out / f"samples_{name}.npz", **samples)
-    machine["load_average_after"] = load_average()
-    write_report(out, machine, results)
-    print(
-        f"GEMM roofline {gemm_gflops:.1f} GFLOP/s (MLX fp32 1024^2, {settings.threads} thread(s)); wrote {out}"
+    machine = machine_info(
+        FRAMEWORK, mx.__version__, settings.threads, measure_gemm_gflops(), blas=blas_status()
     )
-    return results
+    return benchmark_presets(presets, settings, out, run_preset, machine, save_samples)
 
 
 def build_parser() -> argparse.ArgumentParser:

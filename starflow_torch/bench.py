@@ -14,7 +14,6 @@ benchmarks/sampling.py runs both twins, each in its own process, and compares th
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from starflow_core.bench.measure import load_average, machine_info, preset_result, time_modes
-from starflow_core.bench.report import format_table, speedups, write_report
+from starflow_core.bench.measure import machine_info, preset_result, time_modes
+from starflow_core.bench.report import benchmark_presets, speedups
 from starflow_core.bench.settings import (
     BenchSettings,
     add_arguments,
@@ -102,22 +101,8 @@ def run_benchmark(
     save_samples: also <out>/samples_<preset>.npz (one NCHW array per mode), for comparing twins.
     """
     set_threads(settings.threads)
-    gemm_gflops = measure_gemm_gflops()
-    machine = machine_info(FRAMEWORK, torch.__version__, settings.threads, gemm_gflops)
-    results = []
-    for name in presets:
-        result, samples = run_preset(dataclasses.replace(settings, preset=name), gemm_gflops)
-        print(format_table(result), flush=True)
-        results.append(result)
-        if save_samples:
-            out.mkdir(parents=True, exist_ok=True)
-            np.savez(out / f"samples_{name}.npz", **samples)
-    machine["load_average_after"] = load_average()
-    write_report(out, machine, results)
-    print(
-        f"GEMM roofline {gemm_gflops:.1f} GFLOP/s (torch fp32 1024^2, {settings.threads} thread(s)); wrote {out}"
-    )
-    return results
+    machine = machine_info(FRAMEWORK, torch.__version__, settings.threads, measure_gemm_gflops())
+    return benchmark_presets(presets, settings, out, run_preset, machine, save_samples)
 
 
 def build_parser() -> argparse.ArgumentParser:

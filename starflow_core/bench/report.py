@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,8 @@ import numpy as np
 
 from starflow_core.io import atomic_path, atomic_write_text
 
-from .settings import MODES, OFFICIAL_SAMPLER_SECONDS, SWEEP_TOLERANCES
+from .measure import load_average
+from .settings import MODES, OFFICIAL_SAMPLER_SECONDS, SWEEP_TOLERANCES, BenchSettings
 
 
 def speedups(rows: dict[str, dict], preset_name: str) -> dict[str, float | None]:
@@ -129,3 +132,32 @@ def write_report(out: Path, machine: dict[str, Any], results: list[dict[str, Any
         out / "bench.json", json.dumps({"machine": machine, "results": results}, indent=2) + "\n"
     )
     plot(results, out / "bench.png")
+
+
+def benchmark_presets(
+    presets: Sequence[str],
+    settings: BenchSettings,
+    out: Path,
+    run_preset: Callable[[BenchSettings, float], tuple[dict[str, Any], dict[str, np.ndarray]]],
+    machine: dict[str, Any],
+    save_samples: bool,
+) -> list[dict[str, Any]]:
+    """Each twin's bench: run_preset(settings, GEMM GFLOP/s) per preset, its table printed, then
+    <out>/bench.json and bench.png; save_samples also writes <out>/samples_<preset>.npz (one NCHW
+    array per mode), for comparing twins. `machine` is the twin's machine_info."""
+    gemm_gflops = machine["gemm_gflops_fp32_1024"]
+    results = []
+    for name in presets:
+        result, samples = run_preset(dataclasses.replace(settings, preset=name), gemm_gflops)
+        print(format_table(result), flush=True)
+        results.append(result)
+        if save_samples:
+            out.mkdir(parents=True, exist_ok=True)
+            np.savez(out / f"samples_{name}.npz", **samples)
+    machine["load_average_after"] = load_average()
+    write_report(out, machine, results)
+    print(
+        f"GEMM roofline {gemm_gflops:.1f} GFLOP/s ({machine['framework']} fp32 1024^2, "
+        f"{settings.threads} thread(s)); wrote {out}"
+    )
+    return results
