@@ -90,11 +90,19 @@ def command_name(module: str) -> str:
     return invoked if invoked in names else names[0]
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse with the project's error form: one line naming the problem and where the
+    options are listed (`--help`), exit 2; not the usage block."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def command_parser(module: str, description: str | None) -> argparse.ArgumentParser:
     """An argument parser named after the installed command, with --version and defaults in --help."""
     from starflow_core.version import package_version
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog=command_name(module), description=description, formatter_class=HelpWithDefaults
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
@@ -139,5 +147,8 @@ def run_command(prog: str, body: Callable[[], int | None]) -> int:
         print(f"{prog}: interrupted ({detail}); nothing partial was left", file=sys.stderr)
         return EXIT_INTERRUPTED
     except USER_ERRORS as err:
-        print(f"{prog}: error: {one_line(str(err))}", file=sys.stderr)
+        if getattr(err, "keep_lines", False):  # a list of commands to run: readable as lines
+            print(f"{prog}: error: {str(err).strip()}", file=sys.stderr)
+        else:
+            print(f"{prog}: error: {one_line(str(err))}", file=sys.stderr)
         return EXIT_USAGE

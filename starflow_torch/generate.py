@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
 from collections.abc import Sequence
 
@@ -68,10 +67,11 @@ def check_dtype_on_device(dtype: str, device: torch.device) -> None:
         raise ValueError(f"--dtype {dtype} does not run on CPU in the torch twin; use --dtype float32 on CPU")
 
 
-def peak_memory() -> int:
+def peak_memory() -> int | None:
+    """Bytes CUDA tensors held at most; None on a CPU (the summary gives the process's peak)."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -105,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     backend = generate_cli.Backend(
         load=load_pipeline,
         peak_memory=peak_memory,
+        arrays_name="CUDA tensors",
         precision=precision,
         memory=available_memory,
         rank=rank,

@@ -166,7 +166,7 @@ def test_readable_entries_and_the_command_that_remakes_the_image():
     assert meta["quantization"] == "flow 4-bit (group size 64)" and meta["decoder"] == "none"
     assert json.loads(meta["parameters"]) == parameters()
     command = equivalent_command(parameters(prompt="-a dash"))
-    assert "--prompt '-a dash' --model starflow-digits-demo --seed 3 --cfg 1.5 --jacobi" in command
+    assert "--prompt '-a dash' --model starflow-digits-demo --seed 3 --guidance 1.5 --jacobi" in command
     assert "--quantize 4" in command and "--dtype float32" in command
 
 

@@ -46,7 +46,7 @@ from starflow_core.generation.resource_check import (
     model_sizes,
     parts_sizes,
 )
-from starflow_core.generation.resources import GB, RunShape
+from starflow_core.generation.resources import GB, RunShape, describe_peak, peak_resident_memory
 from starflow_core.generation.validation import (
     MAX_IMAGES,
     MAX_SIDE_FACTOR,
@@ -55,7 +55,7 @@ from starflow_core.generation.validation import (
 )
 from starflow_core.generation.writer import ImageWriter
 from starflow_core.sources import PipelineParts, resolve
-from starflow_core.sources.releases import DEMO_FOLDER
+from starflow_core.sources.releases import DEMO_FOLDER, DEMO_NAME
 from starflow_core.staging import removing_new_empty_folders
 
 PRECOMPUTED_PROMPTS = 64  # up to this many distinct prompts are encoded before the flow loads
@@ -67,10 +67,11 @@ class Backend:
     """What differs between the twins' CLIs."""
 
     load: Callable[[PipelineParts, argparse.Namespace], Any]  # -> StarFlowPipeline
-    peak_memory: Callable[[], int | None]  # bytes
+    peak_memory: Callable[[], int | None]  # bytes the framework's arrays held at most (None: not tracked)
     precision: Callable[[argparse.Namespace], Precision]  # --dtype auto resolved for the device
     memory: Callable[[argparse.Namespace], tuple[int, str]]  # bytes the arrays may use, what that is
     quantization: bool = False  # whether --quantize / --quantize-text exist
+    arrays_name: str = "MLX arrays"  # what peak_memory measures, as the summary line says it
     rank: int = 0
     world_size: int = 1
 
@@ -82,12 +83,27 @@ def build_parser(module: str, description: str, torch: bool = False) -> argparse
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     parser.add_argument("--prompt-file", type=Path, help="a text file with one prompt per line")
     parser.add_argument(
-        "--model", help="release name (starflow-3b-t2i-256), pipeline folder or Hub repo id; default: demo"
+        "-m",
+        "--model",
+        help=f"release name (starflow-3b-t2i-256), pipeline folder, Hub repo id, or a training run "
+        f"folder (its latest checkpoint); default: {DEMO_NAME} (the shipped digits model; with no "
+        "prompt, seed or image: its grid of every digit with seeds 0-7)",
     )
     parser.add_argument("--decoder", type=Path, help="VAE folder / weights fine-tuned on noisy latents")
     parser.add_argument("--seed", type=int, nargs="+", help="seed(s); each prompt is sampled with each seed")
     parser.add_argument("--n-images", type=int, help="images per prompt (seeds seed, seed+1, ...)")
-    parser.add_argument("--cfg", type=float, help="classifier-free guidance weight (default: the model's)")
+    parser.add_argument(
+        "--guidance",
+        "--cfg",
+        dest="cfg",
+        type=float,
+        help="classifier-free guidance weight (default: the model's; --cfg is the same)",
+    )
+    parser.add_argument(
+        "--negative-prompt",
+        help="text guidance steers away from: its encoding replaces the empty prompt as the null "
+        "condition (label models: a class)",
+    )
     sampler = parser.add_mutually_exclusive_group()
     sampler.add_argument("--jacobi", action="store_true", default=None, help="block-parallel Jacobi sampling")
     sampler.add_argument("--sequential", dest="jacobi", action="store_false", help="token-by-token sampling")
@@ -143,7 +159,7 @@ def build_parser(module: str, description: str, torch: bool = False) -> argparse
     )
     add_output_arguments(parser)
     parser.add_argument("--grid", action="store_true", help="write one grid image instead of one per image")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.add_argument(
         "--max-images",
         type=int,
@@ -192,7 +208,8 @@ def read_seeds(args: argparse.Namespace) -> list[int]:
     first = args.seed[0] if args.seed else draw_seeds(1)[0]
     seeds = [first + i for i in range(args.n_images or 1)]
     if not args.seed:  # say which, so an image worth keeping can be made again
-        print(f"seed(s) drawn at random: {' '.join(map(str, seeds))} (--seed {first} repeats them)")
+        again = f"--seed {first}" + (f" --n-images {len(seeds)}" if len(seeds) > 1 else "")
+        print(f"seed(s) drawn at random: {' '.join(map(str, seeds))} ({again} repeats them)")
     return seeds
 
 
@@ -275,6 +292,14 @@ def check_resources(args: argparse.Namespace, backend: Backend, sizes: ModelSize
 
 
 # ----- the run -----------------------------------------------------------------------------
+def is_main_job(args: argparse.Namespace) -> bool:
+    """No prompt, seed, image count or image given: the demo grid (scripts/demo.sh). Anything
+    else without --model runs the demo model as any other model (one file per image, seeds
+    drawn at random when none are given)."""
+    asked = (args.prompts, args.prompt, args.prompt_file, args.seed, args.n_images, args.image)
+    return not any(value not in (None, []) for value in asked)
+
+
 def run(args: argparse.Namespace, backend: Backend) -> int:
     fill_from_metadata(args)
     check_edit_flags(args)
@@ -284,12 +309,9 @@ def run(args: argparse.Namespace, backend: Backend) -> int:
                 f"the embedded demo model is not installed yet ({DEMO_FOLDER} is missing); "
                 "pass --model starflow-3b-t2i-256 (or a pipeline folder) and a prompt"
             )
-        args.model = str(DEMO_FOLDER)
-        args.grid = True  # the demo shows one row per prompt, one column per seed
-        if not args.seed:
-            args.seed = [0]
-        if args.n_images is None and len(args.seed) == 1:
-            args.n_images = 8
+        args.model = DEMO_NAME
+        if is_main_job(args):  # no prompt, seed or image: the demo grid, a row per digit, seeds 0-7
+            args.grid, args.seed, args.n_images = True, [0], 8
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     with removing_new_empty_folders(output_directory(args.output)):
@@ -314,6 +336,8 @@ def generate(args: argparse.Namespace, backend: Backend) -> int:
     if backend.world_size > 1 and not args.seed:  # the ranks must share one list of jobs
         raise ValueError("give --seed under torchrun: each rank would draw its own random seeds")
     parts = resolve(args.model, dtype=backend.precision(args).dtype, strict=args.strict)
+    if parts.description:  # a training run: which checkpoint, and EMA or model weights
+        print(f"weights: {parts.description}")
     prompts, seeds = read_prompts(args, parts), read_seeds(args)
     check_image_count(len(prompts), len(seeds), args.max_images)
     edit = edit_arguments(args, parts) if args.image is not None else None  # image-to-image / inpainting
@@ -328,6 +352,8 @@ def generate(args: argparse.Namespace, backend: Backend) -> int:
     distinct = list(dict.fromkeys(jobs[i][0] for i in mine))
     if edit and args.source_prompt is not None:  # the inversion's condition, encoded with the rest
         distinct.append(args.source_prompt)
+    if args.negative_prompt:  # guidance's null condition, encoded with the rest
+        distinct.append(args.negative_prompt)
     if len(distinct) <= PRECOMPUTED_PROMPTS:  # T5 loaded once and freed before the flow loads
         pipe.encode_prompts(distinct)
     try:  # each image is written atomically as its batch is done; Ctrl-C keeps the complete ones
@@ -338,6 +364,7 @@ def generate(args: argparse.Namespace, backend: Backend) -> int:
                 [jobs[i][0] for i in indices],
                 seeds=batch_seeds,
                 guidance=args.cfg,
+                negative_prompt=args.negative_prompt,
                 jacobi=args.jacobi,
                 block_size=args.jacobi_block_size,
                 tol=args.jacobi_tol,
@@ -366,14 +393,7 @@ def generate(args: argparse.Namespace, backend: Backend) -> int:
         if path is not None:
             announce(writer, path)
     elapsed = time.perf_counter() - start
-    peak = backend.peak_memory()
-    memory = ""
-    if peak:
-        memory = (
-            f", peak memory {peak / 2**30:.2f} GB"
-            if peak >= 2**30
-            else f", peak memory {peak / 2**20:.0f} MB"
-        )
+    memory = ", " + describe_peak(peak_resident_memory(), backend.peak_memory(), backend.arrays_name)
     count = len(mine)
     print(f"{count} image(s) in {elapsed:.1f} s ({elapsed / max(count, 1):.3g} s/image){memory}")
     return 0

@@ -12,14 +12,19 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from starflow_core.generation.edit_inputs import (
     box_mask,
     check_strength,
+    native_size,
     parse_mask_box,
     prepare_images,
     prepare_masks,
+    undo_enlargement,
 )
 from starflow_core.generation.editing import DEFAULT_ROUNDS
+from starflow_core.generation.images import VIEWING_SIDE
 from starflow_core.generation.inputs import check_size, snap_size
 from starflow_core.generation.validation import check_size_limit
 from starflow_core.sources.pipeline_folder import PipelineParts
@@ -76,6 +81,9 @@ def planned_edit_size(args: argparse.Namespace, multiple: int) -> tuple[int, int
     try:
         with Image.open(args.image) as image:
             width, height = image.size
+            if max(width, height) <= 4 * VIEWING_SIDE:  # small: maybe enlarged for viewing by this tool
+                pixels, _ = undo_enlargement(np.asarray(image), native_size(image))
+                height, width = pixels.shape[:2]
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
     return tuple(max(multiple, int(round(side / multiple)) * multiple) for side in (height, width))
@@ -108,11 +116,11 @@ def edit_arguments(args: argparse.Namespace, parts: PipelineParts) -> EditArgume
             f"this model has a learned position embedding and only edits {base}x{base} images; "
             f"resize --image or pass --height {base} --width {base}"
         )
-    metadata = {"image": str(args.image)}
+    metadata = {"image": str(args.image.resolve())}  # absolute: remade from any working folder
     mask = None
     if args.mask is not None:
         mask = prepare_masks(args.mask, 1, height, width)[0]
-        metadata["mask"] = str(args.mask)
+        metadata["mask"] = str(args.mask.resolve())
     elif args.mask_box is not None:
         mask = box_mask(parse_mask_box(args.mask_box), height, width)
         metadata["mask"] = f"box {args.mask_box}"

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from starflow_core.generation.images import VIEWING_SIDE
+
 MASK_THRESHOLD = 0.5
 
 
@@ -58,12 +60,73 @@ def _pil_to_array(image, mode: str, what: str) -> np.ndarray:
             raise ValueError(
                 f"{what} has the PIL mode {image.mode!r}, which cannot be converted to {mode}"
             ) from err
-        warnings.warn(f"{what} is {image.mode}; converted to {mode} for this model", stacklevel=4)
+        pixels = np.asarray(image)
+        grey = image.mode == "RGB" and mode == "L" and (pixels == pixels[..., :1]).all()
+        if not grey:  # an RGB file whose channels are equal (as grey images are saved) loses nothing
+            warnings.warn(f"{what} is {image.mode}; converted to {mode} for this model", stacklevel=4)
         image = converted
     array = np.asarray(image)
     if array.dtype != np.uint8:  # 16-bit and float modes converted to L/RGB are uint8; guard anyway
         raise ValueError(f"{what} has {array.dtype} pixels; save it as an 8-bit PNG")
     return array[..., None] if array.ndim == 2 else array
+
+
+# ----- images this tool enlarged for viewing ----------------------------------------------
+def _blocks_shrunk(array: np.ndarray, factor: int) -> np.ndarray | None:
+    """(H, W, ...) -> (H/f, W/f, ...) when every f x f block is one constant value, else None."""
+    height, width = array.shape[:2]
+    if factor < 2 or height % factor or width % factor:
+        return None
+    corners = array[::factor, ::factor]
+    enlarged = np.repeat(np.repeat(corners, factor, axis=0), factor, axis=1)
+    return corners if np.array_equal(enlarged, array) else None
+
+
+def native_size(image) -> tuple[int, int] | None:
+    """(height, width) a PIL image written by this tool says it was made at, from its
+    "parameters" metadata (None for grids, other files and unreadable metadata)."""
+    import json
+
+    text = (getattr(image, "text", None) or {}).get("parameters") or image.info.get("parameters")
+    if text is None and image.format in ("JPEG", "WEBP"):
+        description = image.getexif().get(0x010E)  # EXIF image description (images.encode_image)
+        try:
+            text = json.loads(description).get("parameters") if description else None
+        except (json.JSONDecodeError, AttributeError):
+            text = None
+    try:
+        parameters = json.loads(text) if text else None
+        if not isinstance(parameters, dict) or "prompts" in parameters:  # a grid has gaps between cells
+            return None
+        return int(parameters["height"]), int(parameters["width"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def undo_enlargement(array: np.ndarray, native: tuple[int, int] | None) -> tuple[np.ndarray, int]:
+    """An image this tool enlarged for viewing (nearest neighbour, by an integer factor) back to
+    its pixels exactly: (array, factor), factor 1 when it is not such an image.
+
+    With `native` (the size its metadata records) the factor is the ratio of the sides; without
+    it, the largest factor f whose f x f blocks are all constant and that the viewing rule gives
+    for the shrunk size (its shorter side times f first reaching 64)."""
+    height, width = array.shape[:2]
+    if native is not None:
+        factor = height // native[0] if native[0] else 0
+        if (native[0] * factor, native[1] * factor) == (height, width):
+            shrunk = _blocks_shrunk(array, factor)
+            if shrunk is not None:
+                return shrunk, factor
+        return array, 1
+    for factor in range(min(height, width) // 2, 1, -1):
+        if height % factor or width % factor:
+            continue
+        if -(-VIEWING_SIDE // min(height // factor, width // factor)) != factor:
+            continue
+        shrunk = _blocks_shrunk(array, factor)
+        if shrunk is not None:
+            return shrunk, factor
+    return array, 1
 
 
 def _array_to_unit_range(array: np.ndarray, what: str) -> np.ndarray:
@@ -109,7 +172,16 @@ def load_image(source: Any, channels: int, what: str = "image") -> np.ndarray:
         what = f"{what} {source}"
         source = _open_image(source)
     if hasattr(source, "convert") and hasattr(source, "mode"):  # a PIL image
-        return _array_to_unit_range(_pil_to_array(source, "L" if channels == 1 else "RGB", what), what)
+        pixels = _pil_to_array(source, "L" if channels == 1 else "RGB", what)
+        pixels, factor = undo_enlargement(pixels, native_size(source))
+        if factor > 1:
+            height, width = pixels.shape[:2]
+            warnings.warn(
+                f"{what} is {height}x{width} enlarged {factor}x for viewing; read at its own "
+                f"{height}x{width} pixels",
+                stacklevel=3,
+            )
+        return _array_to_unit_range(pixels, what)
     array = np.asarray(source)
     if array.ndim == 2:
         array = array[..., None]
@@ -216,13 +288,20 @@ def prepare_masks(masks: Any, count: int, height: int, width: int) -> np.ndarray
     loaded = [load_mask(mask) for mask in _as_list(masks)]
     if len(loaded) not in (1, count):
         raise ValueError(f"got {len(loaded)} masks for {count} prompt/seed pairs; give one or {count}")
-    resized = False
+    resized, exactly = False, True
     for index, mask in enumerate(loaded):
         if mask.shape != (height, width):
             resized = True
+            exact = mask.shape[0] % height == 0 and mask.shape[0] // height == mask.shape[1] / width
+            shrunk = _blocks_shrunk(mask, mask.shape[0] // height) if exact else None
+            if shrunk is not None:  # drawn on the image enlarged for viewing: its blocks, exactly
+                loaded[index] = shrunk
+                continue
+            exactly = False
             loaded[index] = _resize(mask[..., None], height, width, "bilinear")[..., 0]
     if resized:
-        warnings.warn(f"the mask was resized to the image size {height}x{width}", stacklevel=3)
+        how = " (one value per block of equal pixels, exactly)" if exactly else ""
+        warnings.warn(f"the mask was resized to the image size {height}x{width}{how}", stacklevel=3)
     batch = np.stack(loaded)
     binary = (batch > MASK_THRESHOLD).astype(np.float32)
     if not np.isin(batch, (0.0, 1.0)).all():

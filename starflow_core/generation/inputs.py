@@ -116,7 +116,9 @@ def prompts_to_labels(prompts: Sequence[str], num_classes: int, names: Sequence[
             examples = ", ".join(list(names or ())[:5]) or "0, 1, 2"
             raise ValueError(
                 f"{prompt!r} is not a class of this label-conditioned model; use a class index "
-                f"0..{num_classes - 1}" + (f" or a class name (e.g. {examples})" if names else "")
+                f"0..{num_classes - 1}"
+                + (f" or a class name (e.g. {examples})" if names else "")
+                + "; for text prompts use a text-to-image model (--model starflow-3b-t2i-256)"
             )
     return labels
 

@@ -29,6 +29,8 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--stepwise-output-dir",
+        "--stepwise-image-output-dir",
+        dest="stepwise_output_dir",
         type=Path,
         metavar="DIR",
         help="also write each image as decoded after every flow block (the flow at work) into DIR",
@@ -40,6 +42,11 @@ def fill_from_metadata(args: argparse.Namespace) -> None:
     if args.config_from_metadata is None:
         return
     flags = generate_flags(read_parameters(args.config_from_metadata))
+    beside = Path(args.config_from_metadata).parent
+    for name in ("image", "mask"):  # relative paths (older images) also resolve beside the image
+        path = flags.get(name)
+        if path is not None and not path.is_absolute() and not path.exists() and (beside / path).exists():
+            flags[name] = beside / path
     prompts_given = bool(args.prompts or args.prompt or args.prompt_file)
     for dest, value in flags.items():
         if dest == "prompt":

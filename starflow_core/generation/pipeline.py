@@ -159,16 +159,34 @@ class PipelineBase:
             )
 
     # ----- conditioning --------------------------------------------------------------------
-    def conditions(self, prompts: list[str], guided: bool) -> tuple[Array | None, Array | None]:
+    def conditions(
+        self, prompts: list[str], guided: bool, negative_prompt: str | None = None
+    ) -> tuple[Array | None, Array | None]:
         """(y, y_null) for the flow: labels, T5 features of the prompts and of "", or None.
 
         Label models take class names or indices as prompts ("" is the null label) and need
-        no y_null; unconditional models ignore the prompts."""
+        no y_null; unconditional models ignore the prompts. A `negative_prompt` replaces ""
+        as guidance's null condition (its T5 features, or its class for label models)."""
         config = self.config
         if config.label_conditioned or (config.family == "tarflow" and config.num_classes):
-            return self.label_array(prompts_to_labels(prompts, config.num_classes, self.parts.labels)), None
+            y = self.label_array(prompts_to_labels(prompts, config.num_classes, self.parts.labels))
+            if not (guided and negative_prompt):
+                return y, None
+            if not config.label_conditioned:
+                raise ValueError(
+                    "this TARFlow class model takes no negative prompt (its null class is fixed)"
+                )
+            negative = prompts_to_labels([negative_prompt], config.num_classes, self.parts.labels)
+            return y, self.label_array(negative * len(prompts))
         if config.txt_dim == 0:
+            if negative_prompt:
+                raise ValueError("this model is unconditional: a negative prompt does not apply")
             return None, None
+        if guided and negative_prompt:  # encoded with the prompts; the pair (y, y_null) as for ""
+            self.encode_prompts([*prompts, negative_prompt])
+            features = self.prompt_features
+            y = self.concatenate([features[prompt] for prompt in prompts])
+            return y, self.concatenate([features[negative_prompt]] * len(prompts))
         features = self.prompt_features
         if all(prompt in features for prompt in [*prompts, ""]):
             y = self.concatenate([features[prompt] for prompt in prompts])
@@ -214,6 +232,8 @@ class PipelineBase:
         *,
         seeds: int | Sequence[int] | None = None,
         guidance: float | None = None,
+        guidance_scale: float | None = None,
+        negative_prompt: str | None = None,
         jacobi: bool | None = None,
         block_size: int | None = None,
         tol: float | None = None,
@@ -221,7 +241,7 @@ class PipelineBase:
         height: int | None = None,
         width: int | None = None,
         denoise: bool = True,
-        progress: bool = False,
+        progress: bool | None = None,
         callback: BlockCallback | None = None,
         image: Any = None,
         strength: float | None = None,
@@ -241,11 +261,22 @@ class PipelineBase:
         `mask_image` (white / 1 = regenerate), inpainting (default strength 1). The image sets
         the size unless height and width are given (it is then resized). `source_prompt`
         conditions the inversion of the image (default: the prompt). See docs/editing.md.
+
+        `guidance_scale` is `guidance` by its diffusers name; `negative_prompt` replaces the
+        empty prompt as guidance's null condition. `progress` None: the pipeline's setting
+        (on unless `set_progress_bar_config(disable=True)`).
         """
+        guidance = self._guidance(guidance, guidance_scale)
+        progress = self.show_progress if progress is None else progress
         drawn = seeds is None
         if drawn:
             seeds = draw_seeds(1 if isinstance(prompts, str) else max(len(prompts), 1))
         prompts, seeds = batch_prompts_and_seeds(prompts, seeds)
+        edits = (
+            image is not None or mask_image is not None or strength is not None or source_prompt is not None
+        )
+        if negative_prompt and edits:
+            raise ValueError("negative_prompt applies to generation from noise, not to image edits")
         settings = self.parts.sampling.merged(
             guidance=guidance, jacobi=jacobi, block_size=block_size, tol=tol, max_iter=max_iter
         )
@@ -263,7 +294,7 @@ class PipelineBase:
         height, width = height or self.default_size, width or self.default_size
         self.check_size(height, width)
         factor = self.parts.vae_downsample
-        y, y_null = self.conditions(prompts, settings.guidance > 0)
+        y, y_null = self.conditions(prompts, settings.guidance > 0, negative_prompt)
         noise = make_noise(seeds, self.config.in_channels, height // factor, width // factor)
         latents, steps = self.sample_flow(self.noise_array(noise), y, y_null, settings, progress, on_block)
         check_finite(self.to_numpy(latents), seeds, "flow samples")
@@ -288,7 +319,24 @@ class PipelineBase:
             decoder=str(self.parts.decoder.resolve()) if mode == "decoder" else None,
             framework=self.framework,
             seeds_drawn=drawn,
+            negative_prompt=negative_prompt if settings.guidance > 0 else None,
         )
+
+    @staticmethod
+    def _guidance(guidance: float | None, guidance_scale: float | None) -> float | None:
+        if guidance is not None and guidance_scale is not None and guidance != guidance_scale:
+            raise ValueError(
+                f"guidance={guidance} and guidance_scale={guidance_scale} disagree; they are one "
+                "setting, give one of them"
+            )
+        return guidance if guidance is not None else guidance_scale
+
+    # ----- progress bars (on by default, as diffusers) ---------------------------------------
+    show_progress: bool = True
+
+    def set_progress_bar_config(self, disable: bool = False, **_ignored: Any) -> None:
+        """`disable=True` turns the progress bars off for later calls (diffusers' spelling)."""
+        self.show_progress = not disable
 
     def decode_latents(self, latents: np.ndarray) -> np.ndarray:
         """Flow samples (float32 numpy (B, h, w, C), e.g. a callback's) -> images in [-1, 1],

@@ -138,6 +138,7 @@ def generate_flags(parameters: dict[str, Any]) -> dict[str, Any]:
         "quantize": parameters.get("quantize"),
         "quantize_text": parameters.get("text_quantize"),
         "grid": grid,
+        "negative_prompt": parameters.get("negative_prompt"),
         **edit_flags(parameters),
     }
 
@@ -168,7 +169,9 @@ def equivalent_command(parameters: dict[str, Any]) -> str:
         words += ["--prompt", prompt]
     words += ["--model", flags["model"], "--seed"]
     words += [str(seed) for seed in flags["seed"]]
-    words += ["--cfg", f"{flags['cfg']:g}"]
+    words += ["--guidance", f"{flags['cfg']:g}"]
+    if flags["negative_prompt"]:
+        words += ["--negative-prompt", flags["negative_prompt"]]
     if flags["jacobi"]:
         words += ["--jacobi", "--jacobi-block-size", str(flags["jacobi_block_size"])]
         words += [

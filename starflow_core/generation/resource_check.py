@@ -38,6 +38,7 @@ from starflow_core.sources.releases import (
     first_run_disk,
     release_by_name,
 )
+from starflow_core.sources.run_checkpoint import run_parts
 
 
 class InsufficientResourcesError(ValueError):
@@ -66,6 +67,9 @@ def model_sizes(source: str) -> ModelSizes | None:
         parameters = SD_VAE_PARAMETERS if release.vae_repo else 0
         downsample = 8 if release.vae_repo else 1  # SD-VAE
         return ModelSizes(release.name, release.config, t5, parameters, downsample, release.sampling, release)
+    trained = run_parts(source)  # a training run or one of its checkpoints
+    if trained is not None:
+        return parts_sizes(trained)
     if not Path(source).expanduser().is_dir():
         return None
     return parts_sizes(read_pipeline_folder(Path(source).expanduser()))

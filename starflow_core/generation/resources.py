@@ -235,5 +235,27 @@ def physical_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def peak_resident_memory(platform: str | None = None, maxrss: int | None = None) -> int:
+    """Bytes of the most resident memory this process has held (getrusage's ru_maxrss: bytes
+    on macOS, KiB on Linux)."""
+    import resource
+    import sys
+
+    platform = sys.platform if platform is None else platform
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss if maxrss is None else maxrss
+    return maxrss if platform == "darwin" else maxrss * 1024
+
+
+def describe_peak(resident: int, arrays: int | None, arrays_name: str) -> str:
+    """The summary line's peak memory, the same words in both twins: the process's peak resident
+    memory, and the framework's own peak (MLX arrays, CUDA tensors) where it is measured."""
+
+    def size(n: int) -> str:
+        return f"{n / 2**30:.2f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
+
+    text = f"peak memory {size(resident)} resident (the whole process)"
+    return text + (f", {size(arrays)} in {arrays_name}" if arrays else "")
+
+
 def format_bytes(n: float) -> str:
     return f"{n / GB:.1f} GB" if n >= 0.1 * GB else f"{n / 1e6:.0f} MB"

@@ -43,6 +43,7 @@ class Generation:
     framework: str = ""  # "mlx" | "torch"
     seeds_drawn: bool = False  # True when the seeds were drawn at random (none were given)
     edit: dict[str, str] = dataclasses.field(default_factory=dict)  # image-to-image / inpainting inputs
+    negative_prompt: str | None = None  # guidance's null condition instead of "" (None: "")
 
     def uint8(self) -> np.ndarray:
         return to_uint8(self.images)
@@ -74,6 +75,7 @@ class Generation:
             "steps": self.steps,
             "framework": self.framework,
             "version": package_version(),
+            **({"negative_prompt": self.negative_prompt} if self.negative_prompt else {}),
             **self.edit,
         }
 

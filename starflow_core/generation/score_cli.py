@@ -24,6 +24,7 @@ from starflow_core.generation.inputs import prompts_to_labels
 from starflow_core.generation.precision import DTYPE_CHOICES, QUANTIZE_BITS, TEXT_QUANTIZE_BITS, Precision
 from starflow_core.generation.resource_check import check_disk
 from starflow_core.generation.scoring import Scores, score_images
+from starflow_core.generation.validation import MAX_SIDE_FACTOR, check_size_limit
 from starflow_core.sources import PipelineParts, resolve
 from starflow_core.sources.releases import DEMO_FOLDER, release_by_name
 
@@ -62,6 +63,11 @@ def build_parser(module: str, description: str, torch: bool = False) -> argparse
         )
     parser.add_argument(
         "--strict", action="store_true", help="refuse checkpoints holding tensors the model does not use"
+    )
+    parser.add_argument(
+        "--no-size-limit",
+        action="store_true",
+        help=f"allow sides beyond {MAX_SIDE_FACTOR}x the model's training size (as generate)",
     )
     parser.add_argument(
         "--no-resource-check",
@@ -128,6 +134,24 @@ def read_images(paths: Sequence[Path], channels: int, multiple: int) -> list:
     return [prepare_images(path, 1, channels, None, multiple)[0] for path in paths]
 
 
+def check_sizes(
+    paths: Sequence[Path], images: Sequence, trained: int, pos_embed: bool, unlimited: bool
+) -> None:
+    """The sizes generate refuses are refused here too: sides beyond the limit (unless
+    --no-size-limit), and any size but the training one for a learned position embedding."""
+    for path, image in zip(paths, images, strict=True):
+        height, width = image.shape[:2]
+        try:
+            check_size_limit(height, width, trained, unlimited)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+        if pos_embed and (height, width) != (trained, trained):
+            raise ValueError(
+                f"{path} is {height}x{width}; this model has a learned position embedding and only "
+                f"scores {trained}x{trained} images"
+            )
+
+
 Loader = Callable[[PipelineParts, argparse.Namespace], Any]  # -> the twin's StarFlowPipeline
 PrecisionOf = Callable[[argparse.Namespace], Precision]  # --dtype auto resolved for the device
 
@@ -146,6 +170,8 @@ def run(args: argparse.Namespace, load: Loader, precision_of: PrecisionOf) -> in
         channels = 3 if release.vae_repo else release.config.in_channels  # SD-VAE takes RGB
         multiple = (8 if release.vae_repo else 1) * release.config.patch_size
         images = read_images(args.images, channels, multiple)
+        trained = release.config.img_size * (8 if release.vae_repo else 1)
+        check_sizes(args.images, images, trained, release.config.uses_pos_embed, args.no_size_limit)
         if not args.no_resource_check:
             check_disk(release, precision)
     parts = resolve(args.model, dtype=precision.dtype, strict=args.strict)
@@ -154,6 +180,9 @@ def run(args: argparse.Namespace, load: Loader, precision_of: PrecisionOf) -> in
         images = read_images(
             args.images, parts.image_channels, parts.vae_downsample * parts.flow_config.patch_size
         )
+    config = parts.flow_config
+    trained = config.img_size * parts.vae_downsample
+    check_sizes(args.images, images, trained, config.uses_pos_embed, args.no_size_limit)
     pipe = load(parts, args)
     with warnings.catch_warnings():  # the images were read (and any resize announced) above
         warnings.simplefilter("ignore")

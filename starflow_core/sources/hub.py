@@ -36,6 +36,8 @@ PIPELINE_PATTERNS = ("model_index.json", "*/*.json", "*/*.safetensors", "*/spiec
 class MissingModelFileError(FileNotFoundError):
     """A model file is neither in the local Hugging Face cache nor downloadable now."""
 
+    keep_lines = True  # the command lines print its `hf download` commands one per line
+
 
 # ----- where things are ------------------------------------------------------------------
 def hub_cache_dir() -> Path:

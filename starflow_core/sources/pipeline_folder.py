@@ -57,6 +57,8 @@ class PipelineParts:
     # what loads these parts again by name (release name, Hub repo id, absolute folder path);
     # written into image metadata as "model". None: not known (parts built by hand)
     source: str | None = None
+    # which weights these are, when that is worth saying (a training run's checkpoint and EMA)
+    description: str | None = None
 
     @property
     def flow_config(self) -> FlowConfig:

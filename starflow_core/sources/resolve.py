@@ -20,6 +20,7 @@ from starflow_core.sources.releases import (
     release_by_name,
     resolve_release,
 )
+from starflow_core.sources.run_checkpoint import run_parts
 
 
 def _looks_like_repo_id(source: str) -> bool:
@@ -45,6 +46,9 @@ def resolve(
     if isinstance(source, PipelineParts):
         return source
     path = Path(source).expanduser()
+    trained = run_parts(path)  # a training run, its checkpoints/latest, or one checkpoint
+    if trained is not None:
+        return trained
     if path.exists():
         if not path.is_dir():
             raise ValueError(f"{path} is a file; --model takes a pipeline folder (convert a .pth first)")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from starflow_core.command_line import (
     EXIT_INTERRUPTED,
@@ -12,6 +15,7 @@ from starflow_core.command_line import (
     positive_int,
     run_command,
 )
+from starflow_core.training.files import RUN_NAME, checkpoint_of
 
 
 def parse_train_arguments(module: str, description: str, argv: Sequence[str] | None = None) -> tuple:
@@ -53,6 +57,37 @@ def parse_train_arguments(module: str, description: str, argv: Sequence[str] | N
     return args, overrides
 
 
+def resumed_run_settings(resume: Path, config: str | None, overrides: list[str]) -> tuple:
+    """`--resume RUN_FOLDER` continues that run in that folder: without --config from the
+    configuration stored with its checkpoint (run.json), and with --config too still in
+    RUN_FOLDER (not the file's out_dir) unless -o / --set train.out_dir says otherwise."""
+    checkpoint = checkpoint_of(resume)
+    if checkpoint is None or not (checkpoint / RUN_NAME).is_file():
+        if config is None:
+            raise FileNotFoundError(
+                f"--resume {resume}: no training checkpoint there (expected a run folder with "
+                "checkpoints/latest, or a checkpoint folder with run.json)"
+            )
+        return config, overrides  # the trainer names what is missing
+    settings = list(overrides)
+    if config is None:
+        config = str(checkpoint / RUN_NAME)
+        stored = json.loads((checkpoint / RUN_NAME).read_text()).get("train") or {}
+        if "ema_warmup" not in stored:  # written before the EMA had a warm-up: continue it without
+            settings.insert(0, "train.ema_warmup=false")
+    run_folder = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    if not any(item.replace(" ", "").startswith("train.out_dir=") for item in overrides):
+        settings.append(f"train.out_dir={json.dumps(str(run_folder))}")
+    return config, settings
+
+
+def sampling_hint(module: str, run_folder: Path) -> str:
+    """The trainer's last line: how to generate from the run just trained (its latest checkpoint,
+    EMA weights when the run kept an EMA)."""
+    generate = module.rsplit(".", 1)[0] + ".generate"
+    return f"sample from it: python -m {generate} --model {shlex.quote(str(run_folder))} PROMPT --seed 0"
+
+
 def train_command(module: str, description: str, argv: Sequence[str] | None, load_run_config, train) -> int:
     """Both trainers' `main`: parse, train, report; user errors exit 2 with one line (no traceback),
     a stop signal (Ctrl-C, SIGTERM) 130 once the checkpoint of the last finished step is saved."""
@@ -60,7 +95,10 @@ def train_command(module: str, description: str, argv: Sequence[str] | None, loa
     prog = command_name(module)
 
     def body() -> int:
-        run = load_run_config(args.config, overrides)
+        config, settings = args.config, list(overrides)
+        if args.resume is not None:
+            config, settings = resumed_run_settings(Path(args.resume), config, settings)
+        run = load_run_config(config, settings)
         result = train(
             run, resume=args.resume, stop_at_step=args.stop_at_step, allow_data_change=args.allow_data_change
         )
@@ -74,6 +112,8 @@ def train_command(module: str, description: str, argv: Sequence[str] | None, loa
                 file=sys.stderr,
             )
             return EXIT_INTERRUPTED
+        if result.checkpoint is not None:
+            print(sampling_hint(module, Path(result.checkpoint).parent.parent))
         return 0
 
     return run_command(prog, body)

@@ -54,6 +54,7 @@ class TrainConfig:
     latent_norm_reg: float = 0.0  # official latent_norm_regularization (1e-4 for the 3B model)
     drop_label: float = 0.0  # probability of replacing the condition by the null one
     ema_decay: float = 0.9999  # 0 disables the EMA
+    ema_warmup: bool = True  # decay min(ema_decay, (1 + t) / (10 + t)) at step t (schedule.ema_decay_at)
     gradient_checkpointing: bool = False  # torch only
     parallel: str = "ddp"  # torch multi-process mode: ddp or fsdp (FSDP2)
     bf16: bool = True  # torch autocast / FSDP mixed precision, CUDA only (MLX trains in float32)

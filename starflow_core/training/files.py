@@ -163,6 +163,22 @@ def reading_checkpoint(folder: Path) -> Iterator[None]:
         raise DamagedCheckpointError(f"checkpoint {folder} cannot be read ({detail}); {fix}") from err
 
 
+def checkpoint_of(path: Path) -> Path | None:
+    """The checkpoint folder `path` names: a run folder or its checkpoints/ (their `latest`), the
+    `latest` file itself, or a checkpoint folder (run.json + config.json); None when it names none."""
+    if path.is_file() and path.name == LATEST_NAME:
+        return path.parent / path.read_text().strip()
+    if not path.is_dir():
+        return None
+    for root in (path / "checkpoints", path):
+        latest = root / LATEST_NAME
+        if latest.is_file():
+            return root / latest.read_text().strip()
+    if (path / RUN_NAME).is_file() and (path / "config.json").is_file():
+        return path
+    return None
+
+
 def resolve_checkpoint(path: str | Path, state_name: str) -> Path:
     """A checkpoint folder from itself, a run's out_dir, or its checkpoints/ folder."""
     path = Path(path)

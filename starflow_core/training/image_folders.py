@@ -211,6 +211,7 @@ class ImageFolder:
             "folder": str(self.folder.resolve()),
             "count": len(self.files),
             "digest": digest.hexdigest(),
+            "class_names": list(self.class_names),  # the labels' names, for generation from the run
         }
 
     def target_of(self, index: int) -> dict:
@@ -314,7 +315,12 @@ def training_data_kind(config, train) -> str:
 def shard_fingerprint(folder: Path, index: dict) -> dict:
     """What identifies a folder of encoded shards: its index (a resume checks it)."""
     digest = hashlib.sha256(json.dumps(index, sort_keys=True).encode()).hexdigest()
-    return {"folder": str(Path(folder).resolve()), "count": index.get("count"), "digest": digest}
+    return {
+        "folder": str(Path(folder).resolve()),
+        "count": index.get("count"),
+        "digest": digest,
+        "class_names": list(index.get("class_names") or []),  # for generation from the run
+    }
 
 
 def check_latent_channels(index: dict, folder: Path, in_channels: int) -> None:

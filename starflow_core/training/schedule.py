@@ -44,6 +44,17 @@ def learning_rate(step: int, max_lr: float, min_lr: float, warmup_steps: int, to
     return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (max_lr - min_lr)
 
 
+def ema_decay_at(decay: float, step: int, warmup: bool = True) -> float:
+    """The EMA's decay for the update after `step` optimizer steps (0 for the first).
+
+    With the warm-up, decay_t = min(decay, (1 + t) / (10 + t)): the average starts close to
+    the current weights (0.1 at t = 0, 0.5 at t = 8, 0.9 at t = 80) and reaches `decay` after
+    about 1 / (1 - decay) steps, so a short run's EMA is not dominated by the random
+    initialisation (0.998^150 = 0.74 of it would remain after 150 steps without the warm-up).
+    """
+    return min(decay, (1 + step) / (10 + step)) if warmup else decay
+
+
 def bits_per_dim_from_loss(loss: float) -> float:
     """The flow loss is the NLL per dimension minus 0.5 log(2 pi) (the Gaussian normaliser)."""
     if not math.isfinite(loss):

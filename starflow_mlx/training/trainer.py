@@ -27,7 +27,7 @@ from starflow_core.training.config import RunConfig
 from starflow_core.training.files import reading_checkpoint
 from starflow_core.training.guards import CorruptImages, check_resume_data, non_finite_weights_error
 from starflow_core.training.run_folder import claim_run_folder
-from starflow_core.training.schedule import Progress, StopSignal
+from starflow_core.training.schedule import Progress, StopSignal, ema_decay_at
 
 from ..data import ImageFolderDataset, batch_stream
 from ..model import StarFlow
@@ -214,7 +214,7 @@ class Trainer:
             if not weights_are_finite(self.model):  # checked before the EMA or a checkpoint sees them
                 raise non_finite_weights_error(p.step + 1, lr, grad_norm, self.out_dir)
             if self.ema is not None:
-                decay = train.ema_decay
+                decay = ema_decay_at(train.ema_decay, p.step, train.ema_warmup)
                 self.ema = tree_map(
                     lambda e, q: e + (1.0 - decay) * (q.astype(mx.float32) - e),
                     self.ema,

@@ -149,9 +149,11 @@ class EMA:
         self.shadow = {name: p.detach().clone().float() for name, p in parameters.items()}
 
     @torch.no_grad()
-    def update(self) -> None:
+    def update(self, decay: float | None = None) -> None:
+        """shadow <- decay * shadow + (1 - decay) * parameter (`decay` None: the EMA's own)."""
+        weight = 1.0 - (self.decay if decay is None else decay)
         for name, p in self.parameters.items():
-            self.shadow[name].lerp_(p.detach().float(), 1.0 - self.decay)
+            self.shadow[name].lerp_(p.detach().float(), weight)
 
     def full_state(self, buffers: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """EMA weights plus the model's (non-averaged) buffers, full tensors on CPU."""

@@ -28,7 +28,7 @@ from starflow_core.training.config import RunConfig
 from starflow_core.training.files import reading_checkpoint
 from starflow_core.training.guards import CorruptImages, check_resume_data, non_finite_weights_error
 from starflow_core.training.run_folder import claim_run_folder
-from starflow_core.training.schedule import StopSignal
+from starflow_core.training.schedule import StopSignal, ema_decay_at
 
 from ..data import ImageFolderDataset, batch_stream
 from ..model import StarFlow
@@ -273,7 +273,7 @@ class Trainer:
             if not self._weights_are_finite():  # checked before the EMA or a checkpoint sees them
                 raise non_finite_weights_error(p.step + 1, lr, grad_norm, self.out_dir)
             if self.ema is not None:
-                self.ema.update()
+                self.ema.update(ema_decay_at(train.ema_decay, p.step, train.ema_warmup))
         p.step += 1
         p.corrupt_images += int(totals[3])
         p.samples_seen += train.batch_size
