@@ -151,7 +151,9 @@ def test_an_edit_is_remade_from_its_metadata(tmp_path):
 
 
 def test_demo_grid_remade_from_its_metadata_and_kept(tmp_path):
-    first = run("starflow_mlx.generate", "--quiet", "--seed", 2, "--n-images", 2, tmp=tmp_path)  # 10 x 2
+    first = run(
+        "starflow_mlx.generate", "--quiet", "--seed", 2, "--n-images", 2, "--grid", tmp=tmp_path
+    )  # 10 x 2
     assert first.returncode == 0, first.stderr
     assert read_parameters(tmp_path / "starflow.png")["model"] == DEMO_NAME
     again = run("starflow_mlx.generate", "--quiet", "--config-from-metadata", "starflow.png", tmp=tmp_path)
@@ -159,7 +161,15 @@ def test_demo_grid_remade_from_its_metadata_and_kept(tmp_path):
     assert "wrote starflow_1.png" in again.stdout  # the first grid is kept
     np.testing.assert_array_equal(pixels(tmp_path / "starflow_1.png"), pixels(tmp_path / "starflow.png"))
     replaced = run(
-        "starflow_mlx.generate", "--quiet", "--seed", 3, "--n-images", 2, "--overwrite", tmp=tmp_path
+        "starflow_mlx.generate",
+        "--quiet",
+        "--seed",
+        3,
+        "--n-images",
+        2,
+        "--grid",
+        "--overwrite",
+        tmp=tmp_path,
     )
     assert replaced.returncode == 0 and "wrote starflow.png" in replaced.stdout
     assert read_parameters(tmp_path / "starflow.png")["seeds"][0] == 3
