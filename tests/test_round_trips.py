@@ -3,6 +3,7 @@ default model as the README says, a training run generating and continuing in it
 
 from __future__ import annotations
 
+import importlib
 import json
 import warnings
 
@@ -20,6 +21,7 @@ from starflow_core.generation.inputs import prompts_to_labels
 from starflow_core.generation.result import GeneratedImages
 from starflow_core.sources import resolve
 from starflow_core.sources.releases import DEMO_NAME
+from starflow_core.training.schedule import ema_decay_at
 from tests.test_cli import run
 
 
@@ -163,3 +165,39 @@ def test_a_training_run_generates_and_resumes_in_its_folder(tmp_path):
     assert with_config.returncode == 0, with_config.stderr
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step_00000004"
     assert not (tmp_path / "elsewhere").exists()  # the run is not split across two folders
+
+
+def test_ema_decay_warms_up():
+    # decay_t = min(decay, (1 + t) / (10 + t)), t = optimizer steps before the update
+    assert [ema_decay_at(0.998, t) for t in (0, 1, 8)] == [0.1, 2 / 11, 0.5]
+    assert ema_decay_at(0.998, 10_000) == 0.998  # the configured decay once (1 + t) / (10 + t) passes it
+    assert ema_decay_at(0.998, 0, warmup=False) == 0.998
+
+
+@pytest.mark.parametrize("twin", ["mlx", "torch"])
+def test_both_trainers_average_with_the_warm_up(twin, tmp_path):
+    """Two steps from known weights: ema_1 = 0.1 init + 0.9 w_1, ema_2 = 2/11 ema_1 + 9/11 w_2
+    (without the warm-up ema_2 would be 99.6% the random initialisation)."""
+    from safetensors.numpy import load_file
+
+    from starflow_core.config import FlowConfig
+    from starflow_mlx.model import StarFlow
+
+    initial = StarFlow(FlowConfig.from_dict(TARFLOW_TINY))
+    initial.save_pretrained(tmp_path / "init")
+    trainer = importlib.import_module(f"starflow_{twin}.training")
+    data = make_class_folder(tmp_path / "images")
+    sets = overrides(TARFLOW_TINY, data=str(data), steps=2, ema_decay=0.998, save_every=1, keep_checkpoints=2)
+    sets += [f"train.out_dir={tmp_path / 'run'}", f"train.init_weights={tmp_path / 'init'}"]
+    trainer.train(trainer.load_run_config(None, sets))
+    init = load_file(str(tmp_path / "init" / "model.safetensors"))
+    step = {n: tmp_path / "run" / "checkpoints" / f"step_0000000{n}" for n in (1, 2)}
+    weights = {n: load_file(str(step[n] / "model.safetensors")) for n in (1, 2)}
+    ema = {n: load_file(str(step[n] / "ema" / "model.safetensors")) for n in (1, 2)}
+    moved = 0.0
+    for name, start in init.items():
+        # fp32 updates: the average's rounding is a few ulps of values of order one
+        np.testing.assert_allclose(ema[1][name], 0.1 * start + 0.9 * weights[1][name], atol=2e-6)
+        np.testing.assert_allclose(ema[2][name], 2 / 11 * ema[1][name] + 9 / 11 * weights[2][name], atol=2e-6)
+        moved = max(moved, float(np.abs(weights[2][name] - start).max()))
+    assert moved > 1e-3  # the weights did move (lr 1e-3): the check above can see a wrong decay
