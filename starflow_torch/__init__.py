@@ -6,12 +6,16 @@ for multi-GPU training and CUDA sampling.
 
 from starflow_core.config import FlowConfig
 
-from .model import StarFlow
-from .sampling import SamplingStats
-
-# The VAE, text encoder and pipeline wrap diffusers / transformers, which take seconds to import:
-# load them on first use so `import starflow_torch` stays fast for training and sampling.
-_LAZY = {"AutoencoderKL": ".vae", "TextEncoder": ".text", "StarFlowPipeline": ".pipeline"}
+# torch, and diffusers / transformers behind the VAE, text encoder and pipeline, take seconds to
+# import: everything is loaded on first use, so a command's --help (and argument errors) answer
+# before any of them loads.
+_LAZY = {
+    "StarFlow": ".model",
+    "SamplingStats": ".sampling",
+    "AutoencoderKL": ".vae",
+    "TextEncoder": ".text",
+    "StarFlowPipeline": ".pipeline",
+}
 
 
 def __getattr__(name: str):

@@ -15,17 +15,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from starflow_core.training.image_folders import encode_argument_parser, encode_command
-
-from .training.encode import encode_dataset
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = encode_argument_parser("starflow_torch.encode_dataset", __doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    return parser.parse_args(argv)
+    parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    args = parser.parse_args(argv)
+    if args.device is None:
+        import torch  # after the arguments: --help answers before torch loads
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return args
 
 
 def on_device(component, device: str):
@@ -36,9 +37,11 @@ def on_device(component, device: str):
 def main(argv: Sequence[str] | None = None) -> int:
     from tqdm import tqdm
 
-    from .vae import AutoencoderKL
-
     args = parse_args(argv)
+    import torch
+
+    from .training.encode import encode_dataset
+    from .vae import AutoencoderKL
 
     def encode(out: Path) -> dict:
         vae = on_device(AutoencoderKL.from_pretrained(args.vae), args.device)

@@ -17,13 +17,15 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-
-import torch
+from typing import TYPE_CHECKING
 
 from starflow_core.generation import cli as generate_cli
 from starflow_core.generation.precision import Precision
-from starflow_core.generation.resources import physical_memory
+from starflow_core.generation.resources import cpu_threads, machine_cpus, physical_memory
 from starflow_core.sources.pipeline_folder import PipelineParts
+
+if TYPE_CHECKING:
+    import torch
 
 
 def distributed_rank() -> tuple[int, int, int]:
@@ -37,6 +39,8 @@ def distributed_rank() -> tuple[int, int, int]:
 
 def choose_device(requested: str | None, local_rank: int) -> torch.device:
     """The --device asked for (checked: it exists on this machine), or CUDA when available."""
+    import torch
+
     if not requested:
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank % torch.cuda.device_count())
@@ -67,8 +71,20 @@ def check_dtype_on_device(dtype: str, device: torch.device) -> None:
         raise ValueError(f"--dtype {dtype} does not run on CPU in the torch twin; use --dtype float32 on CPU")
 
 
+def use_cpu_threads(requested: int | None) -> None:
+    """On a CPU, sample with the idle cores (or --threads / OMP_NUM_THREADS), not one thread per
+    core whatever else runs (starflow_core.generation.resources.cpu_threads)."""
+    import torch
+
+    threads = cpu_threads(requested, os.environ, *machine_cpus())
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
 def peak_memory() -> int | None:
     """Bytes CUDA tensors held at most; None on a CPU (the summary gives the process's peak)."""
+    import torch
+
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated()
     return None
@@ -90,11 +106,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         device = choose_device(args.device, local_rank)
         check_dtype_on_device(args.dtype, device)
+        if device.type == "cpu":
+            use_cpu_threads(args.threads)
         return StarFlowPipeline.from_pretrained(
             parts, dtype=precision(args).dtype, decoder=args.decoder, device=device, strict=args.strict
         )
 
     def available_memory(args: argparse.Namespace) -> tuple[int, str]:
+        import torch
+
         device = choose_device(args.device, local_rank)
         if device.type == "cuda":
             return torch.cuda.get_device_properties(

@@ -17,17 +17,22 @@ from starflow_core.generation import score_cli
 from starflow_core.generation.precision import Precision
 from starflow_core.sources.pipeline_folder import PipelineParts
 
-from .generate import check_dtype_on_device, choose_device
-from .pipeline import StarFlowPipeline, auto_dtype
+from .generate import check_dtype_on_device, choose_device, use_cpu_threads
 
 
 def precision(args: argparse.Namespace) -> Precision:
+    from .pipeline import auto_dtype  # torch, diffusers, transformers: after the arguments are read
+
     return Precision(auto_dtype(args.dtype, choose_device(args.device, local_rank=0)))
 
 
-def load_pipeline(parts: PipelineParts, args: argparse.Namespace) -> StarFlowPipeline:
+def load_pipeline(parts: PipelineParts, args: argparse.Namespace):
+    from .pipeline import StarFlowPipeline
+
     device = choose_device(args.device, local_rank=0)
     check_dtype_on_device(args.dtype, device)
+    if device.type == "cpu":
+        use_cpu_threads(None)  # the idle cores (or OMP_NUM_THREADS), as generate
     return StarFlowPipeline.from_pretrained(
         parts, dtype=precision(args).dtype, device=device, strict=args.strict
     )

@@ -15,8 +15,14 @@ import sys
 from collections.abc import Sequence
 
 from starflow_core.training.cli import train_command
+from starflow_core.training.config import load_run_config
 
-from .training import load_run_config, train
+
+def train(*args, **kwargs):
+    """The trainer, imported once the arguments are read (torch takes seconds to load)."""
+    from .training import train as run_training
+
+    return run_training(*args, **kwargs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,9 +5,21 @@ from __future__ import annotations
 
 import importlib.util
 import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo():
+    import starflow_mlx.pipeline as mlx_pipeline
+    from starflow_core.sources.releases import DEMO_NAME
+
+    return mlx_pipeline.StarFlowPipeline.from_pretrained(DEMO_NAME)
 
 
 def load_script(name: str):
@@ -52,3 +64,150 @@ def test_setup_script_uses_the_decision_and_falls_back(tmp_path):
         check=True,
     ).stdout.split()
     assert printed in ([], ["--index-url", "https://download.pytorch.org/whl/cpu"])
+
+
+# ----- spellings from mflux and diffusers ---------------------------------------------------------
+def test_generate_takes_the_spellings_users_know():
+    from starflow_core.generation import cli as generate_cli
+
+    parser = generate_cli.build_parser("starflow_mlx.generate", "")
+    args = parser.parse_args(["a", "-m", "x", "-q", "--guidance", "2", "--stepwise-image-output-dir", "d"])
+    assert (args.model, args.quiet, args.cfg, str(args.stepwise_output_dir)) == ("x", True, 2.0, "d")
+    assert parser.parse_args(["--cfg", "3", "--negative-prompt", "blurry"]).cfg == 3.0
+    assert parser.parse_args(["--negative-prompt", "blurry"]).negative_prompt == "blurry"
+
+
+def test_negative_prompt_replaces_the_null_condition(demo):
+    """For the digits model a negative prompt is a class: guidance then steers from "three" rather
+    than from the null label, so the sample differs; with guidance 0 it cannot matter."""
+    plain = demo.generate("eight", seeds=4, guidance=2.0, progress=False)
+    steered = demo.generate("eight", seeds=4, guidance_scale=2.0, negative_prompt="three", progress=False)
+    assert np.abs(plain.images - steered.images).max() > 0.05
+    assert steered.parameters(0)["negative_prompt"] == "three" and "negative_prompt" not in plain.parameters(
+        0
+    )
+    unguided = demo.generate("eight", seeds=4, guidance=0.0, negative_prompt="three", progress=False)
+    np.testing.assert_array_equal(unguided.images, demo.generate("eight", seeds=4, guidance=0.0).images)
+    y, y_null = demo.conditions(["eight"], True, "three")
+    assert np.asarray(y_null).tolist() == [3]  # the class replaces the null label -1
+    with pytest.raises(ValueError, match="disagree"):
+        demo.generate("eight", seeds=4, guidance=1.0, guidance_scale=2.0)
+
+
+def test_text_negative_prompt_is_the_encoding_of_that_text(tmp_path):
+    import starflow_mlx.pipeline as mlx_pipeline
+    from tests.helpers.tiny_pipeline import make_tiny_pipeline
+
+    pipe = mlx_pipeline.StarFlowPipeline.from_pretrained(make_tiny_pipeline(tmp_path))
+    _, y_null = pipe.conditions(["a cat"], True, "a dog")
+    dog, _ = pipe.conditions(["a dog"], False)
+    np.testing.assert_array_equal(np.asarray(y_null), np.asarray(dog))
+    _, empty = pipe.conditions(["a cat"], True)
+    assert np.abs(np.asarray(empty) - np.asarray(dog)).max() > 0  # not the empty prompt's
+
+
+# ----- progress -----------------------------------------------------------------------------------
+def test_the_api_shows_progress_unless_turned_off(demo, monkeypatch):
+    from starflow_core.generation.output_cli import images_bar
+
+    seen = []
+    original = type(demo).sample_flow
+
+    def recording(self, noise, y, y_null, settings, progress, callback=None):
+        seen.append(progress)
+        return original(self, noise, y, y_null, settings, progress, callback)
+
+    monkeypatch.setattr(type(demo), "sample_flow", recording)
+    demo.generate("one", seeds=0)
+    demo.set_progress_bar_config(disable=True)
+    demo.generate("one", seeds=0)
+    demo.set_progress_bar_config(disable=False)
+    demo.generate("one", seeds=0, progress=False)
+    assert seen == [True, False, False]  # on by default (as diffusers), off by the switch or per call
+    assert not images_bar(3, quiet=False).disable and images_bar(3, quiet=True).disable
+
+
+# ----- one-line errors ----------------------------------------------------------------------------
+def test_argument_errors_are_one_line_with_the_way_to_help(capsys):
+    from starflow_core.generation import cli as generate_cli
+
+    parser = generate_cli.build_parser("starflow_mlx.generate", "")
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args(["--bogus"])
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        "starflow-mlx-generate: error: unrecognized arguments: --bogus (see starflow-mlx-generate --help)"
+    ]
+
+
+def test_the_offline_message_keeps_its_command_lines(capsys):
+    from starflow_core.command_line import run_command
+    from starflow_core.sources.hub import MissingModelFileError, download_instructions
+
+    message = "x needs files:\n  repo: a.bin\n" + download_instructions(["hf download repo a.bin"])
+
+    def body():
+        raise MissingModelFileError(message)
+
+    assert run_command("prog", body) == 2
+    err = capsys.readouterr().err
+    assert "\n    hf download repo a.bin\n" in err and err.startswith("prog: error: x needs files:\n")
+
+
+# ----- version, peak memory, threads, --help before torch ------------------------------------------
+def test_one_version_everywhere():
+    import tomllib
+
+    from starflow_core.version import __version__, package_version
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "version" in project["project"]["dynamic"] and "version" not in project["project"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {
+        "attr": "starflow_core.version.__version__"
+    }
+    assert package_version() == __version__
+    major, minor = (int(part) for part in __version__.split(".")[:2])
+    assert (major, minor) >= (0, 2)  # messages speak of "before 0.2" and of 0.1.0's names as older
+
+
+def test_peak_memory_is_bytes_on_every_platform_and_says_what_it_is():
+    from starflow_core.generation.resources import describe_peak, peak_resident_memory
+
+    assert peak_resident_memory("darwin", 5_000_000) == 5_000_000  # macOS: bytes
+    assert peak_resident_memory("linux", 5_000) == 5_120_000  # Linux: KiB
+    assert describe_peak(3 * 2**30, 2**29, "MLX arrays") == (
+        "peak memory 3.00 GB resident (the whole process), 512 MB in MLX arrays"
+    )
+    assert (
+        describe_peak(300 * 2**20, None, "CUDA tensors") == "peak memory 300 MB resident (the whole process)"
+    )
+
+
+def test_cpu_threads_leave_a_loaded_machine_alone():
+    from starflow_core.generation.resources import cpu_threads
+
+    assert cpu_threads(None, {}, cpus=16, load=0.2) == 16  # idle: every core
+    assert cpu_threads(None, {}, cpus=16, load=5.6) == 10  # five to six cores busy elsewhere
+    assert cpu_threads(None, {}, cpus=2, load=11.0) == 1  # overloaded: one thread, never zero
+    assert cpu_threads(None, {"OMP_NUM_THREADS": "3"}, cpus=16, load=9.0) is None  # the user's setting
+    assert cpu_threads(4, {"OMP_NUM_THREADS": "3"}, cpus=2, load=9.0) == 4  # --threads wins
+    with pytest.raises(ValueError, match="--threads must be >= 1"):
+        cpu_threads(0, {}, cpus=2, load=0.0)
+
+
+def test_torch_commands_answer_help_before_importing_torch():
+    """--help must not wait for torch, diffusers or transformers (seconds on a busy machine)."""
+    code = """
+import contextlib, io, runpy, sys
+for name in ("generate", "score", "train", "info", "convert", "encode_dataset"):
+    sys.argv = [name, "--help"]
+    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):
+        runpy.run_module("starflow_torch." + name, run_name="__main__")
+    heavy = [m for m in ("torch", "diffusers", "transformers") if m in sys.modules]
+    print(name, heavy)
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:6] == [
+        f"{name} []" for name in ("generate", "score", "train", "info", "convert", "encode_dataset")
+    ], out.stdout

@@ -34,6 +34,7 @@ from starflow_core.generation.inputs import (
 from starflow_core.generation.output_cli import (
     add_output_arguments,
     announce,
+    images_bar,
     fill_from_metadata,
     stepwise_writer,
 )
@@ -125,6 +126,12 @@ def build_parser(module: str, description: str, torch: bool = False) -> argparse
     )
     if torch:
         parser.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when available)")
+        parser.add_argument(
+            "--threads",
+            type=int,
+            help="CPU threads (default: OMP_NUM_THREADS when set, else the idle cores: the cores "
+            "less the 1-minute load average, at least 1)",
+        )
     else:
         parser.add_argument(
             "--quantize", type=int, choices=QUANTIZE_BITS, help="quantize the flow to 4 or 8 bits as it loads"
@@ -356,6 +363,7 @@ def generate(args: argparse.Namespace, backend: Backend) -> int:
         distinct.append(args.negative_prompt)
     if len(distinct) <= PRECOMPUTED_PROMPTS:  # T5 loaded once and freed before the flow loads
         pipe.encode_prompts(distinct)
+    overall = images_bar(len(mine), args.quiet)  # image n of N, above the per-block bars
     try:  # each image is written atomically as its batch is done; Ctrl-C keeps the complete ones
         for first in range(0, len(mine), args.batch_size):
             indices = mine[first : first + args.batch_size]
@@ -383,10 +391,13 @@ def generate(args: argparse.Namespace, backend: Backend) -> int:
                     writer.add_to_grid(pixels, result.parameters(row))
                     continue
                 announce(writer, writer.write_image(index, pixels, result.parameters(row)))
+            overall.update(len(indices))
     except KeyboardInterrupt:
         images = [path for path in writer.written if path.suffix != ".json"]  # not the sidecars
         done = f"{len(images)} complete image(s) were written before it" if images else "no image was written"
         raise KeyboardInterrupt(done) from None
+    finally:
+        overall.close()
     if args.grid:
         columns = len(seeds) if len(prompts) > 1 and len(mine) == len(jobs) else None
         path = writer.write_grid(columns)

@@ -68,11 +68,20 @@ def fill_from_metadata(args: argparse.Namespace) -> None:
             setattr(args, dest, value)
 
 
+def images_bar(total: int, quiet: bool):
+    """The overall progress bar of a run, image n of N (the flow's per-block bars run below it)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="images", unit="image", disable=quiet or total < 2, position=0)
+
+
 def announce(writer: ImageWriter, path: Path) -> None:
     """Print the image just written (and its sidecar), so every path written is on the console."""
-    print(f"wrote {path}")
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"wrote {path}")  # above any progress bar, not through it
     if writer.sidecar:
-        print(f"wrote {writer.written[-1]}")
+        tqdm.write(f"wrote {writer.written[-1]}")
 
 
 def stepwise_writer(

@@ -235,6 +235,37 @@ def physical_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def idle_cores(cpus: int, load: float) -> int:
+    """Cores not busy with other work: `cpus` less the 1-minute load average, at least 1."""
+    return max(1, min(cpus, cpus - int(load + 0.5)))
+
+
+def cpu_threads(requested: int | None, environ: Mapping[str, str], cpus: int, load: float) -> int | None:
+    """Threads for CPU sampling: `requested` (--threads), else None where OMP_NUM_THREADS is set
+    (the framework follows it), else the idle cores, so a loaded machine is not oversubscribed
+    (torch's default, one thread per core, made sampling several times slower under load)."""
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"--threads must be >= 1, got {requested}")
+        return requested
+    if environ.get("OMP_NUM_THREADS"):
+        return None
+    return idle_cores(cpus, load)
+
+
+def machine_cpus() -> tuple[int, float]:
+    """(cores this process may run on, the 1-minute load average; 0 where unknown)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        cpus = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = 0.0
+    return cpus, load
+
+
 def peak_resident_memory(platform: str | None = None, maxrss: int | None = None) -> int:
     """Bytes of the most resident memory this process has held (getrusage's ru_maxrss: bytes
     on macOS, KiB on Linux)."""
