@@ -34,8 +34,8 @@ from starflow_core.generation.inputs import (
 from starflow_core.generation.output_cli import (
     add_output_arguments,
     announce,
-    images_bar,
     fill_from_metadata,
+    images_bar,
     stepwise_writer,
 )
 from starflow_core.generation.outputs import check_output_writable, output_directory
