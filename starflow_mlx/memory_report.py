@@ -20,7 +20,6 @@ from . import command_setup  # noqa: F401  (first: OpenBLAS for MLX on Linux, be
 # isort: split
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from starflow_core.command_line import command_parser, run_command
+from starflow_core.command_line import run_command
 from starflow_core.generation import memory_report as report
 from starflow_core.generation.resources import RunShape, T5Shape, estimate_memory
 
@@ -57,8 +56,7 @@ def write_vae_folder(folder: Path) -> None:
     for name, value in tree_flatten(AutoencoderKL(config).parameters()):  # lazy: nothing allocated
         shape = tuple(value.shape)
         shapes[name] = (shape[0], shape[3], shape[1], shape[2]) if len(shape) == 4 else shape
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps({"block_out_channels": [128, 256, 512, 512]}))
+    report.write_vae_config(folder)
     report.write_random_safetensors(
         folder / "diffusion_pytorch_model.safetensors", shapes, "float32", report.flow_scale, seed=2
     )
@@ -150,8 +148,8 @@ def measure_option(option: str, root: Path, full_compute: bool) -> list[report.P
     return results
 
 
-def issue_reference() -> list[str]:
-    """Issue 17's measurement (REFERENCE_FLOW, fp32, random weights): peak of a guided (3.6) sample
+def reference_run() -> list[str]:
+    """The reference measurement (REFERENCE_FLOW, fp32, random weights): peak of a guided (3.6) sample
     and its score step, over the weight bytes; and the score step keeping every layer's
     activations (as before per-layer recompute)."""
     config = report.REFERENCE_FLOW
@@ -163,7 +161,7 @@ def issue_reference() -> list[str]:
     noise = mx.random.normal((1, config.img_size, config.img_size, config.in_channels))
     y = mx.random.normal((1, config.txt_size, config.txt_dim))
     lines = [
-        f"Issue 17's reference: flow width 1024, {model.num_parameters() / 1e6:.0f}M parameters, fp32, "
+        f"Reference: flow width 1024, {model.num_parameters() / 1e6:.0f}M parameters, fp32, "
         f"1,024 latent tokens + 128 text tokens, guidance 3.6, batch 1 ({weights / 1e9:.2f} GB of weights)"
     ]
 
@@ -216,17 +214,12 @@ def text_quantization_effect(root: Path) -> list[str]:
     ]
 
 
+def build_parser():
+    return report.build_parser("starflow_mlx.memory_report", __doc__.split("\n\n")[0])
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = command_parser("starflow_mlx.memory_report", __doc__.split("\n\n")[0])
-    parser.add_argument("--options", nargs="+", choices=list(report.OPTIONS), default=list(report.OPTIONS))
-    parser.add_argument(
-        "--work-dir", type=Path, help="where the random weight files go (13 GB; default: temp)"
-    )
-    parser.add_argument("--json", type=Path, help="also write the results as JSON")
-    parser.add_argument(
-        "--keep-files", action="store_true", help="keep the weight files (reused when present)"
-    )
-    parser.add_argument("--no-reference", action="store_true", help="skip issue 17's 164M / 1,024-token run")
+    parser = build_parser()
     args = parser.parse_args(argv)
     return run_command(parser.prog, lambda: report_memory(args))
 
@@ -236,7 +229,9 @@ def report_memory(args: argparse.Namespace) -> int:
     on_gpu = mx.default_device() == mx.gpu
     info = mx.device_info()
     device = f"MLX {mx.default_device()} ({info.get('device_name', info.get('architecture', '?'))})"
+    created_root = args.work_dir is None or not args.work_dir.exists()
     root = args.work_dir or Path(tempfile.mkdtemp(prefix="starflow_memory_"))
+    wrote = False
     notes = [
         "peak: the most bytes MLX's arrays held during the phase, everything resident included; "
         "weights: the bytes of the weights resident then; estimate: what `generate` checks against.",
@@ -251,17 +246,19 @@ def report_memory(args: argparse.Namespace) -> int:
             "quantized CPU kernels run at ~0.1 GFLOPS in bf16 here); their rows give the estimate only."
         )
     try:
-        if not (root / "flow" / "model.safetensors").is_file():
+        wrote = not report.work_files_present(root)
+        if wrote:
             write_files(root)
+        report.write_vae_config(root / "vae")
         results = []
         for option in args.options:
             print(f"measuring {option}", flush=True)
             results += measure_option(option, root, full_compute=on_gpu)
-        extra = [] if args.no_reference else issue_reference()
+        extra = [] if args.no_reference else reference_run()
         extra += text_quantization_effect(root)
     finally:
-        if not args.keep_files and args.work_dir is None:
-            shutil.rmtree(root, ignore_errors=True)
+        if not args.keep_files and (wrote or created_root):
+            report.remove_work_files(root, created_root)
     print()
     print(report.format_results(results, device, notes))
     measured = {(r.option, r.phase): r.peak for r in results if r.shape == "3B" and r.peak is not None}

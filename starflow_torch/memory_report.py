@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import sys
 import tempfile
 import threading
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from starflow_core.command_line import command_parser, run_command
+from starflow_core.command_line import run_command
 from starflow_core.generation import memory_report as report
 from starflow_core.generation.resources import RunShape, T5Shape, estimate_memory
 
@@ -79,7 +78,7 @@ def write_vae_folder(folder: Path) -> None:
         model = diffusers.AutoencoderKL(**config, layers_per_block=2, latent_channels=4, sample_size=256)
     shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_config(folder)
+    report.write_vae_config(folder)
     report.write_random_safetensors(
         folder / "diffusion_pytorch_model.safetensors", shapes, "float32", report.flow_scale, seed=2
     )
@@ -156,16 +155,12 @@ def measure(root: Path, device: torch.device, full_compute: bool) -> list[report
     return results
 
 
+def build_parser():
+    return report.build_parser("starflow_torch.memory_report", __doc__.split("\n\n")[0])
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = command_parser("starflow_torch.memory_report", __doc__.split("\n\n")[0])
-    parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    parser.add_argument(
-        "--work-dir", type=Path, help="where the random weight files go (13 GB; default: temp)"
-    )
-    parser.add_argument("--json", type=Path, help="also write the results as JSON")
-    parser.add_argument(
-        "--keep-files", action="store_true", help="keep the weight files (reused when present)"
-    )
+    parser = build_parser()
     args = parser.parse_args(argv)
     return run_command(parser.prog, lambda: report_memory(args))
 
@@ -181,7 +176,9 @@ def report_memory(args: argparse.Namespace) -> int:
     on_gpu = device.type == "cuda"
     name = torch.cuda.get_device_name(device) if on_gpu else "CPU"
     described = f"torch {device} ({name})"
+    created_root = args.work_dir is None or not args.work_dir.exists()
     root = args.work_dir or Path(tempfile.mkdtemp(prefix="starflow_memory_"))
+    wrote = False
     notes = [
         "peak: "
         + (
@@ -201,12 +198,14 @@ def report_memory(args: argparse.Namespace) -> int:
         )
     start = time.perf_counter()
     try:
-        if not (root / "flow" / "model.safetensors").is_file():
+        wrote = not report.work_files_present(root)
+        if wrote:
             write_files(root)
+        report.write_vae_config(root / "vae")
         results = measure(root, device, full_compute=on_gpu)
     finally:
-        if not args.keep_files and args.work_dir is None:
-            shutil.rmtree(root, ignore_errors=True)
+        if not args.keep_files and (wrote or created_root):
+            report.remove_work_files(root, created_root)
     print()
     print(report.format_results(results, described, notes))
     print(f"({time.perf_counter() - start:.0f} s)")

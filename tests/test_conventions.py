@@ -211,3 +211,39 @@ for name in ("generate", "score", "train", "info", "convert", "encode_dataset"):
     assert out.stdout.split("\n")[:6] == [
         f"{name} []" for name in ("generate", "score", "train", "info", "convert", "encode_dataset")
     ], out.stdout
+
+
+# ----- the memory report's work folder ------------------------------------------------------------
+def test_memory_report_work_files_are_removed_and_shared_by_the_twins(tmp_path):
+    import diffusers
+    import torch
+    from mlx.utils import tree_flatten
+
+    from starflow_core.generation import memory_report as report
+    from starflow_mlx.vae import AutoencoderKL, AutoencoderKLConfig
+
+    root = tmp_path / "work"
+    for folder, name in report.WEIGHT_FILES.items():
+        (root / folder).mkdir(parents=True)
+        (root / folder / name).write_bytes(b"")
+    (root / "mine.txt").write_text("not the report's")
+    assert report.work_files_present(root)
+    report.remove_work_files(root, created_root=False)  # a --work-dir the user gave: only ours go
+    assert sorted(p.name for p in root.iterdir()) == ["mine.txt"] and not report.work_files_present(root)
+    report.remove_work_files(root, created_root=True)
+    assert not root.exists()
+    # the VAE config either twin writes is a full diffusers config with the MLX twin's tensor names
+    report.write_vae_config(tmp_path / "vae")
+    config = diffusers.AutoencoderKL.load_config(tmp_path / "vae")
+    with torch.device("meta"):
+        names = set(diffusers.AutoencoderKL.from_config(config).state_dict())
+    mlx_vae = AutoencoderKL(AutoencoderKLConfig.from_diffusers(dict(config), source="config.json"))
+    assert names == {name for name, _ in tree_flatten(mlx_vae.parameters())}
+
+
+def test_memory_report_options_all_have_help():
+    from starflow_core.generation import memory_report as report
+
+    for module in ("starflow_mlx.memory_report", "starflow_torch.memory_report"):  # the twins' parsers
+        for action in report.build_parser(module, "")._actions:
+            assert action.help and "issue" not in action.help.lower(), (module, action.option_strings)

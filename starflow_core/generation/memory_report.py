@@ -46,7 +46,7 @@ OPTIONS = {
 # beside the measurement, and the 3B's from the same formulas.
 REDUCED_FLOW = RELEASE_CONFIG.replace(channels=512, img_size=16, layers_per_block=(1, 1, 1, 1, 1, 2))
 REDUCED_T5 = dataclasses.replace(T5Shape(), num_layers=2)
-# Issue 17's measurement: a guided, score-denoised generation at the 3B's 1,024 tokens with a
+# The reference measurement: a guided, score-denoised generation at the 3B's 1,024 tokens with a
 # 164M-parameter flow of width 1024 in fp32 (9.4x its weight bytes before per-layer recompute).
 REFERENCE_FLOW = RELEASE_CONFIG.replace(channels=1024, layers_per_block=(2, 2, 2, 2, 2, 3))
 T5_CONFIG_JSON = {
@@ -61,6 +61,30 @@ T5_CONFIG_JSON = {
     "relative_attention_max_distance": 128,
     "layer_norm_epsilon": 1e-6,
     "feed_forward_proj": "gated-gelu",
+}
+# The SD-VAE's diffusers config, written by both twins so either reads the other's work folder
+SD_VAE_CONFIG = {
+    "_class_name": "AutoencoderKL",
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2,
+    "act_fn": "silu",
+    "latent_channels": 4,
+    "norm_num_groups": 32,
+    "sample_size": 256,
+    "scaling_factor": 0.18215,
+}
+# the folders of random weights the report writes into its work folder
+WORK_FOLDERS = ("flow", "t5", "vae", "flow_reduced", "t5_reduced")
+WEIGHT_FILES = {
+    "flow": "model.safetensors",
+    "t5": "model.safetensors",
+    "vae": "diffusion_pytorch_model.safetensors",
+    "flow_reduced": "model.safetensors",
+    "t5_reduced": "model.safetensors",
 }
 SAFETENSORS_DTYPES = {"float32": ("F32", np.float32), "bfloat16": ("BF16", np.uint16)}
 
@@ -221,3 +245,67 @@ def summary(results: list[PhaseResult]) -> dict:
         "results": [dataclasses.asdict(r) for r in results],
         "targets": {"bf16 peak": 9 * GB, "4-bit flow + 8-bit T5 peak": 4 * GB},
     }
+
+
+# ----- the work folder --------------------------------------------------------------------
+def write_vae_config(folder: Path) -> None:
+    """The SD-VAE's full diffusers config.json (rewritten on reuse: older reports wrote less)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(SD_VAE_CONFIG, indent=2) + "\n")
+
+
+def work_files_present(root: Path) -> bool:
+    """Every weight file of the report is already in `root` (kept by --keep-files, either twin)."""
+    return all((root / folder / name).is_file() for folder, name in WEIGHT_FILES.items())
+
+
+def remove_work_files(root: Path, created_root: bool) -> None:
+    """Delete the weight folders this run wrote (13 GB), and `root` itself if this run created it."""
+    import shutil
+
+    for folder in WORK_FOLDERS:
+        shutil.rmtree(root / folder, ignore_errors=True)
+    if created_root:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def build_parser(module: str, description: str):
+    """The report's options (each with its help) for `module`: starflow_mlx.memory_report (with
+    the quantized options) or starflow_torch.memory_report (with --device)."""
+    from starflow_core.command_line import command_parser
+
+    parser = command_parser(module, description)
+    if module.startswith("starflow_torch"):
+        parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    else:
+        parser.add_argument(
+            "--options",
+            nargs="+",
+            choices=list(OPTIONS),
+            default=list(OPTIONS),
+            help="the precisions to measure: bf16, 8-bit (flow and T5) and 4-bit (flow; T5 8-bit)",
+        )
+    add_common_arguments(parser)
+    if not module.startswith("starflow_torch"):
+        parser.add_argument(
+            "--no-reference",
+            action="store_true",
+            help="skip the reference run (a 164M-parameter flow of width 1024 at 1,024 tokens, fp32)",
+        )
+    return parser
+
+
+def add_common_arguments(parser) -> None:
+    """The options both twins' reports share, each with its help."""
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        help="where the random weight files go (13 GB; default: a temporary folder); files another "
+        "run kept there with --keep-files, by either twin, are reused",
+    )
+    parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
+    parser.add_argument(
+        "--keep-files",
+        action="store_true",
+        help="keep the weight files this run writes (otherwise they are deleted at the end)",
+    )
