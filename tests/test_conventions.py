@@ -10,6 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
+from starflow_core.generation.result import GeneratedImages
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -247,3 +250,31 @@ def test_memory_report_options_all_have_help():
     for module in ("starflow_mlx.memory_report", "starflow_torch.memory_report"):  # the twins' parsers
         for action in report.build_parser(module, "")._actions:
             assert action.help and "issue" not in action.help.lower(), (module, action.option_strings)
+
+
+# ----- small ones ---------------------------------------------------------------------------------
+def test_info_shows_the_settings_that_applied(demo, tmp_path):
+    from starflow_core.generation.info import describe
+
+    sequential = GeneratedImages(demo.generate("two", seeds=3, progress=False)).save(tmp_path / "s.png")[0]
+    table = describe(sequential, as_json=False)
+    assert "jacobi_block_size" not in table and "group_size" not in table and "sampler" in table
+    assert '"jacobi_block_size": 16' in describe(sequential, as_json=True)  # the JSON keeps them all
+    jacobi = GeneratedImages(demo.generate("two", seeds=3, jacobi=True, progress=False)).save(
+        tmp_path / "j.png"
+    )
+    assert "jacobi_block_size" in describe(jacobi[0], as_json=False)
+
+
+def test_edit_numbers_are_stored_as_numbers(demo, tmp_path):
+    from starflow_core.generation.record import read_parameters
+
+    image = np.zeros((8, 8, 1), np.uint8)
+    result = GeneratedImages(
+        demo.generate(
+            "two", seeds=3, image=image, mask_image=np.ones((8, 8)), inpaint_rounds=2, progress=False
+        )
+    )
+    stored = read_parameters(result.save(tmp_path / "e.png")[0])
+    assert (stored["strength"], stored["inpaint_rounds"]) == (1.0, 2)
+    assert Image.open(tmp_path / "e.png").text["strength"] == "1"  # the readable entry as before

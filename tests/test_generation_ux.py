@@ -145,7 +145,7 @@ def test_an_edit_is_remade_from_its_metadata(tmp_path):
     )  # fmt: skip
     assert again.returncode == 0, again.stderr
     recorded = read_parameters(tmp_path / "again.png")
-    assert (recorded["mask"], recorded["inpaint_rounds"]) == ("box 0,4,8,8", "2")
+    assert (recorded["mask"], recorded["inpaint_rounds"], recorded["strength"]) == ("box 0,4,8,8", 2, 1.0)
     np.testing.assert_array_equal(pixels(tmp_path / "again.png"), pixels(tmp_path / "edited.png"))
     assert np.abs(pixels(tmp_path / "edited.png") - pixels(tmp_path / "seven.png")).max() > 10  # an edit
 

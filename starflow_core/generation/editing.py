@@ -54,7 +54,7 @@ class EditInputs:
     masks: np.ndarray | None = None  # (B, H, W) in {0, 1}, 1 = regenerate; None: image-to-image
     source_prompts: list[str] | None = None  # condition of the inversion; None: the target prompts
     rounds: int = DEFAULT_ROUNDS
-    description: dict[str, str] = dataclasses.field(default_factory=dict)  # for PNG metadata
+    description: dict[str, Any] = dataclasses.field(default_factory=dict)  # for the image's metadata
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -92,7 +92,7 @@ def prepare_request(
     description = {"image": describe_input(image)}
     if masks is not None:
         description["mask"] = describe_input(mask_image)
-        description["inpaint_rounds"] = str(rounds)
+        description["inpaint_rounds"] = int(rounds)
     if sources is not None:
         description["source_prompt"] = sources[0] if len(set(sources)) == 1 else repr(sources)
     return EditInputs(images, strength, masks, sources, rounds, description)
@@ -209,5 +209,5 @@ def _result(pipe, prompts, seeds, settings, request, mode, steps, latents, image
         decoder=str(pipe.parts.decoder.resolve()) if mode == "decoder" else None,
         framework=pipe.framework,
         seeds_drawn=seeds_drawn,
-        edit={"strength": f"{request.strength:g}", **request.description},
+        edit={"strength": float(request.strength), **request.description},  # numbers stay numbers
     )

@@ -29,13 +29,25 @@ def build_parser(module: str = "starflow_core.generation.info") -> argparse.Argu
     return parser
 
 
+def applies(key: str, parameters: dict) -> bool:
+    """Whether the table shows `key`: the Jacobi settings only for the Jacobi sampler, the
+    quantization group size only for a quantized model (--json shows every field)."""
+    if key.startswith("jacobi_"):
+        return parameters.get("sampler") == "jacobi"
+    if key == "group_size":
+        return parameters.get("quantize") is not None or parameters.get("text_quantize") is not None
+    return True
+
+
 def describe(path: Path, as_json: bool) -> str:
     parameters = read_parameters(path)
     if as_json:
         return json.dumps(parameters, indent=2, ensure_ascii=False)
-    width = max(len(key) for key in parameters)
+    shown_keys = [key for key in parameters if applies(key, parameters)]
+    width = max(len(key) for key in shown_keys)
     lines = [f"{path}:"]
-    for key, value in parameters.items():
+    for key in shown_keys:
+        value = parameters[key]
         shown = json.dumps(value, ensure_ascii=False) if isinstance(value, (list, dict)) else value
         lines.append(f"  {key:<{width}}  {'-' if value is None else shown}")
     lines.append(f"  to make it again: {equivalent_command(parameters)}")

@@ -57,9 +57,13 @@ def flat_metadata(parameters: dict[str, Any]) -> dict[str, str]:
         "text_dtype": parameters["text_dtype"],
         "quantization": quantization,
         "version": f"starflow-mlx {parameters['version']}",
-        **{key: str(parameters[key]) for key in EDIT_KEYS if key in parameters},
+        **{key: _text(parameters[key]) for key in EDIT_KEYS if key in parameters},
         PARAMETERS_KEY: json.dumps(parameters, ensure_ascii=False),
     }
+
+
+def _text(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def grid_parameters(records: list[dict[str, Any]], columns: int | None) -> dict[str, Any]:

@@ -42,7 +42,7 @@ class Generation:
     decoder: str | None = None  # the fine-tuned decoder used, when one was
     framework: str = ""  # "mlx" | "torch"
     seeds_drawn: bool = False  # True when the seeds were drawn at random (none were given)
-    edit: dict[str, str] = dataclasses.field(default_factory=dict)  # image-to-image / inpainting inputs
+    edit: dict[str, Any] = dataclasses.field(default_factory=dict)  # image-to-image / inpainting inputs
     negative_prompt: str | None = None  # guidance's null condition instead of "" (None: "")
 
     def uint8(self) -> np.ndarray:
