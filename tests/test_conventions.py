@@ -278,3 +278,52 @@ def test_edit_numbers_are_stored_as_numbers(demo, tmp_path):
     stored = read_parameters(result.save(tmp_path / "e.png")[0])
     assert (stored["strength"], stored["inpaint_rounds"]) == (1.0, 2)
     assert Image.open(tmp_path / "e.png").text["strength"] == "1"  # the readable entry as before
+
+
+# ----- prompts x seeds: one rule for the command line and the API -------------------------------
+def test_prompts_and_seeds_combine_alike_on_the_command_line_and_in_the_api(demo):
+    from starflow_core.generation import cli as generate_cli
+    from starflow_core.generation.inputs import combine_prompts_and_seeds
+
+    assert combine_prompts_and_seeds(["a"], [0, 1, 2]) == (["a"] * 3, [0, 1, 2])
+    assert combine_prompts_and_seeds(["a", "b"], [5]) == (["a", "b"], [5, 5])
+    assert combine_prompts_and_seeds(["a", "b"], [5, 6]) == (["a", "b"], [5, 6])  # one to one
+    assert combine_prompts_and_seeds(["a", "b"], [5], 2) == (["a", "a", "b", "b"], [5, 6, 5, 6])
+    assert combine_prompts_and_seeds(["a", "b"], [3, 9], 2) == (["a", "a", "b", "b"], [3, 9, 3, 9])
+    with pytest.raises(ValueError, match="--n-images\\) 3 to make every prompt with every seed"):
+        combine_prompts_and_seeds(["a", "b"], [1, 2, 3])
+    parser = generate_cli.build_parser("starflow_mlx.generate", "")
+    cases = [
+        (["one"], [0, 1, 2], None),
+        (["one", "two"], [4], None),
+        (["one", "two"], [4, 5], None),
+        (["one", "two"], [4], 2),
+        (["one", "two"], [3, 9], 2),
+    ]
+    for prompts, seeds, n_images in cases:
+        argv = [*prompts, "--seed", *map(str, seeds)] + (["--n-images", str(n_images)] if n_images else [])
+        args = parser.parse_args(argv)
+        command_line = generate_cli.make_jobs(args, prompts, generate_cli.read_seeds(args), defaults=False)
+        api = demo.generate(prompts, seeds=seeds, n_images=n_images, guidance=0.0, progress=False)
+        assert command_line == list(zip(api.prompts, api.seeds, strict=True)), argv
+    # the model's own default prompts (the demo's ten digits), not typed, each take every seed
+    args = parser.parse_args(["--seed", "0", "1"])
+    jobs = generate_cli.make_jobs(args, ["zero", "one"], generate_cli.read_seeds(args), defaults=True)
+    assert jobs == [("zero", 0), ("zero", 1), ("one", 0), ("one", 1)]
+
+
+def test_grids_are_remade_cell_for_cell(tmp_path):
+    from starflow_core.generation.inputs import combine_prompts_and_seeds
+    from starflow_core.generation.record import generate_flags
+
+    base = {"model": "m", "guidance": 1.0, "sampler": "sequential", "height": 8, "width": 8}
+    for prompts, seeds, columns in (
+        (["a", "a", "b", "b"], [5, 6, 5, 6], 2),  # every prompt with the same seeds
+        (["a", "b", "c"], [1, 2, 3], 1),  # one to one
+        (["a", "a", "a"], [4, 8, 9], None),  # one prompt
+    ):
+        flags = generate_flags({**base, "prompts": prompts, "seeds": seeds, "grid_columns": columns})
+        assert combine_prompts_and_seeds(flags["prompt"], flags["seed"], flags["n_images"]) == (
+            prompts,
+            seeds,
+        )

@@ -152,6 +152,7 @@ def test_grid_parameters_give_back_every_prompt_with_every_seed(tmp_path):
     assert stored["prompts"] == ["one", "one", "two", "two"] and stored["seeds"] == [5, 6, 5, 6]
     flags = generate_flags(stored)
     assert flags["prompt"] == ["one", "two"] and flags["seed"] == [5, 6] and flags["grid"]
+    assert flags["n_images"] == 2  # every prompt with both seeds, as the command line combines them
     # rank 0 of 2 under torchrun with 2 prompts x 3 seeds: jobs 0, 2, 4 are not every prompt x every seed
     full = [parameters(prompt=p, seed=s) for p in ("one", "two") for s in (5, 6, 7)]
     share = grid_parameters(full[::2], None)

@@ -26,6 +26,7 @@ from starflow_core.generation.edit_cli import (
 from starflow_core.generation.inputs import (
     aspect_ratio_size,
     check_size,
+    combine_prompts_and_seeds,
     draw_seeds,
     parse_aspect_ratio,
     rank_share,
@@ -91,8 +92,19 @@ def build_parser(module: str, description: str, torch: bool = False) -> argparse
         "prompt, seed or image: its grid of every digit with seeds 0-7)",
     )
     parser.add_argument("--decoder", type=Path, help="VAE folder / weights fine-tuned on noisy latents")
-    parser.add_argument("--seed", type=int, nargs="+", help="seed(s); each prompt is sampled with each seed")
-    parser.add_argument("--n-images", type=int, help="images per prompt (seeds seed, seed+1, ...)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        nargs="+",
+        help="seed(s): one for every prompt, or one per prompt (paired in order); with --n-images the "
+        "seeds every prompt is made with (docs/generation.md)",
+    )
+    parser.add_argument(
+        "--n-images",
+        type=int,
+        help="images per prompt: every prompt with seeds S, S+1, ... (S: the first --seed), or with "
+        "the N seeds given",
+    )
     parser.add_argument(
         "--guidance",
         "--cfg",
@@ -183,6 +195,10 @@ def build_parser(module: str, description: str, torch: bool = False) -> argparse
 
 
 # ----- requests ---------------------------------------------------------------------------
+def given_prompts(args: argparse.Namespace) -> bool:
+    return bool(args.prompts or args.prompt or args.prompt_file)
+
+
 def read_prompts(args: argparse.Namespace, parts: PipelineParts) -> list[str]:
     prompts = list(args.prompts) + list(args.prompt)
     if args.prompt_file is not None:
@@ -206,18 +222,26 @@ def read_prompts(args: argparse.Namespace, parts: PipelineParts) -> list[str]:
 
 
 def read_seeds(args: argparse.Namespace) -> list[int]:
+    """The seeds given, or one drawn at random (said, so an image worth keeping can be made again)."""
     if args.n_images is not None and args.n_images < 1:
         raise ValueError(f"--n-images must be >= 1, got {args.n_images}")
-    if args.seed and len(args.seed) > 1:
-        if args.n_images not in (None, len(args.seed)):
-            raise ValueError(f"--n-images {args.n_images} disagrees with the {len(args.seed)} seeds given")
+    if args.seed:
         return list(args.seed)
-    first = args.seed[0] if args.seed else draw_seeds(1)[0]
-    seeds = [first + i for i in range(args.n_images or 1)]
-    if not args.seed:  # say which, so an image worth keeping can be made again
-        again = f"--seed {first}" + (f" --n-images {len(seeds)}" if len(seeds) > 1 else "")
-        print(f"seed(s) drawn at random: {' '.join(map(str, seeds))} ({again} repeats them)")
-    return seeds
+    first = draw_seeds(1)[0]
+    count = args.n_images or 1
+    again = f"--seed {first}" + (f" --n-images {count}" if count > 1 else "")
+    drawn = " ".join(str(first + i) for i in range(count))
+    print(f"seed(s) drawn at random: {drawn} ({again} repeats them)")
+    return [first]
+
+
+def make_jobs(args: argparse.Namespace, prompts: list[str], seeds: list[int], defaults: bool) -> list:
+    """(prompt, seed) of every image (starflow_core.generation.inputs.combine_prompts_and_seeds, as
+    in the API); the model's default prompts, not given by the user, each take every seed."""
+    n_images = args.n_images
+    if n_images is None and defaults and len(seeds) > 1:
+        n_images = len(seeds)
+    return list(zip(*combine_prompts_and_seeds(prompts, seeds, n_images), strict=True))
 
 
 def image_size(args: argparse.Namespace, parts: PipelineParts) -> tuple[int, int]:
@@ -253,13 +277,15 @@ def image_size(args: argparse.Namespace, parts: PipelineParts) -> tuple[int, int
 
 
 def planned_jobs(args: argparse.Namespace) -> int:
-    """Images the flags ask for, before the model is known (default prompts count as one)."""
+    """Images the flags ask for at most, before the model is known (default prompts count as one)."""
     prompts = len(args.prompts) + len(args.prompt)
     if args.prompt_file is not None and args.prompt_file.is_file():
         prompts += sum(
             1 for line in args.prompt_file.read_text(encoding="utf-8").splitlines() if line.strip()
         )
     seeds = len(args.seed) if args.seed and len(args.seed) > 1 else (args.n_images or 1)
+    if args.n_images is None and prompts > 1:  # one to one
+        return max(prompts, seeds)
     return max(prompts, 1) * max(seeds, 1)
 
 
@@ -346,10 +372,10 @@ def generate(args: argparse.Namespace, backend: Backend) -> int:
     if parts.description:  # a training run: which checkpoint, and EMA or model weights
         print(f"weights: {parts.description}")
     prompts, seeds = read_prompts(args, parts), read_seeds(args)
-    check_image_count(len(prompts), len(seeds), args.max_images)
+    jobs = make_jobs(args, prompts, seeds, defaults=not given_prompts(args))
+    check_image_count(len(prompts), max(1, len(jobs) // len(prompts)), args.max_images)
     edit = edit_arguments(args, parts) if args.image is not None else None  # image-to-image / inpainting
     height, width = edit.size if edit else image_size(args, parts)
-    jobs = [(p, s) for p in prompts for s in seeds]  # every prompt with every seed
     writer.total = len(jobs)
     mine = rank_share(jobs, backend.rank, backend.world_size)
     if sizes is None:  # a Hub repo: its sizes are known now, before the weights load
@@ -399,7 +425,12 @@ def generate(args: argparse.Namespace, backend: Backend) -> int:
     finally:
         overall.close()
     if args.grid:
-        columns = len(seeds) if len(prompts) > 1 and len(mine) == len(jobs) else None
+        per_prompt = len(jobs) // len(prompts)  # a row per prompt when each has the same seeds
+        rows = [jobs[i * per_prompt : (i + 1) * per_prompt] for i in range(len(prompts))]
+        same = per_prompt * len(prompts) == len(jobs) and all(
+            [p for p, _ in row] == [prompt] * per_prompt for row, prompt in zip(rows, prompts, strict=True)
+        )
+        columns = per_prompt if len(prompts) > 1 and same and len(mine) == len(jobs) else None
         path = writer.write_grid(columns)
         if path is not None:
             announce(writer, path)

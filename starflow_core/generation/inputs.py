@@ -91,13 +91,39 @@ def batch_prompts_and_seeds(
         seeds = seeds * len(prompts)
     if len(prompts) != len(seeds):
         raise ValueError(
-            f"got {len(prompts)} prompts and {len(seeds)} seeds; "
-            "give one seed, one prompt, or as many of each"
+            f"got {len(prompts)} prompts and {len(seeds)} seeds; give one seed, one prompt, or as many "
+            f"of each (paired one to one), or n_images (--n-images) {len(seeds)} to make every prompt "
+            "with every seed"
         )
     for index, prompt in enumerate(prompts):
         if not isinstance(prompt, str):
             raise TypeError(f"prompts must be strings, got {type(prompt).__name__} at index {index}")
     return prompts, seeds
+
+
+def combine_prompts_and_seeds(
+    prompts: str | Sequence[str], seeds: int | Sequence[int], n_images: int | None = None
+) -> tuple[list[str], list[int]]:
+    """The (prompt, seed) of every image, one rule for the command line and the Python API:
+
+    - without n_images, one to one: prompt i with seed i; a single prompt or a single seed is
+      repeated to match the other (`a --seed 0 1 2`: three images of a; `a b c --seed 0`: three
+      prompts with seed 0; `a b --seed 0 1`: a with 0, b with 1);
+    - with n_images N, every prompt with the same N seeds: one seed S gives S, S+1, ..., S+N-1,
+      or exactly N seeds are given (`a b --seed 0 --n-images 2`: a 0, a 1, b 0, b 1).
+    """
+    if n_images is None:
+        return batch_prompts_and_seeds(prompts, seeds)
+    if n_images < 1:
+        raise ValueError(f"n_images (--n-images) must be >= 1, got {n_images}")
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    seeds = [seeds] if isinstance(seeds, int) else [int(s) for s in seeds]
+    if len(seeds) == 1:
+        seeds = [seeds[0] + i for i in range(n_images)]
+    elif len(seeds) != n_images:
+        raise ValueError(f"n_images (--n-images) {n_images} disagrees with the {len(seeds)} seeds given")
+    pairs = [(prompt, seed) for prompt in prompts for seed in seeds]
+    return batch_prompts_and_seeds([p for p, _ in pairs] or prompts, [s for _, s in pairs] or seeds)
 
 
 def prompts_to_labels(prompts: Sequence[str], num_classes: int, names: Sequence[str] | None) -> list[int]:

@@ -25,8 +25,8 @@ import numpy as np
 from starflow_core.config import FlowConfig
 from starflow_core.generation import editing
 from starflow_core.generation.inputs import (
-    batch_prompts_and_seeds,
     check_size,
+    combine_prompts_and_seeds,
     draw_seeds,
     make_noise,
     prompts_to_labels,
@@ -231,6 +231,8 @@ class PipelineBase:
         prompts: str | Sequence[str],
         *,
         seeds: int | Sequence[int] | None = None,
+        n_images: int | None = None,
+        num_images_per_prompt: int | None = None,
         guidance: float | None = None,
         guidance_scale: float | None = None,
         negative_prompt: str | None = None,
@@ -249,9 +251,13 @@ class PipelineBase:
         source_prompt: str | Sequence[str] | None = None,
         inpaint_rounds: int = editing.DEFAULT_ROUNDS,
     ) -> Generation:
-        """Sample one image per (prompt, seed) pair; settings left None take the model's defaults.
+        """Sample images of `prompts` with `seeds`; settings left None take the model's defaults.
 
-        `seeds` None draws one at random per prompt (reported in the result's `.seeds`).
+        Prompts and seeds combine as on the command line (inputs.combine_prompts_and_seeds):
+        one to one, a single prompt or seed repeated to match the other; with `n_images` N
+        (`num_images_per_prompt`, diffusers' name) every prompt is made with N seeds (the seed
+        given, S, S+1, ..., or a list of N). `seeds` None draws one at random (reported in the
+        result's `.seeds`).
         `callback(block_index, latents)` is called after each flow block with the samples so
         far as float32 numpy (B, h, w, C), before denoising and decoding (`decode_latents`
         makes pictures of them); blocks run from the last index down to 0.
@@ -270,8 +276,11 @@ class PipelineBase:
         progress = self.show_progress if progress is None else progress
         drawn = seeds is None
         if drawn:
-            seeds = draw_seeds(1 if isinstance(prompts, str) else max(len(prompts), 1))
-        prompts, seeds = batch_prompts_and_seeds(prompts, seeds)
+            seeds = draw_seeds(1)
+        if n_images is not None and num_images_per_prompt not in (None, n_images):
+            raise ValueError("n_images and num_images_per_prompt are one setting; give one of them")
+        count = n_images if n_images is not None else num_images_per_prompt
+        prompts, seeds = combine_prompts_and_seeds(prompts, seeds, count)
         edits = (
             image is not None or mask_image is not None or strength is not None or source_prompt is not None
         )

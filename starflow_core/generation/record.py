@@ -106,29 +106,34 @@ def read_parameters(path: str | Path) -> dict[str, Any]:
     return parameters
 
 
-def prompts_and_seeds(parameters: dict[str, Any]) -> tuple[list[str], list[int], bool]:
-    """(prompts, seeds, grid) that remake the image(s): every prompt with every seed, in order."""
+def prompts_and_seeds(parameters: dict[str, Any]) -> tuple[list[str], list[int], int | None, bool]:
+    """(prompts, seeds, n_images, grid) that remake the image(s) as the command line combines them
+    (inputs.combine_prompts_and_seeds): every prompt with the same seeds (n_images), or one to one."""
     if "prompts" not in parameters:
-        return [parameters["prompt"]], [int(parameters["seed"])], False
-    pairs = list(zip(parameters["prompts"], parameters["seeds"], strict=True))
+        return [parameters["prompt"]], [int(parameters["seed"])], None, False
+    pairs = [(p, int(s)) for p, s in zip(parameters["prompts"], parameters["seeds"], strict=True)]
     prompts = list(dict.fromkeys(p for p, _ in pairs))
-    seeds = list(dict.fromkeys(int(s) for _, s in pairs))
-    if [(p, s) for p in prompts for s in seeds] != pairs:
+    if len(prompts) > 1 and parameters.get("grid_columns") is None:
         raise ValueError(
-            "this grid holds a share of a larger run (one rank's images under torchrun), not every "
-            "prompt with every seed; regenerate its images one by one with --prompt and --seed"
+            "this grid holds a share of a larger run (one rank's images under torchrun); regenerate "
+            "its images one by one with --prompt and --seed"
         )
-    return prompts, seeds, True
+    per_prompt = len(pairs) // len(prompts)
+    seeds = [s for _, s in pairs[:per_prompt]]
+    if [(p, s) for p in prompts for s in seeds] == pairs:  # every prompt with the same seeds
+        return prompts, seeds, (per_prompt if len(prompts) > 1 and per_prompt > 1 else None), True
+    return [p for p, _ in pairs], [s for _, s in pairs], None, True  # one to one
 
 
 # ----- as a command ---------------------------------------------------------------------
 def generate_flags(parameters: dict[str, Any]) -> dict[str, Any]:
     """Command-line argument values (argparse dests) that remake the image(s)."""
-    prompts, seeds, grid = prompts_and_seeds(parameters)
+    prompts, seeds, n_images, grid = prompts_and_seeds(parameters)
     return {
         "model": parameters["model"],
         "prompt": prompts,
         "seed": seeds,
+        "n_images": n_images,
         "cfg": float(parameters["guidance"]),
         "jacobi": parameters["sampler"] == "jacobi",
         "jacobi_block_size": parameters.get("jacobi_block_size"),
@@ -173,6 +178,8 @@ def equivalent_command(parameters: dict[str, Any]) -> str:
         words += ["--prompt", prompt]
     words += ["--model", flags["model"], "--seed"]
     words += [str(seed) for seed in flags["seed"]]
+    if flags["n_images"] is not None:
+        words += ["--n-images", str(flags["n_images"])]
     words += ["--guidance", f"{flags['cfg']:g}"]
     if flags["negative_prompt"]:
         words += ["--negative-prompt", flags["negative_prompt"]]
