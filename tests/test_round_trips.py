@@ -100,11 +100,14 @@ def test_edit_inputs_are_remade_from_another_folder(seven, tmp_path):
     path, _ = seven
     (tmp_path / "edit").mkdir()
     Image.open(path).save(tmp_path / "edit" / "digit.png", pnginfo=None)
+    # the README's inpainting example
     made = run(
-        "starflow_mlx.generate", "seven", "--image", "edit/digit.png", "--mask-box", "0,4,8,8", "--seed", 2,
-        "-q", "-o", "edit/filled.png", tmp=tmp_path,
+        "starflow_mlx.generate", "seven", "--image", "edit/digit.png", "--height", 8, "--width", 8,
+        "--mask-box", "0,4,8,8", "-q", "-o", "edit/filled.png", tmp=tmp_path,
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
+    assert made.stdout.splitlines()[1] == "wrote edit/filled.png"  # one image, as the README says
+    assert Image.open(tmp_path / "edit" / "filled.png").size == (64, 64)  # not a grid of eight
     (tmp_path / "elsewhere").mkdir()
     again = run(
         "starflow_mlx.generate", "--config-from-metadata", "../edit/filled.png", "-q", "-o", "again.png",
