@@ -21,17 +21,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from starflow_core.command_line import run_command
 from starflow_core.generation import memory_report as report
 from starflow_core.generation.resources import RunShape, T5Shape, estimate_memory
 
-from .model import StarFlow
-from .pipeline import DTYPES
-from .text import load_t5_encoder
-from .vae import AutoencoderKL
+if TYPE_CHECKING:  # torch, diffusers and transformers load once the arguments are read
+    import torch
 
 
 def weight_bytes(module: torch.nn.Module) -> int:
@@ -46,6 +43,8 @@ def anonymous_memory() -> int:
 
 def phase_peak(run, device: torch.device):
     """(result, peak bytes while `run` ran, everything resident included)."""
+    import torch
+
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -71,6 +70,7 @@ def phase_peak(run, device: torch.device):
 def write_vae_folder(folder: Path) -> None:
     """The SD-VAE in diffusers' layout, shapes from a meta-device model."""
     import diffusers
+    import torch
 
     config = {"block_out_channels": [128, 256, 512, 512], "down_block_types": ["DownEncoderBlock2D"] * 4}
     config["up_block_types"] = ["UpDecoderBlock2D"] * 4
@@ -96,6 +96,13 @@ def write_files(root: Path) -> None:
 def measure(root: Path, device: torch.device, full_compute: bool) -> list[report.PhaseResult]:
     """The compute phases first, then loading and decoding at full shape: on a CPU the allocator
     keeps memory it once held, so a small phase measured after the 3B would show the 3B's."""
+    import torch
+
+    from .model import StarFlow
+    from .pipeline import DTYPES
+    from .text import load_t5_encoder
+    from .vae import AutoencoderKL
+
     option = "bf16"
     precision = report.OPTIONS[option]
     dtype = DTYPES[precision.dtype]
@@ -167,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def report_memory(args: argparse.Namespace) -> int:
     """Write the weight files, measure each phase, print the report (and its JSON)."""
+    import torch
+
     try:
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError:
