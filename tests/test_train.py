@@ -129,7 +129,10 @@ def set_args(items: list[str]) -> list[str]:
 
 def test_ddp_and_fsdp_match_one_process(tmp_path):
     data = make_class_folder(tmp_path / "images")
-    common = overrides(TARFLOW_TINY, data=str(data), steps=3, drop_label=0.25, ema_decay=0.5)
+    # two accumulation micro-steps: gradients must be exchanged on the last one only (with one,
+    # syncing on the "wrong" micro-step cannot show)
+    settings = dict(data=str(data), steps=3, grad_accum=2, drop_label=0.25, ema_decay=0.5)
+    common = overrides(TARFLOW_TINY, **settings)
     train(load_run_config(None, [*common, f"train.out_dir={tmp_path / 'one'}"]))
     reference = load_file(str(tmp_path / "one/checkpoints/step_00000003/model.safetensors"))
     reference_log = read_log(tmp_path / "one")
