@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from helpers.waiting import HANG_GUARD_S
 
 from starflow_mlx import blas
 
@@ -95,7 +96,7 @@ def run_python(code: str, env_extra: dict[str, str] | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("STARFLOW_BLAS", "STARFLOW_NO_BLAS")}
     env.update(env_extra or {})
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])

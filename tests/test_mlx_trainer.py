@@ -158,7 +158,7 @@ def test_command_line_training_is_exact_on_openblas_with_two_threads(tmp_path):
             env=environment,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=HANG_GUARD_S,
         )
         assert completed.returncode == 0, completed.stderr[-3000:]
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import huggingface_hub
 import pytest
+from helpers.waiting import HANG_GUARD_S
 
 import starflow_core.generation.resource_check as resource_check
 from starflow_core.generation import cli as generate_cli
@@ -45,7 +46,7 @@ def run_cli(module: str, *args, tmp: Path) -> subprocess.CompletedProcess:
         env=environment,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_GUARD_S,
     )
 
 
