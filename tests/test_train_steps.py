@@ -115,12 +115,21 @@ def expected_learning_rates() -> list[float]:
 
 
 @pytest.mark.parametrize("twin", sorted(TWINS))
-def test_each_logged_learning_rate_is_the_schedules(twin, runs):
+def test_each_steps_learning_rate_logged_and_applied_is_the_schedules(twin, runs):
     log = read_log(runs[twin])
     assert [record["step"] for record in log] == list(range(1, STEPS + 1))
     expected = expected_learning_rates()
     assert len(set(expected)) == STEPS  # a rate one step early or late differs from every one here
     assert [record["lr"] for record in log] == pytest.approx(expected, rel=1e-12)  # float64 both ways
+    # and the rate the optimizer held for that update, as its checkpoint saved it
+    for step in range(1, STEPS + 1):
+        folder = runs[twin] / "checkpoints" / f"step_{step:08d}"
+        if twin == "torch":
+            state = torch.load(folder / "training_state.pt", weights_only=True)
+            applied = state["optimizer"]["param_groups"][0]["lr"]
+        else:
+            applied = load_file(str(folder / "training_state.safetensors"))["optimizer.learning_rate"].item()
+        assert applied == pytest.approx(expected[step - 1], rel=1e-6), (twin, step)  # MLX keeps float32
 
 
 # ----- condition dropout -------------------------------------------------------------------------
