@@ -6,8 +6,8 @@ classifier-free guidance included (the official sample.py appends "" to the capt
 wrapping them all). The wrapping, in the official order:
 
     fps_cond          "A video with {fps} fps:\\n{prompt}\\n"  ("An image:\\n{prompt}\\n" for fps <= 0)
-    cond_noise_level  "Noise Level {int(noise_std * 1000)}:\\n" in front (truncated, not rounded:
-                      0.29 gives 289, as the official int() does)
+    cond_noise_level  "Noise Level {int(noise_std * 1000)}:\\n" in front (truncated, not rounded,
+                      as the official int() does: 0.4999 gives 499)
     mix_aspect        "{text}\\n in a {aspect_ratio} aspect ratio.\\n" after
     chat template     only for decoder-only text models (the official Gemma path), never for T5
 
