@@ -159,3 +159,25 @@ def cut_digits(clips: np.ndarray) -> np.ndarray:
 def to_uint8_frames(clips: np.ndarray) -> np.ndarray:
     """Model units (..., T, 16, 16) -> grey uint8 0..255 (level 16 is white), for video files."""
     return np.round(to_levels(np.asarray(clips, np.float32)) * (255 / 16)).astype(np.uint8)
+
+
+def fit_frame_classifier(split, clips: int = 1000, seed: int = 0):
+    """An SVC (as starflow_core.digits.fit_classifier) on the cut frames of moving clips of the
+    real training digits, so it has seen the cutting's one-pixel shifts; judge frames with
+    `classify_frames`."""
+    from sklearn.svm import SVC
+
+    moving = moving_digits(split.train_images, split.train_labels, clips, seed)
+    frames = cut_digits(moving.clips)
+    classifier = SVC(gamma=0.001, C=10.0)
+    classifier.fit(
+        to_levels(frames).reshape(len(frames), -1), np.repeat(moving.labels, moving.clips.shape[1])
+    )
+    return classifier
+
+
+def classify_frames(classifier, clips: np.ndarray) -> np.ndarray:
+    """(N, T) digit read in every frame of clips (N, T, 16, 16)."""
+    clips = np.asarray(clips, np.float32)
+    frames = cut_digits(clips)
+    return classifier.predict(to_levels(frames).reshape(len(frames), -1)).reshape(clips.shape[:2])
