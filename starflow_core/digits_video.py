@@ -12,6 +12,7 @@ mapped to [-1, 1] as in starflow_core.digits.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 
@@ -181,3 +182,20 @@ def classify_frames(classifier, clips: np.ndarray) -> np.ndarray:
     clips = np.asarray(clips, np.float32)
     frames = cut_digits(clips)
     return classifier.predict(to_levels(frames).reshape(len(frames), -1)).reshape(clips.shape[:2])
+
+
+def write_clip_folder(
+    folder: str | Path, moving: MovingDigits, fps: float = 8.0, suffix: str = ".gif", overwrite: bool = False
+) -> list[Path]:
+    """Clips as a training folder with one subfolder per class: `<folder>/<digit>/<n>.gif` (or
+    .webp, .mp4; "" writes frame folders) at their 16x16 size, grey levels as uint8 RGB.
+    Returns the paths written."""
+    from starflow_core.video.files import write_video
+
+    folder = Path(folder)
+    pixels = to_uint8_frames(moving.clips)  # (N, T, 16, 16)
+    written = []
+    for number, (clip, label) in enumerate(zip(pixels, moving.labels, strict=True)):
+        path = folder / str(int(label)) / f"{number:05d}{suffix}"
+        written.append(write_video(path, clip, fps, {"label": str(int(label))}, overwrite=overwrite))
+    return written

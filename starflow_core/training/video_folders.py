@@ -1,7 +1,7 @@
 """Video training data without a framework: folders of clips, a fixed number of frames per clip,
 and the epoch order both twins read.
 
-A clip is a video file (.gif, .webp, .mp4) or a folder of frames (PNG, JPEG, WebP, BMP; in
+A clip is a video file (.gif, .webp, .mp4) or a folder of frames (PNG, JPEG, BMP; in
 name order). Folders follow the image folders' conventions (starflow_core.training.image_folders):
 captions in `metadata.jsonl` whose `file_name` names a clip file or a frame folder, or one
 subfolder per class holding clips, or just clips (unconditional).

@@ -344,7 +344,7 @@ def _frame_folder_record(path: Path) -> tuple[float | None, dict[str, str], int 
     return fps, metadata, count
 
 
-FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")  # .webp is a clip (animated or not)
 
 
 def frame_files(path: Path) -> list[Path]:
