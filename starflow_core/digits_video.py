@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from starflow_core.digits import to_levels
+from starflow_core.digits import DIGIT_NAMES, to_levels
 
 CANVAS = 16  # pixels per side
 DIGIT = 8  # the digits' side
@@ -187,15 +187,15 @@ def classify_frames(classifier, clips: np.ndarray) -> np.ndarray:
 def write_clip_folder(
     folder: str | Path, moving: MovingDigits, fps: float = 8.0, suffix: str = ".gif", overwrite: bool = False
 ) -> list[Path]:
-    """Clips as a training folder with one subfolder per class: `<folder>/<digit>/<n>.gif` (or
-    .webp, .mp4; "" writes frame folders) at their 16x16 size, grey levels as uint8 RGB.
-    Returns the paths written."""
+    """Clips as a training folder with one subfolder per class, named as the image demo's
+    (`<folder>/3_three/<n>.gif`, so sorted names keep the digit order), or .webp, .mp4 ("" writes
+    frame folders), at their 16x16 size, grey levels as uint8 RGB. Returns the paths written."""
     from starflow_core.video.files import write_video
 
     folder = Path(folder)
     pixels = to_uint8_frames(moving.clips)  # (N, T, 16, 16)
     written = []
     for number, (clip, label) in enumerate(zip(pixels, moving.labels, strict=True)):
-        path = folder / str(int(label)) / f"{number:05d}{suffix}"
+        path = folder / f"{label}_{DIGIT_NAMES[label]}" / f"{number:05d}{suffix}"
         written.append(write_video(path, clip, fps, {"label": str(int(label))}, overwrite=overwrite))
     return written

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,3 +145,33 @@ def test_folders_without_clips_are_refused(tmp_path):
     with pytest.raises(ValueError, match="num_frames must be a whole number >= 1"):
         VideoFolder(tmp_path / "empty", "label", 16, 2, num_frames=0)
     assert torch.utils.data.Dataset in torch_video.VideoFolderDataset.__mro__
+
+
+def test_the_moving_digits_folder_reads_as_ten_classes_of_clips(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("sklearn")
+    import runpy
+
+    out = tmp_path / "moving"
+    argv = [
+        "moving_digits_to_folder.py",
+        str(out),
+        "--train-clips",
+        "40",
+        "--test-clips",
+        "10",
+        "--frames",
+        "9",
+    ]
+    monkeypatch.setattr("sys.argv", argv)
+    script = str(Path(__file__).resolve().parents[1] / "examples" / "moving_digits_to_folder.py")
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(script, run_name="__main__")
+    assert done.value.code == 0
+    data = VideoFolder(out / "train", "label", 16, 2, num_frames=9, channels=1)
+    assert len(data) == 40 and data.class_names[:2] == ["0_zero", "1_one"] and len(data.class_names) <= 10
+    assert data.files[0].suffix == ".gif" and len(list((out / "test").rglob("*.gif"))) == 10
+    video, fps = data.read_clip(0, flip=False, draw=0)
+    assert video.shape == (9, 16, 16, 1) and fps == 8
+    with pytest.raises(SystemExit) as again:  # never into an existing folder
+        runpy.run_path(script, run_name="__main__")
+    assert again.value.code == 2 and "already exists" in capsys.readouterr().err
