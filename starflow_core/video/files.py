@@ -4,8 +4,8 @@ The format follows the suffix of the path:
 
     .mp4    H.264 (PyAV, whose wheels bundle FFmpeg; the `video` extra), yuv420p where both
             sides are even (plays everywhere), yuv444p otherwise; CRF 12, near-lossless
-    .gif    animated GIF (PIL); lossless when a frame has at most 256 colours, else
-            quantised to a 256-colour palette
+    .gif    animated GIF (PIL); lossless when a frame has at most 256 colours (PIL's adaptive
+            palette then holds them exactly), else quantised to 256 colours
     .webp   animated WebP (PIL), lossless
     other   a folder of PNG frames `0000.png`, `0001.png`, ... with `video.json` beside them
 
@@ -122,7 +122,7 @@ def encode_video(path: Path, frames: np.ndarray, fps: float, metadata: dict[str,
     from PIL import Image
 
     if fmt == "GIF":
-        images = [_palette_image(frame) for frame in frames]
+        images = [Image.fromarray(frame) for frame in frames]  # PIL's palette is exact up to 256 colours
         extra = {"comment": text.encode("ascii"), "optimize": False, "disposal": 1}
         durations = _frame_times(len(frames), fps, GIF_TICK_MS)
     elif fmt == "WEBP":
@@ -143,18 +143,6 @@ def _frame_times(count: int, fps: float, tick_ms: int) -> list[int]:
     the exact times (62.5 ms frames at 10 ms steps: 60, 70, 60, 60, ...)."""
     ends = [round(k * 1000 / fps / tick_ms) * tick_ms for k in range(count + 1)]
     return [max(tick_ms, ends[k + 1] - ends[k]) for k in range(count)]
-
-
-def _palette_image(frame: np.ndarray):
-    """A palette image with exactly the frame's colours when it has at most 256 of them."""
-    from PIL import Image
-
-    colours, inverse = np.unique(frame.reshape(-1, 3), axis=0, return_inverse=True)
-    if len(colours) > 256:
-        return Image.fromarray(frame).quantize(256, dither=Image.Dither.NONE)
-    image = Image.fromarray(inverse.reshape(frame.shape[:2]).astype(np.uint8), mode="P")
-    image.putpalette(colours.astype(np.uint8).tobytes())
-    return image
 
 
 def _encode_mp4(path: Path, frames: np.ndarray, fps: float, comment: str) -> None:
