@@ -19,6 +19,7 @@ from starflow_core.video.files import (
     read_video_metadata,
     write_video,
 )
+from starflow_core.video.writer import VideoWriter
 from tests.test_outputs import parameters
 
 pytest.importorskip("av")  # the `video` extra (in dev): MP4 through PyAV
@@ -153,3 +154,22 @@ def test_unknown_suffixes_and_bad_frames_are_refused_before_writing(tmp_path):
     with pytest.raises(ValueError, match="fps"):
         write_video(tmp_path / "a.gif", few_colours(), 0)
     assert list(tmp_path.iterdir()) == []
+
+
+# ----- the writer a generate command uses -----------------------------------------------------------
+def test_the_writer_names_videos_by_index_and_seed_and_keeps_sidecars_with_them(tmp_path):
+    (tmp_path / "fox.json").write_text("{}")  # someone's sidecar: its video name is taken too
+    one = VideoWriter(tmp_path / "fox.gif", total=1, sidecar=True)
+    one.check()
+    small = few_colours(height=16, width=16)
+    path = one.write_video(0, small, 8, video_parameters())
+    assert path == tmp_path / "fox_1.gif" and one.written == [path, tmp_path / "fox_1.json"]
+    assert json.loads((tmp_path / "fox_1.json").read_text()) == read_parameters(path) == video_parameters()
+    video = read_video(path)  # 16x16 enlarged 4x for viewing, as small images are
+    np.testing.assert_array_equal(video.frames, np.repeat(np.repeat(small, 4, axis=1), 4, axis=2))
+    several = VideoWriter(tmp_path / "out", total=2, sidecar=True)
+    names = [several.write_video(i, small, 8, video_parameters(seed=s)) for i, s in ((0, 5), (1, 6))]
+    assert names == [tmp_path / "out_0000_seed5", tmp_path / "out_0001_seed6"]
+    assert (tmp_path / "out_0001_seed6.json").is_file() and read_parameters(names[1])["seed"] == 6
+    with pytest.raises(ValueError, match="not a video format"):
+        VideoWriter(tmp_path / "fox.jpg", total=1).check()

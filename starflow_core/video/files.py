@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -100,17 +101,24 @@ def write_video(
     fps: float,
     metadata: dict[str, str] | None = None,
     overwrite: bool = False,
+    companion: Callable[[Path], Path] | None = None,
 ) -> Path:
     """Write a video in the format of `path`'s suffix and return the path written (the first
-    free numbered name when `path` exists and not `overwrite`)."""
+    free numbered name when `path`, or its `companion(path)` such as a JSON sidecar, exists and
+    not `overwrite`)."""
     path, frames, fps = Path(path), as_frames(frames), check_fps(fps)
     entries = {**(metadata or {}), "fps": f"{fps:g}"}
     fmt = video_format(path)
     if fmt == "FRAMES":
-        return _write_frame_folder(path, frames, fps, entries, overwrite)
+        return _write_frame_folder(path, frames, fps, entries, overwrite, companion)
     if fmt == "MP4":
         require("av", "writing MP4 video")
-    return write_new_file(path, lambda tmp: encode_video(tmp, frames, fps, entries, fmt), overwrite=overwrite)
+    return write_new_file(
+        path,
+        lambda tmp: encode_video(tmp, frames, fps, entries, fmt),
+        overwrite=overwrite,
+        companion=companion,
+    )
 
 
 def encode_video(path: Path, frames: np.ndarray, fps: float, metadata: dict[str, str], fmt: str) -> None:
@@ -163,7 +171,12 @@ def _encode_mp4(path: Path, frames: np.ndarray, fps: float, comment: str) -> Non
 
 
 def _write_frame_folder(
-    path: Path, frames: np.ndarray, fps: float, metadata: dict[str, str], overwrite: bool
+    path: Path,
+    frames: np.ndarray,
+    fps: float,
+    metadata: dict[str, str],
+    overwrite: bool,
+    companion: Callable[[Path], Path] | None,
 ) -> Path:
     """PNG frames and video.json, built in a hidden folder beside `path` and renamed onto the
     first free name (a rename onto an existing non-empty folder fails, atomically)."""
@@ -182,6 +195,8 @@ def _write_frame_folder(
             return path
         for number in range(MAX_FREE_NAME_TRIES):
             candidate = numbered(path, number)
+            if companion is not None and companion(candidate).exists():
+                continue
             try:
                 os.rename(staging, candidate)  # fails on a file or a non-empty folder
                 return candidate
