@@ -173,3 +173,13 @@ def test_the_writer_names_videos_by_index_and_seed_and_keeps_sidecars_with_them(
     assert (tmp_path / "out_0001_seed6.json").is_file() and read_parameters(names[1])["seed"] == 6
     with pytest.raises(ValueError, match="not a video format"):
         VideoWriter(tmp_path / "fox.jpg", total=1).check()
+
+
+def test_config_from_metadata_of_a_video_on_an_image_command_says_so(tmp_path):
+    from starflow_core.generation.cli import build_parser
+    from starflow_core.generation.output_cli import fill_from_metadata
+
+    path = write_video(tmp_path / "fox.gif", few_colours(), 16, flat_metadata(video_parameters()))
+    args = build_parser("starflow_mlx.generate", "test").parse_args(["--config-from-metadata", str(path)])
+    with pytest.raises(ValueError, match=r"fox.gif is a video \(num frames 10\); this command makes images"):
+        fill_from_metadata(args)
