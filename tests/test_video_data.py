@@ -175,3 +175,13 @@ def test_the_moving_digits_folder_reads_as_ten_classes_of_clips(tmp_path, monkey
     with pytest.raises(SystemExit) as again:  # never into an existing folder
         runpy.run_path(script, run_name="__main__")
     assert again.value.code == 2 and "already exists" in capsys.readouterr().err
+
+
+def test_buckets_come_from_the_clip_headers(tmp_path):
+    wide = np.zeros((3, 18, 32, 3), np.uint8)  # 32:18, nearest bucket 16:9
+    for name in ("a.gif", "b.webp", "c.mp4", "d"):
+        write_video(tmp_path / "wide" / name, wide, 8)
+    data = VideoFolder(tmp_path / "wide", "none", 16, 2, num_frames=2, buckets=True)
+    assert data.buckets == ["16:9"] * 4
+    video, _ = data.read_clip(2, flip=False, draw=0)
+    assert video.shape == (2, *data.image_size_of(2), 3) and data.image_size_of(2) == (12, 22)

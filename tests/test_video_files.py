@@ -147,6 +147,7 @@ def test_an_empty_or_uneven_frame_folder_is_refused_by_name(tmp_path):
 def test_unknown_suffixes_and_bad_frames_are_refused_before_writing(tmp_path):
     for good in ("a.mp4", "a.GIF", "a.webp", "frames"):
         check_video_output(tmp_path / good)
+    check_video_output(f"{tmp_path}/frames.v2/")  # a trailing slash names a folder, as for images
     with pytest.raises(ValueError, match=r"'\.png' is not a video format.*\.mp4, \.gif, \.webp"):
         check_video_output(tmp_path / "a.png")
     with pytest.raises(ValueError, match="uint8"):

@@ -42,6 +42,7 @@ from starflow_core.generation.outputs import MAX_FREE_NAME_TRIES, numbered, writ
 VIDEO_FORMATS = {".mp4": "MP4", ".gif": "GIF", ".webp": "WEBP"}
 FRAMES_JSON = "video.json"  # beside the PNG frames of a frame folder
 FRAME_NAME = "{:04d}.png"
+FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")  # frames a frame folder may hold (.webp is a clip)
 MP4_CRF = "12"  # x264 constant rate factor: 0 lossless, 18 "visually lossless", 23 default
 GIF_TICK_MS = 10  # GIF frame times are whole hundredths of a second
 GIF_DEFAULT_MS = 100  # a GIF frame without a time shows this long (as browsers do)
@@ -67,7 +68,8 @@ def check_video_output(output: str | Path) -> None:
     .webp or a folder) and an MP4 without PyAV."""
     path = Path(output)
     suffix = path.suffix.lower()
-    if suffix and suffix not in VIDEO_FORMATS and not path.is_dir():
+    folder = path.is_dir() or str(output).endswith(("/", os.sep))
+    if suffix and suffix not in VIDEO_FORMATS and not folder:
         raise ValueError(
             f"--output {output}: {suffix!r} is not a video format this writes; end the name in "
             f"{', '.join(VIDEO_FORMATS)}, or give a folder (a name without a suffix) for PNG frames"
@@ -264,6 +266,32 @@ def read_video_metadata(path: str | Path) -> dict[str, str]:
         raise ValueError(f"{path} is not a readable GIF or WebP file ({err})") from None
 
 
+def video_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of a video's frames, from its header (or first frame) alone."""
+    path = Path(path)
+    if path.is_dir():
+        files = frame_files(path)
+        if not files:
+            raise ValueError(f"{path} holds no frames ({', '.join(FRAME_SUFFIXES)}); not a video folder")
+        first = files[0]
+    elif video_format(path) == "MP4":
+        av = require("av", "reading MP4 video")
+        with _video_errors(path, "MP4"), av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError("no video stream")
+            stream = container.streams.video[0]
+            return stream.height, stream.width
+    else:
+        first = path
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(first) as image:
+            return image.height, image.width
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise ValueError(f"{first} is not a readable frame or animation ({err})") from None
+
+
 def _entries(text: str | bytes | None) -> dict[str, str]:
     if not text:
         return {}
@@ -345,9 +373,6 @@ def _frame_folder_record(path: Path) -> tuple[float | None, dict[str, str], int 
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
         raise ValueError(f"{record_path} is not a valid frame-folder record ({err})") from None
     return fps, metadata, count
-
-
-FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")  # .webp is a clip (animated or not)
 
 
 def frame_files(path: Path) -> list[Path]:
