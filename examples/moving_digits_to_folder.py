@@ -1,6 +1,6 @@
 """Write moving-digits clips as a video training folder (one subfolder per class, animated GIFs).
 
-    python examples/moving_digits_to_folder.py runs/moving_digits      # train/ and test/ splits
+    python examples/moving_digits_to_folder.py runs/moving_digits      # train/, test/, preview.gif
 
 Each clip is one of scikit-learn's 8x8 digits moving over a 16x16 dark canvas at a constant
 velocity (up to 2 pixels a frame along each axis), bouncing off the edges
@@ -19,8 +19,8 @@ from pathlib import Path
 
 from starflow_core.command_line import positive_int
 from starflow_core.digits import load_digits_split
-from starflow_core.digits_video import DEFAULT_FRAMES, moving_digits, write_clip_folder
-from starflow_core.video.files import VIDEO_FORMATS
+from starflow_core.digits_video import DEFAULT_FRAMES, moving_digits, preview_frames, write_clip_folder
+from starflow_core.video.files import VIDEO_FORMATS, write_video
 
 
 def main() -> int:
@@ -52,9 +52,12 @@ def main() -> int:
     ):
         clips = moving_digits(digits, labels, count, seed, frames=args.frames)
         write_clip_folder(args.out / name, clips, fps=args.fps, suffix=suffix)
+        if name == "train":
+            preview = write_video(args.out / "preview.gif", preview_frames(clips), args.fps)
     print(
         f"wrote {args.train_clips} training and {args.test_clips} test clips of {args.frames} frames to {args.out}"
     )
+    print(f"wrote {preview} (the first training clip of each digit)")
     return 0
 
 

@@ -199,3 +199,15 @@ def write_clip_folder(
         path = folder / f"{label}_{DIGIT_NAMES[label]}" / f"{number:05d}{suffix}"
         written.append(write_video(path, clip, fps, {"label": str(int(label))}, overwrite=overwrite))
     return written
+
+
+def preview_frames(moving: MovingDigits, scale: int = 4) -> np.ndarray:
+    """uint8 (T, H, W, 3) frames of a grid showing the first clip of every class present, in
+    digit order, each enlarged `scale` times (nearest), for a GIF people look at."""
+    from starflow_core.generation.images import make_grid
+
+    classes = sorted(set(moving.labels.tolist()))
+    firsts = [int(np.flatnonzero(moving.labels == label)[0]) for label in classes]
+    pixels = to_uint8_frames(moving.clips[firsts])  # (K, T, 16, 16)
+    big = np.repeat(np.repeat(pixels, scale, axis=2), scale, axis=3)[..., None].repeat(3, axis=-1)
+    return np.stack([make_grid(list(big[:, t]), cols=len(firsts)) for t in range(big.shape[1])])

@@ -15,7 +15,7 @@ import torch
 from starflow_core.digits_video import moving_digits, to_uint8_frames, write_clip_folder
 from starflow_core.training.config import TrainConfig
 from starflow_core.training.video_folders import VideoFolder, clip_frame_indices, video_epoch_batches
-from starflow_core.video.files import write_video
+from starflow_core.video.files import read_video, write_video
 from starflow_mlx import video_data as mlx_video
 from starflow_torch import video_data as torch_video
 
@@ -170,6 +170,8 @@ def test_the_moving_digits_folder_reads_as_ten_classes_of_clips(tmp_path, monkey
     data = VideoFolder(out / "train", "label", 16, 2, num_frames=9, channels=1)
     assert len(data) == 40 and data.class_names[:2] == ["0_zero", "1_one"] and len(data.class_names) <= 10
     assert data.files[0].suffix == ".gif" and len(list((out / "test").rglob("*.gif"))) == 10
+    preview = read_video(out / "preview.gif").frames  # one clip per class present, side by side
+    assert preview.shape[0] == 9 and preview.shape[1] == 64 + 2 * 4
     video, fps = data.read_clip(0, flip=False, draw=0)
     assert video.shape == (9, 16, 16, 1) and fps == 8
     with pytest.raises(SystemExit) as again:  # never into an existing folder
