@@ -12,7 +12,12 @@ wrapping them all). The wrapping, in the official order:
     chat template     only for decoder-only text models (the official Gemma path), never for T5
 
 `TemplateFlags` holds the three flags of a model (its YAML arguments); `wrap_prompts` applies
-them with what a sampling or training call knows (fps, noise level, aspect ratio).
+them with what a sampling or training call knows. What the official scripts pass: sampling
+(sample.py) the requested output fps, the noise level `target_noise_std or noise_std` (the
+YAML's noise_std, 0.5 for the 7B) and the requested aspect ratio; the learned denoiser's pass
+(utils/inference.py `process_denoising`) encodes the captions alone (no guidance prompt) with
+the same arguments, the noise level being the one it removes, the same value; training
+(train.py) each clip's fps and each sample's noise level, and the batch's aspect-ratio bucket.
 """
 
 from __future__ import annotations
