@@ -170,7 +170,7 @@ def test_every_setting_off_its_default_is_remade_from_metadata(folders, tmp_path
     assert (stored["jacobi_block_size"], stored["jacobi_tol"], stored["jacobi_max_iter"]) == (2, 0.01, 3)
     assert stored["width"] > stored["height"] and stored["quantize"] == 8
     stored = read_parameters(tmp_path / "edit.png")
-    assert (stored["denoise"], stored["text_quantize"], stored["strength"]) == ("decoder", 8, "0.6")
+    assert (stored["denoise"], stored["text_quantize"], stored["strength"]) == ("decoder", 8, 0.6)
     assert stored["decoder"] == str(tmp_path / "decoder") and stored["source_prompt"] == "a cat"
 
 
