@@ -11,7 +11,9 @@ entry of ``temperal_downsample`` (the upstream spelling, kept so config files lo
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 # Wan2.2's latent statistics, as the official misc/wan_vae2.py and the diffusers config hold them.
@@ -171,3 +173,43 @@ class WanVAEConfig:
             return cls(**fields)
         except (TypeError, ValueError) as error:
             raise ValueError(f"{source}: {error}") from None
+
+
+def resolve_wan_vae_config(config: Mapping[str, Any] | str | Path | WanVAEConfig) -> WanVAEConfig:
+    """A WanVAEConfig, or the original constructor arguments as a dict or a JSON file's path."""
+    if isinstance(config, WanVAEConfig):
+        return config
+    if isinstance(config, (str, Path)):
+        path = Path(config)
+        if not path.is_file():
+            raise FileNotFoundError(f"Wan VAE config not found: {path}")
+        return WanVAEConfig.from_official(json.loads(path.read_text()), source=str(path))
+    return WanVAEConfig.from_official(config)
+
+
+def split_temporal_scale(vae_name: str) -> tuple[str, float]:
+    """The official VAE name ``<repository>[:<temporal scale>]`` -> (repository, scale), as the
+    official VAE wrapper reads it: ``Wan-AI/Wan2.2-TI2V-5B-Diffusers:0.6`` -> (..., 0.6); 1.0 without."""
+    name, _, suffix = vae_name.partition(":")
+    if not suffix:
+        return name, 1.0
+    try:
+        return name, check_temporal_scale(float(suffix))
+    except ValueError:
+        raise ValueError(
+            f"VAE name {vae_name!r}: the part after ':' must be a positive number (e.g. ':0.6')"
+        ) from None
+
+
+def check_temporal_scale(scale: float) -> float:
+    if not scale > 0:
+        raise ValueError(f"temporal_scale must be positive (the official suffix, e.g. 0.6), got {scale!r}")
+    return float(scale)
+
+
+def check_chunk_frames(chunk_frames: int) -> int:
+    if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
+        raise ValueError(
+            f"chunk_frames must be a positive integer (latent frames per chunk), got {chunk_frames!r}"
+        )
+    return chunk_frames

@@ -28,7 +28,12 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from starflow_core.official.wan_vae_keys import check_wan_vae_weights, rename_original
-from starflow_core.wan_vae_config import WanVAEConfig
+from starflow_core.wan_vae_config import (
+    WanVAEConfig,
+    check_chunk_frames,
+    check_temporal_scale,
+    resolve_wan_vae_config,
+)
 
 from .wan_vae_layers import CausalCache, CausalConv3d, MidBlock, ResidualDownBlock, ResidualUpBlock, RMSNorm
 
@@ -153,7 +158,7 @@ class AutoencoderKLWan(nn.Module):
     def __init__(self, config: WanVAEConfig, temporal_scale: float = 1.0):
         super().__init__()
         self.config = config
-        self.temporal_scale = _check_temporal_scale(temporal_scale)
+        self.temporal_scale = check_temporal_scale(temporal_scale)
         self.encoder = Encoder3d(config)
         self.quant_conv = CausalConv3d(2 * config.z_dim, 2 * config.z_dim, 1)
         self.post_quant_conv = CausalConv3d(config.z_dim, config.z_dim, 1)
@@ -188,7 +193,7 @@ class AutoencoderKLWan(nn.Module):
         config.json layout)."""
         from starflow_core.official.pth_reader import read_pth_state_dict
 
-        config = _official_config(config)
+        config = resolve_wan_vae_config(config)
         state = read_pth_state_dict(pth, dtype="float32")
         renamed = rename_original(state)
         weights = {renamed[name]: mx.array(value) for name, value in state.items()}
@@ -227,7 +232,7 @@ class AutoencoderKLWan(nn.Module):
         + posterior std * N(0, 1) (noise from ``key`` or MLX's global generator). ``chunk_frames``
         latent frames are encoded at a time after the first (the official: 1)."""
         self._check_video(video)
-        _check_chunk_frames(chunk_frames)
+        check_chunk_frames(chunk_frames)
         x = patchify(video.astype(self.dtype), self.config.patch_size)
         step = chunk_frames * self.config.temporal_factor
         cache, moments = CausalCache(), []
@@ -246,7 +251,7 @@ class AutoencoderKLWan(nn.Module):
         """The video of ``decode``, chunk by chunk: the first frame, then 4 * chunk_frames frames
         at a time (float32, evaluated), so only a chunk of the video need be in memory."""
         self._check_latents(latents)
-        _check_chunk_frames(chunk_frames)
+        check_chunk_frames(chunk_frames)
         z = self._scale_time(latents.astype(mx.float32), 1.0 / self.temporal_scale)
         z = (z * mx.array(self.config.latents_std) + mx.array(self.config.latents_mean)).astype(self.dtype)
         cache = CausalCache()
@@ -283,27 +288,3 @@ class AutoencoderKLWan(nn.Module):
             raise ValueError(
                 f"latents must be (B, T', h, w, {self.config.z_dim}), channels last, got shape {tuple(latents.shape)}"
             )
-
-
-def _check_chunk_frames(chunk_frames: int) -> None:
-    if not isinstance(chunk_frames, int) or chunk_frames < 1:
-        raise ValueError(
-            f"chunk_frames must be a positive integer (latent frames per chunk), got {chunk_frames!r}"
-        )
-
-
-def _check_temporal_scale(scale: float) -> float:
-    if not scale > 0:
-        raise ValueError(f"temporal_scale must be positive (the official suffix, e.g. 0.6), got {scale!r}")
-    return float(scale)
-
-
-def _official_config(config: Mapping[str, Any] | str | Path | WanVAEConfig) -> WanVAEConfig:
-    if isinstance(config, WanVAEConfig):
-        return config
-    if isinstance(config, (str, Path)):
-        path = Path(config)
-        if not path.is_file():
-            raise FileNotFoundError(f"Wan VAE config not found: {path}")
-        return WanVAEConfig.from_official(json.loads(path.read_text()), source=str(path))
-    return WanVAEConfig.from_official(config)
