@@ -10,8 +10,6 @@ layer or a wrong cache (those give errors of order 1e-1).
 
 from __future__ import annotations
 
-import json
-
 import diffusers
 import mlx.core as mx
 import numpy as np
@@ -23,7 +21,7 @@ from safetensors.torch import load_file
 
 from starflow_core.official.keys import CheckpointMismatchError
 from starflow_core.official.wan_vae_keys import wan_vae_original_to_diffusers
-from starflow_core.wan_vae_config import WanVAEConfig, split_temporal_scale
+from starflow_core.wan_vae_config import WanVAEConfig, resolve_wan_vae_config, split_temporal_scale
 from starflow_mlx.wan_vae import AutoencoderKLWan, _torch_shape
 from starflow_torch.checkpoint import build_empty
 from starflow_torch.wan_vae import AutoencoderKLWan as TorchAutoencoderKLWan
@@ -221,7 +219,7 @@ def test_original_names_map_onto_diffusers_names():
     from starflow_core.official.pth_reader import list_pth_tensors
 
     original = list_pth_tensors(f"{FIXTURE}/official.pth")
-    config = WanVAEConfig.from_official(json.loads(open(f"{FIXTURE}/config.json").read()))
+    config = resolve_wan_vae_config(f"{FIXTURE}/config.json")
     expected = build_empty(lambda: diffusers.AutoencoderKLWan(**config.to_diffusers())).state_dict()
     renamed = {wan_vae_original_to_diffusers(name): tuple(info.shape) for name, info in original.items()}
     assert renamed == {name: tuple(tensor.shape) for name, tensor in expected.items()}
