@@ -62,7 +62,7 @@ def main() -> None:
         mx.eval(video)
         encode, latents = measure(lambda video=video: model.encode(video))
         encode_all, _ = measure(
-            lambda video=video: model.encode(video, chunk_frames=max(1, (frames - 1) // 4))
+            lambda video=video: model.encode(video, chunk_frames=max(1, (video.shape[1] - 1) // 4))
         )
         streamed, _ = measure(lambda latents=latents: [None for _ in model.iter_decode(latents)])
         whole, _ = measure(lambda latents=latents: model.decode(latents))
