@@ -169,8 +169,11 @@ class AutoencoderKLWan(nn.Module):
     def from_pretrained(
         cls, folder: str | Path, dtype: mx.Dtype = mx.float32, temporal_scale: float = 1.0
     ) -> AutoencoderKLWan:
-        """A diffusers folder: ``config.json`` + ``diffusion_pytorch_model.safetensors``."""
+        """A diffusers folder: ``config.json`` + ``diffusion_pytorch_model.safetensors`` (or the
+        pipeline repository holding it as ``vae/``)."""
         folder = Path(folder)
+        if not (folder / CONFIG_NAME).is_file() and (folder / "vae" / CONFIG_NAME).is_file():
+            folder = folder / "vae"
         config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
         for path, what in ((config_path, "config"), (weights_path, "weights")):
             if not path.is_file():

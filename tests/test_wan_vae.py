@@ -260,3 +260,28 @@ def test_bad_videos_and_configs_are_refused_with_the_fix():
         WanVAEConfig.from_official({"constructor": {"dim": 16, "dimm_mult": [1, 2]}})
     with pytest.raises(ValueError, match="z_dim"):
         WanVAEConfig(z_dim=4)  # latents_mean still has Wan2.2's 48 entries
+
+
+def test_large_convolutions_in_bands_give_the_same_numbers(vectors, monkeypatch):
+    """Inputs above CONV_SCRATCH_BYTES go one output frame at a time in bands of rows."""
+    from starflow_mlx import wan_vae_layers
+
+    vae = AutoencoderKLWan.from_official(f"{FIXTURE}/official.pth", f"{FIXTURE}/config.json")
+    whole_z = np.array(vae.encode(to_mlx(vectors["video"])))
+    whole_video = np.array(vae.decode(mx.array(whole_z)))
+    monkeypatch.setattr(wan_vae_layers, "CONV_SCRATCH_BYTES", 20_000)  # a few rows per band
+    banded_z = np.array(vae.encode(to_mlx(vectors["video"])))
+    assert relative_error(banded_z, whole_z) < 1e-6  # the same dot products; float32 rounding at most
+    assert relative_error(np.array(vae.decode(mx.array(whole_z))), whole_video) < 1e-6
+
+
+def test_from_pretrained_finds_the_vae_folder_of_a_pipeline_repository(tiny_folder, tmp_path):
+    folder, _ = tiny_folder
+    (tmp_path / "vae").symlink_to(folder)
+    video = to_mlx(random_video(5, 16, 16))
+    np.testing.assert_array_equal(
+        np.array(AutoencoderKLWan.from_pretrained(tmp_path).encode(video)),
+        np.array(AutoencoderKLWan.from_pretrained(folder).encode(video)),
+    )
+    with pytest.raises(FileNotFoundError, match="config not found"):
+        AutoencoderKLWan.from_pretrained(tmp_path / "nowhere")
