@@ -46,7 +46,7 @@ class CausalCache:
         the last CACHE_FRAMES frames of everything seen for the next chunk."""
         past = self.read(layer)
         seen = x if past is None else mx.concatenate([past, x], axis=1)
-        self.write(layer, seen[:, -CACHE_FRAMES:])
+        self.write(layer, mx.contiguous(seen[:, -CACHE_FRAMES:]))  # a copy: the chunk's buffer can go
         return past
 
     def arrays(self) -> list[mx.array]:
@@ -237,7 +237,7 @@ class Resample(nn.Module):
 
     def _halve_frames(self, x: mx.array, cache: CausalCache) -> mx.array:
         previous = cache.read(self)
-        cache.write(self, x[:, -1:])
+        cache.write(self, mx.contiguous(x[:, -1:]))
         if previous is None:  # the first chunk (the first frame) passes as it is
             return x
         return self.time_conv(mx.concatenate([previous, x], axis=1))
