@@ -8,7 +8,7 @@ and the official code normalise them: (mean - latents_mean) / latents_std.
 Loading: ``from_pretrained(folder)`` reads a diffusers folder (``Wan-AI/Wan2.2-TI2V-5B-Diffusers``'s
 ``vae/``); ``from_official(pth, config)`` reads the original ``Wan2.2_VAE.pth`` the official code
 downloads, without torch (starflow_core.official.pth_reader). Every rename lives in
-starflow_core.official.wan_vae_keys; the layout change (torch OI... -> MLX O...I) in ``sanitize``.
+starflow_core.official.wan_vae_keys; the layout change (torch OI... -> MLX O...I) in ``sanitize_tensor``.
 
 Memory: encode and decode go chunk of frames by chunk of frames (the first frame alone, then
 ``chunk_frames`` latent frames at a time) through a causal cache, evaluating each chunk, so the
@@ -19,7 +19,7 @@ chunk for a writer that does not need it whole.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -119,20 +119,17 @@ def unpatchify(x: mx.array, patch: int) -> mx.array:
     return x.reshape(batch, frames, height * patch, width * patch, channels)
 
 
-def sanitize(weights: Mapping[str, mx.array]) -> dict[str, mx.array]:
-    """diffusers-named weights in torch layout -> this module's layout: 3-D conv weights
+def sanitize_tensor(name: str, value: mx.array) -> tuple[str, mx.array]:
+    """One diffusers-named tensor in torch layout -> this module's layout: 3-D conv weights
     (O, I, T, H, W) -> (O, T, H, W, I), 2-D (O, I, H, W) -> (O, H, W, I), RMS-norm gammas
     (C, 1, 1[, 1]) -> (C,)."""
-    sanitized = {}
-    for key, value in weights.items():
-        if key.endswith(".gamma"):
-            value = value.reshape(-1)
-        elif value.ndim == 5:
-            value = value.transpose(0, 2, 3, 4, 1)
-        elif value.ndim == 4:
-            value = value.transpose(0, 2, 3, 1)
-        sanitized[key] = value
-    return sanitized
+    if name.endswith(".gamma"):
+        return name, value.reshape(-1)
+    if value.ndim == 5:
+        return name, value.transpose(0, 2, 3, 4, 1)
+    if value.ndim == 4:
+        return name, value.transpose(0, 2, 3, 1)
+    return name, value
 
 
 def _torch_shape(name: str, shape: tuple[int, ...], config: WanVAEConfig) -> tuple[int, ...]:
@@ -181,7 +178,10 @@ class AutoencoderKLWan(nn.Module):
                     f"Wan VAE {what} not found: {path} (a diffusers vae/ folder holds both)"
                 )
         config = WanVAEConfig.from_diffusers(json.loads(config_path.read_text()), source=str(config_path))
-        return cls._load(config, mx.load(str(weights_path)), str(weights_path), dtype, temporal_scale)
+        weights = mx.load(str(weights_path))  # lazy: read as each tensor is converted
+        shapes = {name: tuple(value.shape) for name, value in weights.items()}
+        tensors = ((name, weights.pop(name)) for name in sorted(shapes, key=lambda n: -weights[n].nbytes))
+        return cls._load(config, shapes, tensors, str(weights_path), dtype, temporal_scale)
 
     @classmethod
     def from_official(
@@ -194,31 +194,32 @@ class AutoencoderKLWan(nn.Module):
         """The original ``Wan2.2_VAE.pth`` naming, read torch-free. ``config``: a WanVAEConfig, or
         a dict / JSON path with the original constructor arguments (vectors/wan22_vae_tiny's
         config.json layout)."""
-        from starflow_core.official.pth_reader import read_pth_state_dict
+        from starflow_core.official.pth_reader import iter_pth_tensors, list_pth_tensors
 
         config = resolve_wan_vae_config(config)
-        state = read_pth_state_dict(pth, dtype="float32")
-        renamed = rename_original(state)
-        weights = {renamed[name]: mx.array(value) for name, value in state.items()}
-        return cls._load(config, weights, str(pth), dtype, temporal_scale)
+        infos = list_pth_tensors(pth)  # names and shapes only: nothing read yet
+        renamed = rename_original(infos)
+        shapes = {renamed[name]: info.shape for name, info in infos.items()}
+        tensors = ((renamed[name], mx.array(value)) for name, value in iter_pth_tensors(pth, dtype="float32"))
+        return cls._load(config, shapes, tensors, str(pth), dtype, temporal_scale)  # one tensor at a time
 
     @classmethod
     def _load(
         cls,
         config: WanVAEConfig,
-        weights: dict[str, mx.array],
+        shapes: Mapping[str, tuple[int, ...]],
+        tensors: Iterable[tuple[str, mx.array]],
         source: str,
         dtype: mx.Dtype,
         temporal_scale: float,
     ) -> AutoencoderKLWan:
+        """Check the file's names and (torch) shapes, then set its tensors one by one."""
         from .checkpoint import stream_into
 
         model = cls(config, temporal_scale)  # lazy: never materialised, every parameter is replaced
         expected = {name: _torch_shape(name, p.shape, config) for name, p in tree_flatten(model.parameters())}
-        check_wan_vae_weights(expected, {name: tuple(value.shape) for name, value in weights.items()}, source)
-        weights = sanitize(weights)
-        order = sorted(weights, key=lambda key: weights[key].nbytes, reverse=True)  # largest first
-        stream_into(model, ((key, weights.pop(key)) for key in order), dtype)
+        check_wan_vae_weights(expected, shapes, source)
+        stream_into(model, (sanitize_tensor(name, value) for name, value in tensors), dtype)
         return model
 
     @property
