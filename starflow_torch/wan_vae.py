@@ -171,6 +171,10 @@ class AutoencoderKLWan(diffusers.AutoencoderKLWan):
         """Normalised latents (B, T', z_dim, h, w) -> video (B, 4(T' - 1) + 1, 3, 16h, 16w), float32."""
         return torch.cat(list(self.iter_decode(latents, chunk_frames)), dim=1)
 
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        """Reconstruction through the posterior mean (diffusers' forward would call the encode above)."""
+        return self.decode(self.encode(video))
+
     # ----- helpers -----------------------------------------------------------------------------
     @staticmethod
     def _scale_time(latents: torch.Tensor, scale: float) -> torch.Tensor:
