@@ -54,9 +54,9 @@ def to_torch_layout(array: mx.array) -> np.ndarray:
     return np.array(array).transpose(0, 1, 4, 2, 3)
 
 
-def random_video(frames: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+def random_video(frames: int, height: int, width: int, seed: int = 0, batch: int = 1) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    return torch.rand(1, frames, 3, height, width, generator=generator) * 2 - 1  # (B, T, C, H, W)
+    return torch.rand(batch, frames, 3, height, width, generator=generator) * 2 - 1  # (B, T, C, H, W)
 
 
 # ----- (a) the official vectors ----------------------------------------------------------------
@@ -140,7 +140,7 @@ def test_mlx_matches_diffusers_on_tiny_layouts(tiny_folder, frames):
 
 def test_twins_agree_on_tiny_layouts(tiny_folder):
     folder, _ = tiny_folder
-    video = random_video(9, 32, 48, seed=2)
+    video = random_video(9, 32, 48, seed=2, batch=2)
     ours = AutoencoderKLWan.from_pretrained(folder)
     theirs = TorchAutoencoderKLWan.from_pretrained(folder)
     z = ours.encode(to_mlx(video))
