@@ -298,3 +298,26 @@ def test_half_precision_weights_stay_close_to_float32(vectors, dtype, tolerance)
     assert z.dtype == decoded.dtype == mx.float32
     assert relative_error(to_torch_layout(z), vectors["z"]) < tolerance
     assert relative_error(to_torch_layout(decoded), vectors["decoded"]) < tolerance
+
+
+def test_sampling_adds_the_posterior_std_as_the_official_does(tiny_folder):
+    """The official encode: normalised mean + the posterior's std (not divided by latents_std) * N(0, 1)."""
+    folder, reference = tiny_folder
+    video = random_video(5, 32, 16, seed=6)
+    with torch.no_grad():
+        std = reference.encode(video.transpose(1, 2)).latent_dist.std.transpose(1, 2)  # (B, T', z, h, w)
+    vae = AutoencoderKLWan.from_pretrained(folder)
+    key = mx.random.key(7)
+    mean = vae.encode(to_mlx(video))
+    drawn = vae.encode(to_mlx(video), sample=True, key=key)
+    noise = mx.random.normal(mean.shape, key=key)
+    assert (
+        relative_error(to_torch_layout((drawn - mean) / noise), std) < 1e-3
+    )  # a ratio: float32 rounding of small differences
+    torch_vae = TorchAutoencoderKLWan.from_pretrained(folder)
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        torch_mean = torch_vae.encode(video)
+        torch_drawn = torch_vae.encode(video, sample=True, generator=torch.Generator().manual_seed(7))
+    torch_noise = torch.randn(torch_mean.shape, generator=generator)
+    assert relative_error((torch_drawn - torch_mean) / torch_noise, std) < 1e-3
