@@ -10,6 +10,8 @@ layer or a wrong cache (those give errors of order 1e-1).
 
 from __future__ import annotations
 
+import json
+
 import diffusers
 import mlx.core as mx
 import numpy as np
@@ -342,3 +344,50 @@ def test_streamed_decoding_memory_does_not_grow_with_the_video():
     one_chunk_long = peak_mb(lambda: mx.eval(vae.decode(long, chunk_frames=3)))
     assert streamed_long < streamed_short * 1.03 + 0.25  # measured 15.1 vs 15.3 MB: the same chunks
     assert one_chunk_long > 2 * streamed_long  # the measure sees a longer chunk (measured 42.9 MB)
+
+
+def test_the_released_config_json_reads_as_the_default_config():
+    """Wan-AI/Wan2.2-TI2V-5B-Diffusers vae/config.json's keys, clip_output included."""
+    released = {
+        "_class_name": "AutoencoderKLWan",
+        "_diffusers_version": "0.35.0.dev0",
+        "attn_scales": [],
+        "base_dim": 160,
+        "clip_output": False,
+        "decoder_base_dim": 256,
+        "dim_mult": [1, 2, 4, 4],
+        "dropout": 0.0,
+        "in_channels": 12,
+        "is_residual": True,
+        "latents_mean": list(WanVAEConfig().latents_mean),
+        "latents_std": list(WanVAEConfig().latents_std),
+        "num_res_blocks": 2,
+        "out_channels": 12,
+        "patch_size": 2,
+        "scale_factor_spatial": 16,
+        "scale_factor_temporal": 4,
+        "temperal_downsample": [False, True, True],
+        "z_dim": 48,
+    }
+    assert WanVAEConfig.from_diffusers(released) == WanVAEConfig()
+    assert WanVAEConfig().spatial_factor == 16 and WanVAEConfig().temporal_factor == 4
+
+
+@pytest.mark.parametrize("twin", [AutoencoderKLWan, TorchAutoencoderKLWan])
+def test_clip_output_clips_the_decoded_video(tiny_folder, tmp_path, twin):
+    folder, _ = tiny_folder
+    (tmp_path / "diffusion_pytorch_model.safetensors").symlink_to(
+        folder / "diffusion_pytorch_model.safetensors"
+    )
+    config = json.loads((folder / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "clip_output": True}))
+    latents = torch.randn(1, 2, config["z_dim"], 2, 2, generator=torch.Generator().manual_seed(8)) * 3
+    if twin is AutoencoderKLWan:
+        plain = to_torch_layout(twin.from_pretrained(folder).decode(to_mlx(latents)))
+        clipped = to_torch_layout(twin.from_pretrained(tmp_path).decode(to_mlx(latents)))
+    else:
+        with torch.no_grad():
+            plain = twin.from_pretrained(folder).decode(latents).numpy()
+            clipped = twin.from_pretrained(tmp_path).decode(latents).numpy()
+    assert np.abs(plain).max() > 1  # the test sees a difference
+    np.testing.assert_array_equal(clipped, np.clip(plain, -1, 1))
