@@ -271,7 +271,7 @@ def test_large_convolutions_in_bands_give_the_same_numbers(vectors, monkeypatch)
     vae = AutoencoderKLWan.from_official(f"{FIXTURE}/official.pth", f"{FIXTURE}/config.json")
     whole_z = np.array(vae.encode(to_mlx(vectors["video"])))
     whole_video = np.array(vae.decode(mx.array(whole_z)))
-    monkeypatch.setattr(wan_vae_layers, "CONV_SCRATCH_BYTES", 20_000)  # a few rows per band
+    monkeypatch.setattr(wan_vae_layers, "CONV_SCRATCH_BYTES", 200_000)  # a few rows per band
     banded_z = np.array(vae.encode(to_mlx(vectors["video"])))
     assert relative_error(banded_z, whole_z) < 1e-6  # the same dot products; float32 rounding at most
     assert relative_error(np.array(vae.decode(mx.array(whole_z))), whole_video) < 1e-6
