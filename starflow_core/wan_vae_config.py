@@ -157,8 +157,9 @@ class WanVAEConfig:
     @classmethod
     def from_official(cls, config: Mapping[str, Any], source: str = "config") -> WanVAEConfig:
         """From ``{"constructor": {dim, dec_dim, z_dim, ...}, "latents_mean", "latents_std",
-        "patch_size"}`` (the original ``WanVAE_`` arguments, as vectors/wan22_vae_tiny/config.json);
-        without latents_mean / latents_std, Wan2.2's (the official code's constants)."""
+        "patch_size"}`` (the original ``WanVAE_`` arguments, as the wan22_vae_tiny test vectors'
+        config.json). Arguments left out take the values the official loader (``video_vae2``)
+        gives them; latents_mean / latents_std left out are Wan2.2's (the official constants)."""
         config = dict(config)
         family = config.pop("family", "wan2.2-vae")
         if family != "wan2.2-vae":
