@@ -143,7 +143,12 @@ class AutoencoderKLWan(diffusers.AutoencoderKLWan):
         latents = (mean - _per_channel(config.latents_mean, mean)) / _per_channel(config.latents_std, mean)
         if sample:
             std = torch.exp(0.5 * log_variance.clamp(-30.0, 20.0))
-            latents = latents + std * torch.randn(latents.shape, generator=generator, device=latents.device)
+            device = (
+                generator.device if generator is not None else latents.device
+            )  # the generator's own device
+            latents = latents + std * torch.randn(latents.shape, generator=generator, device=device).to(
+                latents.device
+            )
         return self._scale_time(latents, self.temporal_scale)
 
     def iter_decode(self, latents: torch.Tensor, chunk_frames: int = 1) -> Iterator[torch.Tensor]:
