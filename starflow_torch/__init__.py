@@ -13,6 +13,7 @@ _LAZY = {
     "StarFlow": ".model",
     "SamplingStats": ".sampling",
     "AutoencoderKL": ".vae",
+    "AutoencoderKLWan": ".wan_vae",
     "TextEncoder": ".text",
     "StarFlowPipeline": ".pipeline",
 }
@@ -26,4 +27,12 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["AutoencoderKL", "FlowConfig", "SamplingStats", "StarFlow", "StarFlowPipeline", "TextEncoder"]
+__all__ = [
+    "AutoencoderKL",
+    "AutoencoderKLWan",
+    "FlowConfig",
+    "SamplingStats",
+    "StarFlow",
+    "StarFlowPipeline",
+    "TextEncoder",
+]
