@@ -37,6 +37,8 @@ SHOWN_DEFAULTS = {
     "convert": [],
     "info": [],
     "score": [],
+    "sample_eval": ["(default: 50000)", "(default: 1000)"],
+    "eval": ["(default: 3)"],
 }
 
 
