@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,7 @@ def shard_is_complete(path: Path, expected: int) -> bool:
     try:
         with np.load(path) as data:
             return data["arr_0"].shape[0] == expected and data["arr_0"].dtype == np.uint8
-    except (OSError, ValueError, KeyError, EOFError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return False
 
 
