@@ -61,20 +61,20 @@ def inception_network(weights: Path, device: torch.device):
     return network.to(device).eval()
 
 
+@torch.no_grad()
+def inception_features(network, images: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (n, H, W, 3) -> pool3 features (n, 2048) and logits (n, 1008), float64."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(device)  # (n, 3, H, W) uint8
+    pool, logits = network(x)
+    return pool.double().cpu().numpy(), logits.double().cpu().numpy()
+
+
 def inception(weights: Path | None, args: argparse.Namespace) -> eval_cli.FeatureFn:
     path = inception_weights(weights)
     device = choose_device(args.device, local_rank=0)
     network = inception_network(path, device)
 
-    @torch.no_grad()
-    def features(images: np.ndarray):
-        x = (
-            torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(device)
-        )  # (n, 3, H, W) uint8
-        pool, logits = network(x)
-        return pool.double().cpu().numpy(), logits.double().cpu().numpy()
-
-    return features
+    return lambda images: inception_features(network, images, device)
 
 
 def clip_scores(folder: Path, images: np.ndarray, prompts: list[str], args: argparse.Namespace) -> np.ndarray:
