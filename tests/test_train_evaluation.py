@@ -23,7 +23,9 @@ def held_out_folder(root, per_class: int = 3):
     for label in range(2):
         (root / f"class_{label}").mkdir(parents=True)
         for i in range(per_class):
-            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / f"class_{label}/{i}.png")
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+                root / f"class_{label}/{i}.png"
+            )
     return root
 
 
@@ -35,7 +37,9 @@ def bits_by_hand(twin: str, folder, held) -> float:
     if twin == "mlx":
         from starflow_mlx import StarFlow
 
-        return float(np.mean(np.array(StarFlow.from_pretrained(folder).bits_per_dim(mx.array(x), mx.array(labels)))))
+        return float(
+            np.mean(np.array(StarFlow.from_pretrained(folder).bits_per_dim(mx.array(x), mx.array(labels))))
+        )
     from starflow_torch import StarFlow
 
     model = StarFlow.from_pretrained(folder)
@@ -77,6 +81,8 @@ def test_trainers_evaluate_held_out_data_every_n_steps(twin, tmp_path):
     # the EMA weights (what samples use), on the held-out folder: fp32 forward passes, 1e-4 relative
     want = bits_by_hand(twin, result.checkpoint / "ema", held)
     assert last["eval_bits_per_dim"] == pytest.approx(want, rel=1e-4)
-    assert want != pytest.approx(bits_by_hand(twin, result.checkpoint, held), rel=1e-4)  # EMA differs from raw
+    assert want != pytest.approx(
+        bits_by_hand(twin, result.checkpoint, held), rel=1e-4
+    )  # EMA differs from raw
     assert np.isfinite(last["eval_fid"]) and last["eval_fid"] > 0
     assert (tmp_path / "run/evaluation.png").is_file()
