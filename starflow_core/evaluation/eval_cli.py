@@ -144,7 +144,8 @@ def bits_per_dim(args: argparse.Namespace, backend: EvalBackend, source: image_s
     bits, first = [], 0
     bar = tqdm(total=source.count, desc="bits/dim", unit="img", disable=args.quiet, file=sys.stderr)
     for batch in source.batches(args.batch_size):
-        images = [Image.fromarray(image) for image in batch.images]
+        grey = pipe.image_channels == 1  # sets hold RGB; a grey model's images repeat one channel
+        images = [Image.fromarray(image[..., 0] if grey else image) for image in batch.images]
         scores = score_images(pipe, images, conditions[first : first + len(images)], args.batch_size)
         bits.append(scores.bits_per_dim)
         first += len(images)
@@ -181,7 +182,7 @@ def reference_statistics(
 
 def run(args: argparse.Namespace, backend: EvalBackend) -> int:
     source = image_sets.open_images(args.samples)  # every input is checked before any network loads
-    for path in (args.reference, args.clip, args.weights):
+    for path in (args.reference, args.clip):  # --weights: the feature extractor names its file
         if path is not None and not path.exists():
             raise FileNotFoundError(f"no such file or folder: {path}")
     extractor = backend.inception(args.weights, args) if args.features == "inception" else digits_extractor()

@@ -1,0 +1,131 @@
+"""The evaluation commands end to end on the shipped digits model: sample-eval writes a set both
+twins agree on and resumes it, starflow-eval measures it (FID, precision/recall, the classifier
+score, bits/dim with its interval) as the library's maths says; Inception weights never download."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from starflow_core.digits import load_digits_split
+from starflow_core.evaluation.digit_features import DigitFeatures
+from starflow_core.evaluation.metrics import FeatureStatistics, frechet_distance
+from starflow_core.generation.images import to_uint8
+from starflow_torch import eval as torch_eval
+from starflow_torch import sample_eval as torch_sample_eval
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = [
+    "-n",
+    "5",
+    "--shard-size",
+    "2",
+    "--batch-size",
+    "2",
+    "--seed",
+    "10",
+    "--dtype",
+    "float32",
+    "--quiet",
+]
+
+
+def shard_arrays(folder: Path) -> dict[str, np.ndarray]:
+    shards = [np.load(p) for p in sorted(folder.glob("samples_*.npz"))]
+    return {key: np.concatenate([s[key] for s in shards]) for key in ("arr_0", "arr_1", "seeds")}
+
+
+def run_mlx(module: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # its own process: MLX switches BLAS process-wide
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True
+    )
+
+
+@pytest.fixture(scope="module")
+def digits_set(tmp_path_factory):
+    """5 demo digits from the torch twin (classes 0..4, seeds 10..14), and the real training digits."""
+    tmp = tmp_path_factory.mktemp("eval_commands")
+    assert torch_sample_eval.main([*SAMPLE, "--device", "cpu", "-o", str(tmp / "torch")]) == 0
+    split = load_digits_split(seed=0)
+    np.savez(tmp / "real.npz", arr_0=to_uint8(split.train_images[:200, ..., None]))
+    return tmp
+
+
+def test_sample_eval_writes_the_set_and_resumes_it(digits_set, capsys):
+    arrays = shard_arrays(digits_set / "torch")
+    assert arrays["arr_0"].shape == (5, 8, 8, 3) and arrays["arr_0"].dtype == np.uint8
+    assert arrays["arr_1"].tolist() == [0, 1, 2, 3, 4] and arrays["seeds"].tolist() == [10, 11, 12, 13, 14]
+    manifest = json.loads((digits_set / "torch/manifest.json").read_text())
+    assert manifest["sampling"]["guidance"] == 1.0 and manifest["model"] == "starflow-digits-demo"
+    capsys.readouterr()
+    assert torch_sample_eval.main([*SAMPLE, "--device", "cpu", "-o", str(digits_set / "torch")]) == 0
+    assert "every shard of this rank is complete (3 shards)" in capsys.readouterr().out
+    assert (
+        torch_sample_eval.main([*SAMPLE, "--cfg", "0", "--device", "cpu", "-o", str(digits_set / "torch")])
+        == 2
+    )
+    assert "made with other parameters (sampling:" in capsys.readouterr().err
+
+
+def test_eval_reports_what_the_library_computes(digits_set, capsys):
+    out = digits_set / "result.json"
+    args = [str(digits_set / "torch"), "--reference", str(digits_set / "real.npz"), "--features", "digits"]
+    assert (
+        torch_eval.main([*args, "--bits-per-dim", "--k", "2", "--quiet", "--device", "cpu", "-o", str(out)])
+        == 0
+    )
+    got = json.loads(out.read_text())
+    features = DigitFeatures.load()
+    samples = features(shard_arrays(digits_set / "torch")["arr_0"])[0]
+    real = features(np.load(digits_set / "real.npz")["arr_0"])[0]
+    want = frechet_distance(FeatureStatistics.of(samples), FeatureStatistics.of(real))
+    # float64 both, features taken in other batch shapes (other summation orders); 5 samples in
+    # 64 dimensions: the square roots of the covariance's ~1e-16 zero eigenvalues add ~1e-8
+    assert got["fid"] == pytest.approx(want, rel=1e-6)
+    assert 0 <= got["precision"] <= 1 and 0 <= got["recall"] <= 1 and got["k"] == 2
+    low, high = got["bits_per_dim_95"]
+    assert low < got["bits_per_dim"] < high and got["bits_per_dim_model"] == "starflow-digits-demo"
+    assert "FID" in capsys.readouterr().out
+
+
+def test_the_mlx_twin_makes_the_same_set_and_measures_the_same_bits(digits_set):
+    done = run_mlx("starflow_mlx.sample_eval", *SAMPLE, "-o", str(digits_set / "mlx"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    mlx_images = shard_arrays(digits_set / "mlx")["arr_0"].astype(int)
+    torch_images = shard_arrays(digits_set / "torch")["arr_0"].astype(int)
+    # the twins' samples agree to ~1e-5 in [-1, 1]: a pixel may round to the next of 256 levels
+    assert np.abs(mlx_images - torch_images).max() <= 1
+    done = run_mlx(
+        "starflow_mlx.eval",
+        str(digits_set / "torch"),
+        "--features",
+        "digits",
+        "--bits-per-dim",
+        "--json",
+        "--quiet",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    mlx_bits = json.loads(done.stdout)["bits_per_dim"]
+    torch_bits = json.loads((digits_set / "result.json").read_text())["bits_per_dim"]
+    assert mlx_bits == pytest.approx(torch_bits, abs=1e-4)  # fp32 flows in two frameworks
+
+
+def test_inception_weights_never_download(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(FileNotFoundError) as caught:
+        torch_eval.inception_weights(None)
+    message = str(caught.value)
+    assert torch_eval.INCEPTION_FILE in message and torch_eval.INCEPTION_URL in message
+    assert str(tmp_path / "hub" / "checkpoints") in message and "--weights" in message
+    bad = tmp_path / "code.pth"
+    bad.write_bytes(b"\x80\x02c__builtin__\nprint\n.")  # a pickle that names a function
+    with pytest.raises(Exception, match="Weights only load failed|Unsupported|global"):
+        torch_eval.inception_network(bad, torch.device("cpu"))
