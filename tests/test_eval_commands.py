@@ -129,3 +129,37 @@ def test_inception_weights_never_download(tmp_path, monkeypatch):
     bad.write_bytes(b"\x80\x02c__builtin__\nprint\n.")  # a pickle that names a function
     with pytest.raises(Exception, match="Weights only load failed|Unsupported|global"):
         torch_eval.inception_network(bad, torch.device("cpu"))
+
+
+@pytest.mark.slow  # Inception-v3 at 299x299 on a CPU: about a minute
+def test_the_inception_path_on_random_weights_of_the_real_architecture(tmp_path, monkeypatch, capsys):
+    """Shapes and plumbing of the FID Inception (torch-fidelity's port of the TF graph) with random
+    weights saved as a weights file: the real weights cannot be fetched in the test suite."""
+    module = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
+    network_class = module.FeatureExtractorInceptionV3
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("the Inception weights must never be downloaded")
+
+    monkeypatch.setattr(module, "load_state_dict_from_url", no_download)
+    with monkeypatch.context() as patched:  # build the architecture without any weights file
+        patched.setattr(network_class, "load_state_dict", lambda self, state: None)
+        patched.setattr(module, "load_state_dict_from_url", lambda *args, **kwargs: {})
+        torch.manual_seed(0)
+        random_network = network_class("inception-v3-compat", ["2048"])
+    weights = tmp_path / torch_eval.INCEPTION_FILE
+    torch.save(random_network.state_dict(), weights)
+
+    network = torch_eval.inception_network(weights, torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    for side in (8, 64):  # any size: resized to 299 inside, as the TF graph does
+        pool, logits = torch_eval.inception_features(
+            network, rng.integers(0, 256, (2, side, side, 3), np.uint8), "cpu"
+        )
+        assert pool.shape == (2, 2048) and logits.shape == (2, 1008) and np.isfinite(pool).all()
+    np.savez(tmp_path / "a.npz", arr_0=rng.integers(0, 256, (4, 16, 16, 3), np.uint8))
+    np.savez(tmp_path / "b.npz", arr_0=rng.integers(0, 256, (4, 16, 16, 3), np.uint8))
+    args = [str(tmp_path / "a.npz"), "--reference", str(tmp_path / "b.npz"), "--weights", str(weights)]
+    assert torch_eval.main([*args, "--json", "--quiet", "--device", "cpu", "--splits", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["features"] == "inception" and np.isfinite(result["fid"]) and "inception_score" in result
