@@ -103,16 +103,9 @@ def clip_scores(folder: Path, images: np.ndarray, prompts: list[str], args: argp
                 padding=True,
                 truncation=True,
             ).to(device)
-            image = torch.nn.functional.normalize(
-                model.get_image_features(pixel_values=inputs["pixel_values"]), dim=-1
-            )
-            text = torch.nn.functional.normalize(
-                model.get_text_features(
-                    input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
-                ),
-                dim=-1,
-            )
-            scores.append((100 * (image * text).sum(-1)).clamp(min=0).cpu().numpy())
+            outputs = model(**inputs)  # image_embeds, text_embeds: projected and L2-normalised
+            cosine = (outputs.image_embeds * outputs.text_embeds).sum(-1)
+            scores.append((100 * cosine).clamp(min=0).cpu().numpy())
     return np.concatenate(scores)
 
 

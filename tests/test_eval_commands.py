@@ -163,3 +163,77 @@ def test_the_inception_path_on_random_weights_of_the_real_architecture(tmp_path,
     assert torch_eval.main([*args, "--json", "--quiet", "--device", "cpu", "--splits", "2"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["features"] == "inception" and np.isfinite(result["fid"]) and "inception_score" in result
+
+
+def byte_characters() -> list[str]:
+    """GPT-2's printable stand-ins for the 256 bytes (the base vocabulary of CLIP's BPE)."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    extra = [b for b in range(256) if b not in printable]
+    return [chr(b) for b in printable] + [chr(256 + n) for n in range(len(extra))]
+
+
+def tiny_clip_folder(path: Path) -> Path:
+    """A random CLIP (transformers layout) with a byte-level tokenizer without merges."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    path.mkdir(parents=True)
+    tokens = (
+        byte_characters() + [c + "</w>" for c in byte_characters()] + ["<|startoftext|>", "<|endoftext|>"]
+    )
+    vocab = {token: i for i, token in enumerate(tokens)}
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"))
+    images = CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    eos = vocab["<|endoftext|>"]
+    text = dict(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+    )
+    text.update(max_position_embeddings=32, eos_token_id=eos, bos_token_id=eos - 1, pad_token_id=eos)
+    vision = dict(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=16,
+        patch_size=8,
+    )
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).save_pretrained(path)
+    CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(path)
+    return path
+
+
+def test_clip_score_of_a_text_set_is_the_clamped_cosine(tmp_path, capsys):
+    from transformers import CLIPModel, CLIPProcessor
+
+    folder = tiny_clip_folder(tmp_path / "clip")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 8, 8, 3), np.uint8)
+    prompts = ["a cat", "dog", "a red fox in the snow", "seven", "x"]
+    np.savez(tmp_path / "set.npz", arr_0=images, prompts=np.asarray(prompts))
+    args = [str(tmp_path / "set.npz"), "--features", "digits", "--clip", str(folder), "--batch-size", "2"]
+    assert torch_eval.main([*args, "--json", "--quiet", "--device", "cpu"]) == 0
+    got = json.loads(capsys.readouterr().out)["clip_score"]
+
+    model, processor = CLIPModel.from_pretrained(folder).eval(), CLIPProcessor.from_pretrained(folder)
+    with torch.no_grad():  # by hand: each tower, its projection, cosine, x100, clamped at 0 per image
+        pixels = processor(images=list(images), return_tensors="pt")["pixel_values"]
+        image = model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
+        tokens = processor(text=prompts, return_tensors="pt", padding=True)
+        text = model.text_projection(model.text_model(**tokens).pooler_output)
+        cosine = torch.nn.functional.cosine_similarity(image, text, dim=-1)
+    want = float((100 * cosine).clamp(min=0).mean())
+    assert got == pytest.approx(want, abs=1e-4)  # float32 towers, batches of 2 vs 5
+    assert (cosine != 0).all()
+
+    (tmp_path / "empty").mkdir()
+    assert torch_eval.main([*args[:-4], "--clip", str(tmp_path / "empty"), "--quiet", "--device", "cpu"]) == 2
+    assert "is not a complete CLIP folder" in capsys.readouterr().err
+    np.savez(tmp_path / "no_prompts.npz", arr_0=images)
+    assert torch_eval.main([str(tmp_path / "no_prompts.npz"), *args[1:], "--quiet", "--device", "cpu"]) == 2
+    assert "the CLIP score needs a text model's sample set" in capsys.readouterr().err
