@@ -2,6 +2,7 @@
 
     python examples/evaluate_digits_fid.py                  # -> outputs/digits_fid/ (sets), docs/digits_fid.{json,png}
     python examples/evaluate_digits_fid.py --count 100 --out outputs/digits_fid_small
+    python examples/evaluate_digits_fid.py --sweep 0 0.25 0.5 1 2     # + docs/digits_fid_guidance.{json,png}
 
 Runs the installed commands as a user would, each in its own process: `sample-eval` makes the
 sample sets (the torch twin at guidance 0 and at the model's default, the MLX twin at the
@@ -71,6 +72,9 @@ def main() -> None:
     parser.add_argument(
         "--docs", type=Path, default=Path("docs/digits_fid"), help="writes DOCS.json, DOCS.png"
     )
+    parser.add_argument(
+        "--sweep", type=float, nargs="*", help="also FID against guidance (torch): DOCS_guidance.*"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()[0]
@@ -118,6 +122,61 @@ def main() -> None:
     args.docs.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     plot(report, args.docs.with_suffix(".png"))
     print(f"samples/s: {speeds}; wrote {args.docs.with_suffix('.json')} and .png")
+    if args.sweep:
+        guidance_sweep(args, reference)
+
+
+def guidance_sweep(args: argparse.Namespace, reference: Path) -> None:
+    """FID, precision and recall against the guidance weight; sets already made are reused
+    (sample-eval resumes a complete set instantly)."""
+    rows = []
+    for guidance in args.sweep:
+        name = {0.0: "torch_guidance0", 1.0: "torch_default"}.get(guidance, f"torch_guidance{guidance:g}")
+        folder, _ = sample_set("torch", args.out / name, args.count, guidance)
+        out = command(
+            "starflow_torch.eval",
+            str(folder),
+            "--reference",
+            str(reference),
+            "--features",
+            "digits",
+            "--json",
+            "--quiet",
+        )
+        result = json.loads(out)
+        rows.append(
+            {
+                "guidance": guidance,
+                **{k: result[k] for k in ("fid", "inception_score", "precision", "recall")},
+            }
+        )
+        print(
+            f"  guidance {guidance:g}: FID {result['fid']:.3f}, precision {result['precision']:.3f}, recall {result['recall']:.3f}"
+        )
+    path = args.docs.with_name(args.docs.name + "_guidance")
+    path.with_suffix(".json").write_text(
+        json.dumps({"count_per_set": args.count, "rows": rows}, indent=2) + "\n"
+    )
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    weights = [r["guidance"] for r in rows]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    left.plot(weights, [r["fid"] for r in rows], "o-")
+    left.set_xlabel("guidance weight")
+    left.set_ylabel("FID (digit features)")
+    right.plot(weights, [r["precision"] for r in rows], "o-", label="precision")
+    right.plot(weights, [r["recall"] for r in rows], "o-", label="recall")
+    right.set_xlabel("guidance weight")
+    right.set_ylim(0, 1)
+    right.legend()
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+    figure.suptitle(f"Digits demo: guidance trades recall for precision ({args.count} samples per point)")
+    figure.tight_layout()
+    figure.savefig(path.with_suffix(".png"), dpi=110)
 
 
 def plot(report: dict, path: Path) -> None:
