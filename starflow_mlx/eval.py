@@ -40,11 +40,26 @@ def load_pipeline(parts: PipelineParts, args: argparse.Namespace) -> StarFlowPip
     return StarFlowPipeline.from_pretrained(parts, dtype="float32")
 
 
+def latent_scorer(folder: Path, args: argparse.Namespace):
+    import mlx.core as mx
+
+    from .model import StarFlow
+
+    flow = StarFlow.from_pretrained(folder, mx.float32)
+
+    def score(latents: np.ndarray, labels: np.ndarray | None, text: np.ndarray | None) -> np.ndarray:
+        condition = labels.astype(np.int32) if labels is not None else text
+        y = None if condition is None else mx.array(condition)
+        return np.array(flow.bits_per_dim(mx.array(latents.transpose(0, 2, 3, 1)), y))  # NHWC
+
+    return score
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = eval_cli.build_parser(
         "starflow_mlx.eval", "Evaluate samples: bits/dim with MLX; FID, precision/recall with digit features."
     )
-    backend = eval_cli.EvalBackend(inception, clip_scores, load_pipeline, "mlx")
+    backend = eval_cli.EvalBackend(inception, clip_scores, load_pipeline, "mlx", latent_scorer)
     return eval_cli.main(argv, parser, backend)
 
 

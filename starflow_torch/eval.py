@@ -117,13 +117,28 @@ def load_pipeline(parts: PipelineParts, args: argparse.Namespace):
     )
 
 
+def latent_scorer(folder: Path, args: argparse.Namespace):
+    from .model import StarFlow
+
+    device = choose_device(args.device, local_rank=0)
+    flow = StarFlow.from_pretrained(folder, torch.float32, device=device).eval()
+
+    @torch.no_grad()
+    def score(latents: np.ndarray, labels: np.ndarray | None, text: np.ndarray | None) -> np.ndarray:
+        condition = labels if labels is not None else text
+        y = None if condition is None else torch.from_numpy(condition).to(device)
+        return flow.bits_per_dim(torch.from_numpy(latents).to(device), y).double().cpu().numpy()  # NCHW
+
+    return score
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = eval_cli.build_parser(
         "starflow_torch.eval",
         "Evaluate samples: FID, IS, precision/recall, CLIP score, bits/dim.",
         torch=True,
     )
-    backend = eval_cli.EvalBackend(inception, clip_scores, load_pipeline, "torch")
+    backend = eval_cli.EvalBackend(inception, clip_scores, load_pipeline, "torch", latent_scorer)
     return eval_cli.main(argv, parser, backend)
 
 

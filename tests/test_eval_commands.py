@@ -237,3 +237,53 @@ def test_clip_score_of_a_text_set_is_the_clamped_cosine(tmp_path, capsys):
     np.savez(tmp_path / "no_prompts.npz", arr_0=images)
     assert torch_eval.main([str(tmp_path / "no_prompts.npz"), *args[1:], "--quiet", "--device", "cpu"]) == 2
     assert "the CLIP score needs a text model's sample set" in capsys.readouterr().err
+
+
+def test_bits_per_dim_of_latent_shards_in_both_twins(tmp_path, capsys):
+    from helpers.training import STARFLOW_TINY, encode_caption_shards
+
+    from starflow_core import FlowConfig
+    from starflow_torch import StarFlow
+
+    shards = encode_caption_shards(tmp_path, count=7)  # text features, 4x4x4 latents, shards of 5 and 2
+    torch.manual_seed(0)
+    flow = StarFlow(FlowConfig(**STARFLOW_TINY))
+    with torch.no_grad():  # proj_out starts at zero (identity blocks): perturb so the text matters
+        for name, parameter in flow.named_parameters():
+            if "proj_out" in name:
+                parameter.normal_(0.0, 0.05)
+    flow.save_pretrained(tmp_path / "flow")
+    args = [
+        str(shards),
+        "--bits-per-dim",
+        "--model",
+        str(tmp_path / "flow"),
+        "--batch-size",
+        "3",
+        "--json",
+        "--quiet",
+    ]
+    assert torch_eval.main([*args, "--device", "cpu"]) == 0
+    got = json.loads(capsys.readouterr().out)
+
+    from safetensors.numpy import load_file
+
+    files = [
+        load_file(str(shards / s["file"])) for s in json.loads((shards / "index.json").read_text())["shards"]
+    ]
+    latents = torch.from_numpy(np.concatenate([f["latents"] for f in files]).astype(np.float32))
+    text = torch.from_numpy(np.concatenate([f["text"] for f in files]).astype(np.float32))
+    with torch.no_grad():
+        want = flow.bits_per_dim(latents, text).double().numpy()
+        unconditioned = flow.bits_per_dim(latents, torch.zeros_like(text)).double().numpy()
+    assert got["count"] == 7 and got["bits_per_dim"] == pytest.approx(
+        want.mean(), rel=1e-6
+    )  # fp32, same kernels
+    assert abs(unconditioned.mean() - want.mean()) > 1e-3  # the text features change the density
+    low, high = got["bits_per_dim_95"]
+    assert low < got["bits_per_dim"] < high
+    done = run_mlx("starflow_mlx.eval", *args)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["bits_per_dim"] == pytest.approx(want.mean(), abs=1e-4)  # fp32 twins
+    assert torch_eval.main([*args, "--device", "cpu", "--clip", str(tmp_path)]) == 2
+    assert "holds encoded latents: measure them with --bits-per-dim alone" in capsys.readouterr().err

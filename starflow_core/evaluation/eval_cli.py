@@ -38,6 +38,7 @@ from starflow_core.evaluation.metrics import (
 from starflow_core.generation.scoring import score_images
 from starflow_core.sources import resolve
 from starflow_core.sources.releases import DEMO_FOLDER
+from starflow_core.training.image_folders import SHARD_INDEX
 from starflow_core.version import package_version
 
 FEATURES = ("inception", "digits")
@@ -53,12 +54,16 @@ class EvalBackend:
     clip_scores: Callable[[Path, np.ndarray, list[str], argparse.Namespace], np.ndarray]
     load_pipeline: Callable[[Any, argparse.Namespace], Any]
     framework: str
+    # flow folder -> fn(latents (B, C, h, w), labels (B,) | None, text (B, L, D) | None) -> bits (B,)
+    latent_scorer: Callable[[Path, argparse.Namespace], Callable[..., np.ndarray]] | None = None
 
 
 def build_parser(module: str, description: str, torch: bool = False) -> argparse.ArgumentParser:
     parser = command_parser(module, description)
     parser.add_argument(
-        "samples", type=Path, help="a sample set folder, an .npz (arr_0: N,H,W,3 uint8) or an image folder"
+        "samples",
+        type=Path,
+        help="a sample set folder, an .npz (arr_0: N,H,W,3 uint8), an image folder, or encoded latent shards (--bits-per-dim)",
     )
     parser.add_argument(
         "--reference",
@@ -180,7 +185,47 @@ def reference_statistics(
     return stats, features
 
 
+def flow_folder(model: str | None) -> Path:
+    """A flow folder (config.json + model.safetensors) as it is, else the pipeline's transformer."""
+    if model is not None and (Path(model) / "model.safetensors").is_file():
+        return Path(model)
+    return resolve(model or str(DEMO_FOLDER), dtype="float32").transformer
+
+
+def latent_bits_per_dim(args: argparse.Namespace, backend: EvalBackend) -> dict:
+    """Exact bits/dim of encoded latent shards (encode_dataset's folders: the flow's own data),
+    under their labels or text features, at the clean latents (as scoring.py measures)."""
+    from safetensors.numpy import load_file
+
+    index = json.loads((args.samples / SHARD_INDEX).read_text())
+    folder = flow_folder(args.model)
+    score = backend.latent_scorer(folder, args)
+    bits = []
+    for shard in tqdm(index["shards"], desc="bits/dim", unit="shard", disable=args.quiet, file=sys.stderr):
+        arrays = load_file(str(args.samples / shard["file"]))
+        latents = arrays["latents"].astype(np.float32)  # (N, C, h, w)
+        for first in range(0, len(latents), args.batch_size):
+            part = slice(first, first + args.batch_size)
+            labels = arrays["label"][part].astype(np.int64) if "label" in arrays else None
+            text = arrays["text"][part].astype(np.float32) if "text" in arrays else None
+            bits.append(np.asarray(score(latents[part], labels, text), dtype=np.float64))
+    interval = mean_interval(np.concatenate(bits))
+    return {
+        "samples": str(args.samples),
+        "count": interval.count,
+        "features": "none (latent shards)",
+        "bits_per_dim": interval.mean,
+        "bits_per_dim_95": [interval.low, interval.high],
+        "bits_per_dim_model": str(folder),
+        "bits_per_dim_measures": "exact density of the encoded latents under the flow (no added noise)",
+    }
+
+
 def run(args: argparse.Namespace, backend: EvalBackend) -> int:
+    if (args.samples / SHARD_INDEX).is_file():  # encoded latents: only their likelihood has meaning
+        if not args.bits_per_dim or args.reference or args.clip or args.save_statistics:
+            raise ValueError(f"{args.samples} holds encoded latents: measure them with --bits-per-dim alone")
+        return report(latent_bits_per_dim(args, backend), args, backend)
     source = image_sets.open_images(args.samples)  # every input is checked before any network loads
     for path in (args.reference, args.clip):  # --weights: the feature extractor names its file
         if path is not None and not path.exists():
@@ -209,6 +254,10 @@ def run(args: argparse.Namespace, backend: EvalBackend) -> int:
     if args.save_statistics is not None:
         stats.save(args.save_statistics)
         results["saved_statistics"] = str(args.save_statistics)
+    return report(results, args, backend)
+
+
+def report(results: dict, args: argparse.Namespace, backend: EvalBackend) -> int:
     results["framework"], results["version"] = backend.framework, package_version()
     print(json.dumps(results, indent=2) if args.json else format_table(results))
     if args.output is not None:
