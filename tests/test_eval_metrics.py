@@ -92,8 +92,14 @@ def test_inception_score_closed_forms():
     classes = 7
     confident = np.full((70, classes), -1e4)
     confident[np.arange(70), np.arange(70) % classes] = 0.0  # one-hot, every class equally often
-    mean, spread = inception_score(confident, splits=10)
+    mean, spread = inception_score(confident, splits=10, shuffle=False)  # each split: one of each class
     assert mean == pytest.approx(classes, rel=1e-9) and spread == pytest.approx(0.0, abs=1e-9)
+    assert inception_score(confident, splits=1)[0] == pytest.approx(classes, rel=1e-9)  # one split: any order
+    # a set stored in class order (10 of each): unshuffled, each of 7 splits holds one class
+    # (score 1); shuffled (the default) they are mixed, near the interleaved set's 7
+    in_class_order = confident[np.argsort(np.arange(70) % classes, kind="stable")]
+    assert inception_score(in_class_order, splits=classes, shuffle=False)[0] == pytest.approx(1.0, rel=1e-9)
+    assert 4.0 < inception_score(in_class_order, splits=classes)[0] < classes
     # identical predictions: p(y|x) = p(y), KL 0, score 1
     same = np.tile(np.random.default_rng(3).standard_normal(classes), (50, 1))
     assert inception_score(same, splits=5)[0] == pytest.approx(1.0, rel=1e-12)

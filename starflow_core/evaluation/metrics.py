@@ -79,17 +79,29 @@ def frechet_distance(first: FeatureStatistics, second: FeatureStatistics) -> flo
     return float(max(value, 0.0))  # a distance: tiny negative round-off is 0
 
 
-def inception_score(logits: np.ndarray, splits: int = 10) -> tuple[float, float]:
-    """(mean, std) over `splits` consecutive splits of exp(mean KL(p(y|x) || p(y))), logits (N, C)."""
+SHUFFLE_SEED = 2020  # torch-fidelity's default: its Inception Scores and ours split alike
+
+
+def inception_score(logits: np.ndarray, splits: int = 10, shuffle: bool = True) -> tuple[float, float]:
+    """(mean, std) over `splits` splits of exp(mean KL(p(y|x) || p(y))), logits (N, C).
+
+    The rows are shuffled with a fixed seed first (as torch-fidelity does): the splits of a set
+    stored in class order (an image folder of class subfolders) would each hold one class, and
+    their p(y) would be p(y|x), scoring about 1."""
     logits = np.asarray(logits, dtype=np.float64)
     if logits.ndim != 2 or len(logits) < splits:
         raise ValueError(f"need logits (N >= {splits}, classes), got shape {logits.shape}")
+    if shuffle:
+        logits = logits[np.random.RandomState(SHUFFLE_SEED).permutation(len(logits))]
     log_p = logits - logits.max(axis=1, keepdims=True)
     log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))  # log softmax
     scores = []
     for part in np.array_split(log_p, splits):
-        log_marginal = np.log(np.exp(part).mean(axis=0))
-        kl = (np.exp(part) * (part - log_marginal)).sum(axis=1)
+        probabilities = np.exp(part)
+        with np.errstate(divide="ignore", invalid="ignore"):  # 0 log 0 = 0: a class nobody predicts
+            log_marginal = np.log(probabilities.mean(axis=0))
+            terms = np.where(probabilities > 0, probabilities * (part - log_marginal), 0.0)
+        kl = terms.sum(axis=1)
         scores.append(math.exp(kl.mean()))
     return float(np.mean(scores)), float(np.std(scores))
 
