@@ -106,7 +106,7 @@ def plot_evaluation(loss_records: list[dict], eval_records: list[dict], path: Pa
         left.plot(*zip(*train_bits, strict=True), label="training batches", alpha=0.6)
     if with_bits:
         steps = [r["step"] for r in with_bits]
-        left.plot(steps, [r["eval_bits_per_dim"] for r in with_bits], "o-", label="held-out")
+        left.plot(steps, [r["eval_bits_per_dim"] for r in with_bits], "o-", label="held-out (EMA weights)")
         left.fill_between(
             steps,
             [r["eval_bits_per_dim_low"] for r in with_bits],
@@ -121,7 +121,7 @@ def plot_evaluation(loss_records: list[dict], eval_records: list[dict], path: Pa
         right = axes[0][1]
         right.plot([r["step"] for r in with_fid], [r["eval_fid"] for r in with_fid], "o-", color="tab:red")
         right.set_xlabel("step")
-        right.set_ylabel("FID (held-out reference)")
+        right.set_ylabel("FID against train.eval_reference")
         right.grid(alpha=0.3)
     figure.tight_layout()
     with atomic_path(path) as tmp:
