@@ -86,3 +86,31 @@ def test_trainers_evaluate_held_out_data_every_n_steps(twin, tmp_path):
     )  # EMA differs from raw
     assert np.isfinite(last["eval_fid"]) and last["eval_fid"] > 0
     assert (tmp_path / "run/evaluation.png").is_file()
+
+
+@pytest.mark.slow  # two processes under torchrun
+def test_under_fsdp_the_main_process_evaluates_what_one_process_does(tmp_path):
+    from test_train import set_args, torchrun
+
+    from starflow_torch.training import train
+
+    data = make_class_folder(tmp_path / "train", per_class=4, size=(8, 8))
+    held = held_out_folder(tmp_path / "held")
+    reference = tmp_path / "reference.npz"
+    FeatureStatistics.of(
+        DigitFeatures.load()(np.random.default_rng(3).integers(0, 256, (40, 8, 8, 3), np.uint8))[0]
+    ).save(reference)
+    settings = dict(data=str(data), steps=2, batch_size=4, eval_every=2, eval_data=str(held), ema_decay=0.5)
+    settings.update(eval_reference=str(reference), eval_samples=6)
+    common = overrides(TARFLOW_TINY, **settings)
+    train(load_run_config(None, [*common, f"train.out_dir={tmp_path / 'one'}"]))
+    # the full weights are gathered on every process (a collective), the main one evaluates
+    torchrun(set_args([*common, f"train.out_dir={tmp_path / 'fsdp'}", "train.parallel=fsdp"]), nproc=2)
+    one, fsdp = (
+        [json.loads(line) for line in (tmp_path / name / "eval.jsonl").read_text().splitlines()]
+        for name in ("one", "fsdp")
+    )
+    assert [r["step"] for r in fsdp] == [r["step"] for r in one] == [2]
+    # weights differ by float32 rounding of two half-batch gradients (~2e-7, test_train.py)
+    assert fsdp[0]["eval_bits_per_dim"] == pytest.approx(one[0]["eval_bits_per_dim"], rel=1e-5)
+    assert fsdp[0]["eval_fid"] == pytest.approx(one[0]["eval_fid"], rel=1e-3)
