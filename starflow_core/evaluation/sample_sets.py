@@ -3,9 +3,9 @@
 A sample set is a folder:
 
     manifest.json          the generation parameters (model, count, conditions, seeds, sampler, ...)
-    samples_000000.npz     arr_0: (n, H, W, 3) uint8 NHWC, the layout of ADM's evaluation suite
-    samples_000001.npz     (and clean-fid / torch-fidelity readers); arr_1: class labels (label
-    ...                    models); seeds; prompts (text models)
+    samples_000000.npz     arr_0: (n, H, W, 3) uint8 NHWC, the layout of ADM's evaluation suite;
+    samples_000001.npz     arr_1: class labels (label models); seeds; prompts (text models)
+    ...
 
 Sample j (0 <= j < N) is drawn with seed `first_seed + j` under condition j mod the number of
 conditions (class j mod C: class-balanced; or line j mod P of the prompt file), so every
