@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from starflow_core.config import FlowConfig
 
-
 # Transformer layers of the learned self-denoiser (official NonCausalBlock num_layers=8).
 DENOISER_LAYERS = 8
 
