@@ -16,8 +16,6 @@ from conftest import FIXTURES, load_vectors, max_relative_error
 
 import starflow_mlx
 import starflow_torch
-from starflow_core.frames import denoiser_attention_mask, denoising_chunks, sampling_windows
-from starflow_core.positions import rope_angles
 
 FORWARD_TOL = 1e-4
 SAMPLE_TOL = 1e-3
@@ -82,7 +80,9 @@ def test_sequential_sampling_reproduces_the_official_samples(twin):
     np.testing.assert_allclose(twin.sample("noise", guided=False), twin.io["sample_cfg0"], atol=SAMPLE_TOL)
     np.testing.assert_allclose(twin.sample("noise"), twin.io["sample_cfg"], atol=SAMPLE_TOL)
     first = twin.array("first")
-    np.testing.assert_allclose(twin.sample("noise_ti2v", first_frame=first), twin.io["sample_ti2v"], atol=SAMPLE_TOL)
+    np.testing.assert_allclose(
+        twin.sample("noise_ti2v", first_frame=first), twin.io["sample_ti2v"], atol=SAMPLE_TOL
+    )
 
 
 def test_jacobi_sampling_follows_the_official_video_chunks(twin):
@@ -95,7 +95,9 @@ def test_jacobi_sampling_follows_the_official_video_chunks(twin):
     package = starflow_mlx if twin.name == "mlx" else starflow_torch
     stats = package.sampling.SamplingStats()
     options = dict(jacobi=True, block_size=4, tol=1e-12, max_iter=64)
-    np.testing.assert_allclose(twin.sample("noise", stats=stats, **options), twin.io["sample_cfg"], atol=SAMPLE_TOL)
+    np.testing.assert_allclose(
+        twin.sample("noise", stats=stats, **options), twin.io["sample_cfg"], atol=SAMPLE_TOL
+    )
     deep = stats.jacobi_iterations[0]
     assert len(deep) == 25 and max(deep) < 64  # every chunk converged
     stats = package.sampling.SamplingStats()
