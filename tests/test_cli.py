@@ -255,7 +255,9 @@ def test_convert_variant_from_official_yaml(tmp_path):
     args[3] = tmp_path / "gemma.yaml"
     refused = run("starflow_mlx.convert", *args, "-o", tmp_path / "gemma", tmp=tmp_path)
     assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1
-    assert "use_pretrained_lm='gemma3_4b' (a pretrained" in refused.stderr and not (tmp_path / "gemma").exists()
+    assert (
+        "use_pretrained_lm='gemma3_4b' (a pretrained" in refused.stderr and not (tmp_path / "gemma").exists()
+    )
 
 
 def test_convert_a_flow_folder_into_a_named_label_pipeline(tmp_path):

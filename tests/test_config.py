@@ -204,7 +204,9 @@ def test_yaml_block_count_follows_the_layer_list(tmp_path):
 def test_unimplemented_yaml_option_is_refused_by_name(tmp_path):
     path = tmp_path / "one.yaml"
     path.write_text(OFFICIAL_3B_YAML + "- use_pretrained_lm: gemma3_4b\n")
-    with pytest.raises(ValueError, match="not implemented here: use_pretrained_lm=.*pretrained language model"):
+    with pytest.raises(
+        ValueError, match="not implemented here: use_pretrained_lm=.*pretrained language model"
+    ):
         from_official_yaml(path)
     path.write_text(OFFICIAL_3B_YAML + "- use_pretrained_lm: null\n")
     assert from_official_yaml(path) == preset("starflow-3b-t2i-256")  # at its default: accepted
