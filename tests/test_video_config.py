@@ -102,6 +102,14 @@ def test_the_7b_yaml_gives_the_preset_and_the_official_key_set(config_7b):
     assert official["learnable_self_denoiser.attn_blocks.7.mlp.main.0.weight"] == (4 * 3072, 3072)
 
 
+def test_noise_embed_denoiser_changes_nothing_and_says_so(tmp_path, config_7b):
+    """The official Model takes noise_embed_denoiser into **unused_kwargs: no module reads it."""
+    path = tmp_path / "noise_embed.yaml"
+    path.write_text(STARFLOW_V_7B_YAML + "- noise_embed_denoiser: 1\n")
+    with pytest.warns(UserWarning, match="noise_embed_denoiser=1 ignored: the official Model accepts"):
+        assert from_official_yaml(path) == config_7b
+
+
 def test_the_7b_video_settings_are_kept_for_the_pipeline(tmp_path):
     path = tmp_path / "video.yaml"
     path.write_text(STARFLOW_V_7B_YAML)

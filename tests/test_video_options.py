@@ -112,8 +112,8 @@ def test_sampling_windows_re_encode_the_context():
 
 # ----- the options in the models -----------------------------------------------------------------
 def test_twins_agree_on_every_video_option(models):
-    """Forward, learned denoiser and windowed Jacobi sampling agree between the twins (1e-4 of
-    the scale: fp32 rounding of different kernels, measured ~1e-6)."""
+    """Forward, learned denoiser and the score-based denoising step agree between the twins (1e-4
+    of the scale: fp32 rounding of different kernels, measured ~1e-6)."""
     import mlx.core as mx
 
     torch_model, mlx_model = models
@@ -125,6 +125,9 @@ def test_twins_agree_on_every_video_option(models):
     d_t = torch_model.learned_denoise(*torch_tensors(x, y))
     d_m = mlx_model.learned_denoise(mx.array(x.transpose(0, 1, 3, 4, 2)), mx.array(y))
     assert max_relative_error(np.asarray(d_m).transpose(0, 1, 4, 2, 3), d_t.detach().numpy()) < 1e-4
+    step_t = torch_model.denoise(*torch_tensors(x, y), noise_std=0.3)  # SPEC section 3, on a video
+    step_m = mlx_model.denoise(mx.array(x.transpose(0, 1, 3, 4, 2)), mx.array(y), noise_std=0.3)
+    assert max_relative_error(np.asarray(step_m).transpose(0, 1, 4, 2, 3), step_t.detach().numpy()) < 1e-4
 
 
 @pytest.mark.parametrize("temporal_causal", [1, 2])
