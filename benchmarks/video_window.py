@@ -2,12 +2,13 @@
 
     python benchmarks/video_window.py --frames 24 --window 6 --side 12
 
-Builds one random STARFlow-V-shaped model (MLX, fp32; frame-local shallow blocks, text in the
-deep block), samples the same noise twice, each in a process of its own so the peak is its
-own: once with the deep block attending to a window of `--window` frames (the last
-`--context` frames re-encoded when the window slides, default window - 1), once with full
-attention over all `--frames` frames. Prints the peak MLX memory of each run, the deep
-block's KV cache size and the sampling time, as JSON.
+Builds one random STARFlow-V-shaped model (fp32; frame-local shallow blocks, text in the deep
+block), samples the same noise twice, each in a process of its own so the peak is its own:
+once with the deep block attending to a window of `--window` frames (the last `--context`
+frames re-encoded when the window slides, default window - 1), once with full attention over
+all `--frames` frames. Prints, as JSON, each run's peak memory above the model and inputs
+(MLX: its allocator's peak; torch: CUDA's allocator peak, or the process's peak resident size
+on CPU), the deep block's KV cache size and the sampling time.
 """
 
 from __future__ import annotations
@@ -45,15 +46,13 @@ def build_config(args, window: int | None):
     )
 
 
-def measure(args) -> dict:
-    """Runs in the worker process: sample once, report the peak memory."""
+def sample_mlx(args, config) -> tuple[float, float, float]:
+    """(seconds, peak bytes above the model and inputs, model and input bytes), MLX."""
     import mlx.core as mx
     import numpy as np
 
     from starflow_mlx import StarFlow
 
-    window = args.window if args.mode == "window" else None
-    config = build_config(args, window)
     mx.random.seed(0)
     model = StarFlow(config)
     for block in model.blocks:  # non-trivial flow: proj_out starts at zero
@@ -65,27 +64,66 @@ def measure(args) -> dict:
     )
     y = mx.array(rng.standard_normal((1, 16, 64)), mx.float32)
     mx.eval(noise, y)
-    weights = mx.get_active_memory()
+    base = mx.get_active_memory()
     mx.reset_peak_memory()
     start = time.perf_counter()
-    sample = model.sample(noise, y, context_length=args.context, progress=True)
-    mx.eval(sample)
-    seconds = time.perf_counter() - start
+    mx.eval(model.sample(noise, y, context_length=args.context, jacobi=args.jacobi, progress=True))
+    return time.perf_counter() - start, mx.get_peak_memory() - base, base
+
+
+def sample_torch(args, config) -> tuple[float, float, float]:
+    """(seconds, peak bytes above the model and inputs, model and input bytes), torch on CUDA
+    when available (allocator statistics), else on CPU (peak resident set size of the process)."""
+    import resource
+
+    import torch
+
+    from starflow_torch import StarFlow
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    model = StarFlow(config).to(device)
+    with torch.no_grad():
+        for block in model.blocks:  # non-trivial flow: proj_out starts at zero
+            block.proj_out.weight.normal_(0, 0.02)
+    noise = torch.randn(1, args.frames, args.channels_in, args.side, args.side, device=device)
+    y = torch.randn(1, 16, 64, device=device)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    start = time.perf_counter()
+    model.sample(noise, y, context_length=args.context, jacobi=args.jacobi, progress=True)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    return time.perf_counter() - start, peak, base
+
+
+def measure(args) -> dict:
+    """Runs in the worker process: sample once, report the peak memory."""
+    window = args.window if args.mode == "window" else None
+    config = build_config(args, window)
+    seconds, peak, base = (sample_mlx if args.twin == "mlx" else sample_torch)(args, config)
     frame_tokens = args.side**2
     cached = config.txt_size + (window or args.frames) * frame_tokens  # deep block's cache positions
     layer_bytes = 2 * config.layer_config(2).kv_heads * config.head_dim * 4  # keys + values, fp32
     return {
+        "twin": args.twin,
         "mode": args.mode,
+        "sampler": "jacobi" if args.jacobi else "sequential",
         "frames": args.frames,
         "window": window,
         "context": (args.context or window - 1) if window else None,
         "tokens": args.frames * frame_tokens,
-        "peak_mb": round(mx.get_peak_memory() / 2**20, 1),
-        "weights_and_inputs_mb": round(weights / 2**20, 1),
-        "sampling_peak_above_weights_mb": round((mx.get_peak_memory() - weights) / 2**20, 1),
+        "model_and_inputs_mb": round(base / 2**20, 1),
+        "sampling_peak_above_model_mb": round(peak / 2**20, 1),
         "deep_kv_cache_mb": round(cached * layer_bytes * args.layers / 2**20, 1),
         "seconds": round(seconds, 1),
-        "sample_checksum": float(mx.sum(mx.abs(sample)).item()),
     }
 
 
@@ -100,6 +138,8 @@ def main() -> None:
     parser.add_argument("--channels-in", type=int, default=4)
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4, help="layers of the deep block")
+    parser.add_argument("--twin", choices=("mlx", "torch"), default="mlx")
+    parser.add_argument("--jacobi", action="store_true", help="Jacobi sampling (block size 16)")
     parser.add_argument("--mode", choices=("window", "full"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mode:
@@ -109,12 +149,16 @@ def main() -> None:
         parser.error(f"--window must be between 1 and --frames - 1 ({args.frames - 1}) to slide")
     results = []
     for mode in ("window", "full"):
-        command = [sys.executable, __file__, "--mode", mode] + [
-            f"--{name.replace('_', '-')}={value}"
-            for name, value in vars(args).items()
-            if value is not None and name != "mode"
-        ]
-        done = subprocess.run(command, check=True, capture_output=True, text=True)
+        command = (
+            [sys.executable, __file__, "--mode", mode]
+            + [
+                f"--{name.replace('_', '-')}={value}"
+                for name, value in vars(args).items()
+                if value is not None and name not in ("mode", "jacobi")
+            ]
+            + (["--jacobi"] if args.jacobi else [])
+        )
+        done = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)  # progress on stderr
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     print(json.dumps(results, indent=2))
 
