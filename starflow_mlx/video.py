@@ -52,7 +52,10 @@ def sample_block(
         sequences, seq_frames = tokens, frames
         if index == config.deep_block and config.local_attn_window and config.sos:
             windows = sampling_windows(L, L // frames, config.local_attn_window, context_length)
-    rope = model.rope(index, h, w, txt_len, seq_frames)
+    rope_frames = (
+        seq_frames if windows is None else min(seq_frames, config.local_attn_window)
+    )  # cached frames
+    rope = model.rope(index, h, w, txt_len, rope_frames)
     if jacobi is not None:
         out, iterations = sample_block_jacobi(
             block, sequences, cond, rope, jacobi.block_size, jacobi.tol, jacobi.max_iter, progress,
