@@ -134,6 +134,7 @@ def run(args: argparse.Namespace, backend: Backend, framework: str) -> int:
             height=args.height,
             width=args.width,
             denoise=not args.no_denoise,
+            progress=False,  # the shards' bar says how far it is
         )
         return result.uint8()
 
