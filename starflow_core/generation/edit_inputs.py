@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from starflow_core.validation import refuse_special_file
+
 MASK_THRESHOLD = 0.5
 
 
@@ -39,6 +41,7 @@ def _open_image(source: str | Path):
     from PIL import Image, UnidentifiedImageError
 
     path = Path(source)
+    refuse_special_file(path, "the image")
     try:
         with Image.open(path) as image:
             image.load()
