@@ -243,20 +243,25 @@ def make_image_faults(folder: Path) -> Path:
     return folder
 
 
-def _damaged_state(twin: str, progress) -> tuple[str, bytes]:
-    """A training state of `twin` whose progress counters are `progress` (valid otherwise)."""
+def _damaged_state(twin: str, folder: Path, progress) -> bytes:
+    """The training state of checkpoint `folder` with its progress counters replaced by `progress`."""
     import io
 
     if twin == "mlx":
+        from safetensors import safe_open
         from safetensors.numpy import save
 
-        metadata = {"format": "1", "progress": json.dumps(progress)}
-        return "training_state.safetensors", save({"x": np.zeros(1, np.float32)}, metadata=metadata)
+        with safe_open(str(folder / "training_state.safetensors"), "np") as saved:
+            tensors = {name: saved.get_tensor(name) for name in saved.keys()}  # noqa: SIM118
+            metadata = {**saved.metadata(), "progress": json.dumps(progress)}
+        return save(tensors, metadata=metadata)
     import torch
 
+    state = torch.load(folder / "training_state.pt", weights_only=True)
+    state["progress"] = progress
     buffer = io.BytesIO()
-    torch.save({"format": 1, "progress": progress, "optimizer": {}, "rng": []}, buffer)
-    return "training_state.pt", buffer.getvalue()
+    torch.save(state, buffer)
+    return buffer.getvalue()
 
 
 def damaged_checkpoint_files(ws: Path, twin: str, in_process: bool = False) -> list:
@@ -273,9 +278,11 @@ def damaged_checkpoint_files(ws: Path, twin: str, in_process: bool = False) -> l
         "run-json-without-model": ("run.json", '{"train": {}}'),
         "data-json-invalid": ("data.json", "{"),
         "data-json-a-list": ("data.json", "[1]"),
-        "state-progress-a-list": _damaged_state(twin, [1]),
-        "state-progress-a-string": _damaged_state(twin, {"step": "two"}),
     }
+    state = "training_state.safetensors" if twin == "mlx" else "training_state.pt"
+    step_2 = run / "checkpoints" / "step_00000002"
+    variants["state-progress-a-list"] = (state, _damaged_state(twin, step_2, [1]))
+    variants["state-progress-a-string"] = (state, _damaged_state(twin, step_2, {"step": "two"}))
     outcomes = []
     for name, (file, content) in variants.items():
         copy = linked_copy(run, ws / f"ckpt_{twin}_{name}")
