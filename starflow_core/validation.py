@@ -281,3 +281,16 @@ def read_vae_config(path: str | Path) -> dict[str, Any]:
     if config.get("scaling_factor", 1) <= 0:
         raise FileFormatError(f"{path}: 'scaling_factor' must be > 0, not {config['scaling_factor']}; {fix}")
     return config
+
+
+# ----- numbers a conversion cannot hold ----------------------------------------------------------
+FLOAT16_MAX = 65504.0
+
+
+def refuse_float16_overflow(source: str | Path, name: str, largest: float | None = None) -> None:
+    """A tensor whose values float16 cannot hold (they would be saved as inf): refused by name."""
+    held = f"values up to {largest:g}" if largest is not None else "values"
+    raise FileFormatError(
+        f"{source}: tensor {name} holds {held} beyond float16's range (±{FLOAT16_MAX:g}), which would "
+        "become inf; keep float32 or convert to bfloat16 (--dtype bfloat16)"
+    )

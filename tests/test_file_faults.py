@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 from PIL import ImageFont
 
@@ -53,3 +54,79 @@ def test_yaml_python_tags_are_refused_by_name():
     for text in ("a: !!python/object/apply:os.system ['true']", "!!python/name:os.system"):
         with pytest.raises(FileFormatError, match="uses the YAML tag .*python/.*refused"):
             load_yaml(text, "run.yaml", "fix it")
+
+
+def test_a_trainer_refused_at_the_same_instant_leaves_the_winners_lock_and_folder(tmp_path, monkeypatch):
+    """Two trainers start in the same new folder at once: the other one makes the folder and takes
+    the lock between this one's look and its own mkdir. This one is refused, and its cleanup must
+    not delete the winner's lock or folder (it did when it counted the folder as its own)."""
+    import fcntl
+
+    from starflow_core.training import run_folder
+
+    out = tmp_path / "runs" / "run"
+    real, held = run_folder.prepare_out_dir, []
+
+    def the_other_trainer_wins(path):
+        out.mkdir(parents=True, exist_ok=True)
+        lock = open(out / run_folder.LOCK_NAME, "a+")  # noqa: SIM115 (a second open file: flock conflicts)
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.append(lock)
+        return real(path)
+
+    monkeypatch.setattr(run_folder, "prepare_out_dir", the_other_trainer_wins)
+    with pytest.raises(run_folder.RunFolderBusyError), run_folder.claim_run_folder(out, None, lambda p: p):
+        pass
+    assert (out / run_folder.LOCK_NAME).is_file()  # the winner's lock and folder are still there
+    held[0].close()
+
+
+@pytest.fixture(scope="module")
+def label_pipes(tmp_path_factory):
+    import starflow_mlx.pipeline as mlx_pipeline
+    import starflow_torch.pipeline as torch_pipeline
+    from tests.helpers.tiny_pipeline import make_label_pipeline
+
+    folder = make_label_pipeline(tmp_path_factory.mktemp("labels"))
+    return {
+        "mlx": mlx_pipeline.StarFlowPipeline.from_pretrained(folder),
+        "torch": torch_pipeline.StarFlowPipeline.from_pretrained(folder),
+    }
+
+
+@pytest.mark.parametrize("twin", ["mlx", "torch"])
+@pytest.mark.parametrize("masked", [False, True], ids=["image-to-image", "inpainting"])
+def test_edits_call_the_per_block_callback(twin, masked, label_pipes):
+    """The edit branch returned before passing the callback on: --stepwise-output-dir wrote nothing."""
+    pipe = label_pipes[twin]
+    size = pipe.default_size
+    image = np.zeros((size, size, pipe.image_channels), np.uint8)
+    mask = np.ones((size, size), np.float32) if masked else None
+    blocks = []
+    pipe.generate(
+        "cat",
+        seeds=1,
+        image=image,
+        mask_image=mask,
+        strength=0.5,
+        inpaint_rounds=1,
+        callback=lambda index, latents: blocks.append(index),
+    )
+    assert blocks == list(range(pipe.config.num_blocks))[::-1]  # every block, last index first
+
+
+@pytest.mark.parametrize(
+    "seeds, message",
+    [("42", "seeds must be an integer"), ([1.5], "seeds must be an integer"), ([True], "seeds must be")],
+)
+def test_api_seeds_of_the_wrong_type_are_refused(seeds, message, label_pipes):
+    with pytest.raises(ValueError, match=message):  # '42' was taken as the seeds [4, 2]
+        label_pipes["torch"].generate("cat", seeds=seeds)
+
+
+def test_api_height_0_is_an_error_not_the_default(label_pipes):
+    for twin in ("mlx", "torch"):
+        with pytest.raises(ValueError, match="height 0 is not a positive multiple"):
+            label_pipes[twin].generate("cat", seeds=1, height=0)
+        with pytest.raises(ValueError, match="width must be a whole number of pixels, got 8.0"):
+            label_pipes[twin].generate("cat", seeds=1, width=8.0)

@@ -265,8 +265,8 @@ def check_resources(args: argparse.Namespace, backend: Backend, sizes: ModelSize
     precision = backend.precision(args)
     shape = run_shape(args, sizes, jobs)
     if args.memory_limit is not None:
-        if args.memory_limit <= 0:
-            raise ValueError(f"--memory-limit must be > 0 GB, got {args.memory_limit}")
+        if not 0 < args.memory_limit < float("inf"):  # nan and inf too
+            raise ValueError(f"--memory-limit must be a finite number > 0 GB, got {args.memory_limit}")
         available = (int(args.memory_limit * GB), "--memory-limit")
     else:
         available = backend.memory(args)

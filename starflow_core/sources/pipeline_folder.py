@@ -21,9 +21,9 @@ from typing import Any
 
 from starflow_core.config import FlowConfig
 from starflow_core.generation.settings import GenerationSettings
-from starflow_core.io import atomic_write_json
+from starflow_core.io import atomic_write_json, read_safetensors_header
 from starflow_core.staging import check_output_apart, staged_folder
-from starflow_core.validation import field, read_json_object, read_vae_config
+from starflow_core.validation import field, read_json, read_json_object, read_vae_config
 from starflow_core.version import package_version
 
 MODEL_INDEX = "model_index.json"
@@ -225,6 +225,20 @@ def _component_files(name: str, folder: Path) -> list[Path]:
     return files
 
 
+def check_part_files(parts: PipelineParts) -> None:
+    """Every file a pipeline folder would get is what it claims to be: safetensors headers that
+    fit their files, JSON that parses (headers only: cheap for gigabytes of weights)."""
+    for name in COMPONENT_CLASSES:
+        source = getattr(parts, name)
+        if source is None or not Path(source).is_dir():
+            continue
+        for file in _component_files(name, Path(source)):
+            if file.suffix == ".safetensors":
+                read_safetensors_header(file)
+            elif file.suffix == ".json":
+                read_json(file, f"fix it, or convert the {name} again")
+
+
 def write_pipeline_folder(parts: PipelineParts, out: str | Path, overwrite: bool = False) -> list[Path]:
     """Assemble `parts` into a pipeline folder at `out` (files hard-linked or copied); returns the
     files written. Refuses an existing `out` unless overwrite, and an `out` that is or holds one of
@@ -232,6 +246,7 @@ def write_pipeline_folder(parts: PipelineParts, out: str | Path, overwrite: bool
     out = Path(out)
     parts.check()
     check_output_apart(out, [getattr(parts, name) for name in COMPONENT_CLASSES])
+    check_part_files(parts)
     with staged_folder(out, overwrite=overwrite) as staging:
         return fill_pipeline_folder(parts, staging, out)
 

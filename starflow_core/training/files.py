@@ -105,7 +105,8 @@ def commit_checkpoint(
             f"the previous checkpoint {root / previous} is intact; free space and continue from it "
             f"with --resume {out_dir}"
             if previous
-            else "no earlier checkpoint exists"
+            else "no earlier checkpoint exists, so the run's files are removed: free space and run the same "
+            "command again"
         )
         raise CheckpointWriteError(
             f"could not write the checkpoint of step {step} in {root} ({err.strerror or err}); {kept}"

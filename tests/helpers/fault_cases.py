@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .fault_files import FILE_CASES, damaged_checkpoint_files
+from .fault_files import FILE_CASES, damaged_checkpoint_files, first_checkpoint_fails
 from .fault_scenarios import damaged_checkpoint, scenarios, second_trainer, used_folder
 from .fault_workspace import Outcome, changes, judge, make_workspace, run_cli, snapshot
 
@@ -225,7 +225,13 @@ def mlx_cases_here(ws: Path) -> dict[str, dict]:
     """Every case of the MLX twin and its scenarios that need no signals, the commands called
     in this process (a process of its own: they switch BLAS); outcome fields by name."""
     outcomes = [run_case(case, "mlx", ws, in_process=True) for case in CASES if "mlx" in case.twins]
-    for scenario in (used_folder, damaged_checkpoint, second_trainer, damaged_checkpoint_files):
+    for scenario in (
+        used_folder,
+        damaged_checkpoint,
+        second_trainer,
+        damaged_checkpoint_files,
+        first_checkpoint_fails,
+    ):
         outcomes += scenario(ws, "mlx", in_process=True)
     return {outcome.name: dataclasses.asdict(outcome) for outcome in outcomes}
 

@@ -10,6 +10,7 @@ library test of refuse_special_file uses a real one).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -110,10 +111,33 @@ def make_file_faults(ws: Path) -> Path:
     (yamls / "run_syntax.yaml").write_text("train: {data: [\n")
     (yamls / "run_python.yaml").write_text("train: !!python/name:os.system\n")
 
+    zip_bomb_pth(ws / "bomb.pth")
+    big_values(ws)
+    text_weights = ws / "text_weights"  # a flow folder whose weights are a text file
+    text_weights.mkdir()
+    shutil.copy(ws / "labels" / "transformer" / "config.json", text_weights / "config.json")
+    (text_weights / "model.safetensors").write_text("these are not weights\n" * 20)
     images = ws / "special_images" / "class_0"  # training data with a device among the images
     shutil.copytree(ws / "images", images.parent)
     (images / "9.png").symlink_to("/dev/null")
     return ws
+
+
+def big_values(ws: Path) -> None:
+    """A flow folder and an official .pth with one weight of 1e6 (float16 holds up to 65504)."""
+    import torch
+    from safetensors.numpy import load_file, save_file
+
+    weights = load_file(ws / "flow" / "model.safetensors")
+    name = sorted(weights)[0]
+    weights[name] = weights[name] + 1e6
+    (ws / "big_flow").mkdir()
+    shutil.copy(ws / "flow" / "config.json", ws / "big_flow" / "config.json")
+    save_file(weights, ws / "big_flow" / "model.safetensors")
+    state = torch.load(ws / "official.pth", weights_only=True)
+    name = sorted(k for k, v in state.items() if v.is_floating_point())[0]
+    state[name] = state[name] + 1e6
+    torch.save(state, ws / "big.pth")
 
 
 def _gen(name: str, expect: str, *args: str, model: str = "labels") -> tuple:
@@ -200,6 +224,47 @@ FILE_CASES = [
     ),
     _train("set-value-broken-yaml", "--set train.steps=[1", "--set", "train.steps=[1"),
     _train("set-value-python-tag", "uses the YAML tag", "--set", "train.data=!!python/name:os.system"),
+    # ----- .pth archives whose pickle inflates far beyond the file
+    (
+        "pth-pickle-zip-bomb",
+        "convert",
+        ("flow", "{ws}/bomb.pth", "--config", "{ws}/official_config.json", "-o", "{ws}/new"),
+        "would inflate to 83,886,080 bytes",
+    ),
+    # ----- numbers at the edges
+    _gen("memory-limit-inf", "--memory-limit must be a finite number > 0", "--memory-limit", "inf"),
+    _gen("memory-limit-nan", "--memory-limit must be a finite number > 0", "--memory-limit", "nan"),
+    _gen("aspect-ratio-quotient-overflows", "cannot make an image", "--aspect-ratio", "1e300:1e-300"),
+    _gen("aspect-ratio-quotient-underflows", "cannot make an image", "--aspect-ratio", "1e-300:1e300"),
+    _gen("guidance-1e30", "The guidance 1e+30 is far beyond the usual range", "--cfg", "1e30"),
+    (
+        "convert-float16-overflow",
+        "convert",
+        ("flow", "{ws}/big_flow", "-o", "{ws}/new", "--dtype", "float16"),
+        "beyond float16's range",
+    ),
+    (
+        "convert-official-float16-overflow",
+        "convert",
+        (
+            "flow",
+            "{ws}/big.pth",
+            "--config",
+            "{ws}/official_config.json",
+            "-o",
+            "{ws}/new",
+            "--dtype",
+            "float16",
+        ),
+        "beyond float16's range",
+    ),
+    # ----- results that were silently wrong
+    (
+        "convert-pipeline-text-as-weights",
+        "convert",
+        ("pipeline", "--model", "{ws}/text_weights", "-o", "{ws}/new"),
+        "text_weights/model.safetensors is truncated or corrupt",
+    ),
     # ----- special files in every input position: refused at once (a FIFO would block forever)
     _gen("prompt-file-a-device", "is a device", "--prompt-file", "/dev/null"),
     _gen("image-a-device", "is a device", "--image", "/dev/null"),
@@ -293,4 +358,59 @@ def damaged_checkpoint_files(ws: Path, twin: str, in_process: bool = False) -> l
             copy / "checkpoints" / "step_00000001"
         )
         outcomes.append(judge(f"checkpoint-{name}", twin, result, 2, expect, changes(before, snapshot(ws))))
+    return outcomes
+
+
+def zip_bomb_pth(path: Path, inflated: int = 80 * 2**20) -> Path:
+    """A torch-style zip whose data.pkl (compressed) inflates to `inflated` bytes (~80 KB on disk)."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("archive/data.pkl", "w", force_zip64=True) as record:
+            chunk = bytes(2**20)
+            for _ in range(inflated // len(chunk)):
+                record.write(chunk)
+        archive.writestr("archive/byteorder", "little")
+    return path
+
+
+@contextlib.contextmanager
+def file_size_limit(limit: int):
+    """Writes past `limit` bytes fail with EFBIG (as a full disk fails with ENOSPC), in this
+    process, for the duration (a subprocess started inside inherits it)."""
+    import resource
+    import signal
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() fails instead of a kill
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+def first_checkpoint_fails(ws: Path, twin: str, in_process: bool = False) -> list:
+    """A fresh run whose first checkpoint cannot be written (a full disk) leaves nothing behind
+    that would refuse the same command; run again, it trains."""
+    from .fault_scenarios import train_args
+    from .fault_workspace import changes, judge, run_cli, snapshot
+
+    args = train_args(ws, f"first_fails_{twin}")
+    before = snapshot(ws)
+    with file_size_limit(20_000):  # the weights (~90 KB) fail; run.json, the log and pid files fit
+        result = run_cli(twin, "train", args, ws, in_process)
+    outcomes = [
+        judge(
+            "train-first-checkpoint-fails",
+            twin,
+            result,
+            2,
+            "no earlier checkpoint exists, so the run's files are removed",
+            changes(before, snapshot(ws)),
+        )
+    ]
+    again = run_cli(twin, "train", args, ws, in_process)
+    outcomes.append(judge("train-same-command-after-first-checkpoint-failed", twin, again, 0, None, []))
     return outcomes
