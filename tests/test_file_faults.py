@@ -130,3 +130,21 @@ def test_api_height_0_is_an_error_not_the_default(label_pipes):
             label_pipes[twin].generate("cat", seeds=1, height=0)
         with pytest.raises(ValueError, match="width must be a whole number of pixels, got 8.0"):
             label_pipes[twin].generate("cat", seeds=1, width=8.0)
+
+
+def test_edit_and_score_images_are_read_as_training_reads_them(tmp_path):
+    """16-bit greys scaled (a mid-grey scored like white when clipped), transparency onto white."""
+    import warnings
+
+    from starflow_core.generation.edit_inputs import load_image
+    from tests.helpers.fault_workspace import make_image_modes
+
+    make_image_modes(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # each conversion is announced; not what is tested here
+        grey = load_image(tmp_path / "grey16.png", 1)
+        rgba = load_image(tmp_path / "rgba.png", 3)
+    byte = lambda pixels: np.round((pixels + 1) * 127.5)  # [-1, 1] back to 0..255, exact for 8-bit values
+    assert np.all(byte(grey) == 128)  # 32896 / 257, not 255
+    assert np.all(byte(rgba[:4]) == 255)  # the transparent top half: white
+    assert np.all(byte(rgba[4:]) == [200, 0, 0])

@@ -48,6 +48,8 @@ def _open_image(source: str | Path):
             return image.copy()
     except FileNotFoundError:
         raise ValueError(f"image file {path} does not exist") from None
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"image {path} is refused as a decompression bomb ({err})") from None
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"cannot read image {path}: not a readable image file ({err})") from None
 
@@ -55,8 +57,12 @@ def _open_image(source: str | Path):
 def _pil_to_array(image, mode: str, what: str) -> np.ndarray:
     """A PIL image -> uint8 (H, W, C) in `mode` ("L" or "RGB"), converting with a warning."""
     if image.mode != mode:
-        try:
-            converted = image.convert(mode)
+        from starflow_core.training.image_folders import UnreadableImageError, to_8bit
+
+        try:  # as training reads images: 16-bit scaled, transparency onto white, 32-bit refused
+            converted = to_8bit(image, 1 if mode == "L" else 3)
+        except UnreadableImageError as err:
+            raise ValueError(f"{what} {err}") from None
         except ValueError as err:
             raise ValueError(
                 f"{what} has the PIL mode {image.mode!r}, which cannot be converted to {mode}"

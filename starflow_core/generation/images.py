@@ -137,6 +137,8 @@ def read_image_metadata(path: str | Path) -> dict[str, str]:
             description = image.getexif().get(EXIF_IMAGE_DESCRIPTION)
     except UnidentifiedImageError:
         raise ValueError(f"{path} is not an image PIL can read (PNG, JPEG or WebP)") from None
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"image {path} is refused as a decompression bomb ({err})") from None
     if not description:
         return {}
     try:

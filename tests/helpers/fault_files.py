@@ -112,6 +112,7 @@ def make_file_faults(ws: Path) -> Path:
     (yamls / "run_python.yaml").write_text("train: !!python/name:os.system\n")
 
     zip_bomb_pth(ws / "bomb.pth")
+    make_image_faults(ws / "image_faults")
     big_values(ws)
     text_weights = ws / "text_weights"  # a flow folder whose weights are a text file
     text_weights.mkdir()
@@ -258,6 +259,22 @@ FILE_CASES = [
         ),
         "beyond float16's range",
     ),
+    # ----- images read as training reads them
+    _gen("image-decompression-bomb", "decompression bomb", "--image", "{ws}/image_faults/bomb.png"),
+    (
+        "score-decompression-bomb",
+        "score",
+        ("{ws}/image_faults/bomb.png", "--model", "{ws}/labels"),
+        "decompression bomb",
+    ),
+    ("info-decompression-bomb", "info", ("{ws}/image_faults/bomb.png",), "decompression bomb"),
+    _gen("image-32-bit-float", "is a 32-bit float image", "--image", "{ws}/image_faults/float.tif"),
+    (
+        "score-image-beyond-size-limit",
+        "score",
+        ("{ws}/image_faults/large.png", "--model", "{ws}/labels"),
+        "--no-size-limit",
+    ),
     # ----- results that were silently wrong
     (
         "convert-pipeline-text-as-weights",
@@ -301,10 +318,11 @@ def png_bomb(width: int = 20000, height: int = 20000) -> bytes:
 
 
 def make_image_faults(folder: Path) -> Path:
-    """A 16-bit mid-grey image and a decompression bomb."""
+    """A decompression bomb, a 32-bit float image and a 64x64 photo (8x the tiny models' side)."""
     folder.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((8, 8), 32896, np.uint16)).save(folder / "grey16.png")
     (folder / "bomb.png").write_bytes(png_bomb())
+    Image.fromarray(np.random.default_rng(0).random((8, 8), np.float32)).save(folder / "float.tif")
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(folder / "large.png")
     return folder
 
 
