@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.fault_cases import CASES, cuda_cases, run_case
-from helpers.fault_files import damaged_checkpoint_files, first_checkpoint_fails
+from helpers.fault_files import damaged_checkpoint_files, edit_stepwise, first_checkpoint_fails
 from helpers.fault_scenarios import (
     damaged_checkpoint,
     disk_full,
@@ -123,6 +123,12 @@ def test_every_damaged_checkpoint_file_offers_the_previous_checkpoint(twin, ws, 
 @pytest.mark.parametrize("twin", ["mlx", "torch"])
 def test_a_failed_first_checkpoint_leaves_nothing_that_blocks_the_same_command(twin, ws, request):
     problems = scenario_problems(first_checkpoint_fails, twin, ws, request)
+    assert not any(problems.values()), problems
+
+
+@pytest.mark.parametrize("twin", ["mlx", "torch"])
+def test_an_edit_writes_its_stepwise_images(twin, ws, request):
+    problems = scenario_problems(edit_stepwise, twin, ws, request)
     assert not any(problems.values()), problems
 
 

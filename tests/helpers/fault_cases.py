@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .fault_files import FILE_CASES, damaged_checkpoint_files, first_checkpoint_fails
+from .fault_files import FILE_CASES, damaged_checkpoint_files, edit_stepwise, first_checkpoint_fails
 from .fault_scenarios import damaged_checkpoint, scenarios, second_trainer, used_folder
 from .fault_workspace import Outcome, changes, judge, make_workspace, run_cli, snapshot
 
@@ -231,6 +231,7 @@ def mlx_cases_here(ws: Path) -> dict[str, dict]:
         second_trainer,
         damaged_checkpoint_files,
         first_checkpoint_fails,
+        edit_stepwise,
     ):
         outcomes += scenario(ws, "mlx", in_process=True)
     return {outcome.name: dataclasses.asdict(outcome) for outcome in outcomes}

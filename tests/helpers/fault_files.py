@@ -432,3 +432,16 @@ def first_checkpoint_fails(ws: Path, twin: str, in_process: bool = False) -> lis
     again = run_cli(twin, "train", args, ws, in_process)
     outcomes.append(judge("train-same-command-after-first-checkpoint-failed", twin, again, 0, None, []))
     return outcomes
+
+
+def edit_stepwise(ws: Path, twin: str, in_process: bool = False) -> list:
+    """Image-to-image with --stepwise-output-dir writes each block's picture (it wrote none)."""
+    from .fault_workspace import judge, run_cli
+
+    out = ws / f"edit_steps_{twin}"
+    args = ["cat", "--model", str(ws / "labels"), "--image", str(ws / "images" / "class_0" / "0.png")]
+    args += ["--seed", "1", "--output", str(out / "cat.png"), "--stepwise-output-dir", str(out / "steps")]
+    result = run_cli(twin, "generate", [*args, "--quiet"], ws, in_process)
+    steps = sorted((out / "steps").glob("*.png")) if (out / "steps").is_dir() else []
+    missing = [] if len(steps) == 2 else [f"{len(steps)} stepwise images, expected 2 (one per block)"]
+    return [judge("edit-stepwise-output", twin, result, 0, None, missing)]
