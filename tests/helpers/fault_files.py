@@ -113,6 +113,8 @@ def make_file_faults(ws: Path) -> Path:
 
     zip_bomb_pth(ws / "bomb.pth")
     make_image_faults(ws / "image_faults")
+    (ws / "bad_shards").mkdir()  # an encoded data set whose index lost its shape
+    (ws / "bad_shards" / "index.json").write_text(json.dumps({"in_channels": 3, "shards": "all"}))
     big_values(ws)
     text_weights = ws / "text_weights"  # a flow folder whose weights are a text file
     text_weights.mkdir()
@@ -223,6 +225,7 @@ FILE_CASES = [
         ("--config", "{ws}/yaml/run_python.yaml", "--out-dir", "{ws}/run_new"),
         "uses the YAML tag",
     ),
+    _train("shard-index-of-the-wrong-shape", "'shards' must be a list", "--set", "train.data={ws}/bad_shards"),
     _train("set-value-broken-yaml", "--set train.steps=[1", "--set", "train.steps=[1"),
     _train("set-value-python-tag", "uses the YAML tag", "--set", "train.data=!!python/name:os.system"),
     # ----- .pth archives whose pickle inflates far beyond the file
