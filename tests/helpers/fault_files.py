@@ -225,7 +225,9 @@ FILE_CASES = [
         ("--config", "{ws}/yaml/run_python.yaml", "--out-dir", "{ws}/run_new"),
         "uses the YAML tag",
     ),
-    _train("shard-index-of-the-wrong-shape", "'shards' must be a list", "--set", "train.data={ws}/bad_shards"),
+    _train(
+        "shard-index-of-the-wrong-shape", "'shards' must be a list", "--set", "train.data={ws}/bad_shards"
+    ),
     _train("set-value-broken-yaml", "--set train.steps=[1", "--set", "train.steps=[1"),
     _train("set-value-python-tag", "uses the YAML tag", "--set", "train.data=!!python/name:os.system"),
     # ----- .pth archives whose pickle inflates far beyond the file
