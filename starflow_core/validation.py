@@ -283,6 +283,24 @@ def read_vae_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
+# ----- an encoded data set's index.json -----------------------------------------------------------
+def read_shard_index(path: str | Path) -> dict:
+    """The index.json of a folder of encoded shards, checked for every field the data loaders read."""
+    fix = "encode the image folder again (encode_dataset)"
+    index = read_json_object(path, fix)
+    field(index, "in_channels", "integer", str(path), fix)
+    shards = field(index, "shards", "list", str(path), fix)
+    for number, shard in enumerate(shards):
+        where = f"{path}: shard {number}"
+        expect(shard, "object", where, fix)
+        field(shard, "file", "string", where, fix)
+        field(shard, "bucket", "string", where, fix)
+        if field(shard, "count", "integer", where, fix) < 0:
+            raise FileFormatError(f"{where} has a negative count; {fix}")
+    field(index, "null_text", "string", str(path), fix, default=None)
+    return index
+
+
 # ----- numbers a conversion cannot hold ----------------------------------------------------------
 FLOAT16_MAX = 65504.0
 

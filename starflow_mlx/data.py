@@ -23,9 +23,9 @@ from starflow_core.training.image_folders import (
     SampleRef,
     check_batches_exist,
     epoch_batches,
-    read_shard_index,
     shard_fingerprint,
 )
+from starflow_core.validation import read_shard_index
 
 __all__ = [
     "SHARD_INDEX",

@@ -26,9 +26,9 @@ from starflow_core.training.image_folders import (
     check_batches_exist,
     epoch_batches,
     nearest_bucket,
-    read_shard_index,
     shard_fingerprint,
 )
+from starflow_core.validation import read_shard_index
 
 __all__ = [
     "ASPECT_RATIOS",

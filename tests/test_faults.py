@@ -90,6 +90,7 @@ SCENARIO_NAMES = {
         "train-first-checkpoint-fails",
         "train-same-command-after-first-checkpoint-failed",
     ],
+    edit_stepwise: ["edit-stepwise-output"],
 }
 
 

@@ -28,7 +28,7 @@ from PIL import Image
 
 from starflow_core.command_line import one_line
 from starflow_core.training.config import conditioning_of
-from starflow_core.validation import expect, field, read_json_object, refuse_special_file
+from starflow_core.validation import refuse_special_file
 
 SHARD_INDEX = "index.json"  # the index of a folder of encoded latent shards
 SHARD_INDEX_FORMAT = 1
@@ -312,23 +312,6 @@ def training_data_kind(config, train) -> str:
     if conditioning_of(config) == "text" and train.text_encoder is None:
         raise ValueError("a captioned image folder for a text model needs train.text_encoder (a T5 folder)")
     return "images"
-
-
-def read_shard_index(path: Path) -> dict:
-    """The index.json of a folder of encoded shards, checked for every field the data loaders read."""
-    fix = "encode the image folder again (encode_dataset)"
-    index = read_json_object(path, fix)
-    field(index, "in_channels", "integer", str(path), fix)
-    shards = field(index, "shards", "list", str(path), fix)
-    for number, shard in enumerate(shards):
-        where = f"{path}: shard {number}"
-        expect(shard, "object", where, fix)
-        field(shard, "file", "string", where, fix)
-        field(shard, "bucket", "string", where, fix)
-        if field(shard, "count", "integer", where, fix) < 0:
-            raise ValueError(f"{where} has a negative count; {fix}")
-    field(index, "null_text", "string", str(path), fix, default=None)
-    return index
 
 
 def shard_fingerprint(folder: Path, index: dict) -> dict:
