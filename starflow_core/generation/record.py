@@ -24,6 +24,7 @@ from starflow_core.validation import (
     read_text,
     refuse_special_file,
 )
+from starflow_core.video.files import read_video_metadata, video_format
 
 PARAMETERS_KEY = "parameters"
 
@@ -31,6 +32,8 @@ PARAMETERS_KEY = "parameters"
 # ----- writing --------------------------------------------------------------------------
 # what an image-to-image or inpainting run adds (starflow_core.generation.editing)
 EDIT_KEYS = ("image", "strength", "mask", "inpaint_rounds", "source_prompt")
+# what a video adds (its first frame given as "image" for image-to-video)
+VIDEO_KEYS = ("num_frames", "fps", "aspect_ratio")
 
 
 def flat_metadata(parameters: dict[str, Any]) -> dict[str, str]:
@@ -66,6 +69,7 @@ def flat_metadata(parameters: dict[str, Any]) -> dict[str, str]:
         "quantization": quantization,
         "version": f"starflow-mlx {parameters['version']}",
         **{key: str(parameters[key]) for key in EDIT_KEYS if key in parameters},
+        **{key: f"{parameters[key]}" for key in VIDEO_KEYS if key in parameters},
         PARAMETERS_KEY: json.dumps(parameters, ensure_ascii=False),
     }
 
@@ -86,25 +90,27 @@ def parameters_json(parameters: dict[str, Any]) -> str:
 
 # ----- reading ----------------------------------------------------------------------------
 def read_parameters(path: str | Path) -> dict[str, Any]:
-    """The parameters of an image written by this project, or of its JSON sidecar."""
+    """The parameters of an image or video written by this project, or of its JSON sidecar."""
     path = Path(path)
     refuse_special_file(path, "the image")
-    if not path.is_file():
+    if not (path.is_file() or path.is_dir()):
         raise FileNotFoundError(f"no such file: {path}")
-    if path.suffix.lower() == ".json":
+    if path.is_file() and path.suffix.lower() == ".json":
         text = read_text(path, "the sidecar")
     else:
-        text = read_image_metadata(path).get(PARAMETERS_KEY)
+        video = path.is_dir() or video_format(path) in ("MP4", "GIF", "WEBP")
+        metadata = read_video_metadata(path) if video else read_image_metadata(path)
+        text = metadata.get(PARAMETERS_KEY)
         if text is None:
             raise ValueError(
                 f"{path} holds no STARFlow generation parameters (made elsewhere, or by a version "
-                "before 0.2, or its metadata was stripped); give an image written by starflow generate "
-                "or its .json sidecar"
+                "before 0.2, or its metadata was stripped); give an image or video written by starflow "
+                "generate or its .json sidecar"
             )
     return check_parameters(parse_json(text, f"{path}: its generation parameters", _FIX), str(path))
 
 
-_FIX = "give an image written by starflow generate or its .json sidecar, unedited"
+_FIX = "give an image or video written by starflow generate or its .json sidecar, unedited"
 # key -> kind (starflow_core.validation), for the keys that making the image again reads
 _REQUIRED = {
     "model": "string",
@@ -127,6 +133,8 @@ _OPTIONAL = {
     "mask": "string",
     "inpaint_rounds": "integer",
     "source_prompt": "string",
+    "num_frames": "integer",
+    "fps": "number",
 }
 
 
@@ -188,6 +196,7 @@ def generate_flags(parameters: dict[str, Any]) -> dict[str, Any]:
         "quantize_text": parameters.get("text_quantize"),
         "grid": grid,
         **edit_flags(parameters),
+        **{key: parameters[key] for key in VIDEO_KEYS if key in parameters},
     }
 
 
@@ -209,7 +218,7 @@ def edit_flags(parameters: dict[str, Any]) -> dict[str, Any]:
 
 
 def equivalent_command(parameters: dict[str, Any]) -> str:
-    """A generate command line that makes the image(s) again (for `info`)."""
+    """A generate command line that makes the image(s) or video again (for `info`)."""
     flags = generate_flags(parameters)
     module = "starflow_torch.generate" if parameters.get("framework") == "torch" else "starflow_mlx.generate"
     words = ["python", "-m", module]
@@ -241,7 +250,7 @@ def equivalent_command(parameters: dict[str, Any]) -> str:
         words += ["--quantize-text", str(flags["quantize_text"])]
     if flags["grid"]:
         words.append("--grid")
-    for name in ("image", "strength", "mask", "mask_box", "source_prompt", "inpaint_rounds"):
+    for name in ("image", "strength", "mask", "mask_box", "source_prompt", "inpaint_rounds", *VIDEO_KEYS):
         if flags.get(name) is not None:
             words += [
                 "--" + name.replace("_", "-"),
