@@ -7,6 +7,7 @@
     sources/                where a model comes from: pipeline folders, the Hub, official releases
     training/               run files, schedule, checkpoint files, image folders, the train command line
     convert.py              the conversion command (python -m starflow_core.convert)
+    validation.py           every structured file read, checked for shape (FileFormatError names the file)
 
 It imports neither twin.
 """
@@ -14,8 +15,10 @@ It imports neither twin.
 from .config import FlowConfig
 from .official.arguments import from_official_arguments, from_official_yaml, resolve_config
 from .presets import PRESETS, preset
+from .validation import FileFormatError
 
 __all__ = [
+    "FileFormatError",
     "FlowConfig",
     "PRESETS",
     "preset",
