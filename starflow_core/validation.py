@@ -143,6 +143,7 @@ _KINDS = {
     "strings": "a list of strings",
     "integers": "a list of integers",
     "numbers": "a list of finite numbers",
+    "numeric": "a finite number (or a string holding one)",
 }
 
 
@@ -171,6 +172,11 @@ def _is_kind(value: Any, kind: str) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     if kind == "boolean":
         return isinstance(value, bool)
+    if kind == "numeric":
+        try:
+            return _is_kind(float(value) if isinstance(value, str) else value, "number")
+        except ValueError:
+            return False
     if kind in ("strings", "integers", "numbers"):
         return isinstance(value, list) and all(_is_kind(item, kind[:-1]) for item in value)
     raise ValueError(f"unknown kind {kind!r}")

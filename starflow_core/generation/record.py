@@ -129,9 +129,9 @@ _OPTIONAL = {
     "quantize": "integer",
     "text_quantize": "integer",
     "image": "string",
-    "strength": "number",
+    "strength": "numeric",  # an edit's entries are recorded as the strings of its PNG text
     "mask": "string",
-    "inpaint_rounds": "integer",
+    "inpaint_rounds": "numeric",
     "source_prompt": "string",
     "num_frames": "integer",
     "fps": "number",
