@@ -24,7 +24,7 @@ from starflow_core.generation.inputs import prompts_to_labels
 from starflow_core.generation.precision import DTYPE_CHOICES, QUANTIZE_BITS, TEXT_QUANTIZE_BITS, Precision
 from starflow_core.generation.resource_check import check_disk
 from starflow_core.generation.scoring import Scores, score_images
-from starflow_core.generation.validation import MAX_SIDE_FACTOR, check_size_limit
+from starflow_core.generation.validation import check_size_limit
 from starflow_core.sources import PipelineParts, resolve
 from starflow_core.sources.releases import DEMO_FOLDER, release_by_name
 
@@ -65,14 +65,15 @@ def build_parser(module: str, description: str, torch: bool = False) -> argparse
         "--strict", action="store_true", help="refuse checkpoints holding tensors the model does not use"
     )
     parser.add_argument(
-        "--no-size-limit",
-        action="store_true",
-        help=f"allow sides beyond {MAX_SIDE_FACTOR}x the model's training size (as generate)",
-    )
-    parser.add_argument(
         "--no-resource-check",
         action="store_true",
         help="download even if the disk check says it will not fit",
+    )
+    parser.add_argument(
+        "--no-size-limit",
+        action="store_true",
+        help="score images with sides beyond 4x the model's training size (slow: time grows with the "
+        "square of the pixel count)",
     )
     return parser
 
