@@ -17,4 +17,4 @@ fi
 # tests need; generation alone needs neither (pip install starflow-mlx)
 # (setuptools prints a boxed caution about flat layouts on every editable install; it is about
 # folders named like the package in the working directory, which is this checkout itself)
-PYTHONWARNINGS=ignore::UserWarning .venv/bin/python -m pip install -q -e ".[cpu,train,torch,dev]"
+PYTHONWARNINGS=ignore::UserWarning .venv/bin/python -m pip install -q -e ".[cpu,train,torch,dev,video]"

@@ -16,6 +16,7 @@ OPTIONAL = {
     "yaml": ("pyyaml", "train"),
     "mlx.data": ("mlx-data", "train"),
     "torch": ("torch", "torch"),
+    "av": ("av", "video"),
 }
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from starflow_core.generation.record import generate_flags, read_parameters
+from starflow_core.generation.record import VIDEO_KEYS, generate_flags, read_parameters
 from starflow_core.generation.writer import ImageWriter, write_steps
 
 
@@ -50,6 +50,11 @@ def fill_from_metadata(args: argparse.Namespace) -> None:
             setattr(args, dest, getattr(args, dest) or value)
         elif dest == "dtype":
             args.dtype = value if args.dtype == "auto" and value else args.dtype
+        elif not hasattr(args, dest) and dest in VIDEO_KEYS:
+            raise ValueError(
+                f"{args.config_from_metadata} is a video ({dest.replace('_', ' ')} {value}); this "
+                "command makes images"
+            )
         elif not hasattr(args, dest):
             if value is not None:
                 flag = "--" + dest.replace("_", "-")

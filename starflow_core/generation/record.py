@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from starflow_core.generation.images import read_image_metadata
+from starflow_core.video.files import read_video_metadata, video_format
 
 PARAMETERS_KEY = "parameters"
 
@@ -23,6 +24,8 @@ PARAMETERS_KEY = "parameters"
 # ----- writing --------------------------------------------------------------------------
 # what an image-to-image or inpainting run adds (starflow_core.generation.editing)
 EDIT_KEYS = ("image", "strength", "mask", "inpaint_rounds", "source_prompt")
+# what a video adds (its first frame given as "image" for image-to-video)
+VIDEO_KEYS = ("num_frames", "fps", "aspect_ratio")
 
 
 def flat_metadata(parameters: dict[str, Any]) -> dict[str, str]:
@@ -58,6 +61,7 @@ def flat_metadata(parameters: dict[str, Any]) -> dict[str, str]:
         "quantization": quantization,
         "version": f"starflow-mlx {parameters['version']}",
         **{key: str(parameters[key]) for key in EDIT_KEYS if key in parameters},
+        **{key: f"{parameters[key]}" for key in VIDEO_KEYS if key in parameters},
         PARAMETERS_KEY: json.dumps(parameters, ensure_ascii=False),
     }
 
@@ -78,19 +82,21 @@ def parameters_json(parameters: dict[str, Any]) -> str:
 
 # ----- reading ----------------------------------------------------------------------------
 def read_parameters(path: str | Path) -> dict[str, Any]:
-    """The parameters of an image written by this project, or of its JSON sidecar."""
+    """The parameters of an image or video written by this project, or of its JSON sidecar."""
     path = Path(path)
-    if not path.is_file():
+    if not (path.is_file() or path.is_dir()):
         raise FileNotFoundError(f"no such file: {path}")
-    if path.suffix.lower() == ".json":
+    if path.is_file() and path.suffix.lower() == ".json":
         text = path.read_text(encoding="utf-8")
     else:
-        text = read_image_metadata(path).get(PARAMETERS_KEY)
+        video = path.is_dir() or video_format(path) in ("MP4", "GIF", "WEBP")
+        metadata = read_video_metadata(path) if video else read_image_metadata(path)
+        text = metadata.get(PARAMETERS_KEY)
         if text is None:
             raise ValueError(
                 f"{path} holds no STARFlow generation parameters (made elsewhere, or by a version "
-                "before 0.2, or its metadata was stripped); give an image written by starflow generate "
-                "or its .json sidecar"
+                "before 0.2, or its metadata was stripped); give an image or video written by starflow "
+                "generate or its .json sidecar"
             )
     try:
         parameters = json.loads(text)
@@ -139,6 +145,7 @@ def generate_flags(parameters: dict[str, Any]) -> dict[str, Any]:
         "quantize_text": parameters.get("text_quantize"),
         "grid": grid,
         **edit_flags(parameters),
+        **{key: parameters[key] for key in VIDEO_KEYS if key in parameters},
     }
 
 
@@ -160,7 +167,7 @@ def edit_flags(parameters: dict[str, Any]) -> dict[str, Any]:
 
 
 def equivalent_command(parameters: dict[str, Any]) -> str:
-    """A generate command line that makes the image(s) again (for `info`)."""
+    """A generate command line that makes the image(s) or video again (for `info`)."""
     flags = generate_flags(parameters)
     module = "starflow_torch.generate" if parameters.get("framework") == "torch" else "starflow_mlx.generate"
     words = ["python", "-m", module]
@@ -192,7 +199,7 @@ def equivalent_command(parameters: dict[str, Any]) -> str:
         words += ["--quantize-text", str(flags["quantize_text"])]
     if flags["grid"]:
         words.append("--grid")
-    for name in ("image", "strength", "mask", "mask_box", "source_prompt", "inpaint_rounds"):
+    for name in ("image", "strength", "mask", "mask_box", "source_prompt", "inpaint_rounds", *VIDEO_KEYS):
         if flags.get(name) is not None:
             words += [
                 "--" + name.replace("_", "-"),

@@ -19,7 +19,7 @@ import json
 import math
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,7 +106,9 @@ class ImageFolder:
         self.buckets = [self._bucket_of(path) if buckets else "1:1" for path in self.files]
 
     @staticmethod
-    def _read_metadata(folder: Path) -> tuple[list[Path], list[str]]:
+    def _read_metadata(
+        folder: Path, is_sample: Callable[[Path], bool] = Path.is_file
+    ) -> tuple[list[Path], list[str]]:
         metadata = folder / "metadata.jsonl"
         if not metadata.is_file():
             raise FileNotFoundError(
@@ -134,7 +136,9 @@ class ImageFolder:
             if not isinstance(entry.get("text"), str):
                 raise ValueError(f"{where} ({name}) has no 'text' caption string")
             path = folder / inside_folder(name, where)
-            if not path.is_file():
+            if not is_sample(path):
+                if path.exists():
+                    raise ValueError(f"{where} names {name}, which is not a file this folder can train on")
                 raise FileNotFoundError(f"{where} names {name}, which does not exist")
             files.append(path)
             texts.append(entry["text"])
