@@ -204,7 +204,7 @@ class StarFlow(nn.Module):
         text, labels = self.text_features(y, B), self.class_labels(y, B)
         tokens, frames = self.tokens(x)
         logdet = mx.zeros((B,), dtype=mx.float32)
-        for i, block in enumerate(self.blocks):
+        for i in range(len(self.blocks)):
             if self.is_identity(i):
                 continue
             tokens, block_logdet = self.forward_block(i, tokens, frames, x.shape, text, labels, recompute)
@@ -331,8 +331,9 @@ class StarFlow(nn.Module):
         tolerance). One teacher-forced pass per block, blocks in forward order. With guidance 0
         this is the forward pass (TARFlow: noise also divided by sqrt(var)), so
         log N(noise; 0, I) + log|det| is the log-density of the guided sampler's output.
+        Images only.
         """
-        self._check_input(x)
+        self._check_input(x, video=False)
         B, H, W, _ = x.shape
         p = self.config.patch_size
         tokens = self.patchify(x).astype(mx.float32)

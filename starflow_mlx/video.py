@@ -47,15 +47,12 @@ def sample_block(
     local = config.block_is_frame_local(index) and frames > 1
     windows = None
     if local:  # B*T one-frame sequences, each sampled from scratch (also in image-to-video)
-        sequences, seq_frames, rope = (
-            tokens.reshape(B * frames, L // frames, C),
-            1,
-            model.rope(index, h, w, 0),
-        )
+        sequences, seq_frames = tokens.reshape(B * frames, L // frames, C), 1
     else:
-        sequences, seq_frames, rope = tokens, frames, model.rope(index, h, w, txt_len, frames)
+        sequences, seq_frames = tokens, frames
         if index == config.deep_block and config.local_attn_window and config.sos:
             windows = sampling_windows(L, L // frames, config.local_attn_window, context_length)
+    rope = model.rope(index, h, w, txt_len, seq_frames)
     if jacobi is not None:
         out, iterations = sample_block_jacobi(
             block, sequences, cond, rope, jacobi.block_size, jacobi.tol, jacobi.max_iter, progress,
