@@ -71,6 +71,12 @@ class TrainConfig:
     sample_guidance: float = 0.0
     vae: str | None = None  # AutoencoderKL folder, to decode latent samples
     text_encoder: str | None = None  # TextEncoder folder, for captioned image folders
+    # ----- video (starflow_core.training.video_objective); num_frames 0 trains on images
+    num_frames: int = 0  # frames per training clip, read from a folder of clips
+    fps: float | None = None  # frames per second to read clips at (None: each clip's own rate)
+    drop_image: float = 0.0  # official drop_image: probability a micro-batch loses its first frame
+    denoiser_lr: float = 1e-4  # the learned self-denoiser's own AdamW (official: fixed 1e-4 -> 1e-6)
+    denoiser_min_lr: float = 1e-6
 
     def __post_init__(self) -> None:
         # wrong types (steps=abc, betas=0.9, lr=.inf) are errors naming the field; numeric strings
@@ -113,6 +119,16 @@ class TrainConfig:
                 fail(name, "must be >= 0" + (" (0 disables clipping)" if name == "grad_clip" else ""))
         if self.noise_std is not None and self.noise_std < 0:
             fail("noise_std", "must be >= 0")
+        if self.num_frames < 0:
+            fail("num_frames", "must be >= 0 (0 trains on images)")
+        if self.fps is not None and not self.fps > 0:
+            fail("fps", "must be > 0 (or None: each clip's own rate)")
+        if not 0 <= self.drop_image < 1:
+            fail("drop_image", "must be in [0, 1)")
+        if self.drop_image > 0 and self.num_frames < 2:
+            fail("drop_image", "drops the first frame of a clip: it needs train.num_frames >= 2")
+        if not 0 < self.denoiser_min_lr <= self.denoiser_lr:
+            fail("denoiser_min_lr", f"must be in (0, denoiser_lr={self.denoiser_lr}]")
 
     @property
     def micro_batch_size(self) -> int:
