@@ -12,10 +12,11 @@ mapped to [-1, 1] as in starflow_core.digits.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 
-from starflow_core.digits import to_levels
+from starflow_core.digits import DIGIT_NAMES, to_levels
 
 CANVAS = 16  # pixels per side
 DIGIT = 8  # the digits' side
@@ -181,3 +182,32 @@ def classify_frames(classifier, clips: np.ndarray) -> np.ndarray:
     clips = np.asarray(clips, np.float32)
     frames = cut_digits(clips)
     return classifier.predict(to_levels(frames).reshape(len(frames), -1)).reshape(clips.shape[:2])
+
+
+def write_clip_folder(
+    folder: str | Path, moving: MovingDigits, fps: float = 8.0, suffix: str = ".gif", overwrite: bool = False
+) -> list[Path]:
+    """Clips as a training folder with one subfolder per class, named as the image demo's
+    (`<folder>/3_three/<n>.gif`, so sorted names keep the digit order), or .webp, .mp4 ("" writes
+    frame folders), at their 16x16 size, grey levels as uint8 RGB. Returns the paths written."""
+    from starflow_core.video.files import write_video
+
+    folder = Path(folder)
+    pixels = to_uint8_frames(moving.clips)  # (N, T, 16, 16)
+    written = []
+    for number, (clip, label) in enumerate(zip(pixels, moving.labels, strict=True)):
+        path = folder / f"{label}_{DIGIT_NAMES[label]}" / f"{number:05d}{suffix}"
+        written.append(write_video(path, clip, fps, {"label": str(int(label))}, overwrite=overwrite))
+    return written
+
+
+def preview_frames(moving: MovingDigits, scale: int = 4) -> np.ndarray:
+    """uint8 (T, H, W, 3) frames of a grid showing the first clip of every class present, in
+    digit order, each enlarged `scale` times (nearest), for a GIF people look at."""
+    from starflow_core.generation.images import make_grid
+
+    classes = sorted(set(moving.labels.tolist()))
+    firsts = [int(np.flatnonzero(moving.labels == label)[0]) for label in classes]
+    pixels = to_uint8_frames(moving.clips[firsts])  # (K, T, 16, 16)
+    big = np.repeat(np.repeat(pixels, scale, axis=2), scale, axis=3)[..., None].repeat(3, axis=-1)
+    return np.stack([make_grid(list(big[:, t]), cols=len(firsts)) for t in range(big.shape[1])])

@@ -267,8 +267,9 @@ def test_packaging_extras():
 
     for platform in ("linux", "darwin"):
         base = applicable(project["dependencies"], platform)
-        assert not {"mlx-data", "pyyaml", "torch"} & set(base)  # generation installs without them
+        assert not {"mlx-data", "pyyaml", "torch", "av"} & set(base)  # generation installs without them
     assert {Requirement(r).name for r in extras["train"]} == {"mlx-data", "pyyaml"}
+    assert {Requirement(r).name for r in extras["video"]} == {"av"}  # MP4; GIF and WebP need Pillow alone
     hub = Requirement(next(r for r in project["dependencies"] if r.startswith("huggingface-hub")))
     assert "0.34.0" in hub.specifier and "0.33.9" not in hub.specifier  # `hf download` arrived in 0.34
     # Linux with the cuda extra: MLX's CUDA backend and not its CPU one (they install the same library)
@@ -277,7 +278,7 @@ def test_packaging_extras():
     assert mlx_extras == {"cuda"}
     assert applicable(extras["cuda"] + extras["cpu"], "darwin") == {}  # a Mac's mlx has Metal built in
     setup = (REPO / "scripts" / "setup.sh").read_text()
-    assert '-e ".[cpu,train,torch,dev]"' in setup  # the tests need the train extra
+    assert '-e ".[cpu,train,torch,dev,video]"' in setup  # the tests need the train and video extras
 
 
 def test_encoding_refuses_sizes_below_one(tmp_path):

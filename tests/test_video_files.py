@@ -19,6 +19,7 @@ from starflow_core.video.files import (
     read_video_metadata,
     write_video,
 )
+from starflow_core.video.writer import VideoWriter
 from tests.test_outputs import parameters
 
 pytest.importorskip("av")  # the `video` extra (in dev): MP4 through PyAV
@@ -146,6 +147,7 @@ def test_an_empty_or_uneven_frame_folder_is_refused_by_name(tmp_path):
 def test_unknown_suffixes_and_bad_frames_are_refused_before_writing(tmp_path):
     for good in ("a.mp4", "a.GIF", "a.webp", "frames"):
         check_video_output(tmp_path / good)
+    check_video_output(f"{tmp_path}/frames.v2/")  # a trailing slash names a folder, as for images
     with pytest.raises(ValueError, match=r"'\.png' is not a video format.*\.mp4, \.gif, \.webp"):
         check_video_output(tmp_path / "a.png")
     with pytest.raises(ValueError, match="uint8"):
@@ -153,3 +155,32 @@ def test_unknown_suffixes_and_bad_frames_are_refused_before_writing(tmp_path):
     with pytest.raises(ValueError, match="fps"):
         write_video(tmp_path / "a.gif", few_colours(), 0)
     assert list(tmp_path.iterdir()) == []
+
+
+# ----- the writer a generate command uses -----------------------------------------------------------
+def test_the_writer_names_videos_by_index_and_seed_and_keeps_sidecars_with_them(tmp_path):
+    (tmp_path / "fox.json").write_text("{}")  # someone's sidecar: its video name is taken too
+    one = VideoWriter(tmp_path / "fox.gif", total=1, sidecar=True)
+    one.check()
+    small = few_colours(height=16, width=16)
+    path = one.write_video(0, small, 8, video_parameters())
+    assert path == tmp_path / "fox_1.gif" and one.written == [path, tmp_path / "fox_1.json"]
+    assert json.loads((tmp_path / "fox_1.json").read_text()) == read_parameters(path) == video_parameters()
+    video = read_video(path)  # 16x16 enlarged 4x for viewing, as small images are
+    np.testing.assert_array_equal(video.frames, np.repeat(np.repeat(small, 4, axis=1), 4, axis=2))
+    several = VideoWriter(tmp_path / "out", total=2, sidecar=True)
+    names = [several.write_video(i, small, 8, video_parameters(seed=s)) for i, s in ((0, 5), (1, 6))]
+    assert names == [tmp_path / "out_0000_seed5", tmp_path / "out_0001_seed6"]
+    assert (tmp_path / "out_0001_seed6.json").is_file() and read_parameters(names[1])["seed"] == 6
+    with pytest.raises(ValueError, match="not a video format"):
+        VideoWriter(tmp_path / "fox.jpg", total=1).check()
+
+
+def test_config_from_metadata_of_a_video_on_an_image_command_says_so(tmp_path):
+    from starflow_core.generation.cli import build_parser
+    from starflow_core.generation.output_cli import fill_from_metadata
+
+    path = write_video(tmp_path / "fox.gif", few_colours(), 16, flat_metadata(video_parameters()))
+    args = build_parser("starflow_mlx.generate", "test").parse_args(["--config-from-metadata", str(path)])
+    with pytest.raises(ValueError, match=r"fox.gif is a video \(num frames 10\); this command makes images"):
+        fill_from_metadata(args)

@@ -37,6 +37,14 @@ def test_the_7b_yaml_flags_wrap_the_empty_prompt_of_guidance_too():
     assert wrapped[1] == "Noise Level 500:\nA video with 16 fps:\n\n\n in a 16:9 aspect ratio.\n"
 
 
+def test_a_batch_gives_each_prompt_its_own_rate_and_noise_level():
+    flags = TemplateFlags(fps_cond=True, cond_noise_level=True)
+    wrapped = wrap_prompts(["a", "b"], flags, fps=[16, 0], noise_std=[0.5, 0.25])
+    assert wrapped == ["Noise Level 500:\nA video with 16 fps:\na\n", "Noise Level 250:\nAn image:\nb\n"]
+    with pytest.raises(ValueError, match="3 fps values for 2 prompts"):
+        wrap_prompts(["a", "b"], flags, fps=[16, 8, 4], noise_std=0.5)
+
+
 def test_fps_zero_is_an_image_and_the_noise_level_is_truncated():
     assert wrap_prompt("a fox", fps=0) == "An image:\na fox\n"
     # int(noise_std * 1000) truncates: 0.4999 -> 499 (not 500), 0.0015 -> 1, 2.01 -> 2009

@@ -1,7 +1,8 @@
-"""Print the generation parameters an image carries (or its `--metadata` JSON sidecar).
+"""Print the generation parameters an image or video carries (or its `--metadata` JSON sidecar).
 
     python -m starflow_mlx.info starflow.png          # or starflow_torch.info, starflow-info
     python -m starflow_mlx.info starflow.png --json   # the parameters as JSON
+    starflow-info fox.mp4                             # videos: .mp4, .gif, .webp, frame folders
 
 Ends with a generate command that makes the image again (as `--config-from-metadata` does).
 Errors (no such file, no parameters in it) print one line and exit 2.
@@ -21,9 +22,12 @@ from starflow_core.generation.record import equivalent_command, read_parameters
 
 def build_parser(module: str = "starflow_core.generation.info") -> argparse.ArgumentParser:
     """The options of `module` (this one, starflow_mlx.info or starflow_torch.info)."""
-    parser = command_parser(module, "Print the generation parameters of images.")
+    parser = command_parser(module, "Print the generation parameters of images and videos.")
     parser.add_argument(
-        "images", nargs="+", type=Path, help="image(s) written by generate, or .json sidecars"
+        "images",
+        nargs="+",
+        type=Path,
+        help="images or videos (.mp4, .gif, .webp, frame folders) written by generate, or .json sidecars",
     )
     parser.add_argument("--json", action="store_true", help="print the parameters as JSON")
     return parser

@@ -1,7 +1,7 @@
 """Video training data without a framework: folders of clips, a fixed number of frames per clip,
 and the epoch order both twins read.
 
-A clip is a video file (.gif, .webp, .mp4) or a folder of frames (PNG, JPEG, WebP, BMP; in
+A clip is a video file (.gif, .webp, .mp4) or a folder of frames (PNG, JPEG, BMP; in
 name order). Folders follow the image folders' conventions (starflow_core.training.image_folders):
 captions in `metadata.jsonl` whose `file_name` names a clip file or a frame folder, or one
 subfolder per class holding clips, or just clips (unconditional).
@@ -40,7 +40,7 @@ from starflow_core.training.image_folders import (
     nearest_bucket,
     to_8bit,
 )
-from starflow_core.video.files import FRAME_SUFFIXES, VIDEO_FORMATS, read_video
+from starflow_core.video.files import FRAME_SUFFIXES, VIDEO_FORMATS, read_video, video_size
 
 CLIP_SUFFIXES = tuple(VIDEO_FORMATS)  # .mp4, .gif, .webp
 START_DRAWS = 1 << 24  # the start of a clip is draw % (number of starts); exact in float32 too
@@ -162,10 +162,10 @@ class VideoFolder:
     @staticmethod
     def _bucket_of(path: Path) -> str:
         try:
-            frame = read_video(path).frames[0]
+            height, width = video_size(path)  # the header only
         except (OSError, ValueError):
             return "1:1"  # unreadable: reported as corrupt when loaded
-        return nearest_bucket(frame.shape[1], frame.shape[0])
+        return nearest_bucket(width, height)
 
     def __len__(self) -> int:
         return len(self.files)

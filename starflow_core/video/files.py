@@ -4,8 +4,8 @@ The format follows the suffix of the path:
 
     .mp4    H.264 (PyAV, whose wheels bundle FFmpeg; the `video` extra), yuv420p where both
             sides are even (plays everywhere), yuv444p otherwise; CRF 12, near-lossless
-    .gif    animated GIF (PIL); lossless when a frame has at most 256 colours, else
-            quantised to a 256-colour palette
+    .gif    animated GIF (PIL); lossless when a frame has at most 256 colours (PIL's adaptive
+            palette then holds them exactly), else quantised to 256 colours
     .webp   animated WebP (PIL), lossless
     other   a folder of PNG frames `0000.png`, `0001.png`, ... with `video.json` beside them
 
@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from starflow_core.generation.outputs import MAX_FREE_NAME_TRIES, numbered, writ
 VIDEO_FORMATS = {".mp4": "MP4", ".gif": "GIF", ".webp": "WEBP"}
 FRAMES_JSON = "video.json"  # beside the PNG frames of a frame folder
 FRAME_NAME = "{:04d}.png"
+FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")  # frames a frame folder may hold (.webp is a clip)
 MP4_CRF = "12"  # x264 constant rate factor: 0 lossless, 18 "visually lossless", 23 default
 GIF_TICK_MS = 10  # GIF frame times are whole hundredths of a second
 GIF_DEFAULT_MS = 100  # a GIF frame without a time shows this long (as browsers do)
@@ -66,7 +68,8 @@ def check_video_output(output: str | Path) -> None:
     .webp or a folder) and an MP4 without PyAV."""
     path = Path(output)
     suffix = path.suffix.lower()
-    if suffix and suffix not in VIDEO_FORMATS and not path.is_dir():
+    folder = path.is_dir() or str(output).endswith(("/", os.sep))
+    if suffix and suffix not in VIDEO_FORMATS and not folder:
         raise ValueError(
             f"--output {output}: {suffix!r} is not a video format this writes; end the name in "
             f"{', '.join(VIDEO_FORMATS)}, or give a folder (a name without a suffix) for PNG frames"
@@ -100,17 +103,24 @@ def write_video(
     fps: float,
     metadata: dict[str, str] | None = None,
     overwrite: bool = False,
+    companion: Callable[[Path], Path] | None = None,
 ) -> Path:
     """Write a video in the format of `path`'s suffix and return the path written (the first
-    free numbered name when `path` exists and not `overwrite`)."""
+    free numbered name when `path`, or its `companion(path)` such as a JSON sidecar, exists and
+    not `overwrite`)."""
     path, frames, fps = Path(path), as_frames(frames), check_fps(fps)
     entries = {**(metadata or {}), "fps": f"{fps:g}"}
     fmt = video_format(path)
     if fmt == "FRAMES":
-        return _write_frame_folder(path, frames, fps, entries, overwrite)
+        return _write_frame_folder(path, frames, fps, entries, overwrite, companion)
     if fmt == "MP4":
         require("av", "writing MP4 video")
-    return write_new_file(path, lambda tmp: encode_video(tmp, frames, fps, entries, fmt), overwrite=overwrite)
+    return write_new_file(
+        path,
+        lambda tmp: encode_video(tmp, frames, fps, entries, fmt),
+        overwrite=overwrite,
+        companion=companion,
+    )
 
 
 def encode_video(path: Path, frames: np.ndarray, fps: float, metadata: dict[str, str], fmt: str) -> None:
@@ -122,7 +132,7 @@ def encode_video(path: Path, frames: np.ndarray, fps: float, metadata: dict[str,
     from PIL import Image
 
     if fmt == "GIF":
-        images = [_palette_image(frame) for frame in frames]
+        images = [Image.fromarray(frame) for frame in frames]  # PIL's palette is exact up to 256 colours
         extra = {"comment": text.encode("ascii"), "optimize": False, "disposal": 1}
         durations = _frame_times(len(frames), fps, GIF_TICK_MS)
     elif fmt == "WEBP":
@@ -145,18 +155,6 @@ def _frame_times(count: int, fps: float, tick_ms: int) -> list[int]:
     return [max(tick_ms, ends[k + 1] - ends[k]) for k in range(count)]
 
 
-def _palette_image(frame: np.ndarray):
-    """A palette image with exactly the frame's colours when it has at most 256 of them."""
-    from PIL import Image
-
-    colours, inverse = np.unique(frame.reshape(-1, 3), axis=0, return_inverse=True)
-    if len(colours) > 256:
-        return Image.fromarray(frame).quantize(256, dither=Image.Dither.NONE)
-    image = Image.fromarray(inverse.reshape(frame.shape[:2]).astype(np.uint8), mode="P")
-    image.putpalette(colours.astype(np.uint8).tobytes())
-    return image
-
-
 def _encode_mp4(path: Path, frames: np.ndarray, fps: float, comment: str) -> None:
     av = require("av", "writing MP4 video")
     height, width = frames.shape[1:3]
@@ -175,7 +173,12 @@ def _encode_mp4(path: Path, frames: np.ndarray, fps: float, comment: str) -> Non
 
 
 def _write_frame_folder(
-    path: Path, frames: np.ndarray, fps: float, metadata: dict[str, str], overwrite: bool
+    path: Path,
+    frames: np.ndarray,
+    fps: float,
+    metadata: dict[str, str],
+    overwrite: bool,
+    companion: Callable[[Path], Path] | None,
 ) -> Path:
     """PNG frames and video.json, built in a hidden folder beside `path` and renamed onto the
     first free name (a rename onto an existing non-empty folder fails, atomically)."""
@@ -194,6 +197,8 @@ def _write_frame_folder(
             return path
         for number in range(MAX_FREE_NAME_TRIES):
             candidate = numbered(path, number)
+            if companion is not None and companion(candidate).exists():
+                continue
             try:
                 os.rename(staging, candidate)  # fails on a file or a non-empty folder
                 return candidate
@@ -259,6 +264,32 @@ def read_video_metadata(path: str | Path) -> dict[str, str]:
             return _animation_entries(image)
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise ValueError(f"{path} is not a readable GIF or WebP file ({err})") from None
+
+
+def video_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of a video's frames, from its header (or first frame) alone."""
+    path = Path(path)
+    if path.is_dir():
+        files = frame_files(path)
+        if not files:
+            raise ValueError(f"{path} holds no frames ({', '.join(FRAME_SUFFIXES)}); not a video folder")
+        first = files[0]
+    elif video_format(path) == "MP4":
+        av = require("av", "reading MP4 video")
+        with _video_errors(path, "MP4"), av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError("no video stream")
+            stream = container.streams.video[0]
+            return stream.height, stream.width
+    else:
+        first = path
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(first) as image:
+            return image.height, image.width
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise ValueError(f"{first} is not a readable frame or animation ({err})") from None
 
 
 def _entries(text: str | bytes | None) -> dict[str, str]:
@@ -342,9 +373,6 @@ def _frame_folder_record(path: Path) -> tuple[float | None, dict[str, str], int 
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
         raise ValueError(f"{record_path} is not a valid frame-folder record ({err})") from None
     return fps, metadata, count
-
-
-FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def frame_files(path: Path) -> list[Path]:

@@ -12,7 +12,12 @@ wrapping them all). The wrapping, in the official order:
     chat template     only for decoder-only text models (the official Gemma path), never for T5
 
 `TemplateFlags` holds the three flags of a model (its YAML arguments); `wrap_prompts` applies
-them with what a sampling or training call knows (fps, noise level, aspect ratio).
+them with what a sampling or training call knows. What the official scripts pass: sampling
+(sample.py) the requested output fps, the noise level `target_noise_std or noise_std` (the
+YAML's noise_std, 0.5 for the 7B) and the requested aspect ratio; the learned denoiser's pass
+(utils/inference.py `process_denoising`) encodes the captions alone (no guidance prompt) with
+the same arguments, the noise level being the one it removes, the same value; training
+(train.py) each clip's fps and each sample's noise level, and the batch's aspect-ratio bucket.
 """
 
 from __future__ import annotations
@@ -86,14 +91,15 @@ def wrap_prompts(
     prompts: Sequence[str],
     flags: TemplateFlags,
     *,
-    fps: int | None = None,
-    noise_std: float | None = None,
+    fps: int | Sequence[int] | None = None,
+    noise_std: float | Sequence[float] | None = None,
     aspect_ratio: str | None = None,
     chat_template: bool = False,
 ) -> list[str]:
     """Prompts as a model with `flags` saw them: the fps, noise level and aspect ratio enter
     only when the model's flag is on (as the official sample.py and train.py pass them), and
-    each must be given then."""
+    each must be given then. `fps` and `noise_std` are one value for every prompt or one per
+    prompt (a training batch: each clip's rate, each sample's noise level)."""
     needed = {
         "fps": (flags.fps_cond, fps),
         "noise_std": (flags.cond_noise_level, noise_std),
@@ -102,13 +108,25 @@ def wrap_prompts(
     missing = [name for name, (on, value) in needed.items() if on and value is None]
     if missing:
         raise ValueError(f"this model's prompt template needs {', '.join(missing)}; give a value")
+    rates = _per_prompt(fps if flags.fps_cond else None, len(prompts), "fps")
+    levels = _per_prompt(noise_std if flags.cond_noise_level else None, len(prompts), "noise_std")
     return [
         wrap_prompt(
             prompt,
-            fps=fps if flags.fps_cond else None,
-            noise_std=noise_std if flags.cond_noise_level else None,
+            fps=rate,
+            noise_std=level,
             aspect_ratio=aspect_ratio if flags.mix_aspect else None,
             chat_template=chat_template,
         )
-        for prompt in prompts
+        for prompt, rate, level in zip(prompts, rates, levels, strict=True)
     ]
+
+
+def _per_prompt(value: Any, count: int, name: str) -> list:
+    """One value per prompt from a single value (or None) or a sequence of `count` values."""
+    if value is None or isinstance(value, (int, float)):
+        return [value] * count
+    values = list(value)
+    if len(values) != count:
+        raise ValueError(f"{len(values)} {name} values for {count} prompts; give one, or one per prompt")
+    return values
