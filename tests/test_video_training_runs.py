@@ -131,3 +131,25 @@ def test_ddp_and_fsdp_match_one_process_for_a_video_model(clips, tmp_path):
         assert sorted(got) == sorted(reference)
         for key in reference:  # Adam carries the rounding into the weights at ~1e-7
             assert np.allclose(got[key], reference[key], atol=2e-5, rtol=0), (mode, key)
+
+
+def test_the_moving_digits_run_file_has_the_7b_video_options_and_trains(clips, tmp_path):
+    """The demo's recipe (examples/moving_digits_run.yaml): the 7B's video options, a few MB of
+    weights, and two steps of it in the MLX trainer on the tiny clip folder."""
+    from starflow_mlx.model import StarFlow
+    from starflow_mlx.training import train
+
+    run_file = REPO / "examples" / "moving_digits_run.yaml"
+    run = load_run_config(run_file)
+    model = run.model
+    assert (model.temporal_causal, model.shallow_block_local, model.learnable_self_denoiser) == (
+        2,
+        True,
+        True,
+    )
+    assert model.conditional_denoiser and model.label_conditioned and model.txt_dim > 0  # labels as text
+    assert model.img_size == 16 and run.train.num_frames >= 8 and run.train.drop_image > 0
+    assert 1e6 < StarFlow(model).num_parameters() < 3e6  # a few MB in float16
+    settings = ["train.num_frames=3", "train.steps=2", "train.batch_size=4", "train.warmup_steps=1"]
+    result = train(load_run_config(run_file, [f"train.data={clips}", f"train.out_dir={tmp_path}", *settings]))
+    assert len(result.losses) == 2 and all(np.isfinite(result.losses))
