@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.training import overrides, read_log
+from PIL import Image
 from safetensors.numpy import load_file
 
 from starflow_core.digits import load_digits_split
@@ -81,7 +82,7 @@ def test_video_runs_train_the_denoiser_and_resume_exactly(twin, clips, tmp_path)
         from starflow_torch.training import train
 
         torch.set_num_threads(1)
-    args = dict(grad_accum=2)
+    args = dict(grad_accum=2, sample_every=4, sample_count=2)  # a grid of video samples at the end
     straight = train(load_run_config(None, run_args(clips, tmp_path / "straight", **args)))
     first = train(load_run_config(None, run_args(clips, tmp_path / "split", **args)), stop_at_step=2)
     second = train(
@@ -94,6 +95,8 @@ def test_video_runs_train_the_denoiser_and_resume_exactly(twin, clips, tmp_path)
     log = read_log(tmp_path / "straight")
     assert all(r["denoiser_loss"] > 0 and r["denoiser_grad_norm"] > 0 for r in log)
     assert moved(straight.checkpoint, DENOISER)  # the denoiser's loss reached its weights
+    grid = np.asarray(Image.open(tmp_path / "straight" / "samples" / "step_00000004.png"))
+    assert grid.shape[:2] == (10 * 10 - 2, 3 * 10 - 2)  # a row of 3 frames per digit, 2 px gaps
 
 
 def torchrun(args: list[str], nproc: int, timeout: float = 180) -> None:
@@ -151,5 +154,8 @@ def test_the_moving_digits_run_file_has_the_7b_video_options_and_trains(clips, t
     assert model.img_size == 16 and run.train.num_frames >= 8 and run.train.drop_image > 0
     assert 1e6 < StarFlow(model).num_parameters() < 3e6  # a few MB in float16
     settings = ["train.num_frames=3", "train.steps=2", "train.batch_size=4", "train.warmup_steps=1"]
+    settings += ["train.sample_every=2", "train.sample_count=2"]
     result = train(load_run_config(run_file, [f"train.data={clips}", f"train.out_dir={tmp_path}", *settings]))
     assert len(result.losses) == 2 and all(np.isfinite(result.losses))
+    grid = np.asarray(Image.open(tmp_path / "samples" / "step_00000002.png"))
+    assert grid.shape[:2] == (10 * 18 - 2, 3 * 18 - 2)  # a row of 3 frames per digit, 2 px gaps
