@@ -25,7 +25,7 @@ from mlx.utils import tree_flatten
 
 from starflow_core.config import FlowConfig
 from starflow_core.training.config import TrainConfig
-from starflow_core.training.video_objective import EXTEND_PREFIX, drops_first_frame
+from starflow_core.training.video_objective import EXTEND_PREFIX, drops_first_frame, loss_weight
 from starflow_mlx.model import StarFlow as MlxStarFlow
 from starflow_mlx.training.inputs import InputBuilder as MlxInputBuilder
 from starflow_mlx.training.objective import FlowObjective as MlxFlowObjective
@@ -73,6 +73,7 @@ CASES = {
     "tc1-labels": BASE.replace(temporal_causal=1, txt_size=1, txt_dim=5, num_classes=4),
 }
 REGULARISER = {"tc2-denoiser": 0.0, "tc1-window-denoiser": 1e-2, "tc1-labels": 0.0}
+WEIGHT = {"tc2-denoiser": 0.5 / 0.3, "tc1-window-denoiser": 1.0, "tc1-labels": 1.0}  # cond_noise_level's
 FRAMES, HEIGHT, WIDTH = 3, 4, 6
 
 
@@ -106,11 +107,12 @@ def test_video_losses_and_gradients_match_torch(name, tmp_path):
     x, y = video_inputs(config)
     reg = REGULARISER[name]
 
-    loss, flow_loss, den_loss = TrainingObjective(torch_model, reg, config.noise_std)(
+    weight = WEIGHT[name]
+    loss, flow_loss, den_loss = TrainingObjective(torch_model, reg, config.noise_std, weight)(
         torch.from_numpy(x), torch.from_numpy(y)
     )
     (loss + den_loss).backward()
-    step = StepGradients(model, MlxFlowObjective(reg), config.noise_std)
+    step = StepGradients(model, MlxFlowObjective(reg, weight), config.noise_std)
     m_y = mx.array(y.astype(np.int32)) if config.label_conditioned else mx.array(y)
     m_loss, m_flow, m_den, grads, den_grads = step(mx.array(x.transpose(0, 1, 3, 4, 2)), m_y)
 
@@ -187,21 +189,22 @@ def test_first_frame_dropout_rate():
 
 
 class Captions:
-    """A stand-in clip dataset with captions (InputBuilder reads conditioning and text_of)."""
+    """A stand-in clip dataset with captions (InputBuilder reads conditioning, text_of, buckets)."""
 
     conditioning = "text"
+    buckets = ["16:9", "16:9"]
 
     def text_of(self, index: int) -> str:
         return f"clip {index}"
 
 
 class RecordingEncoder:
-    def __init__(self):
-        self.prompts = []
+    def __init__(self, zeros=mx.zeros):
+        self.prompts, self.zeros = [], zeros
 
     def encode(self, prompts, length):
         self.prompts.append(list(prompts))
-        return mx.zeros((len(prompts), length, 8))
+        return self.zeros((len(prompts), length, 8))
 
 
 def test_both_twins_drop_the_first_frame_after_the_noise_on_the_same_micro_steps():
@@ -232,3 +235,45 @@ def test_both_twins_drop_the_first_frame_after_the_noise_on_the_same_micro_steps
         # the noise is drawn for the whole clip, then frame 0 goes: the rest is the same noisy clip
         whole = np.array(without(batch, step).x)
         assert np.array_equal(x, whole[:, 1:] if extend else whole)
+
+
+def test_captions_get_the_official_prompt_templates_in_both_twins():
+    """fps_cond, cond_noise_level and mix_aspect as official train.py + encode_text apply them:
+    "(extend) " first, a dropped caption wrapped as the empty prompt, each clip's own rate, the
+    training noise level, the batch's aspect-ratio bucket (strings written out by hand)."""
+    flags = dict(fps_cond=True, cond_noise_level=True, mix_aspect=True, text_encoder="t5")
+    train = TrainConfig(data="clips", batch_size=2, num_frames=3, drop_image=0.5, seed=3, **flags)
+    config = BASE.replace(temporal_causal=1, noise_std=0.25)
+    clips = np.zeros((2, 3, 4, 6, 2), np.float32)
+    batch = {
+        "video": clips,
+        "slot": np.arange(2),
+        "index": np.arange(2),
+        "valid": True,
+        "fps": np.array([8, 16]),
+    }
+    encoder, torch_encoder = RecordingEncoder(), RecordingEncoder(lambda shape: torch.zeros(shape))
+    mlx_builder = MlxInputBuilder(config, train, Captions(), encoder)
+    torch_builder = InputBuilder(config, train, Captions(), torch.device("cpu"), torch_encoder)
+    torch_batch = {
+        "video": torch.zeros(2, 3, 2, 4, 6),
+        "slot": torch.arange(2),
+        "index": torch.arange(2),
+        "valid": True,
+        "fps": torch.tensor([8, 16]),
+        "text": ["clip 0", "clip 1"],
+    }
+    seen = set()
+    for step in range(16):
+        mlx_builder(batch, step)
+        torch_builder(torch_batch, step)
+        assert encoder.prompts[-1] == torch_encoder.prompts[-1]
+        seen.update(encoder.prompts[-1])
+    assert "Noise Level 250:\nA video with 8 fps:\n(extend) clip 0\n\n in a 16:9 aspect ratio.\n" in seen
+    assert "Noise Level 250:\nA video with 16 fps:\nclip 1\n\n in a 16:9 aspect ratio.\n" in seen
+    # label dropout draws differ between the twins' generators: the dropped prompt, MLX only
+    dropping = MlxInputBuilder(config, dataclasses.replace(train, drop_label=0.9), Captions(), encoder)
+    dropped = {prompt for step in range(4) if dropping(batch, step) for prompt in encoder.prompts[-1]}
+    assert "Noise Level 250:\nA video with 16 fps:\n\n\n in a 16:9 aspect ratio.\n" in dropped
+    assert loss_weight(train, 0.25) == pytest.approx(0.25 / 0.3)
+    assert loss_weight(dataclasses.replace(train, cond_noise_level=False), 0.25) == 1.0

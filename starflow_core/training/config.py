@@ -77,6 +77,10 @@ class TrainConfig:
     drop_image: float = 0.0  # official drop_image: probability a micro-batch loses its first frame
     denoiser_lr: float = 1e-4  # the learned self-denoiser's own AdamW (official: fixed 1e-4 -> 1e-6)
     denoiser_min_lr: float = 1e-6
+    # the official prompt templates of captioned training data (starflow_core.video.prompts)
+    fps_cond: bool = False  # "A video with {fps} fps:" around each caption (the clip's rate)
+    cond_noise_level: bool = False  # "Noise Level {n}:" in front, and the loss weighted by noise_std / 0.3
+    mix_aspect: bool = False  # "in a {w:h} aspect ratio." after (the batch's bucket)
 
     def __post_init__(self) -> None:
         # wrong types (steps=abc, betas=0.9, lr=.inf) are errors naming the field; numeric strings
@@ -127,6 +131,9 @@ class TrainConfig:
             fail("drop_image", "must be in [0, 1)")
         if self.drop_image > 0 and self.num_frames < 2:
             fail("drop_image", "drops the first frame of a clip: it needs train.num_frames >= 2")
+        for name in ("fps_cond", "cond_noise_level", "mix_aspect"):
+            if getattr(self, name) and not self.text_encoder:
+                fail(name, "wraps captions in the official prompt template: it needs train.text_encoder")
         if not 0 < self.denoiser_min_lr <= self.denoiser_lr:
             fail("denoiser_min_lr", f"must be in (0, denoiser_lr={self.denoiser_lr}]")
 

@@ -11,7 +11,7 @@ import numpy as np
 from starflow_core.config import FlowConfig
 from starflow_core.training.config import TrainConfig, conditioning_of
 from starflow_core.training.image_folders import check_class_count, check_latent_channels, training_data_kind
-from starflow_core.training.video_objective import check_video_run, drops_first_frame, extend_captions
+from starflow_core.training.video_objective import check_video_run, drops_first_frame, training_prompts
 
 from ..data import ImageFolderDataset, LatentShardDataset, SampleRef
 from .objective import augment, drop_mask, micro_step_keys
@@ -104,8 +104,11 @@ class InputBuilder:
             return mx.where(dropped[:, None, None], mx.broadcast_to(self.null_text, features.shape), features)
         if getattr(self.dataset, "conditioning", None) == "text" and hasattr(self.dataset, "text_of"):
             texts = [self.dataset.text_of(int(i)) for i in batch["index"]]
-            texts = extend_captions(texts) if extend else texts
-            prompts = ["" if drop else text for text, drop in zip(texts, dropped.tolist(), strict=True)]
+            fps = batch["fps"].tolist() if "fps" in batch else None
+            aspect = self.dataset.buckets[int(batch["index"][0])]
+            prompts = training_prompts(
+                texts, dropped.tolist(), extend, self.train, self.noise_std, fps, aspect
+            )
             return self.text_encoder.encode(prompts, self.config.txt_size).astype(mx.float32)
         return None
 

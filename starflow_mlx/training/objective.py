@@ -60,15 +60,16 @@ class FlowObjective:
     They differ by the latent-norm regulariser; the first is what gets differentiated.
     """
 
-    def __init__(self, latent_norm_reg: float = 0.0):
+    def __init__(self, latent_norm_reg: float = 0.0, weight: float = 1.0):
         self.latent_norm_reg = latent_norm_reg
+        self.weight = weight  # official `weights` of get_loss (noise_std / 0.3 with cond_noise_level)
 
     def __call__(self, model: StarFlow, x: mx.array, y: mx.array | None) -> tuple[mx.array, mx.array]:
         if self.latent_norm_reg == 0:
-            loss = model.loss(x, y)
+            loss = model.loss(x, y) if self.weight == 1 else self.weight * model.loss(x, y)
             return loss, mx.stop_gradient(loss)
         z, block_logdets, block_inputs = forward_by_block(model, x, y)
-        flow_loss = official_loss(z, block_logdets)
+        flow_loss = self.weight * official_loss(z, block_logdets)
         regulariser = sum(mx.mean(mx.square(tokens.astype(mx.float32))) for tokens in block_inputs)
         return flow_loss + self.latent_norm_reg * regulariser, mx.stop_gradient(flow_loss)
 

@@ -28,7 +28,12 @@ from starflow_core.training.files import reading_checkpoint
 from starflow_core.training.guards import CorruptImages, check_resume_data, non_finite_weights_error
 from starflow_core.training.run_folder import claim_run_folder
 from starflow_core.training.schedule import Progress, StopSignal
-from starflow_core.training.video_objective import DENOISER_BETAS, DENOISER_KEY, DENOISER_WEIGHT_DECAY
+from starflow_core.training.video_objective import (
+    DENOISER_BETAS,
+    DENOISER_KEY,
+    DENOISER_WEIGHT_DECAY,
+    loss_weight,
+)
 
 from ..data import ImageFolderDataset
 from ..model import StarFlow
@@ -84,7 +89,9 @@ class Trainer:
         self.inputs = InputBuilder(self.config, self.train, self.dataset, text_encoder)
 
         self.model = self._initial_model(resume_dir)
-        self.objective = FlowObjective(self.train.latent_norm_reg)
+        self.objective = FlowObjective(
+            self.train.latent_norm_reg, loss_weight(self.train, self.inputs.noise_std)
+        )
         step_gradients = StepGradients(self.model, self.objective, self.inputs.noise_std)
         self.loss_and_grad = step_gradients
         if not (self.config.family == "tarflow" and self.config.num_classes):

@@ -10,7 +10,7 @@ import torch
 from starflow_core.config import FlowConfig
 from starflow_core.training.config import TrainConfig, conditioning_of
 from starflow_core.training.image_folders import check_class_count, check_latent_channels, training_data_kind
-from starflow_core.training.video_objective import check_video_run, drops_first_frame, extend_captions
+from starflow_core.training.video_objective import check_video_run, drops_first_frame, training_prompts
 
 from ..data import (
     ImageFolderDataset,
@@ -82,6 +82,7 @@ class InputBuilder:
         self.config = config
         self.train = train
         self.device = device
+        self.dataset = dataset
         self.text_encoder = text_encoder
         self.noise_std = train.noise_std if train.noise_std is not None else config.noise_std
         self.null_text = getattr(dataset, "null_text", None)
@@ -105,8 +106,11 @@ class InputBuilder:
             null = self.null_text.expand_as(batch["text_features"])
             return torch.where(dropped[:, None, None], null, batch["text_features"]).to(self.device)
         if "text" in batch:
-            texts = extend_captions(batch["text"]) if extend else batch["text"]
-            prompts = ["" if drop else text for text, drop in zip(texts, dropped.tolist(), strict=True)]
+            fps = batch["fps"].tolist() if "fps" in batch else None
+            aspect = self.dataset.buckets[int(batch["index"][0])]
+            prompts = training_prompts(
+                batch["text"], dropped.tolist(), extend, self.train, self.noise_std, fps, aspect
+            )
             with torch.no_grad():
                 return self.text_encoder.encode(prompts, self.config.txt_size).float().to(self.device)
         return None

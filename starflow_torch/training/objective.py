@@ -65,17 +65,18 @@ class FlowObjective(nn.Module):
     differ by the latent-norm regulariser.
     """
 
-    def __init__(self, model: StarFlow, latent_norm_reg: float = 0.0):
+    def __init__(self, model: StarFlow, latent_norm_reg: float = 0.0, weight: float = 1.0):
         super().__init__()
         self.model = model
         self.latent_norm_reg = latent_norm_reg
+        self.weight = weight  # official `weights` of get_loss (noise_std / 0.3 with cond_noise_level)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.latent_norm_reg == 0:
-            loss = self.model.loss(x, y)
+            loss = self.model.loss(x, y) if self.weight == 1 else self.weight * self.model.loss(x, y)
             return loss, loss.detach()
         z, block_logdets, block_inputs = forward_by_block(self.model, x, y)
-        flow_loss = official_loss(z, block_logdets)
+        flow_loss = self.weight * official_loss(z, block_logdets)
         regulariser = torch.stack([tokens.float().square().mean() for tokens in block_inputs]).sum()
         return flow_loss + self.latent_norm_reg * regulariser, flow_loss.detach()
 
@@ -91,8 +92,10 @@ class TrainingObjective(FlowObjective):
     denoiser the denoiser loss is 0.
     """
 
-    def __init__(self, model: StarFlow, latent_norm_reg: float = 0.0, noise_std: float = 0.0):
-        super().__init__(model, latent_norm_reg)
+    def __init__(
+        self, model: StarFlow, latent_norm_reg: float = 0.0, noise_std: float = 0.0, weight: float = 1.0
+    ):
+        super().__init__(model, latent_norm_reg, weight)
         self.noise_std = noise_std
 
     def forward(

@@ -33,6 +33,7 @@ from starflow_core.training.video_objective import (
     DENOISER_BETAS,
     DENOISER_WEIGHT_DECAY,
     is_denoiser_parameter,
+    loss_weight,
 )
 
 from ..data import ImageFolderDataset
@@ -103,7 +104,8 @@ class Trainer:
         model = self._initial_model(resume_dir)
         if self.train.gradient_checkpointing:
             parallel.enable_gradient_checkpointing(model)
-        objective = TrainingObjective(model, self.train.latent_norm_reg, self.inputs.noise_std)
+        weight = loss_weight(self.train, self.inputs.noise_std)
+        objective = TrainingObjective(model, self.train.latent_norm_reg, self.inputs.noise_std, weight)
         self.objective = parallel.wrap(objective, self.train.parallel, info, self.train.bf16)
         self.optimizer = torch.optim.AdamW(
             self.flow_parameters(),
