@@ -273,7 +273,18 @@ def test_captions_get_the_official_prompt_templates_in_both_twins():
     assert "Noise Level 250:\nA video with 16 fps:\nclip 1\n\n in a 16:9 aspect ratio.\n" in seen
     # label dropout draws differ between the twins' generators: the dropped prompt, MLX only
     dropping = MlxInputBuilder(config, dataclasses.replace(train, drop_label=0.9), Captions(), encoder)
-    dropped = {prompt for step in range(4) if dropping(batch, step) for prompt in encoder.prompts[-1]}
-    assert "Noise Level 250:\nA video with 16 fps:\n\n\n in a 16:9 aspect ratio.\n" in dropped
+    dropped_in_extend_steps = 0
+    for step in range(16):
+        dropping(batch, step)
+        extend = drops_first_frame(3, step, 0.5)
+        for prompt in encoder.prompts[-1]:
+            if "fps:\n\n\n" in prompt:  # a dropped caption is the wrapped empty prompt, prefix and all
+                assert prompt == "Noise Level 250:\nA video with 16 fps:\n\n\n in a 16:9 aspect ratio.\n" or (
+                    prompt == "Noise Level 250:\nA video with 8 fps:\n\n\n in a 16:9 aspect ratio.\n"
+                )
+                dropped_in_extend_steps += extend
+            else:
+                assert ("(extend) clip" in prompt) == extend
+    assert dropped_in_extend_steps > 0
     assert loss_weight(train, 0.25) == pytest.approx(0.25 / 0.3)
     assert loss_weight(dataclasses.replace(train, cond_noise_level=False), 0.25) == 1.0
