@@ -189,10 +189,9 @@ def test_first_frame_dropout_rate():
 
 
 class Captions:
-    """A stand-in clip dataset with captions (InputBuilder reads conditioning, text_of, buckets)."""
+    """A stand-in clip dataset with captions (InputBuilder reads conditioning and text_of)."""
 
     conditioning = "text"
-    buckets = ["16:9", "16:9"]
 
     def text_of(self, index: int) -> str:
         return f"clip {index}"
@@ -240,7 +239,7 @@ def test_both_twins_drop_the_first_frame_after_the_noise_on_the_same_micro_steps
 def test_captions_get_the_official_prompt_templates_in_both_twins():
     """fps_cond, cond_noise_level and mix_aspect as official train.py + encode_text apply them:
     "(extend) " first, a dropped caption wrapped as the empty prompt, each clip's own rate, the
-    training noise level, the batch's aspect-ratio bucket (strings written out by hand)."""
+    training noise level, the bucket of the batch's 6x4 frames, 3:2 (strings written out by hand)."""
     flags = dict(fps_cond=True, cond_noise_level=True, mix_aspect=True, text_encoder="t5")
     train = TrainConfig(data="clips", batch_size=2, num_frames=3, drop_image=0.5, seed=3, **flags)
     config = BASE.replace(temporal_causal=1, noise_std=0.25)
@@ -269,8 +268,8 @@ def test_captions_get_the_official_prompt_templates_in_both_twins():
         torch_builder(torch_batch, step)
         assert encoder.prompts[-1] == torch_encoder.prompts[-1]
         seen.update(encoder.prompts[-1])
-    assert "Noise Level 250:\nA video with 8 fps:\n(extend) clip 0\n\n in a 16:9 aspect ratio.\n" in seen
-    assert "Noise Level 250:\nA video with 16 fps:\nclip 1\n\n in a 16:9 aspect ratio.\n" in seen
+    assert "Noise Level 250:\nA video with 8 fps:\n(extend) clip 0\n\n in a 3:2 aspect ratio.\n" in seen
+    assert "Noise Level 250:\nA video with 16 fps:\nclip 1\n\n in a 3:2 aspect ratio.\n" in seen
     # label dropout draws differ between the twins' generators: the dropped prompt, MLX only
     dropping = MlxInputBuilder(config, dataclasses.replace(train, drop_label=0.9), Captions(), encoder)
     dropped_in_extend_steps = 0
@@ -279,8 +278,8 @@ def test_captions_get_the_official_prompt_templates_in_both_twins():
         extend = drops_first_frame(3, step, 0.5)
         for prompt in encoder.prompts[-1]:
             if "fps:\n\n\n" in prompt:  # a dropped caption is the wrapped empty prompt, prefix and all
-                assert prompt == "Noise Level 250:\nA video with 16 fps:\n\n\n in a 16:9 aspect ratio.\n" or (
-                    prompt == "Noise Level 250:\nA video with 8 fps:\n\n\n in a 16:9 aspect ratio.\n"
+                assert prompt == "Noise Level 250:\nA video with 16 fps:\n\n\n in a 3:2 aspect ratio.\n" or (
+                    prompt == "Noise Level 250:\nA video with 8 fps:\n\n\n in a 3:2 aspect ratio.\n"
                 )
                 dropped_in_extend_steps += extend
             else:

@@ -10,7 +10,12 @@ import numpy as np
 
 from starflow_core.config import FlowConfig
 from starflow_core.training.config import TrainConfig, conditioning_of
-from starflow_core.training.image_folders import check_class_count, check_latent_channels, training_data_kind
+from starflow_core.training.image_folders import (
+    check_class_count,
+    check_latent_channels,
+    nearest_bucket,
+    training_data_kind,
+)
 from starflow_core.training.video_objective import check_video_run, drops_first_frame, training_prompts
 
 from ..data import ImageFolderDataset, LatentShardDataset, SampleRef
@@ -105,7 +110,8 @@ class InputBuilder:
         if getattr(self.dataset, "conditioning", None) == "text" and hasattr(self.dataset, "text_of"):
             texts = [self.dataset.text_of(int(i)) for i in batch["index"]]
             fps = batch["fps"].tolist() if "fps" in batch else None
-            aspect = self.dataset.buckets[int(batch["index"][0])]
+            height, width = batch["video" if "video" in batch else "image"].shape[-3:-1]
+            aspect = nearest_bucket(width, height)  # the batch's bucket (official get_batch_modes)
             prompts = training_prompts(
                 texts, dropped.tolist(), extend, self.train, self.noise_std, fps, aspect
             )

@@ -9,7 +9,12 @@ import torch
 
 from starflow_core.config import FlowConfig
 from starflow_core.training.config import TrainConfig, conditioning_of
-from starflow_core.training.image_folders import check_class_count, check_latent_channels, training_data_kind
+from starflow_core.training.image_folders import (
+    check_class_count,
+    check_latent_channels,
+    nearest_bucket,
+    training_data_kind,
+)
 from starflow_core.training.video_objective import check_video_run, drops_first_frame, training_prompts
 
 from ..data import (
@@ -107,7 +112,8 @@ class InputBuilder:
             return torch.where(dropped[:, None, None], null, batch["text_features"]).to(self.device)
         if "text" in batch:
             fps = batch["fps"].tolist() if "fps" in batch else None
-            aspect = self.dataset.buckets[int(batch["index"][0])]
+            height, width = batch["video" if "video" in batch else "image"].shape[-2:]
+            aspect = nearest_bucket(width, height)  # the batch's bucket (official get_batch_modes)
             prompts = training_prompts(
                 batch["text"], dropped.tolist(), extend, self.train, self.noise_std, fps, aspect
             )
