@@ -12,7 +12,8 @@ image-to-video does) under its label, and under the null label without guidance 
 alone says which digit). A frame classifier trained on cut frames of real moving clips
 (starflow_core.digits_video.fit_frame_classifier) reads every frame; the digit's ink centre
 gives the motion (a step is smooth when it moves <= 3 px). The GIF shows one text-to-video
-clip per digit at the default guidance, then image-to-video clips (given frame first).
+clip per digit at the default guidance (the pipeline's), then image-to-video clips (given frame
+first) under the label and under the null label.
 """
 
 from __future__ import annotations
@@ -34,6 +35,14 @@ from starflow_core.digits_video import (
 
 DEMO_FOLDER = Path(__file__).resolve().parents[1] / "starflow_core" / "assets" / "moving_digits_demo"
 DEFAULT_GUIDANCE = 1.0
+
+
+def default_guidance(folder: Path) -> float:
+    """The pipeline's default guidance (model_index.json), else DEFAULT_GUIDANCE."""
+    index = folder / "model_index.json"
+    if index.is_file():
+        return float(json.loads(index.read_text()).get("sampling", {}).get("guidance", DEFAULT_GUIDANCE))
+    return DEFAULT_GUIDANCE
 
 
 def load_model(folder: Path):
@@ -120,7 +129,7 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=20, help="text-to-video clips per digit")
     parser.add_argument("--i2v", type=int, default=100, help="image-to-video clips")
     parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--guidance", type=float, nargs="+", default=[0.0, DEFAULT_GUIDANCE])
+    parser.add_argument("--guidance", type=float, nargs="+", default=[0.0, 1.0, 2.0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("outputs/moving_digits_eval"))
     args = parser.parse_args()
@@ -129,11 +138,13 @@ def main() -> None:
     from starflow_core.video.files import write_video
 
     model = load_model(args.model)
+    guidance_default = default_guidance(args.model)
     split = load_digits_split()
     classifier = fit_frame_classifier(split)
     real = moving_digits(split.test_images, split.test_labels, 200, args.seed + 3, args.frames)
     results = {
         "model": str(args.model),
+        "default_guidance": guidance_default,
         "real_held_out_clips": {
             "frames_read_as_label": float(
                 np.mean(classify_frames(classifier, real.clips) == real.labels[:, None])
@@ -144,12 +155,12 @@ def main() -> None:
         "image_to_video": [],
     }
     shown = {}
-    for guidance in tqdm(args.guidance, "text-to-video"):
+    for guidance in tqdm(sorted(set(args.guidance) | {guidance_default}), "text-to-video"):
         clips, measures = text_to_video(model, classifier, args.per_class, args.frames, guidance, args.seed)
         results["text_to_video"].append(measures)
         shown[guidance] = clips[:: args.per_class]
         print(json.dumps(measures))
-    for labelled, guidance in tqdm([(True, DEFAULT_GUIDANCE), (False, 0.0)], "image-to-video"):
+    for labelled, guidance in tqdm([(True, guidance_default), (False, 0.0)], "image-to-video"):
         clips, measures = image_to_video(
             model, classifier, split, args.i2v, args.frames, guidance, labelled, args.seed
         )
@@ -158,7 +169,7 @@ def main() -> None:
         print(json.dumps(measures))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.json").write_text(json.dumps(results, indent=2) + "\n")
-    rows = [shown[max(args.guidance)], shown[("i2v", True)], shown[("i2v", False)]]
+    rows = [shown[guidance_default], shown[("i2v", True)], shown[("i2v", False)]]
     write_video(Path(f"{args.out}.gif"), animation(rows), 4.0, overwrite=True)
     print(f"wrote {args.out}.json and {args.out}.gif")
 
