@@ -12,11 +12,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from helpers.training import TARFLOW_TINY, make_class_folder, overrides
+from helpers.waiting import HANG_GUARD_S, wait_for
 
 from starflow_core.command_line import COMMANDS, command_name
 from starflow_core.generation import cli as generate_cli
@@ -47,7 +47,7 @@ def probe(calls: list[tuple[str, list[str]]]) -> list[dict]:
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_GUARD_S,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     return json.loads(completed.stdout.splitlines()[-1])
@@ -193,11 +193,9 @@ def test_ctrl_c_in_mlx_training_saves_and_exits_130(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 120
-    while not (run_dir / "log.jsonl").is_file() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.2)
+    wait_for(lambda: (run_dir / "log.jsonl").is_file(), process, "the first logged step")
     process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=120)
+    stdout, stderr = process.communicate(timeout=HANG_GUARD_S)
     assert process.returncode == 130, stderr[-2000:]
     assert "stopped at step" in stdout and (run_dir / "checkpoints" / "latest").is_file()
     last = [line for line in stderr.splitlines() if line.strip()][-1]
