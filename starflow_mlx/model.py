@@ -220,7 +220,8 @@ class StarFlow(nn.Module):
         txt_len = text.shape[1] if (text is not None and block.has_text) else 0
         if self.config.block_is_frame_local(index) and frames > 1:
             B, L, C = tokens.shape
-            local, logdet = block(tokens.reshape(B * frames, L // frames, C), None, self.rope(index, h, w, 0))
+            rope = self.rope(index, h, w, 0)
+            local, logdet = block(tokens.reshape(B * frames, L // frames, C), None, rope, None, recompute)
             return local.reshape(B, L, C), logdet.reshape(B, frames).sum(axis=1)
         rope = self.rope(index, h, w, txt_len, frames)
         return block(tokens, text if block.has_text else None, rope, labels, recompute, frames)

@@ -209,7 +209,7 @@ class StarFlow(nn.Module):
         if self.config.block_is_frame_local(index) and frames > 1:
             B, L, C = tokens.shape
             rope = self.rope(index, h, w, 0, tokens.device)
-            local, logdet = block(tokens.reshape(B * frames, L // frames, C), None, rope)
+            local, logdet = block(tokens.reshape(B * frames, L // frames, C), None, rope, None, recompute)
             return local.reshape(B, L, C), logdet.reshape(B, frames).sum(dim=1)
         rope = self.rope(index, h, w, txt_len, tokens.device, frames)
         return block(tokens, text if block.has_text else None, rope, labels, recompute, frames)
