@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.training import overrides, read_log
+from helpers.waiting import HANG_GUARD_S
 from PIL import Image
 from safetensors.numpy import load_file
 
@@ -99,7 +100,7 @@ def test_video_runs_train_the_denoiser_and_resume_exactly(twin, clips, tmp_path)
     assert grid.shape[:2] == (10 * 10 - 2, 3 * 10 - 2)  # a row of 3 frames per digit, 2 px gaps
 
 
-def torchrun(args: list[str], nproc: int, timeout: float = 180) -> None:
+def torchrun(args: list[str], nproc: int, timeout: float = HANG_GUARD_S) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     result = subprocess.run(
@@ -117,12 +118,13 @@ def test_ddp_and_fsdp_match_one_process_for_a_video_model(clips, tmp_path):
     from starflow_torch.training import train
 
     torch.set_num_threads(1)
-    train(load_run_config(None, run_args(clips, tmp_path / "one", steps=3)))
+    # two accumulation micro-steps: gradients are exchanged on the last one only
+    train(load_run_config(None, run_args(clips, tmp_path / "one", steps=3, grad_accum=2)))
     reference = load_file(str(tmp_path / "one/checkpoints/step_00000003/model.safetensors"))
     reference_log = read_log(tmp_path / "one")
     for mode in ("ddp", "fsdp"):
         out = tmp_path / mode
-        torchrun(run_args(clips, out, steps=3, parallel=mode), nproc=2)
+        torchrun(run_args(clips, out, steps=3, grad_accum=2, parallel=mode), nproc=2)
         log = read_log(out)
         assert [r["step"] for r in log] == [1, 2, 3]
         # two half-batch means averaged vs one whole-batch mean: float32 rounding (as for images,
