@@ -56,7 +56,7 @@ def sample_block(
                                            jacobi, progress)  # fmt: skip
             outputs.append(out.reshape(B, count, frame, C))
             iterations += part_iterations
-        _record(stats, iterations if jacobi else None, frame)
+        _record(stats, iterations if jacobi else None, frame * len(outputs))  # one evaluation per group step
         return mx.concatenate(outputs, axis=1).reshape(B, L, C)
     txt_len = cond.text.shape[1] if (block.has_text and cond.text is not None) else 0
     windows = None

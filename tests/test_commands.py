@@ -37,6 +37,8 @@ SHOWN_DEFAULTS = {
     "convert": [],
     "info": [],
     "score": [],
+    "sample_eval": ["(default: 50000)", "(default: 1000)"],
+    "eval": ["(default: 3)"],
 }
 
 
@@ -81,11 +83,44 @@ def user_errors(twin: str, tmp: Path) -> list[tuple[str, list[str], str]]:
         ],
         (f"starflow_{twin}.convert", ["flow", f"{missing}.pth", "-o", str(tmp / "c")], "no checkpoint"),
         (f"starflow_{twin}.memory_report", ["--work-dir", str(tmp / "w"), "--json"], "expected one argument"),
+        (
+            f"starflow_{twin}.sample_eval",
+            ["-n", "0", "-o", str(tmp / "s")],
+            "argument -n/--num-samples: must be >= 1",
+        ),
+        (
+            f"starflow_{twin}.sample_eval",
+            ["--prompt-file", missing, "-n", "2", "-o", str(tmp / "s")],
+            "this is a class model: samples are class-balanced; drop --prompt-file",
+        ),
+        (f"starflow_{twin}.eval", [missing], f"no such file or folder: {missing}"),
+        (
+            f"starflow_{twin}.eval",
+            [str(images_npz(tmp)), "--features", "digits", "--reference", f"{missing}.npz"],
+            f"no such file or folder: {missing}.npz",
+        ),
     ] + (
-        [("starflow_torch.memory_report", ["--device", "bogus"], "unknown --device 'bogus'")]
+        [
+            ("starflow_torch.memory_report", ["--device", "bogus"], "unknown --device 'bogus'"),
+            (
+                "starflow_torch.eval",
+                [str(images_npz(tmp)), "--weights", f"{missing}.pth"],
+                f"no Inception weights at {missing}.pth (expected weights-inception-2015-12-05-6726825d.pth from https://",
+            ),
+        ]
         if twin == "torch"
-        else []
+        else [("starflow_mlx.eval", [str(images_npz(tmp)), "--features", "inception"], "is a torch network")]
     )
+
+
+def images_npz(tmp: Path) -> Path:
+    """A tiny image set as ADM's evaluation suite stores one (arr_0: N, H, W, 3 uint8)."""
+    path = tmp / "images.npz"
+    if not path.is_file():
+        import numpy as np
+
+        np.savez(path, arr_0=np.zeros((4, 8, 8, 3), np.uint8))
+    return path
 
 
 @pytest.fixture(scope="module", params=["mlx", "torch"])

@@ -14,7 +14,6 @@ the Hub snapshots of an official release); both twins load from it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 from pathlib import Path
@@ -22,8 +21,9 @@ from typing import Any
 
 from starflow_core.config import FlowConfig
 from starflow_core.generation.settings import GenerationSettings
-from starflow_core.io import atomic_write_json
+from starflow_core.io import atomic_write_json, read_safetensors_header
 from starflow_core.staging import check_output_apart, staged_folder
+from starflow_core.validation import field, read_json, read_json_object, read_vae_config
 from starflow_core.version import package_version
 
 MODEL_INDEX = "model_index.json"
@@ -67,7 +67,7 @@ class PipelineParts:
         """Pixels per latent pixel: 2^(len(block_out_channels) - 1) of the VAE, 1 without one."""
         if self.vae is None:
             return 1
-        config = json.loads((self.vae / "config.json").read_text())
+        config = read_vae_config(self.vae / "config.json")
         return 2 ** (len(config.get("block_out_channels", (128, 256, 512, 512))) - 1)
 
     @property
@@ -75,7 +75,7 @@ class PipelineParts:
         """Channels of the images: the VAE's input channels, or the flow's for pixel models."""
         if self.vae is None:
             return self.flow_config.in_channels
-        return int(json.loads((self.vae / "config.json").read_text()).get("in_channels", 3))
+        return read_vae_config(self.vae / "config.json").get("in_channels", 3)
 
     def with_decoder(self, decoder: str | Path | None) -> PipelineParts:
         if decoder is None:
@@ -111,7 +111,7 @@ class PipelineParts:
                 "but the pipeline has no vae/"
             )
         if self.vae is not None:
-            latent = json.loads((self.vae / "config.json").read_text()).get("latent_channels", 4)
+            latent = read_vae_config(self.vae / "config.json").get("latent_channels", 4)
             if latent != config.in_channels:
                 raise ValueError(
                     f"{self.name}: the VAE has {latent} latent channels, "
@@ -153,27 +153,30 @@ def read_pipeline_folder(folder: str | Path) -> PipelineParts:
             f"{folder} is neither a pipeline folder ({MODEL_INDEX}) nor a flow folder "
             f"({FLOW_CONFIG} + {FLOW_WEIGHTS}); build one with starflow-convert"
         )
-    try:
-        index = json.loads(index_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{index_path} is not valid JSON: {err}") from err
+    fix = "fix it, or build the folder again with starflow-convert pipeline"
+    index = read_json_object(index_path, fix)
     unknown = sorted(set(index) - _INDEX_KEYS - set(COMPONENT_CLASSES))
     if unknown:
         raise ValueError(f"{index_path}: unknown keys {unknown}")
     transformer = _component(index, folder, "transformer")
     if transformer is None:
         raise ValueError(f"{index_path} names no transformer")
-    labels = index.get("labels")
+    source = str(index_path)
+    labels = field(index, "labels", "strings", source, fix, default=None, nullable=True)
     parts = PipelineParts(
-        name=index.get("name") or folder.name,
+        name=field(index, "name", "string", source, fix, default=None, nullable=True) or folder.name,
         transformer=transformer,
         vae=_component(index, folder, "vae"),
         text_encoder=_component(index, folder, "text_encoder"),
         tokenizer=_component(index, folder, "tokenizer"),
         decoder=_component(index, folder, "decoder"),
-        sampling=GenerationSettings.from_dict(index.get("sampling") or {}),
+        sampling=GenerationSettings.from_dict(
+            field(index, "sampling", "object", source, fix, default=None, nullable=True) or {}
+        ),
         labels=tuple(labels) if labels else None,
-        default_prompts=tuple(index.get("default_prompts") or ()),
+        default_prompts=tuple(
+            field(index, "default_prompts", "strings", source, fix, default=[], nullable=True) or ()
+        ),
         source=str(folder.resolve()),
     )
     parts.check()
@@ -222,6 +225,20 @@ def _component_files(name: str, folder: Path) -> list[Path]:
     return files
 
 
+def check_part_files(parts: PipelineParts) -> None:
+    """Every file a pipeline folder would get is what it claims to be: safetensors headers that
+    fit their files, JSON that parses (headers only: cheap for gigabytes of weights)."""
+    for name in COMPONENT_CLASSES:
+        source = getattr(parts, name)
+        if source is None or not Path(source).is_dir():
+            continue
+        for file in _component_files(name, Path(source)):
+            if file.suffix == ".safetensors":
+                read_safetensors_header(file)
+            elif file.suffix == ".json":
+                read_json(file, f"fix it, or convert the {name} again")
+
+
 def write_pipeline_folder(parts: PipelineParts, out: str | Path, overwrite: bool = False) -> list[Path]:
     """Assemble `parts` into a pipeline folder at `out` (files hard-linked or copied); returns the
     files written. Refuses an existing `out` unless overwrite, and an `out` that is or holds one of
@@ -229,6 +246,7 @@ def write_pipeline_folder(parts: PipelineParts, out: str | Path, overwrite: bool
     out = Path(out)
     parts.check()
     check_output_apart(out, [getattr(parts, name) for name in COMPONENT_CLASSES])
+    check_part_files(parts)
     with staged_folder(out, overwrite=overwrite) as staging:
         return fill_pipeline_folder(parts, staging, out)
 

@@ -14,15 +14,14 @@ Unknown keys are an error in both sections.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from starflow_core.config import FlowConfig
-from starflow_core.extras import require
 from starflow_core.field_types import check_field_types
 from starflow_core.presets import preset
+from starflow_core.validation import field, load_yaml, parse_json, read_text
 
 NOISE_TYPES = ("gaussian", "uniform")
 
@@ -31,6 +30,9 @@ PARALLEL_MODES = ("ddp", "fsdp")
 
 
 DATA_FORMATS = ("auto", "images", "latents")
+
+
+EVAL_FEATURES = ("digits", "inception")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +83,15 @@ class TrainConfig:
     fps_cond: bool = False  # "A video with {fps} fps:" around each caption (the clip's rate)
     cond_noise_level: bool = False  # "Noise Level {n}:" in front, and the loss weighted by noise_std / 0.3
     mix_aspect: bool = False  # "in a {w:h} aspect ratio." after (the batch's bucket)
+    # held-out evaluation every eval_every steps (0: never): exact bits/dim on eval_data (a
+    # folder like `data`), and FID against eval_reference statistics (an .npz with mu, sigma
+    # made by starflow-eval --save-statistics with the same eval_features) from eval_samples samples
+    eval_every: int = 0
+    eval_data: str | None = None
+    eval_batches: int = 0  # 0: one pass over eval_data
+    eval_reference: str | None = None
+    eval_features: str = "digits"  # digits (8x8 stand-in) or inception (torch twin)
+    eval_samples: int = 500
 
     def __post_init__(self) -> None:
         # wrong types (steps=abc, betas=0.9, lr=.inf) are errors naming the field; numeric strings
@@ -136,6 +147,18 @@ class TrainConfig:
                 fail(name, "wraps captions in the official prompt template: it needs train.text_encoder")
         if not 0 < self.denoiser_min_lr <= self.denoiser_lr:
             fail("denoiser_min_lr", f"must be in (0, denoiser_lr={self.denoiser_lr}]")
+        self._validate_evaluation(fail)
+
+    def _validate_evaluation(self, fail) -> None:
+        for name in ("eval_every", "eval_batches", "eval_samples"):
+            if getattr(self, name) < 0:
+                fail(name, "must be >= 0")
+        if self.eval_features not in EVAL_FEATURES:
+            fail("eval_features", f"must be one of {EVAL_FEATURES}")
+        if self.eval_every and not (self.eval_data or self.eval_reference):
+            fail("eval_every", "set train.eval_data (held-out images or shards) and/or train.eval_reference")
+        if self.eval_reference and not self.eval_samples:
+            fail("eval_samples", "must be >= 2 to compute a FID against train.eval_reference")
 
     @property
     def micro_batch_size(self) -> int:
@@ -186,43 +209,42 @@ def read_run_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no run config at {path}")
-    text = path.read_text()
+    text = read_text(path, "the run file")
+    fix = "a run file is a mapping with 'model' and 'train' sections (docs/training.md)"
     if path.suffix == ".json":
-        try:
-            document = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from err
-        return check_run_document(path, document)
-    yaml = require("yaml", f"reading the YAML run file {path}")
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path} is not valid YAML: {err}") from err
-    return check_run_document(path, document)
+        return check_run_document(path, parse_json(text, str(path), fix))
+    return check_run_document(path, load_yaml(text, str(path), fix))
 
 
 def check_run_document(path: Path, document: Any) -> dict[str, Any]:
     """A parsed run file: a mapping with only `model` and `train` sections."""
     if not isinstance(document, dict):
         raise ValueError(f"{path}: expected a mapping with 'model' and 'train' sections")
-    unknown = sorted(set(document) - {"model", "train"})
+    unknown = sorted(set(document) - {"model", "train"}, key=str)
     if unknown:
         raise ValueError(f"{path}: unknown top-level keys {unknown}; expected 'model' and 'train'")
+    fix = "the train section maps setting names to values (docs/training.md)"
+    field(document, "train", "object", str(path), fix, default=None, nullable=True)
     return document
 
 
 def apply_overrides(document: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply `section.key=value` strings (values parsed as YAML: 1e-4, true, [1, 2])."""
     out = {"model": document.get("model", {}), "train": dict(document.get("train") or {})}
-    yaml = require("yaml", "reading --set values") if overrides else None
     for item in overrides:
         key, sep, raw = item.partition("=")
         section, dot, field = key.strip().partition(".")
         if not sep or not dot or section not in ("model", "train") or not field:
             raise ValueError(f"override {item!r} must look like train.lr=1e-4 or model.channels=64")
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = (
+            load_yaml(raw, f"--set {item}", "quote the value, or write it as YAML") if raw.strip() else None
+        )
         if section == "model":
             model = out["model"]
+            if not isinstance(model, str | Mapping):
+                raise ValueError(
+                    f"the model section must be a preset name or a mapping, got {type(model).__name__}"
+                )
             model = {"preset": model} if isinstance(model, str) else dict(model)
             model[field] = value
             out["model"] = model
