@@ -33,7 +33,6 @@ from starflow_core.digits_video import (
     to_uint8_frames,
 )
 
-DEMO_FOLDER = Path(__file__).resolve().parents[1] / "starflow_core" / "assets" / "moving_digits_demo"
 DEFAULT_GUIDANCE = 1.0
 
 
@@ -125,7 +124,7 @@ def animation(rows: list[np.ndarray]) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=DEMO_FOLDER, help="pipeline or checkpoint folder")
+    parser.add_argument("--model", type=Path, required=True, help="pipeline or checkpoint folder (a run's checkpoints/latest/ema)")
     parser.add_argument("--per-class", type=int, default=20, help="text-to-video clips per digit")
     parser.add_argument("--i2v", type=int, default=100, help="image-to-video clips")
     parser.add_argument("--frames", type=int, default=8)
