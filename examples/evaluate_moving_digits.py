@@ -124,7 +124,12 @@ def animation(rows: list[np.ndarray]) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True, help="pipeline or checkpoint folder (a run's checkpoints/latest/ema)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        required=True,
+        help="pipeline or checkpoint folder (a run's checkpoints/latest/ema)",
+    )
     parser.add_argument("--per-class", type=int, default=20, help="text-to-video clips per digit")
     parser.add_argument("--i2v", type=int, default=100, help="image-to-video clips")
     parser.add_argument("--frames", type=int, default=8)
