@@ -16,6 +16,7 @@ from .blas import blas_status, use_system_blas
 # name -> module that defines it; imported on first attribute access (PEP 562)
 _LAZY = {
     "AutoencoderKL": ".vae",
+    "AutoencoderKLWan": ".wan_vae",
     "FlowConfig": "starflow_core.config",
     "SamplingStats": ".sampling",
     "StarFlow": ".model",
@@ -34,6 +35,7 @@ def __getattr__(name: str):
 
 __all__ = [  # the class names resolve lazily through __getattr__
     "AutoencoderKL",
+    "AutoencoderKLWan",
     "FlowConfig",
     "SamplingStats",
     "StarFlow",

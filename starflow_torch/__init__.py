@@ -11,7 +11,12 @@ from .sampling import SamplingStats
 
 # The VAE, text encoder and pipeline wrap diffusers / transformers, which take seconds to import:
 # load them on first use so `import starflow_torch` stays fast for training and sampling.
-_LAZY = {"AutoencoderKL": ".vae", "TextEncoder": ".text", "StarFlowPipeline": ".pipeline"}
+_LAZY = {
+    "AutoencoderKL": ".vae",
+    "AutoencoderKLWan": ".wan_vae",
+    "TextEncoder": ".text",
+    "StarFlowPipeline": ".pipeline",
+}
 
 
 def __getattr__(name: str):
@@ -22,4 +27,12 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["AutoencoderKL", "FlowConfig", "SamplingStats", "StarFlow", "StarFlowPipeline", "TextEncoder"]
+__all__ = [
+    "AutoencoderKL",
+    "AutoencoderKLWan",
+    "FlowConfig",
+    "SamplingStats",
+    "StarFlow",
+    "StarFlowPipeline",
+    "TextEncoder",
+]
