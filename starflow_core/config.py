@@ -89,6 +89,14 @@ class FlowConfig:
     norm_type: str = "layer_norm"
     use_bias: bool = True
     noise_std: float = 0.0
+    # ----- video (STARFlow-V, SPEC section 9); inputs (B, T, H, W, C) of T latent frames
+    temporal_causal: int = 0  # >= 1: flipped blocks reverse tokens within each frame, frames stay in order
+    shallow_block_local: bool = False  # blocks other than the deep one see one frame at a time
+    top_block_channels: int | None = None  # width of the deep block (None: channels)
+    local_attn_window: int | None = None  # frames the deep block attends to when sampling long videos
+    learnable_self_denoiser: bool = False  # an 8-layer non-causal denoiser (`learnable_self_denoiser.*`)
+    conditional_denoiser: bool = False  # the denoiser attends to the text
+    denoiser_window: int | None = None  # frames behind each frame the denoiser sees (None: all)
     quantization: tuple[int, int] | None = None  # (bits, group_size) of quantized MLX weights
 
     def __post_init__(self) -> None:
@@ -168,10 +176,39 @@ class FlowConfig:
                     "label-conditioned starflow feeds one-hot labels through the text path: "
                     f"set txt_size=1 and txt_dim=num_classes+1={self.num_classes + 1}",
                 )
+        self._validate_video(fail)
         if self.quantization is not None:
             bits, group = self.quantization
             if bits not in (4, 8) or group not in (32, 64, 128):
                 fail("quantization", "must be (bits in {4, 8}, group_size in {32, 64, 128})")
+
+    def _validate_video(self, fail) -> None:
+        """The official Model's asserts on the video options, as errors naming the field."""
+        if self.temporal_causal not in (0, 1, 2):
+            fail("temporal_causal", "must be 0, 1 or 2")
+        if self.temporal_causal and self.seq_order != "L2R":
+            fail("temporal_causal", "needs seq_order='L2R' (every block causal in time)")
+        if self.shallow_block_local and not self.cond_top_only:
+            fail("shallow_block_local", "needs cond_top_only (frame-local blocks see no text)")
+        if self.local_attn_window is not None:
+            if self.local_attn_window < 1:
+                fail("local_attn_window", "must be a positive number of frames, or None")
+            if not self.shallow_block_local:
+                fail("local_attn_window", "needs shallow_block_local (only the deep block spans frames)")
+        if self.top_block_channels is not None and self.top_block_channels <= 0:
+            fail("top_block_channels", "must be a positive width, or None for channels")
+        if (
+            self.top_block_channels is not None
+            and not self.num_heads
+            and self.top_block_channels < self.head_dim
+        ):
+            fail("top_block_channels", f"gives the deep block no attention head of head_dim={self.head_dim}")
+        if self.denoiser_window is not None and self.denoiser_window < 0:
+            fail("denoiser_window", "must be >= 0 frames, or None")
+        if self.conditional_denoiser and not (self.learnable_self_denoiser and self.txt_dim > 0):
+            fail("conditional_denoiser", "needs learnable_self_denoiser and a text-conditioned model")
+        if self.family == "tarflow" and (self.temporal_causal or self.learnable_self_denoiser):
+            fail("family", "tarflow models have no video options")
 
     def _validate_heads(self, fail) -> None:
         """Head counts and RoPE widths: refuse exactly what the official model cannot run."""
@@ -229,6 +266,32 @@ class FlowConfig:
     def deep_block(self) -> int:
         return self.num_blocks - 1
 
+    def block_channels(self, index: int) -> int:
+        """Width of block `index`: top_block_channels for the deep block when given."""
+        if index == self.deep_block and self.top_block_channels:
+            return self.top_block_channels
+        return self.channels
+
+    def layer_config(self, index: int) -> FlowConfig:
+        """The configuration the transformer layers of block `index` are built from: this one,
+        or for a wider deep block its width, with channels // head_dim heads unless num_heads
+        is set (the official Model keeps an explicit num_heads)."""
+        width = self.block_channels(index)
+        if width == self.channels:
+            return self
+        return self.replace(
+            channels=width, num_heads=self.num_heads or width // self.head_dim, top_block_channels=None
+        )
+
+    def block_is_frame_local(self, index: int) -> bool:
+        """Whether block `index` models each video frame on its own (shallow_block_local)."""
+        return self.shallow_block_local and index != self.deep_block
+
+    def flip_groups(self, frames: int) -> int:
+        """A flipped block reverses its tokens within this many equal groups: each frame with
+        temporal_causal (frames stay in order), else the whole sequence."""
+        return frames if self.temporal_causal else 1
+
     def block_has_text(self, index: int) -> bool:
         """Whether block `index` projects and attends to the text features."""
         if self.txt_dim == 0:
@@ -251,6 +314,16 @@ class FlowConfig:
     @property
     def label_conditioned(self) -> bool:
         return self.num_classes > 0
+
+    def check_video(self, frames: int) -> None:
+        """Raise a ValueError if a video of `frames` frames cannot go through this model."""
+        if frames < 1:
+            raise ValueError(f"a video needs at least one frame, got {frames}")
+        if frames > 1 and not (self.rope and self.txt_size > 0):
+            raise ValueError(
+                "video models place frames by a third RoPE coordinate, which needs rope=True and a "
+                "text-conditioned model (txt_size > 0), as in the official code"
+            )
 
     def data_dims(self, height: int | None = None, width: int | None = None) -> int:
         """Number of scalar dimensions of one sample (for bits/dim)."""

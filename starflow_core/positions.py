@@ -3,7 +3,10 @@
 Positions are assigned by *sequence index*, before a block permutes its tokens:
 text token k sits at (0, 0, k * P / txt_len), image token (i, j) of an h x w grid at
 (i * P / sqrt(hw), j * P / sqrt(hw), 0), where P is the training grid side. Scaling
-by sqrt(hw) is what lets one model sample other resolutions and aspect ratios.
+by sqrt(hw) is what lets one model sample other resolutions and aspect ratios. In a video
+(SPEC section 9) the token (i, j) of frame f sits at (i * P / sqrt(hw), j * P / sqrt(hw), f):
+frames run one after another, the third coordinate counts frames unscaled (official
+misc/pe.py get_positions with its frame count).
 
 Pairing: by default dims (2j, 2j+1) rotate together by angle j. The official
 `hf_style_rope` (the Hugging Face convention) pairs dims (j, j + head_dim/2) instead,
@@ -31,6 +34,7 @@ def rope_angles(
     txt_len: int = 0,
     three_d: bool = False,
     halves: bool = False,
+    frames: int = 1,
 ) -> np.ndarray:
     """Angles (txt_len + height*width, head_dim) float32, each pair (2j, 2j+1) sharing angle j,
     or with halves=True, each pair (j, j + head_dim/2).
@@ -38,14 +42,16 @@ def rope_angles(
     three_d: the model is text-conditioned (txt_size > 0), so every block, with or
     without text, uses 3D positions; txt_len is the number of text tokens this block
     attends to (0 for blocks without text). With head_dim 16 the row and column get no
-    frequency: the 8 text frequencies fill the head.
+    frequency: the 8 text frequencies fill the head. frames: the grid repeats once per frame
+    (txt_len + frames*height*width rows), frame f at third coordinate f (3D only).
     """
     half = head_dim // 2
     mean_side = np.float32(np.sqrt(height * width))
     scale = np.float32(pt_seq_len)
     rows = np.arange(height, dtype=np.float32) / mean_side * scale
     cols = np.arange(width, dtype=np.float32) / mean_side * scale
-    row_pos, col_pos = (a.reshape(-1) for a in np.meshgrid(rows, cols, indexing="ij"))
+    row_pos, col_pos = (np.tile(a.reshape(-1), frames) for a in np.meshgrid(rows, cols, indexing="ij"))
+    frame_pos = np.repeat(np.arange(frames, dtype=np.float32), height * width)
     if three_d:
         spatial = _inverse_frequencies(half - TEXT_ROPE_FREQUENCIES, 2)
         third = (
@@ -59,13 +65,15 @@ def rope_angles(
         zeros_txt = np.zeros(txt_len, dtype=np.float32)
         pos_row = np.concatenate([zeros_txt, row_pos])
         pos_col = np.concatenate([zeros_txt, col_pos])
-        pos_third = np.concatenate([text_pos, np.zeros_like(row_pos)])
+        pos_third = np.concatenate([text_pos, frame_pos])
         angles = np.concatenate(
             [pos_row[:, None] * spatial, pos_col[:, None] * spatial, pos_third[:, None] * third], axis=-1
         )
     else:
-        if txt_len:
-            raise ValueError("2D RoPE has no text coordinate; text models use 3D positions")
+        if txt_len or frames > 1:
+            raise ValueError(
+                "2D RoPE has no third coordinate for text or frames; such models use 3D positions"
+            )
         spatial = _inverse_frequencies(half, 2)
         angles = np.concatenate([row_pos[:, None] * spatial, col_pos[:, None] * spatial], axis=-1)
     angles = angles.astype(np.float32)  # (L, head_dim / 2), one angle per pair

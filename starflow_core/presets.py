@@ -29,8 +29,26 @@ STARFLOW_3B_T2I_256 = FlowConfig(
     noise_std=0.3,
 )
 
+# The released STARFlow-V 7B text-to-video model (configs/starflow-v_7B_t2v_caus_480p.yaml with the
+# official train.py defaults, SPEC section 9): Wan2.2 latents (48 channels, 640 px / 16 = 40),
+# a 4096-wide deep block, frame-local shallow blocks, the conditional learned denoiser.
+STARFLOW_V_7B_T2V_480P = STARFLOW_3B_T2I_256.replace(
+    in_channels=48,
+    img_size=40,
+    pt_seq_len=32,
+    txt_size=256,
+    noise_std=0.5,
+    top_block_channels=4096,
+    temporal_causal=2,
+    shallow_block_local=True,
+    learnable_self_denoiser=True,
+    conditional_denoiser=True,
+    denoiser_window=10,
+)
+
 PRESETS: dict[str, FlowConfig] = {
     "starflow-3b-t2i-256": STARFLOW_3B_T2I_256,
+    "starflow-v-7b-t2v-480p": STARFLOW_V_7B_T2V_480P,
     # the sampling benchmark model (57M parameters, 16x16x4 latents)
     "bench-small": STARFLOW_3B_T2I_256.replace(
         img_size=16, channels=512, layers_per_block=(2, 2, 2, 2, 2, 8), txt_size=16, txt_dim=64

@@ -1,6 +1,7 @@
 """One autoregressive flow block (the official MetaBlock): a causal transformer over tokens.
 
-A block sees tokens (B, T, C') in raster order, permutes them (identity or flip),
+A block sees tokens (B, T, C') in raster order, permutes them (identity or flip; in a
+video with temporal_causal, a flip within each frame, frames in order: SPEC section 9),
 and predicts for token t a shift and scale from the tokens before it (STARFlow
 paper section 3.1, TARFlow section 2). Text tokens, when the block has them, come
 first in the same causal sequence.
@@ -30,7 +31,8 @@ class FlowBlock(nn.Module):
         self.flipped = config.block_is_flipped(index)
         self.has_text = config.block_has_text(index)
         self.has_class_embed = config.family == "tarflow" and config.num_classes > 0
-        token_dim, channels = config.token_dim, config.channels
+        self.layer_config = config.layer_config(index)  # the deep block may be wider
+        token_dim, channels = config.token_dim, self.layer_config.channels
         out_dim = 2 * token_dim if config.nvp else token_dim
 
         self.proj_in = nn.Linear(token_dim, channels)
@@ -42,16 +44,23 @@ class FlowBlock(nn.Module):
             self.sos_embed = mx.random.normal((1, 1, token_dim))
         if self.has_text:
             self.proj_txt = nn.Linear(config.txt_dim, channels)
-        self.attn_blocks = [TransformerLayer(config) for _ in range(config.layers_per_block[index])]
+        self.attn_blocks = [
+            TransformerLayer(self.layer_config) for _ in range(config.layers_per_block[index])
+        ]
         if config.use_final_norm:
             self.final_norm = RMSNorm(channels)
         self.proj_out = nn.Linear(channels, out_dim)
         self.proj_out.weight = mx.zeros_like(self.proj_out.weight)  # a fresh flow is the identity map
 
     # ----- pieces shared by the forward pass and the samplers -------------------------
-    def permute(self, tokens: mx.array) -> mx.array:
-        """Flip the token order (axis 1) if this block runs right to left; its own inverse."""
-        return tokens[:, ::-1] if self.flipped else tokens
+    def permute(self, tokens: mx.array, frames: int = 1) -> mx.array:
+        """Flip the token order (axis 1) if this block runs right to left, within each of the
+        `frames` frames when temporal_causal (see FlowConfig.flip_groups); its own inverse."""
+        if not self.flipped:
+            return tokens
+        groups = self.config.flip_groups(frames)
+        B, T, C = tokens.shape
+        return tokens.reshape(B, groups, T // groups, C)[:, :, ::-1].reshape(B, T, C)
 
     def text_tokens(self, text: mx.array) -> mx.array:
         """(B, txt_len, txt_dim) features -> (B, txt_len, C) tokens."""
@@ -151,10 +160,12 @@ class FlowBlock(nn.Module):
         rope: Rope | None,
         labels: mx.array | None = None,
         recompute: bool = False,
+        frames: int = 1,
     ) -> tuple[mx.array, mx.array]:
-        """tokens (B, T, C') in raster order -> (noise tokens (B, T, C') raster order, log-det (B,))."""
-        permuted = self.permute(tokens)
+        """tokens (B, T, C') in raster order, `frames` frames -> (noise tokens (B, T, C') raster
+        order, log-det (B,))."""
+        permuted = self.permute(tokens, frames)
         raw_scale, shift = self.predict(permuted, text, rope, labels, recompute=recompute)
         scale, log_scale = scale_and_log_scale(raw_scale, self.config.use_softplus)
         noise = to_noise(permuted, shift, scale).astype(tokens.dtype)
-        return self.permute(noise), -mx.sum(log_scale, axis=(1, 2))
+        return self.permute(noise, frames), -mx.sum(log_scale, axis=(1, 2))

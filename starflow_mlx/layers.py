@@ -319,10 +319,12 @@ class Attention(nn.Module):
         cache: LayerCache | None = None,
         query_scale: mx.array | None = None,
         recompute: bool = False,
+        mask: mx.array | str | None = "causal",
     ) -> mx.array:
         """x (B, L, C); rope = (cos, sin) for these L positions, each (L, head_dim).
 
-        Without a cache the attention is causal over the L positions. With a cache the
+        Without a cache the attention is `mask` over the L positions: "causal", a (L, L) bool
+        array (True: may attend) or None (every position sees every other). With a cache the
         L new keys/values are written at the cache's position `start` and the queries
         attend to a fixed-size prefix of the cache through its mask (positions <= their
         own). query_scale (B, 1, 1, 1) divides the logits per sample: the inverse
@@ -330,7 +332,7 @@ class Attention(nn.Module):
         """
         B, L, _ = x.shape
         nh = self.num_heads
-        if cache is None and recompute and query_scale is None:
+        if cache is None and recompute and query_scale is None and isinstance(mask, str):
             return self.recomputed(x, rope)
         qk, v = self.queries_keys_values(x, *(rope if rope is not None else (None, None)))
         qk = qk.transpose(0, 2, 1, 3)  # (B, nh + nkv, L, hd)
@@ -340,7 +342,7 @@ class Attention(nn.Module):
             q = q * query_scale.astype(q.dtype)
         scale = self.head_dim**-0.5
         if cache is None:
-            out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal")
+            out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
         else:
             keys, values = cache.write(k, v)  # (B, nkv, visible, hd)
             if mx.default_device() == mx.cpu:
@@ -431,11 +433,13 @@ class TransformerLayer(nn.Module):
         cache: LayerCache | None = None,
         query_scale: mx.array | None = None,
         recompute: bool = False,
+        mask: mx.array | str | None = "causal",
     ) -> mx.array:
         """recompute (no cache): attention and MLP are each recomputed on their own in the
-        backward pass, so a gradient holds one of them at a time (see FlowBlock.trunk)."""
-        if recompute:  # pieces one at a time, each recomputed in the gradient (in_order)
+        backward pass, so a gradient holds one of them at a time (see FlowBlock.trunk).
+        mask: the attention mask without a cache (see Attention)."""
+        if recompute and isinstance(mask, str):  # pieces one at a time, each recomputed in the gradient
             x = x + self.attention(x, rope, recompute=True)
             return x + in_order(self.mlp, [x], [1], [position_pieces(x.shape[1])], 1)
-        x = x + self.attention(x, rope, cache, query_scale)
+        x = x + self.attention(x, rope, cache, query_scale, mask=mask)
         return x + self.mlp(x)

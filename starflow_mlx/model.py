@@ -1,6 +1,8 @@
 """STARFlow / TARFlow: a stack of autoregressive flow blocks over patch tokens.
 
-Arrays are NHWC (batch, height, width, channels). Forward maps data to noise with
+Arrays are NHWC (batch, height, width, channels), videos (batch, frames, height, width,
+channels): a video is one token sequence, frame after frame (SPEC section 9), and an
+image is a video of one frame. Forward maps data to noise with
 an exact log-determinant; `sample` inverts it (STARFlow paper, section 3). The last
 block is the deep block; the others are shallow. Attribute paths equal the official
 checkpoint names, so official weights load with no renaming.
@@ -20,15 +22,10 @@ from mlx.utils import tree_flatten
 from starflow_core.config import FlowConfig
 from starflow_core.positions import rope_angles
 
-from . import checkpoint
+from . import checkpoint, video
+from .denoiser import LearnedDenoiser
 from .flow_block import FlowBlock, Rope
-from .sampling import (
-    BlockConditions,
-    SamplingStats,
-    invert_block,
-    sample_block_jacobi,
-    sample_block_sequential,
-)
+from .sampling import BlockConditions, SamplingStats, invert_block
 
 
 class StarFlow(nn.Module):
@@ -41,6 +38,8 @@ class StarFlow(nn.Module):
         if config.family == "tarflow":  # prior variance of the noise (ones for nvp models)
             self.var = mx.ones((config.grid_size**2, config.token_dim))
             self.freeze(recurse=False, keys=["var"])  # a buffer in torch: saved, never trained
+        if config.learnable_self_denoiser:
+            self.learnable_self_denoiser = LearnedDenoiser(config)
 
     # ----- loading and saving (see checkpoint.py) ----------------------------------------
     @classmethod
@@ -103,13 +102,35 @@ class StarFlow(nn.Module):
             x = tokens.reshape(B, h, w, p, p, C).transpose(0, 1, 3, 2, 4, 5)
         return x.reshape(B, height, width, C)
 
-    def _check_input(self, x: mx.array) -> None:
-        if x.ndim != 4:
-            raise ValueError(f"expected an NHWC array (B, H, W, C), got shape {tuple(x.shape)}")
-        self.config.check_image_size(x.shape[1], x.shape[2], x.shape[3])
+    def _check_input(self, x: mx.array, video: bool = True) -> None:
+        if x.ndim not in ((4, 5) if video else (4,)):
+            wanted = "an NHWC array (B, H, W, C)" + (" or a video (B, T, H, W, C)" if video else "")
+            raise ValueError(f"expected {wanted}, got shape {tuple(x.shape)}")
+        if x.ndim == 5:
+            self.config.check_video(x.shape[1])
+        self.config.check_image_size(*x.shape[-3:])
 
-    def rope(self, index: int, height: int, width: int, txt_len: int) -> Rope | None:
-        """(cos, sin) for block `index` at a token grid of height x width, text first."""
+    def tokens(self, x: mx.array) -> tuple[mx.array, int]:
+        """An image (B, H, W, C) or video (B, T, H, W, C) -> (tokens (B, T*h*w, C'), T)."""
+        if x.ndim == 4:
+            return self.patchify(x), 1
+        B, T = x.shape[:2]
+        tokens = self.patchify(x.reshape(B * T, *x.shape[2:]))  # (B*T, h*w, C')
+        return tokens.reshape(B, -1, tokens.shape[-1]), T
+
+    def from_tokens(self, tokens: mx.array, shape: tuple[int, ...]) -> mx.array:
+        """The inverse of `tokens`, back to `shape` (an image's or a video's)."""
+        H, W = shape[-3], shape[-2]
+        frames = shape[1] if len(shape) == 5 else 1
+        x = self.unpatchify(tokens.reshape(tokens.shape[0] * frames, -1, tokens.shape[-1]), H, W)
+        return x.reshape(tuple(shape[:-1]) + (x.shape[-1],))
+
+    def rope(self, index: int, height: int, width: int, txt_len: int, frames: int = 1) -> Rope | None:
+        """(cos, sin) for block `index` at a token grid of height x width (x frames), text first."""
+        return self.rope_table(height, width, txt_len if self.config.block_has_text(index) else 0, frames)
+
+    def rope_table(self, height: int, width: int, txt_len: int, frames: int = 1) -> Rope | None:
+        """(cos, sin) for txt_len text tokens then frames x height x width tokens, or None."""
         config = self.config
         if not config.rope:
             return None
@@ -118,9 +139,10 @@ class StarFlow(nn.Module):
             height,
             width,
             config.rope_seq_len,
-            txt_len if config.block_has_text(index) else 0,
+            txt_len,
             three_d=config.txt_size > 0,
             halves=config.hf_style_rope,
+            frames=frames,
         )
         return mx.array(np.cos(angles)), mx.array(np.sin(angles))
 
@@ -172,30 +194,43 @@ class StarFlow(nn.Module):
     def __call__(
         self, x: mx.array, y: mx.array | None = None, *, recompute: bool = False
     ) -> tuple[mx.array, mx.array]:
-        """x (B, H, W, C) -> (z (B, H, W, C), total log|det dz/dx| (B,) in nats).
+        """x (B, H, W, C) or a video (B, T, H, W, C) -> (z, same shape, total log|det dz/dx| (B,)
+        in nats).
 
         recompute=True: a gradient of the result keeps one layer's activations at a time
         (each layer is recomputed in the backward pass), the same numbers in bounded memory."""
         self._check_input(x)
-        B, H, W, _ = x.shape
-        p = self.config.patch_size
+        B = x.shape[0]
         text, labels = self.text_features(y, B), self.class_labels(y, B)
-        tokens = self.patchify(x)
+        tokens, frames = self.tokens(x)
         logdet = mx.zeros((B,), dtype=mx.float32)
-        for i, block in enumerate(self.blocks):
+        for i in range(len(self.blocks)):
             if self.is_identity(i):
                 continue
-            txt_len = text.shape[1] if text is not None else 0
-            rope = self.rope(i, H // p, W // p, txt_len)
-            tokens, block_logdet = block(tokens, text if block.has_text else None, rope, labels, recompute)
+            tokens, block_logdet = self.forward_block(i, tokens, frames, x.shape, text, labels, recompute)
             logdet = logdet + block_logdet
-        return self.unpatchify(tokens, H, W), logdet
+        return self.from_tokens(tokens, x.shape), logdet
+
+    def forward_block(self, index, tokens, frames, shape, text, labels, recompute=False):
+        """Block `index` forward on tokens (B, T*h*w, C') of `frames` frames of `shape`; a
+        frame-local block (shallow_block_local) runs on B*T one-frame sequences."""
+        block = self.blocks[index]
+        p = self.config.patch_size
+        h, w = shape[-3] // p, shape[-2] // p
+        txt_len = text.shape[1] if (text is not None and block.has_text) else 0
+        if self.config.block_is_frame_local(index) and frames > 1:
+            B, L, C = tokens.shape
+            rope = self.rope(index, h, w, 0)
+            local, logdet = block(tokens.reshape(B * frames, L // frames, C), None, rope, None, recompute)
+            return local.reshape(B, L, C), logdet.reshape(B, frames).sum(axis=1)
+        rope = self.rope(index, h, w, txt_len, frames)
+        return block(tokens, text if block.has_text else None, rope, labels, recompute, frames)
 
     def log_prob(self, x: mx.array, y: mx.array | None = None, *, recompute: bool = False) -> mx.array:
         """Exact log p(x | y) in nats, (B,): log N(z; 0, var) + log|det|; recompute as in __call__."""
         self.check_labels(y)
         z, logdet = self(x, y, recompute=recompute)
-        z = self.patchify(z).astype(mx.float32)
+        z = self.tokens(z)[0].astype(mx.float32)
         var = self.var.astype(mx.float32) if self.config.family == "tarflow" else mx.ones(z.shape[1:])
         log_normal = -0.5 * (mx.square(z) / var + mx.log(2 * math.pi * var))
         return mx.sum(log_normal, axis=(1, 2)) + logdet
@@ -229,15 +264,24 @@ class StarFlow(nn.Module):
         progress: bool = False,
         stats: SamplingStats | None = None,
         callback: Callable[[int, mx.array], None] | None = None,
+        first_frame: mx.array | None = None,
+        context_length: int | None = None,
     ) -> mx.array:
-        """noise (B, H, W, C) ~ N(0, I) -> sample (B, H, W, C).
+        """noise (B, H, W, C) or a video (B, T, H, W, C) ~ N(0, I) -> sample, same shape.
 
         Guidance w > 0 applies in conditioned blocks (only the deep block when
         cond_top_only); text models need y_null (the encoded empty prompt), label
         models use the null label. jacobi=True samples chunks of block_size tokens in
-        parallel (sos models); `stats`, if given, receives the iteration counts;
-        `callback(block_index, x)`, if given, is called after each block with the state so far
-        (B, H, W, C), fp32 (blocks run from the last index down to 0; identity blocks are skipped).
+        parallel (sos models; in a video, chunks of 4 x block_size after the first frame,
+        each started from the frame before, as the official sampler); `stats`, if given,
+        receives the iteration counts; `callback(block_index, x)`, if given, is called after
+        each block with the state so far, fp32 (blocks run from the last index down to 0;
+        identity blocks are skipped).
+
+        Video: first_frame (B, H, W, C), the noisy latent first frame, makes this
+        image-to-video (the frame fills the caches first, official forward_context); with
+        local_attn_window the deep block samples a video longer than the window window by
+        window, re-encoding the last context_length frames (default window - 1).
 
         The result is neither denoised nor clipped. Pixel models: data scaled to about [-1, 1]
         plus the Gaussian noise (std noise_std) the model was trained on, so values past +-1
@@ -246,36 +290,30 @@ class StarFlow(nn.Module):
         and clips to [-1, 1] on the way to uint8 pixels.
         """
         self._check_input(noise)
-        if jacobi and not self.config.sos:
-            raise ValueError("Jacobi sampling needs a model with sos=True; use jacobi=False")
+        if (jacobi or first_frame is not None) and not self.config.sos:
+            raise ValueError("Jacobi and image-to-video sampling need a model with sos=True")
         if jacobi and (block_size < 1 or max_iter < 1):
             raise ValueError("block_size and max_iter must be >= 1")
-        B, H, W, _ = noise.shape
-        p = self.config.patch_size
-        tokens = self.patchify(noise).astype(mx.float32)
+        B = noise.shape[0]
+        tokens, frames = self.tokens(noise)
+        tokens = tokens.astype(mx.float32)
         if self.config.family == "tarflow":
             tokens = tokens * mx.sqrt(self.var.astype(mx.float32))
         plain, guided = self._conditions(y, y_null, B, guidance, annealed_guidance, attn_temp)
+        prefixes = video.first_frame_prefixes(self, first_frame, noise.shape, plain)
         stats = stats if stats is not None else SamplingStats()
+        jacobi_settings = video.JacobiSettings(block_size, tol, max_iter) if jacobi else None
         for i in reversed(range(len(self.blocks))):
             if self.is_identity(i):
                 continue
-            block = self.blocks[i]
-            cond = guided if (guided is not None and self._block_is_conditioned(block)) else plain
-            txt_len = cond.text.shape[1] if (block.has_text and cond.text is not None) else 0
-            rope = self.rope(i, H // p, W // p, txt_len)
-            if jacobi:
-                tokens, iters = sample_block_jacobi(
-                    block, tokens, cond, rope, block_size, tol, max_iter, progress
-                )
-                stats.jacobi_iterations.append(iters)
-                stats.steps += sum(iters)
-            else:
-                tokens = sample_block_sequential(block, tokens, cond, rope, progress)
-                stats.steps += tokens.shape[1]
+            cond = guided if (guided is not None and self._block_is_conditioned(self.blocks[i])) else plain
+            tokens = video.sample_block(
+                self, i, tokens, frames, noise.shape, cond, prefixes.get(i), jacobi_settings,
+                context_length, progress, stats,
+            )  # fmt: skip
             if callback is not None:
-                callback(i, self.unpatchify(tokens, H, W))
-        return self.unpatchify(tokens, H, W).astype(noise.dtype)
+                callback(i, self.from_tokens(tokens, noise.shape))
+        return self.from_tokens(tokens, noise.shape).astype(noise.dtype)
 
     def invert(
         self,
@@ -294,8 +332,9 @@ class StarFlow(nn.Module):
         tolerance). One teacher-forced pass per block, blocks in forward order. With guidance 0
         this is the forward pass (TARFlow: noise also divided by sqrt(var)), so
         log N(noise; 0, I) + log|det| is the log-density of the guided sampler's output.
+        Images only.
         """
-        self._check_input(x)
+        self._check_input(x, video=False)
         B, H, W, _ = x.shape
         p = self.config.patch_size
         tokens = self.patchify(x).astype(mx.float32)
@@ -355,6 +394,17 @@ class StarFlow(nn.Module):
             return x
         score = mx.grad(lambda v: mx.sum(self.log_prob(v, y, recompute=True)))(x.astype(mx.float32))
         return (x.astype(mx.float32) + sigma**2 * score).astype(x.dtype)
+
+    def learned_denoise(self, x: mx.array, y: mx.array | None = None) -> mx.array:
+        """The learned self-denoiser's output for x (B, H, W, C) or (B, T, H, W, C), same shape
+        (the official model(x, y, denoiser=True)); y: text features when conditional_denoiser."""
+        return video.learned_denoise(self, x, y)
+
+    def denoise_video(self, x: mx.array, y: mx.array | None = None) -> mx.array:
+        """x - DENOISER_STEP * learned_denoise(x), frame chunk by chunk as the official
+        process_denoising applies it (chunks of local_attn_window frames overlapping by
+        denoiser_window; one chunk without a window)."""
+        return video.denoise_video(self, x, y)
 
     def num_parameters(self) -> int:
         return sum(v.size for _, v in tree_flatten(self.parameters()))

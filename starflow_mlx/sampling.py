@@ -19,6 +19,8 @@ import functools
 import mlx.core as mx
 from tqdm.auto import tqdm
 
+from starflow_core.frames import SamplingWindow
+
 from .flow_block import FlowBlock, Rope
 from .flow_math import guide_linear, guide_scale_shift, scale_and_log_scale, to_data, to_noise
 from .kv_cache import BlockCache, visible_positions
@@ -96,30 +98,55 @@ class _BlockSampler:
     j + 1; without sos it is x itself and target j (token j + 1) reads j and is written
     at j + 1. So a step over targets first..first+L-1 reads positions first..first+L-1
     and writes first+1..first+L.
+
+    Video (sos models): `prefix` (B, P, C') permuted tokens already known (image-to-video's
+    first frame), and `windows` (starflow_core.frames.sampling_windows): the cache holds one
+    window, target j of window w at cache position txt_len + j - w.context_start, and a
+    window starts by re-encoding its context tokens as a fresh sequence [sos, ...].
     """
 
-    def __init__(self, block: FlowBlock, noise: mx.array, cond: BlockConditions, rope: Rope | None):
-        self.block, self.cond, self.rope = block, cond, rope
+    def __init__(
+        self,
+        block: FlowBlock,
+        noise: mx.array,
+        cond: BlockConditions,
+        rope: Rope | None,
+        frames: int = 1,
+        prefix: mx.array | None = None,
+        windows: list[SamplingWindow] | None = None,
+    ):
+        self.block, self.cond, self.rope, self.frames = block, cond, rope, frames
         config = block.config
         self.guided = cond.guidance > 0
         self.batch = noise.shape[0]
-        z = block.permute(noise).astype(mx.float32)
+        z = block.permute(noise, frames).astype(mx.float32)
         self.z = mx.concatenate([z, z]) if self.guided else z  # (B', T, C')
         rows, tokens, token_dim = self.z.shape
+        self.frame_tokens = tokens // frames
         self.offset = 0 if config.sos else 1  # target j is token j + offset
         self.num_targets = tokens - self.offset
         if config.sos:  # (B', 1 + T, C'); x starts at the Jacobi guess x = z
             sos = mx.broadcast_to(block.sos_embed.astype(mx.float32), (rows, 1, token_dim))
-            self.sequence = mx.concatenate([sos, self.z], axis=1)
+            known = self.z
+            if prefix is not None:  # the known first tokens replace the guess
+                prefix = prefix.astype(mx.float32)
+                prefix = mx.concatenate([prefix, prefix]) if self.guided else prefix
+                known = mx.concatenate([prefix, self.z[:, prefix.shape[1] :]], axis=1)
+            self.sequence = mx.concatenate([sos, known], axis=1)
         else:  # (B', T, C'); token 0 is copied from the noise
             self.sequence = mx.array(self.z)
+        self.windows = list(windows or [SamplingWindow(0, 0, self.num_targets)])
+        if prefix is not None:
+            first = self.windows[0]
+            self.windows[0] = SamplingWindow(first.context_start, prefix.shape[1], first.stop)
         self.query_scale = attention_query_scale(config, cond, self.batch)
         self.txt_len = cond.text.shape[1] if block.has_text else 0
+        self.base = 0  # the target at cache position txt_len (context start of the window)
         cache = BlockCache.empty(
             len(block.attn_blocks),
             rows,
-            config.kv_heads,  # grouped heads: the cache holds only the key/value heads
-            self.txt_len + self.num_targets,
+            block.layer_config.kv_heads,  # grouped heads: the cache holds only the key/value heads
+            self.txt_len + max(w.stop - w.context_start for w in self.windows),
             config.head_dim,
             block.proj_in.weight.dtype,
         )
@@ -141,6 +168,24 @@ class _BlockSampler:
             for table in self.rope
         )
 
+    def begin(self, window: SamplingWindow) -> None:
+        """Start a window: its context tokens (sampled or known) fill the cache after the text,
+        as a fresh sequence [sos, x_context_start .. x_start-2] (official re-encoding)."""
+        self.base = window.context_start
+        length = window.start - window.context_start
+        if length == 0:
+            return
+        rows, _, token_dim = self.sequence.shape
+        sos = self.sequence[:, :1]
+        inputs = mx.concatenate([sos, self.sequence[:, window.context_start + 1 : window.start]], axis=1)
+        cache = BlockCache.from_state(self.cache_state)
+        start = mx.array(self.txt_len, dtype=mx.int32)
+        cache.prepare_write(start, length, visible_positions(self.txt_len + length, self.capacity))
+        h = self.block.embed(inputs, window.context_start, self.cond.labels)
+        self.block.trunk(h, self._rope(start, length), cache, self.query_scale)
+        self.cache_state = cache.state()
+        mx.eval(self.cache_state)
+
     def _step(
         self,
         length: int,
@@ -148,19 +193,21 @@ class _BlockSampler:
         sequence: mx.array,
         z: mx.array,
         first: mx.array,
+        read: mx.array,
+        cache_start: mx.array,
         *cache_state: mx.array,
     ):
-        """Evaluate targets first..first+L-1 from the current sequence; a pure function of its inputs.
+        """Evaluate targets first..first+L-1 from the inputs at read..read+L-1 (first, or the
+        frame before for a video's first Jacobi guess); a pure function of its inputs.
 
-        Attention reads the first `visible` cache positions (static, covers first + L).
+        Attention reads the first `visible` cache positions (static, covers cache_start + L).
 
         Returns the updated sequence, the relative change mean((new - old)^2) / mean(new^2)
         of the written tokens, and the updated cache arrays.
         """
         rows, _, token_dim = sequence.shape
-        inputs = mx.slice(sequence, first, axes=(1,), slice_size=(rows, length, token_dim))  # (B', L, C')
+        inputs = mx.slice(sequence, read, axes=(1,), slice_size=(rows, length, token_dim))  # (B', L, C')
         cache = BlockCache.from_state(list(cache_state))
-        cache_start = first + self.txt_len
         cache.prepare_write(cache_start, length, visible)
         h = self.block.embed(inputs, first, self.cond.labels)
         h = self.block.trunk(h, self._rope(cache_start, length), cache, self.query_scale)
@@ -173,14 +220,19 @@ class _BlockSampler:
         sequence = mx.slice_update(sequence, new, first + 1, axes=(1,))
         return (sequence, change, *cache.state())
 
-    def step(self, first: int, length: int) -> mx.array:
-        """Run targets first..first+length-1 (one evaluation); return the relative change (scalar)."""
-        key = (length, visible_positions(self.txt_len + first + length, self.capacity))
+    def step(self, first: int, length: int, read: int | None = None) -> mx.array:
+        """Run targets first..first+length-1 (one evaluation) from the inputs at `read` (default
+        first); return the relative change (scalar)."""
+        cache_start = self.txt_len + first - self.base
+        key = (length, visible_positions(cache_start + length, self.capacity))
         compiled = self._compiled_steps.get(key)
         if compiled is None:
             compiled = mx.compile(functools.partial(self._step, *key))
             self._compiled_steps[key] = compiled
-        outputs = compiled(self.sequence, self.z, mx.array(first, dtype=mx.int32), *self.cache_state)
+        positions = (first, first if read is None else read, cache_start)
+        outputs = compiled(
+            self.sequence, self.z, *(mx.array(n, dtype=mx.int32) for n in positions), *self.cache_state
+        )
         # drop the old arrays before evaluating so the cache updates can reuse their buffers
         self.sequence, change, self.cache_state = outputs[0], outputs[1], list(outputs[2:])
         del outputs
@@ -201,23 +253,33 @@ class _BlockSampler:
         (a cycle Python cannot collect, that kept every block's KV cache alive after sampling)."""
         self._compiled_steps.clear()
         tokens = self.sequence[: self.batch, 1:] if self.block.config.sos else self.sequence[: self.batch]
-        return self.block.permute(tokens)
+        return self.block.permute(tokens, self.frames)
 
 
 def sample_block_sequential(
-    block: FlowBlock, noise: mx.array, cond: BlockConditions, rope: Rope | None, progress: bool = False
+    block: FlowBlock,
+    noise: mx.array,
+    cond: BlockConditions,
+    rope: Rope | None,
+    progress: bool = False,
+    frames: int = 1,
+    prefix: mx.array | None = None,
+    windows: list[SamplingWindow] | None = None,
 ) -> mx.array:
-    """Invert one block token by token with a KV cache. noise/result: (B, T, C') raster order."""
-    sampler = _BlockSampler(block, noise, cond, rope)
+    """Invert one block token by token with a KV cache. noise/result: (B, T, C') raster order
+    (`frames` frames; prefix and windows as in _BlockSampler)."""
+    sampler = _BlockSampler(block, noise, cond, rope, frames, prefix, windows)
     bar = tqdm(
-        range(sampler.num_targets),
-        disable=not progress,
-        desc=f"block {block.index}",
-        leave=False,
+        total=sampler.num_targets, disable=not progress, desc=f"block {block.index}", leave=False,
         delay=PROGRESS_DELAY,
-    )
-    for j in bar:
-        sampler.step(j, 1)
+    )  # fmt: skip
+    bar.update(sampler.windows[0].start)
+    for window in sampler.windows:
+        sampler.begin(window)
+        for j in range(window.start, window.stop):
+            sampler.step(j, 1)
+            bar.update(1)
+    bar.close()
     return sampler.result()
 
 
@@ -230,31 +292,40 @@ def sample_block_jacobi(
     tol: float,
     max_iter: int,
     progress: bool = False,
+    frames: int = 1,
+    prefix: mx.array | None = None,
+    windows: list[SamplingWindow] | None = None,
 ) -> tuple[mx.array, list[int]]:
     """Invert one block chunk by chunk with Jacobi fixed-point iteration (SPEC section 3).
 
     Each chunk starts from x = z, re-evaluates all its tokens in parallel from the
     current guess, and stops when mean((x_new - x)^2) / mean(x_new^2) < tol or after
-    max_iter; a retry overwrites the chunk's cache entries in place. Returns the
-    sample and the iteration count of each chunk.
+    max_iter; a retry overwrites the chunk's cache entries in place. In a video (official
+    Jacobi path) chunks after the first frame hold 4 x block_size tokens and their first
+    iteration reads the inputs one frame earlier (the previous frame as the guess). Returns
+    the sample and the iteration count of each chunk.
     """
-    sampler = _BlockSampler(block, noise, cond, rope)
+    sampler = _BlockSampler(block, noise, cond, rope, frames, prefix, windows)
+    frame = sampler.frame_tokens
     iterations = []
     bar = tqdm(
-        total=sampler.num_targets,
-        disable=not progress,
-        desc=f"block {block.index} (Jacobi)",
-        leave=False,
-        delay=PROGRESS_DELAY,
-    )
-    for first in range(0, sampler.num_targets, block_size):
-        length = min(block_size, sampler.num_targets - first)
-        for iteration in range(1, max_iter + 1):
-            change = sampler.step(first, length)
-            if iteration == max_iter or change.item() < tol:
-                break
-        iterations.append(iteration)
-        bar.update(length)
+        total=sampler.num_targets, disable=not progress, desc=f"block {block.index} (Jacobi)",
+        leave=False, delay=PROGRESS_DELAY,
+    )  # fmt: skip
+    bar.update(sampler.windows[0].start)
+    for window in sampler.windows:
+        sampler.begin(window)
+        first = window.start
+        while first < window.stop:
+            length = min(block_size if first <= frame else 4 * block_size, window.stop - first)
+            for iteration in range(1, max_iter + 1):
+                read = first - frame if (iteration == 1 and first > frame) else first
+                change = sampler.step(first, length, read)
+                if iteration == max_iter or change.item() < tol:
+                    break
+            iterations.append(iteration)
+            bar.update(length)
+            first += length
     bar.close()
     return sampler.result(), iterations
 

@@ -1,6 +1,7 @@
 """One autoregressive flow block (the official MetaBlock): a causal transformer over tokens.
 
-A block sees tokens (B, T, C') in raster order, permutes them (identity or flip),
+A block sees tokens (B, T, C') in raster order, permutes them (identity or flip; in a
+video with temporal_causal, a flip within each frame, frames in order: SPEC section 9),
 and predicts for token t a shift and scale from the tokens before it (STARFlow
 paper section 3.1, TARFlow section 2). Text tokens, when the block has them, come
 first in the same causal sequence.
@@ -29,7 +30,8 @@ class FlowBlock(nn.Module):
         self.flipped = config.block_is_flipped(index)
         self.has_text = config.block_has_text(index)
         self.has_class_embed = config.family == "tarflow" and config.num_classes > 0
-        token_dim, channels = config.token_dim, config.channels
+        self.layer_config = config.layer_config(index)  # the deep block may be wider
+        token_dim, channels = config.token_dim, self.layer_config.channels
         out_dim = 2 * token_dim if config.nvp else token_dim
 
         self.proj_in = nn.Linear(token_dim, channels)
@@ -42,7 +44,7 @@ class FlowBlock(nn.Module):
         if self.has_text:
             self.proj_txt = nn.Linear(config.txt_dim, channels)
         self.attn_blocks = nn.ModuleList(
-            TransformerLayer(config) for _ in range(config.layers_per_block[index])
+            TransformerLayer(self.layer_config) for _ in range(config.layers_per_block[index])
         )
         if config.use_final_norm:
             self.final_norm = RMSNorm(channels)
@@ -50,9 +52,14 @@ class FlowBlock(nn.Module):
         nn.init.zeros_(self.proj_out.weight)  # a fresh flow is the identity map
 
     # ----- pieces shared by the forward pass and the samplers -------------------------
-    def permute(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Flip the token order (dim 1) if this block runs right to left; its own inverse."""
-        return tokens.flip(1) if self.flipped else tokens
+    def permute(self, tokens: torch.Tensor, frames: int = 1) -> torch.Tensor:
+        """Flip the token order (dim 1) if this block runs right to left, within each of the
+        `frames` frames when temporal_causal (see FlowConfig.flip_groups); its own inverse."""
+        if not self.flipped:
+            return tokens
+        groups = self.config.flip_groups(frames)
+        B, T, C = tokens.shape
+        return tokens.reshape(B, groups, T // groups, C).flip(2).reshape(B, T, C)
 
     def text_tokens(self, text: torch.Tensor) -> torch.Tensor:
         """(B, txt_len, txt_dim) features -> (B, txt_len, C) tokens."""
@@ -149,10 +156,12 @@ class FlowBlock(nn.Module):
         rope: Rope | None,
         labels: torch.Tensor | None = None,
         recompute: bool = False,
+        frames: int = 1,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens (B, T, C') in raster order -> (noise tokens (B, T, C') raster order, log-det (B,))."""
-        permuted = self.permute(tokens)
+        """tokens (B, T, C') in raster order, `frames` frames -> (noise tokens (B, T, C') raster
+        order, log-det (B,))."""
+        permuted = self.permute(tokens, frames)
         raw_scale, shift = self.predict(permuted, text, rope, labels, recompute=recompute)
         scale, log_scale = scale_and_log_scale(raw_scale, self.config.use_softplus)
         noise = to_noise(permuted, shift, scale).to(tokens.dtype)
-        return self.permute(noise), -log_scale.sum(dim=(1, 2))
+        return self.permute(noise, frames), -log_scale.sum(dim=(1, 2))

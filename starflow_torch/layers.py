@@ -122,10 +122,12 @@ class Attention(nn.Module):
         cache: LayerCache | None = None,
         query_scale: torch.Tensor | None = None,
         recompute: bool = False,
+        mask: torch.Tensor | str | None = "causal",
     ) -> torch.Tensor:
         """x (B, L, C); rope = (cos, sin) for these L positions, each (L, head_dim).
 
-        Without a cache the attention is causal over the L positions. With a cache the
+        Without a cache the attention is `mask` over the L positions: "causal", a (L, L) bool
+        tensor (True: may attend) or None (every position sees every other). With a cache the
         L new keys/values are written at the cache's position `start` and the queries
         attend to the positions written so far through its mask (positions <= their
         own). query_scale (B, 1, 1, 1) divides the logits per sample: the inverse
@@ -149,10 +151,13 @@ class Attention(nn.Module):
         groups = self.num_heads // self.num_kv_heads
         if cache is None:
             k, v = repeat_kv_heads(k, groups), repeat_kv_heads(v, groups)
-            if recompute:  # a gradient recomputing in head groups (the score step)
-                out = causal_attention_in_head_groups(q, k, v, scale)
+            if isinstance(mask, str):  # "causal"
+                if recompute:  # a gradient recomputing in head groups (the score step)
+                    out = causal_attention_in_head_groups(q, k, v, scale)
+                else:
+                    out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
             else:
-                out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
         else:
             keys, values = cache.write(k, v)  # (B, nkv, start + L, hd)
             keys, values = repeat_kv_heads(keys, groups), repeat_kv_heads(values, groups)
@@ -203,12 +208,14 @@ class TransformerLayer(nn.Module):
         cache: LayerCache | None = None,
         query_scale: torch.Tensor | None = None,
         recompute: bool = False,
+        mask: torch.Tensor | str | None = "causal",
     ) -> torch.Tensor:
         """recompute (no cache): attention and MLP are each recomputed on their own in the
-        backward pass, so a gradient holds one of them at a time (see FlowBlock.trunk)."""
-        if recompute:
+        backward pass, so a gradient holds one of them at a time (see FlowBlock.trunk).
+        mask: the attention mask without a cache (see Attention)."""
+        if recompute and isinstance(mask, str):
             checkpoint = torch.utils.checkpoint.checkpoint
             x = x + checkpoint(lambda h: self.attention(h, rope, recompute=True), x, use_reentrant=False)
             return x + checkpoint(self.mlp, x, use_reentrant=False)
-        x = x + self.attention(x, rope, cache, query_scale)
+        x = x + self.attention(x, rope, cache, query_scale, mask=mask)
         return x + self.mlp(x)

@@ -1,6 +1,8 @@
 """STARFlow / TARFlow: a stack of autoregressive flow blocks over patch tokens.
 
-Tensors are NCHW (batch, channels, height, width). Forward maps data to noise with
+Tensors are NCHW (batch, channels, height, width), videos (batch, frames, channels, height,
+width): a video is one token sequence, frame after frame (SPEC section 9), and an image
+is a video of one frame. Forward maps data to noise with
 an exact log-determinant; `sample` inverts it (STARFlow paper, section 3). The last
 block is the deep block; the others are shallow. Attribute paths equal the official
 checkpoint names, so official weights load with no renaming.
@@ -19,15 +21,10 @@ from torch import nn
 from starflow_core.config import FlowConfig
 from starflow_core.positions import rope_angles
 
-from . import checkpoint
+from . import checkpoint, video
+from .denoiser import LearnedDenoiser
 from .flow_block import FlowBlock, Rope
-from .sampling import (
-    BlockConditions,
-    SamplingStats,
-    invert_block,
-    sample_block_jacobi,
-    sample_block_sequential,
-)
+from .sampling import BlockConditions, SamplingStats, invert_block
 
 
 class StarFlow(nn.Module):
@@ -39,6 +36,8 @@ class StarFlow(nn.Module):
         )
         if config.family == "tarflow":  # prior variance of the noise (ones for nvp models)
             self.register_buffer("var", torch.ones(config.grid_size**2, config.token_dim))
+        if config.learnable_self_denoiser:
+            self.learnable_self_denoiser = LearnedDenoiser(config)
 
     # ----- loading and saving (see checkpoint.py) ----------------------------------------
     @classmethod
@@ -91,13 +90,36 @@ class StarFlow(nn.Module):
             x = tokens.reshape(B, h, w, p, p, C).permute(0, 5, 1, 3, 2, 4)
         return x.reshape(B, C, height, width)
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 4:
-            raise ValueError(f"expected an NCHW tensor (B, C, H, W), got shape {tuple(x.shape)}")
-        self.config.check_image_size(x.shape[2], x.shape[3], x.shape[1])
+    def _check_input(self, x: torch.Tensor, video: bool = True) -> None:
+        if x.ndim not in ((4, 5) if video else (4,)):
+            wanted = "an NCHW tensor (B, C, H, W)" + (" or a video (B, T, C, H, W)" if video else "")
+            raise ValueError(f"expected {wanted}, got shape {tuple(x.shape)}")
+        if x.ndim == 5:
+            self.config.check_video(x.shape[1])
+        self.config.check_image_size(x.shape[-2], x.shape[-1], x.shape[-3])
 
-    def rope(self, index: int, height: int, width: int, txt_len: int, device) -> Rope | None:
-        """(cos, sin) for block `index` at a token grid of height x width, text first."""
+    def tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """An image (B, C, H, W) or video (B, T, C, H, W) -> (tokens (B, T*h*w, C'), T)."""
+        if x.ndim == 4:
+            return self.patchify(x), 1
+        B, T = x.shape[:2]
+        tokens = self.patchify(x.reshape(B * T, *x.shape[2:]))  # (B*T, h*w, C')
+        return tokens.reshape(B, -1, tokens.shape[-1]), T
+
+    def from_tokens(self, tokens: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """The inverse of `tokens`, back to `shape` (an image's or a video's)."""
+        H, W = shape[-2], shape[-1]
+        frames = shape[1] if len(shape) == 5 else 1
+        x = self.unpatchify(tokens.reshape(tokens.shape[0] * frames, -1, tokens.shape[-1]), H, W)
+        return x.reshape(tuple(shape))
+
+    def rope(self, index: int, height: int, width: int, txt_len: int, device, frames: int = 1) -> Rope | None:
+        """(cos, sin) for block `index` at a token grid of height x width (x frames), text first."""
+        txt_len = txt_len if self.config.block_has_text(index) else 0
+        return self.rope_table(height, width, txt_len, device, frames)
+
+    def rope_table(self, height: int, width: int, txt_len: int, device, frames: int = 1) -> Rope | None:
+        """(cos, sin) for txt_len text tokens then frames x height x width tokens, or None."""
         config = self.config
         if not config.rope:
             return None
@@ -106,9 +128,10 @@ class StarFlow(nn.Module):
             height,
             width,
             config.rope_seq_len,
-            txt_len if config.block_has_text(index) else 0,
+            txt_len,
             three_d=config.txt_size > 0,
             halves=config.hf_style_rope,
+            frames=frames,
         )
         angles = torch.from_numpy(angles).to(device)
         return angles.cos(), angles.sin()
@@ -159,24 +182,37 @@ class StarFlow(nn.Module):
     def forward(
         self, x: torch.Tensor, y: torch.Tensor | None = None, *, recompute: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, C, H, W) -> (z (B, C, H, W), total log|det dz/dx| (B,) in nats).
+        """x (B, C, H, W) or a video (B, T, C, H, W) -> (z, same shape, total log|det dz/dx| (B,)
+        in nats).
 
         recompute=True: a gradient of the result keeps one layer's activations at a time
         (each layer is recomputed in the backward pass), the same numbers in bounded memory."""
         self._check_input(x)
-        B, _, H, W = x.shape
-        p = self.config.patch_size
+        B = x.shape[0]
         text, labels = self.text_features(y, B), self.class_labels(y, B)
-        tokens = self.patchify(x)
+        tokens, frames = self.tokens(x)
         logdet = torch.zeros(B, device=x.device, dtype=torch.float32)
-        for i, block in enumerate(self.blocks):
+        for i in range(len(self.blocks)):
             if self.is_identity(i):
                 continue
-            txt_len = text.shape[1] if text is not None else 0
-            rope = self.rope(i, H // p, W // p, txt_len, x.device)
-            tokens, block_logdet = block(tokens, text if block.has_text else None, rope, labels, recompute)
+            tokens, block_logdet = self.forward_block(i, tokens, frames, x.shape, text, labels, recompute)
             logdet = logdet + block_logdet
-        return self.unpatchify(tokens, H, W), logdet
+        return self.from_tokens(tokens, x.shape), logdet
+
+    def forward_block(self, index, tokens, frames, shape, text, labels, recompute=False):
+        """Block `index` forward on tokens (B, T*h*w, C') of `frames` frames of `shape`; a
+        frame-local block (shallow_block_local) runs on B*T one-frame sequences."""
+        block = self.blocks[index]
+        p = self.config.patch_size
+        h, w = shape[-2] // p, shape[-1] // p
+        txt_len = text.shape[1] if (text is not None and block.has_text) else 0
+        if self.config.block_is_frame_local(index) and frames > 1:
+            B, L, C = tokens.shape
+            rope = self.rope(index, h, w, 0, tokens.device)
+            local, logdet = block(tokens.reshape(B * frames, L // frames, C), None, rope, None, recompute)
+            return local.reshape(B, L, C), logdet.reshape(B, frames).sum(dim=1)
+        rope = self.rope(index, h, w, txt_len, tokens.device, frames)
+        return block(tokens, text if block.has_text else None, rope, labels, recompute, frames)
 
     def log_prob(
         self, x: torch.Tensor, y: torch.Tensor | None = None, *, recompute: bool = False
@@ -184,7 +220,7 @@ class StarFlow(nn.Module):
         """Exact log p(x | y) in nats, (B,): log N(z; 0, var) + log|det|; recompute as in forward."""
         self.check_labels(y)
         z, logdet = self(x, y, recompute=recompute)
-        z = self.patchify(z).float()
+        z = self.tokens(z)[0].float()
         var = self.var.float() if self.config.family == "tarflow" else torch.ones_like(z[0])
         log_normal = -0.5 * (z.square() / var + torch.log(2 * math.pi * var))
         return log_normal.sum(dim=(1, 2)) + logdet
@@ -217,15 +253,24 @@ class StarFlow(nn.Module):
         progress: bool = False,
         stats: SamplingStats | None = None,
         callback: Callable[[int, torch.Tensor], None] | None = None,
+        first_frame: torch.Tensor | None = None,
+        context_length: int | None = None,
     ) -> torch.Tensor:
-        """noise (B, C, H, W) ~ N(0, I) -> sample (B, C, H, W).
+        """noise (B, C, H, W) or a video (B, T, C, H, W) ~ N(0, I) -> sample, same shape.
 
         Guidance w > 0 applies in conditioned blocks (only the deep block when
         cond_top_only); text models need y_null (the encoded empty prompt), label
         models use the null label. jacobi=True samples chunks of block_size tokens in
-        parallel (sos models); `stats`, if given, receives the iteration counts;
-        `callback(block_index, x)`, if given, is called after each block with the state so far
-        (B, C, H, W), fp32 (blocks run from the last index down to 0; identity blocks are skipped).
+        parallel (sos models; in a video, chunks of 4 x block_size after the first frame,
+        each started from the frame before, as the official sampler); `stats`, if given,
+        receives the iteration counts; `callback(block_index, x)`, if given, is called after
+        each block with the state so far, fp32 (blocks run from the last index down to 0;
+        identity blocks are skipped).
+
+        Video: first_frame (B, C, H, W), the noisy latent first frame, makes this
+        image-to-video (the frame fills the caches first, official forward_context); with
+        local_attn_window the deep block samples a video longer than the window window by
+        window, re-encoding the last context_length frames (default window - 1).
 
         The result is neither denoised nor clipped. Pixel models: data scaled to about [-1, 1]
         plus the Gaussian noise (std noise_std) the model was trained on, so values past +-1
@@ -234,36 +279,30 @@ class StarFlow(nn.Module):
         and clips to [-1, 1] on the way to uint8 pixels.
         """
         self._check_input(noise)
-        if jacobi and not self.config.sos:
-            raise ValueError("Jacobi sampling needs a model with sos=True; use jacobi=False")
+        if (jacobi or first_frame is not None) and not self.config.sos:
+            raise ValueError("Jacobi and image-to-video sampling need a model with sos=True")
         if jacobi and (block_size < 1 or max_iter < 1):
             raise ValueError("block_size and max_iter must be >= 1")
-        B, _, H, W = noise.shape
-        p = self.config.patch_size
-        tokens = self.patchify(noise).float()
+        B = noise.shape[0]
+        tokens, frames = self.tokens(noise)
+        tokens = tokens.float()
         if self.config.family == "tarflow":
             tokens = tokens * self.var.float().sqrt()
         plain, guided = self._conditions(y, y_null, B, guidance, annealed_guidance, attn_temp)
+        prefixes = video.first_frame_prefixes(self, first_frame, noise.shape, plain)
         stats = stats if stats is not None else SamplingStats()
+        jacobi_settings = video.JacobiSettings(block_size, tol, max_iter) if jacobi else None
         for i in reversed(range(len(self.blocks))):
             if self.is_identity(i):
                 continue
-            block = self.blocks[i]
-            cond = guided if (guided is not None and self._block_is_conditioned(block)) else plain
-            txt_len = cond.text.shape[1] if (block.has_text and cond.text is not None) else 0
-            rope = self.rope(i, H // p, W // p, txt_len, noise.device)
-            if jacobi:
-                tokens, iters = sample_block_jacobi(
-                    block, tokens, cond, rope, block_size, tol, max_iter, progress
-                )
-                stats.jacobi_iterations.append(iters)
-                stats.steps += sum(iters)
-            else:
-                tokens = sample_block_sequential(block, tokens, cond, rope, progress)
-                stats.steps += tokens.shape[1]
+            cond = guided if (guided is not None and self._block_is_conditioned(self.blocks[i])) else plain
+            tokens = video.sample_block(
+                self, i, tokens, frames, noise.shape, cond, prefixes.get(i), jacobi_settings,
+                context_length, progress, stats,
+            )  # fmt: skip
             if callback is not None:
-                callback(i, self.unpatchify(tokens, H, W))
-        return self.unpatchify(tokens, H, W).to(noise.dtype)
+                callback(i, self.from_tokens(tokens, noise.shape))
+        return self.from_tokens(tokens, noise.shape).to(noise.dtype)
 
     def invert(
         self,
@@ -282,8 +321,9 @@ class StarFlow(nn.Module):
         tolerance). One teacher-forced pass per block, blocks in forward order. With guidance 0
         this is the forward pass (TARFlow: noise also divided by sqrt(var)), so
         log N(noise; 0, I) + log|det| is the log-density of the guided sampler's output.
+        Images only.
         """
-        self._check_input(x)
+        self._check_input(x, video=False)
         B, _, H, W = x.shape
         p = self.config.patch_size
         tokens = self.patchify(x).float()
@@ -350,6 +390,17 @@ class StarFlow(nn.Module):
             x_var = x.detach().float().requires_grad_(True)
             score = torch.autograd.grad(self.log_prob(x_var, y, recompute=True).sum(), x_var)[0]
         return (x.float() + sigma**2 * score).to(x.dtype)
+
+    def learned_denoise(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The learned self-denoiser's output for x (B, C, H, W) or (B, T, C, H, W), same shape
+        (the official model(x, y, denoiser=True)); y: text features when conditional_denoiser."""
+        return video.learned_denoise(self, x, y)
+
+    def denoise_video(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """x - DENOISER_STEP * learned_denoise(x), frame chunk by chunk as the official
+        process_denoising applies it (chunks of local_attn_window frames overlapping by
+        denoiser_window; one chunk without a window)."""
+        return video.denoise_video(self, x, y)
 
     def num_parameters(self) -> int:
         return sum(int(np.prod(p.shape)) for p in self.parameters())

@@ -17,6 +17,8 @@ import dataclasses
 import torch
 from tqdm.auto import tqdm
 
+from starflow_core.frames import SamplingWindow
+
 from .flow_block import FlowBlock, Rope
 from .flow_math import guide_linear, guide_scale_shift, scale_and_log_scale, to_data, to_noise
 from .kv_cache import BlockCache
@@ -102,31 +104,56 @@ class _BlockSampler:
     j + 1; without sos it is x itself and target j (token j + 1) reads j and is written
     at j + 1. So a step over targets first..first+L-1 reads positions first..first+L-1
     and writes first+1..first+L.
+
+    Video (sos models): `prefix` (B, P, C') permuted tokens already known (image-to-video's
+    first frame), and `windows` (starflow_core.frames.sampling_windows): the cache holds one
+    window, target j of window w at cache position txt_len + j - w.context_start, and a
+    window starts by re-encoding its context tokens as a fresh sequence [sos, ...].
     """
 
-    def __init__(self, block: FlowBlock, noise: torch.Tensor, cond: BlockConditions, rope: Rope | None):
-        self.block, self.cond, self.rope = block, cond, rope
+    def __init__(
+        self,
+        block: FlowBlock,
+        noise: torch.Tensor,
+        cond: BlockConditions,
+        rope: Rope | None,
+        frames: int = 1,
+        prefix: torch.Tensor | None = None,
+        windows: list[SamplingWindow] | None = None,
+    ):
+        self.block, self.cond, self.rope, self.frames = block, cond, rope, frames
         config = block.config
         self.guided = cond.guidance > 0
         self.batch = noise.shape[0]
-        z = block.permute(noise).float()
+        z = block.permute(noise, frames).float()
         self.z = torch.cat([z, z]) if self.guided else z  # (B', T, C')
         rows, tokens, token_dim = self.z.shape
+        self.frame_tokens = tokens // frames
         self.offset = 0 if config.sos else 1  # target j is token j + offset
         self.num_targets = tokens - self.offset
         if config.sos:  # (B', 1 + T, C'); x starts at the Jacobi guess x = z
             sos = block.sos_embed.float().expand(rows, 1, token_dim)
-            self.sequence = torch.cat([sos, self.z], dim=1)
+            known = self.z
+            if prefix is not None:  # the known first tokens replace the guess
+                prefix = prefix.float()
+                prefix = torch.cat([prefix, prefix]) if self.guided else prefix
+                known = torch.cat([prefix, self.z[:, prefix.shape[1] :]], dim=1)
+            self.sequence = torch.cat([sos, known], dim=1)
         else:  # (B', T, C'); token 0 is copied from the noise
             self.sequence = self.z.clone()
+        self.windows = list(windows or [SamplingWindow(0, 0, self.num_targets)])
+        if prefix is not None:
+            first = self.windows[0]
+            self.windows[0] = SamplingWindow(first.context_start, prefix.shape[1], first.stop)
         self.query_scale = attention_query_scale(config, cond, self.batch, z.device)
         self.txt_len = cond.text.shape[1] if block.has_text else 0
+        self.base = 0  # the target at cache position txt_len (context start of the window)
         weight = block.proj_in.weight
         self.cache = BlockCache.empty(
             len(block.attn_blocks),
             rows,
-            config.kv_heads,  # grouped heads: the cache holds only the key/value heads
-            self.txt_len + self.num_targets,
+            block.layer_config.kv_heads,  # grouped heads: the cache holds only the key/value heads
+            self.txt_len + max(w.stop - w.context_start for w in self.windows),
             config.head_dim,
             weight.dtype,
             weight.device,
@@ -143,13 +170,27 @@ class _BlockSampler:
         cos, sin = self.rope
         return cos[cache_start : cache_start + length], sin[cache_start : cache_start + length]
 
-    def step(self, first: int, length: int) -> torch.Tensor:
-        """Run targets first..first+length-1 (one evaluation); return the relative change (scalar).
+    def begin(self, window: SamplingWindow) -> None:
+        """Start a window: its context tokens (sampled or known) fill the cache after the text,
+        as a fresh sequence [sos, x_context_start .. x_start-2] (official re-encoding)."""
+        self.base = window.context_start
+        length = window.start - window.context_start
+        if length == 0:
+            return
+        sos = self.sequence[:, :1]
+        inputs = torch.cat([sos, self.sequence[:, window.context_start + 1 : window.start]], dim=1)
+        self.cache.prepare_write(self.txt_len, length)
+        h = self.block.embed(inputs, window.context_start, self.cond.labels)
+        self.block.trunk(h, self._rope(self.txt_len, length), self.cache, self.query_scale)
 
-        The change is mean((new - old)^2) / mean(new^2) over the written tokens.
+    def step(self, first: int, length: int, read: int | None = None) -> torch.Tensor:
+        """Run targets first..first+length-1 (one evaluation) from the inputs at `read` (default
+        first; a video's first Jacobi guess reads the frame before); return the relative change
+        (scalar), mean((new - old)^2) / mean(new^2) over the written tokens.
         """
-        inputs = self.sequence[:, first : first + length]  # (B', L, C')
-        cache_start = first + self.txt_len
+        read = first if read is None else read
+        inputs = self.sequence[:, read : read + length]  # (B', L, C')
+        cache_start = self.txt_len + first - self.base
         self.cache.prepare_write(cache_start, length)
         h = self.block.embed(inputs, first, self.cond.labels)
         h = self.block.trunk(h, self._rope(cache_start, length), self.cache, self.query_scale)
@@ -173,24 +214,34 @@ class _BlockSampler:
 
     def result(self) -> torch.Tensor:
         tokens = self.sequence[: self.batch, 1:] if self.block.config.sos else self.sequence[: self.batch]
-        return self.block.permute(tokens)
+        return self.block.permute(tokens, self.frames)
 
 
 @torch.no_grad()
 def sample_block_sequential(
-    block: FlowBlock, noise: torch.Tensor, cond: BlockConditions, rope: Rope | None, progress: bool = False
+    block: FlowBlock,
+    noise: torch.Tensor,
+    cond: BlockConditions,
+    rope: Rope | None,
+    progress: bool = False,
+    frames: int = 1,
+    prefix: torch.Tensor | None = None,
+    windows: list[SamplingWindow] | None = None,
 ) -> torch.Tensor:
-    """Invert one block token by token with a KV cache. noise/result: (B, T, C') raster order."""
-    sampler = _BlockSampler(block, noise, cond, rope)
+    """Invert one block token by token with a KV cache. noise/result: (B, T, C') raster order
+    (`frames` frames; prefix and windows as in _BlockSampler)."""
+    sampler = _BlockSampler(block, noise, cond, rope, frames, prefix, windows)
     bar = tqdm(
-        range(sampler.num_targets),
-        disable=not progress,
-        desc=f"block {block.index}",
-        leave=False,
+        total=sampler.num_targets, disable=not progress, desc=f"block {block.index}", leave=False,
         delay=PROGRESS_DELAY,
-    )
-    for j in bar:
-        sampler.step(j, 1)
+    )  # fmt: skip
+    bar.update(sampler.windows[0].start)
+    for window in sampler.windows:
+        sampler.begin(window)
+        for j in range(window.start, window.stop):
+            sampler.step(j, 1)
+            bar.update(1)
+    bar.close()
     return sampler.result()
 
 
@@ -204,31 +255,40 @@ def sample_block_jacobi(
     tol: float,
     max_iter: int,
     progress: bool = False,
+    frames: int = 1,
+    prefix: torch.Tensor | None = None,
+    windows: list[SamplingWindow] | None = None,
 ) -> tuple[torch.Tensor, list[int]]:
     """Invert one block chunk by chunk with Jacobi fixed-point iteration (SPEC section 3).
 
     Each chunk starts from x = z, re-evaluates all its tokens in parallel from the
     current guess, and stops when mean((x_new - x)^2) / mean(x_new^2) < tol or after
-    max_iter; a retry overwrites the chunk's cache entries in place. Returns the
-    sample and the iteration count of each chunk.
+    max_iter; a retry overwrites the chunk's cache entries in place. In a video (official
+    Jacobi path) chunks after the first frame hold 4 x block_size tokens and their first
+    iteration reads the inputs one frame earlier (the previous frame as the guess). Returns
+    the sample and the iteration count of each chunk.
     """
-    sampler = _BlockSampler(block, noise, cond, rope)
+    sampler = _BlockSampler(block, noise, cond, rope, frames, prefix, windows)
+    frame = sampler.frame_tokens
     iterations = []
     bar = tqdm(
-        total=sampler.num_targets,
-        disable=not progress,
-        desc=f"block {block.index} (Jacobi)",
-        leave=False,
-        delay=PROGRESS_DELAY,
-    )
-    for first in range(0, sampler.num_targets, block_size):
-        length = min(block_size, sampler.num_targets - first)
-        for iteration in range(1, max_iter + 1):
-            change = sampler.step(first, length)
-            if iteration == max_iter or change.item() < tol:
-                break
-        iterations.append(iteration)
-        bar.update(length)
+        total=sampler.num_targets, disable=not progress, desc=f"block {block.index} (Jacobi)",
+        leave=False, delay=PROGRESS_DELAY,
+    )  # fmt: skip
+    bar.update(sampler.windows[0].start)
+    for window in sampler.windows:
+        sampler.begin(window)
+        first = window.start
+        while first < window.stop:
+            length = min(block_size if first <= frame else 4 * block_size, window.stop - first)
+            for iteration in range(1, max_iter + 1):
+                read = first - frame if (iteration == 1 and first > frame) else first
+                change = sampler.step(first, length, read)
+                if iteration == max_iter or change.item() < tol:
+                    break
+            iterations.append(iteration)
+            bar.update(length)
+            first += length
     bar.close()
     return sampler.result(), iterations
 

@@ -251,11 +251,13 @@ def test_convert_variant_from_official_yaml(tmp_path):
     error = np.abs(z.detach().numpy() - io["z"]).max() / np.abs(io["z"]).max()
     assert error < 1e-4  # the official vectors' tolerance (SPEC section 7)
 
-    (tmp_path / "video.yaml").write_text(ARCH_YAML + "- vid_size: '81:16'\n")
-    args[3] = tmp_path / "video.yaml"
-    refused = run("starflow_mlx.convert", *args, "-o", tmp_path / "video", tmp=tmp_path)
+    (tmp_path / "gemma.yaml").write_text(ARCH_YAML + "- use_pretrained_lm: gemma3_4b\n")
+    args[3] = tmp_path / "gemma.yaml"
+    refused = run("starflow_mlx.convert", *args, "-o", tmp_path / "gemma", tmp=tmp_path)
     assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1
-    assert "vid_size='81:16' (video models)" in refused.stderr and not (tmp_path / "video").exists()
+    assert (
+        "use_pretrained_lm='gemma3_4b' (a pretrained" in refused.stderr and not (tmp_path / "gemma").exists()
+    )
 
 
 def test_convert_a_flow_folder_into_a_named_label_pipeline(tmp_path):

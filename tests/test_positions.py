@@ -104,10 +104,10 @@ def captured_ropes_mlx(model, monkeypatch) -> dict[int, tuple[np.ndarray, np.nda
     first_layers = {id(block.attn_blocks[0].attention): index for index, block in enumerate(model.blocks)}
     seen, call = {}, mlx_layers.Attention.__call__
 
-    def spy(self, x, rope, *args):
+    def spy(self, x, rope, *args, **kwargs):
         if id(self) in first_layers:
             seen.setdefault(first_layers[id(self)], tuple(np.array(t) for t in rope))
-        return call(self, x, rope, *args)
+        return call(self, x, rope, *args, **kwargs)
 
     monkeypatch.setattr(mlx_layers.Attention, "__call__", spy)
     x, y = random_inputs(FLIP_CONFIG, 1, HEIGHT, WIDTH)

@@ -26,31 +26,18 @@ FLOW_FIELDS = frozenset(f.name for f in dataclasses.fields(FlowConfig)) - {"fami
 # Official options that change what the model computes and are not implemented here:
 # name -> (default, what it is). Accepted only at the default.
 NOT_IMPLEMENTED = {
-    "vid_size": (None, "video models"),
-    "fps_cond": (0, "frame-rate conditioning of video prompts"),
-    "temporal_causal": (0, "temporally causal video blocks"),
-    "shallow_block_local": (0, "frame-local attention in the shallow blocks (video)"),
-    "local_attn_window": (None, "windowed attention over video frames"),
-    "top_block_channels": (None, "a deep block wider than the shallow blocks"),
-    "learnable_self_denoiser": (0, "the learned self-denoiser network"),
     "use_pretrained_lm": (None, "a pretrained language model (Gemma) as the deep block"),
-    "mix_aspect": (0, "prompt augmentation with the aspect ratio"),
-    "cond_noise_level": (0, "prompt augmentation with the noise level"),
 }
 
 # Official Model arguments that are not FlowConfig fields and change nothing computed here:
-# gradient checkpointing (training), use_mm_attn (only read with use_pretrained_lm) and the
-# self-denoiser's settings (only read with learnable_self_denoiser, which is refused).
+# gradient checkpointing (training), use_mm_attn (only read with use_pretrained_lm) and
+# noise_embed_denoiser (the official Model swallows it in **unused_kwargs: no module reads it).
 CONSTRUCTOR_IGNORED = frozenset(
-    {
-        "use_checkpoint",
-        "use_checkpoint_mlp",
-        "use_mm_attn",
-        "conditional_denoiser",
-        "denoiser_window",
-        "noise_embed_denoiser",
-    }
+    {"use_checkpoint", "use_checkpoint_mlp", "use_mm_attn", "noise_embed_denoiser"}
 )
+
+# Settings only the learned self-denoiser reads: without it the official Model ignores them.
+DENOISER_SETTINGS = {"conditional_denoiser": False, "denoiser_window": None}
 
 # The only STARFlow MLP width: the official Model has no expansion argument (it would land
 # in **unused_kwargs), so its blocks always use the MetaBlock default.
@@ -68,8 +55,6 @@ def _not_implemented(values: Mapping[str, Any]) -> list[str]:
         value = values.get(name, default)
         if _is_default(value, default):
             continue
-        if name == "top_block_channels" and value == values.get("channels"):
-            continue  # the official code then builds the same width everywhere
         refused.append(f"{name}={value!r} ({what})")
     return refused
 
@@ -91,7 +76,20 @@ def from_official_arguments(arguments: Mapping[str, Any], family: str = "starflo
             f"expansion={expansion!r}: the official STARFlow Model takes no expansion argument and always "
             f"builds {OFFICIAL_STARFLOW_EXPANSION}x MLPs; drop it (or write our config.json instead)"
         )
-    return FlowConfig(family=family, **{name: arguments[name] for name in FLOW_FIELDS & set(arguments)})
+    values = {name: arguments[name] for name in FLOW_FIELDS & set(arguments)}
+    return FlowConfig(family=family, **_normalised_video_options(values))
+
+
+def _normalised_video_options(values: dict[str, Any]) -> dict[str, Any]:
+    """Drop settings the official Model reads as no change: the denoiser's settings without a
+    denoiser, and a top_block_channels equal to channels."""
+    if not values.get("learnable_self_denoiser"):
+        values = {**values, **DENOISER_SETTINGS}
+    elif not values.get("txt_dim"):
+        values = {**values, "conditional_denoiser": False}  # the official denoiser then gets txt_dim 0
+    if values.get("top_block_channels") == values.get("channels", FlowConfig.channels):
+        values = {**values, "top_block_channels": None}
+    return values
 
 
 # Hidden sizes of text encoders named in official YAMLs (`text:`), to derive txt_dim.
@@ -134,13 +132,25 @@ TRAIN_PARSER_MODEL_DEFAULTS = {
     "soft_clip": 0.0,
     "seq_order": "R2L",
     "noise_std": 0.3,
+    "temporal_causal": 0,
+    "shallow_block_local": 0,
+    "top_block_channels": None,
+    "local_attn_window": None,
+    "learnable_self_denoiser": 0,
+    "conditional_denoiser": 0,
+    "denoiser_window": None,
 }
 
 # Flags the official train.py never passes to the model: accepted, with a note when set.
 TRAIN_PARSER_UNUSED_MODEL_FLAGS = {
     "adaln": (0, "the official train.py never passes adaln to the model, which builds no adaLN"),
     "nvp": (1, "the official train.py never passes nvp to the model: STARFlow predicts shift and scale"),
+    "noise_embed_denoiser": (0, "the official Model accepts noise_embed_denoiser but no module reads it"),
 }
+
+# Flags of video training YAMLs that shape the data and the prompts, not the flow: kept for
+# the pipeline in OfficialVideoSettings (read_official_video_settings), with their defaults.
+VIDEO_PIPELINE_FLAGS = {"vid_size": None, "fps_cond": 0, "cond_noise_level": 0, "mix_aspect": 0}
 
 # Every other flag of the official train.py parser: data, optimisation, logging, sampling
 # and decoding settings, and options read only by features refused above (NOT_IMPLEMENTED).
@@ -148,8 +158,7 @@ TRAIN_PARSER_OTHER_FLAGS = frozenset(
     {
         "model_config_path", "train_seed", "data", "logdir", "dataset", "wds", "no_flip",
         "caption_column", "secondary_dataset", "secondary_img_size", "secondary_vid_size", "vae",
-        "vae_decoder_factor", "finetuned_vae", "text", "use_mm_attn", "conditional_denoiser",
-        "noise_embed_denoiser", "denoiser_window", "noise_type", "batch_size", "secondary_batch_size",
+        "vae_decoder_factor", "finetuned_vae", "text", "use_mm_attn", "noise_type", "batch_size", "secondary_batch_size",
         "secondary_ratio", "acc", "fp8", "use_8bit_adam", "epochs", "epoch_length", "lr", "min_lr",
         "drop_label", "drop_image", "last_frame_cond", "video_to_video", "resume_path", "resume_epoch",
         "warmup_steps", "fsdp", "fsdp_text_encoder", "gradient_checkpoint", "gradient_checkpoint_mlp",
@@ -162,6 +171,7 @@ TRAIN_PARSER_FLAGS = (
     set(TRAIN_PARSER_MODEL_DEFAULTS)
     | set(TRAIN_PARSER_UNUSED_MODEL_FLAGS)
     | set(NOT_IMPLEMENTED)
+    | set(VIDEO_PIPELINE_FLAGS)
     | TRAIN_PARSER_OTHER_FLAGS
 )
 
@@ -220,8 +230,8 @@ def from_official_yaml(path: str | Path, txt_dim: int | None = None) -> FlowConf
     values["layers_per_block"] = layers
     if len(layers) > 1:  # the official train.py takes the block count from the list
         values["num_blocks"] = len(layers)
-    if raw.get("vae"):  # the YAML gives the pixel size; the flow runs on VAE latents (downsample 8)
-        values["img_size"] = int(values["img_size"]) // VAE_DOWNSAMPLE
+    if raw.get("vae"):  # the YAML gives the pixel size; the flow runs on VAE latents
+        values["img_size"] = int(values["img_size"]) // vae_downsample(raw["vae"])
     if values["txt_size"] > 0:
         if txt_dim is None:
             encoder = raw.get("text")
@@ -229,7 +239,59 @@ def from_official_yaml(path: str | Path, txt_dim: int | None = None) -> FlowConf
                 raise ValueError(f"{path}: cannot derive txt_dim for text encoder {encoder!r}; pass txt_dim")
             txt_dim = TEXT_ENCODER_WIDTH[encoder]
         values["txt_dim"] = txt_dim
-    return FlowConfig(family="starflow", **values)
+    return FlowConfig(family="starflow", **_normalised_video_options(values))
+
+
+def vae_downsample(vae: str) -> int:
+    """Spatial downsampling of the VAE an official YAML names (`vae:`, maybe with a `:scale`
+    suffix): 16 for Wan2.2 (official utils/model_setup.py), 8 for Wan2.1 and SD-VAEs."""
+    return WAN22_DOWNSAMPLE if "Wan-AI/Wan2.2" in str(vae) else VAE_DOWNSAMPLE
+
+
+WAN22_DOWNSAMPLE = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class OfficialVideoSettings:
+    """The video data and prompt settings of an official YAML, kept for the video pipeline.
+
+    num_frames and fps come from `vid_size: 'frames:fps'`; fps_cond, cond_noise_level and
+    mix_aspect switch on the prompt templates (official utils/common.py preprocess_text);
+    temporal_scale is the `:scale` suffix of the VAE name (latents of every frame after the
+    first are multiplied by it).
+    """
+
+    num_frames: int
+    fps: int
+    fps_cond: bool
+    cond_noise_level: bool
+    mix_aspect: bool
+    vae: str
+    temporal_scale: float
+
+
+def read_official_video_settings(path: str | Path) -> OfficialVideoSettings | None:
+    """The video settings of an official YAML, or None for an image YAML (no vid_size)."""
+    path = Path(path)
+    raw = {**VIDEO_PIPELINE_FLAGS, **_parse_yaml_arguments(path)}
+    if raw["vid_size"] is None:
+        return None
+    try:
+        num_frames, fps = (int(part) for part in str(raw["vid_size"]).split(":")[:2])
+    except ValueError:
+        raise ValueError(
+            f"{path}: vid_size={raw['vid_size']!r} must read 'frames:fps', e.g. '81:16'"
+        ) from None
+    vae, _, scale = str(raw.get("vae") or "").partition(":")
+    return OfficialVideoSettings(
+        num_frames=num_frames,
+        fps=fps,
+        fps_cond=bool(raw["fps_cond"]),
+        cond_noise_level=bool(raw["cond_noise_level"]),
+        mix_aspect=bool(raw["mix_aspect"]),
+        vae=vae,
+        temporal_scale=float(scale) if scale else 1.0,
+    )
 
 
 def resolve_config(config: FlowConfig | Mapping[str, Any] | str | Path) -> FlowConfig:
