@@ -85,7 +85,7 @@ def test_sequential_sampling_reproduces_the_official_samples(twin):
     )
 
 
-def test_jacobi_sampling_follows_the_official_video_chunks(twin):
+def test_jacobi_sampling_follows_the_official_video_chunks(twin, monkeypatch):
     """Converged Jacobi equals the official samples; chunks of block_size up to the first frame's
     end, then of 4 x block_size (official Jacobi path), so the deep block's 3 x 64 tokens take
     17 + 8 chunks of 4 and 16 (image-to-video: the first frame is known, 1 + 8).
