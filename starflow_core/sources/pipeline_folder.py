@@ -25,6 +25,8 @@ from starflow_core.generation.settings import GenerationSettings
 from starflow_core.io import atomic_write_json
 from starflow_core.staging import check_output_apart, staged_folder
 from starflow_core.version import package_version
+from starflow_core.video.settings import VideoDefaults
+from starflow_core.wan_vae_config import WanVAEConfig
 
 MODEL_INDEX = "model_index.json"
 FLOW_CONFIG = "config.json"
@@ -37,7 +39,8 @@ COMPONENT_CLASSES = {
     "tokenizer": ["transformers", "T5Tokenizer"],
     "decoder": ["diffusers", "AutoencoderKL"],
 }
-_INDEX_KEYS = {"_class_name", "_starflow_version", "name", "sampling", "labels", "default_prompts"}
+_INDEX_KEYS = {"_class_name", "_starflow_version", "name", "sampling", "labels", "default_prompts", "video"}
+WAN_VAE_CLASS = "AutoencoderKLWan"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,25 +60,52 @@ class PipelineParts:
     # what loads these parts again by name (release name, Hub repo id, absolute folder path);
     # written into image metadata as "model". None: not known (parts built by hand)
     source: str | None = None
+    # a video model's clip length, rate, prompt template and VAE temporal scale (model_index "video")
+    video: VideoDefaults | None = None
 
     @property
     def flow_config(self) -> FlowConfig:
         return FlowConfig.load(self.transformer / FLOW_CONFIG)
 
+    def _vae_config(self) -> dict[str, Any]:
+        return json.loads((self.vae / "config.json").read_text())
+
+    @property
+    def video_vae(self) -> bool:
+        """Whether the VAE is the Wan2.2 video VAE (diffusers AutoencoderKLWan)."""
+        return self.vae is not None and self._vae_config().get("_class_name") == WAN_VAE_CLASS
+
+    @property
+    def is_video(self) -> bool:
+        """A video model: one with video defaults, a video VAE or frames ordered in time."""
+        return self.video is not None or self.video_vae or self.flow_config.temporal_causal > 0
+
     @property
     def vae_downsample(self) -> int:
-        """Pixels per latent pixel: 2^(len(block_out_channels) - 1) of the VAE, 1 without one."""
+        """Pixels per latent pixel: 2^(len(block_out_channels) - 1) of the VAE (the Wan VAE:
+        patch size x 2 per down block but the last), 1 without one."""
         if self.vae is None:
             return 1
-        config = json.loads((self.vae / "config.json").read_text())
+        config = self._vae_config()
+        if config.get("_class_name") == WAN_VAE_CLASS:
+            return WanVAEConfig.from_diffusers(config, str(self.vae)).spatial_factor
         return 2 ** (len(config.get("block_out_channels", (128, 256, 512, 512))) - 1)
+
+    @property
+    def vae_temporal_downsample(self) -> int:
+        """Frames per latent frame after the first (the Wan VAE: 4); 1 for image VAEs and pixels."""
+        if not self.video_vae:
+            return 1
+        return WanVAEConfig.from_diffusers(self._vae_config(), str(self.vae)).temporal_factor
 
     @property
     def image_channels(self) -> int:
         """Channels of the images: the VAE's input channels, or the flow's for pixel models."""
         if self.vae is None:
             return self.flow_config.in_channels
-        return int(json.loads((self.vae / "config.json").read_text()).get("in_channels", 3))
+        if self.video_vae:
+            return 3  # RGB video; the Wan VAE's in_channels counts its 2x2 patches
+        return int(self._vae_config().get("in_channels", 3))
 
     def with_decoder(self, decoder: str | Path | None) -> PipelineParts:
         if decoder is None:
@@ -111,7 +141,8 @@ class PipelineParts:
                 "but the pipeline has no vae/"
             )
         if self.vae is not None:
-            latent = json.loads((self.vae / "config.json").read_text()).get("latent_channels", 4)
+            vae_config = self._vae_config()
+            latent = vae_config.get("z_dim" if self.video_vae else "latent_channels", 4)
             if latent != config.in_channels:
                 raise ValueError(
                     f"{self.name}: the VAE has {latent} latent channels, "
@@ -175,6 +206,7 @@ def read_pipeline_folder(folder: str | Path) -> PipelineParts:
         labels=tuple(labels) if labels else None,
         default_prompts=tuple(index.get("default_prompts") or ()),
         source=str(folder.resolve()),
+        video=VideoDefaults.from_dict(index["video"]) if index.get("video") else None,
     )
     parts.check()
     return parts
@@ -191,6 +223,8 @@ def model_index(parts: PipelineParts) -> dict[str, Any]:
     index["sampling"] = dataclasses.asdict(parts.sampling)
     index["labels"] = list(parts.labels) if parts.labels else None
     index["default_prompts"] = list(parts.default_prompts)
+    if parts.video is not None:
+        index["video"] = parts.video.to_dict()
     return index
 
 
