@@ -53,9 +53,20 @@ from starflow_core.generation.validation import (
     check_image_count,
     check_size_limit,
 )
+from starflow_core.generation.video_cli import (
+    add_video_arguments,
+    check_video_flags,
+    default_video_output,
+    generate_videos,
+    is_video_output,
+    video_request_flags,
+    video_writer,
+)
+from starflow_core.generation.video_memory import check_video_memory, video_shape
 from starflow_core.generation.writer import ImageWriter
 from starflow_core.sources import PipelineParts, resolve
-from starflow_core.sources.releases import DEMO_FOLDER
+from starflow_core.sources.pipeline_folder import read_pipeline_folder
+from starflow_core.sources.releases import DEMO_FOLDER, release_by_name
 from starflow_core.staging import removing_new_empty_folders
 
 PRECOMPUTED_PROMPTS = 64  # up to this many distinct prompts are encoded before the flow loads
@@ -67,6 +78,7 @@ class Backend:
     """What differs between the twins' CLIs."""
 
     load: Callable[[PipelineParts, argparse.Namespace], Any]  # -> StarFlowPipeline
+    load_video: Callable[[PipelineParts, argparse.Namespace], Any]  # -> StarFlowVideoPipeline
     peak_memory: Callable[[], int | None]  # bytes
     precision: Callable[[argparse.Namespace], Precision]  # --dtype auto resolved for the device
     memory: Callable[[argparse.Namespace], tuple[int, str]]  # bytes the arrays may use, what that is
@@ -139,7 +151,8 @@ def build_parser(module: str, description: str, torch: bool = False) -> argparse
         type=Path,
         default=Path("starflow.png"),
         help="image file (its suffix .png, .jpg, .jpeg or .webp picks the format) or folder (a name "
-        "without a suffix); an existing file is kept and the new one named <stem>_1, _2, ...",
+        "without a suffix); video models: .mp4, .gif, .webp or a folder of PNG frames (default "
+        "starflow.mp4); an existing file is kept and the new one named <stem>_1, _2, ...",
     )
     add_output_arguments(parser)
     parser.add_argument("--grid", action="store_true", help="write one grid image instead of one per image")
@@ -156,6 +169,7 @@ def build_parser(module: str, description: str, torch: bool = False) -> argparse
         help=f"allow sides beyond {MAX_SIDE_FACTOR}x the model's training size",
     )
     add_edit_arguments(parser)
+    add_video_arguments(parser)
     return parser
 
 
@@ -296,7 +310,55 @@ def run(args: argparse.Namespace, backend: Backend) -> int:
         return generate(args, backend)
 
 
+def makes_video(args: argparse.Namespace) -> bool:
+    """Whether this run makes videos, known before anything is downloaded: video flags, a video-only
+    output suffix, or a video release or pipeline folder (a Hub repo: told once it is resolved)."""
+    if video_request_flags(args) or is_video_output(args.output):
+        return True
+    release = release_by_name(args.model)
+    if release is not None:
+        return release.video is not None
+    folder = Path(args.model).expanduser()
+    if (folder / "model_index.json").is_file():
+        return read_pipeline_folder(folder).is_video
+    return False
+
+
+def run_video(args: argparse.Namespace, backend: Backend, parts: PipelineParts | None = None) -> int:
+    """The video path: flags and output checked, memory and disk checked, then the videos."""
+    check_video_flags(args)
+    default_video_output(args)
+    video_writer(args)  # the suffix, PyAV for .mp4 and the folder, before any download
+    if parts is None:
+        if not args.no_resource_check:
+            check_video_resources(args, backend)
+        parts = resolve(args.model, dtype=backend.precision(args).dtype, strict=args.strict)
+    if not parts.is_video:
+        given = video_request_flags(args) or [f"--output {args.output}"]
+        raise ValueError(f"{parts.name} makes images, not videos; drop {', '.join(given)}")
+    if backend.world_size > 1 and not args.seed:
+        raise ValueError("give --seed under torchrun: each rank would draw its own random seeds")
+    prompts, seeds = read_prompts(args, parts), read_seeds(args)
+    jobs = [(p, s) for p in prompts for s in seeds]
+    mine = rank_share(jobs, backend.rank, backend.world_size)
+    pipe = backend.load_video(parts, args)
+    return generate_videos(args, pipe, parts, prompts, seeds, mine)
+
+
+def check_video_resources(args: argparse.Namespace, backend: Backend) -> None:
+    """Memory (the video formula) and first-run disk of a video release, before any download."""
+    release = release_by_name(args.model)
+    if release is None or release.video is None:
+        return
+    available = (int(args.memory_limit * GB), "--memory-limit") if args.memory_limit else backend.memory(args)
+    shape = video_shape(release, args.num_frames, args.height, args.width, args.aspect_ratio, args.cfg, args.jacobi)
+    check_video_memory(release, backend.precision(args), shape, not args.no_denoise, available, backend.quantization)
+    check_disk(release, backend.precision(args))
+
+
 def generate(args: argparse.Namespace, backend: Backend) -> int:
+    if makes_video(args):
+        return run_video(args, backend)
     writer = ImageWriter(
         args.output,
         total=0,
@@ -314,6 +376,8 @@ def generate(args: argparse.Namespace, backend: Backend) -> int:
     if backend.world_size > 1 and not args.seed:  # the ranks must share one list of jobs
         raise ValueError("give --seed under torchrun: each rank would draw its own random seeds")
     parts = resolve(args.model, dtype=backend.precision(args).dtype, strict=args.strict)
+    if parts.is_video:  # a Hub repo holding a video pipeline
+        return run_video(args, backend, parts)
     prompts, seeds = read_prompts(args, parts), read_seeds(args)
     check_image_count(len(prompts), len(seeds), args.max_images)
     edit = edit_arguments(args, parts) if args.image is not None else None  # image-to-image / inpainting
