@@ -78,13 +78,13 @@ class Backend:
     """What differs between the twins' CLIs."""
 
     load: Callable[[PipelineParts, argparse.Namespace], Any]  # -> StarFlowPipeline
-    load_video: Callable[[PipelineParts, argparse.Namespace], Any]  # -> StarFlowVideoPipeline
     peak_memory: Callable[[], int | None]  # bytes
     precision: Callable[[argparse.Namespace], Precision]  # --dtype auto resolved for the device
     memory: Callable[[argparse.Namespace], tuple[int, str]]  # bytes the arrays may use, what that is
     quantization: bool = False  # whether --quantize / --quantize-text exist
     rank: int = 0
     world_size: int = 1
+    load_video: Callable[[PipelineParts, argparse.Namespace], Any] | None = None  # -> StarFlowVideoPipeline
 
 
 def build_parser(module: str, description: str, torch: bool = False) -> argparse.ArgumentParser:
