@@ -52,7 +52,9 @@ REDUCED = FlowConfig(
 )
 
 
-def measure(config: FlowConfig, frames: int, side: int, jacobi: bool, dtype=mx.float32) -> dict[str, tuple[int, int]]:
+def measure(
+    config: FlowConfig, frames: int, side: int, jacobi: bool, dtype=mx.float32
+) -> dict[str, tuple[int, int]]:
     """{phase: (measured bytes above the weights, estimated bytes)} for one shape."""
     from starflow_mlx import video
     from starflow_mlx.model import StarFlow
@@ -65,7 +67,9 @@ def measure(config: FlowConfig, frames: int, side: int, jacobi: bool, dtype=mx.f
         config, num_frames, side * 16, side * 16, num_frames, jacobi_block_size=8 if jacobi else None
     )
     rng = np.random.default_rng(0)
-    noise = mx.array(rng.standard_normal((1, frames, side, side, config.in_channels), np.float32)).astype(dtype)
+    noise = mx.array(rng.standard_normal((1, frames, side, side, config.in_channels), np.float32)).astype(
+        dtype
+    )
     y = mx.array(rng.standard_normal((1, config.txt_size, config.txt_dim), np.float32)).astype(dtype)
     mx.eval(noise, y)
     mx.clear_cache()
@@ -81,10 +85,12 @@ def measure(config: FlowConfig, frames: int, side: int, jacobi: bool, dtype=mx.f
     denoised = mx.get_peak_memory() - base
     dtype_name = {mx.float32: "float32", mx.bfloat16: "bfloat16"}[dtype]
     return {
-        "sample": (sampled, video_kv_cache_bytes(config, shape, dtype_name) + video_step_bytes(config, shape)),
+        "sample": (
+            sampled,
+            video_kv_cache_bytes(config, shape, dtype_name) + video_step_bytes(config, shape),
+        ),
         "denoise": (denoised, video_denoise_bytes(config, shape, dtype_name)),
     }
-
 
 
 def table() -> None:
@@ -110,7 +116,9 @@ def table() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--table", action="store_true", help="print the 7B's estimates for the README instead")
+    parser.add_argument(
+        "--table", action="store_true", help="print the 7B's estimates for the README instead"
+    )
     if parser.parse_args().table:
         table()
         return
@@ -121,7 +129,6 @@ def main() -> None:
                 f"measured {measured / 2**20:8.1f} MiB  estimated {estimated / 2**20:8.1f} MiB  "
                 f"ratio {estimated / measured:.2f}"
             )
-
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ from starflow_core.generation.settings import GenerationSettings
 from starflow_core.generation.video_pipeline import VideoPipelineBase
 from starflow_core.video.settings import Window
 
-from .pipeline import StarFlowPipeline
 from . import video
+from .pipeline import StarFlowPipeline
 from .sampling import SamplingStats
 from .wan_vae import AutoencoderKLWan
 
@@ -34,7 +34,9 @@ class StarFlowVideoPipeline(VideoPipelineBase, StarFlowPipeline):
         """The VAE on first use: the Wan2.2 video VAE (with the model's temporal scale) or an image VAE."""
         if self._vae is None and self.parts.video_vae:
             scale = self.parts.video.temporal_scale if self.parts.video else 1.0
-            self._vae = AutoencoderKLWan.from_pretrained(self.parts.vae, dtype=self.dtype, temporal_scale=scale)
+            self._vae = AutoencoderKLWan.from_pretrained(
+                self.parts.vae, dtype=self.dtype, temporal_scale=scale
+            )
         return StarFlowPipeline.vae.fget(self)
 
     # ----- array work ------------------------------------------------------------------------
@@ -94,7 +96,9 @@ class StarFlowVideoPipeline(VideoPipelineBase, StarFlowPipeline):
     def denoise_video(self, latents: mx.array, y: mx.array | None, chunk_frames: int) -> mx.array:
         rows = []
         for i in range(latents.shape[0]):  # one video at a time, as the official denoising_batch_size 1
-            row = video.denoise_video(self.flow, latents[i : i + 1], None if y is None else y[i : i + 1], chunk_frames)
+            row = video.denoise_video(
+                self.flow, latents[i : i + 1], None if y is None else y[i : i + 1], chunk_frames
+            )
             mx.eval(row)
             rows.append(row)
         return mx.concatenate(rows)

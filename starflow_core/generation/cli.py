@@ -351,8 +351,12 @@ def check_video_resources(args: argparse.Namespace, backend: Backend) -> None:
     if release is None or release.video is None:
         return
     available = (int(args.memory_limit * GB), "--memory-limit") if args.memory_limit else backend.memory(args)
-    shape = video_shape(release, args.num_frames, args.height, args.width, args.aspect_ratio, args.cfg, args.jacobi)
-    check_video_memory(release, backend.precision(args), shape, not args.no_denoise, available, backend.quantization)
+    shape = video_shape(
+        release, args.num_frames, args.height, args.width, args.aspect_ratio, args.cfg, args.jacobi
+    )
+    check_video_memory(
+        release, backend.precision(args), shape, not args.no_denoise, available, backend.quantization
+    )
     check_disk(release, backend.precision(args))
 
 

@@ -31,12 +31,16 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
         help="frames of each video, 4k + 1 through the Wan VAE (default: the model's training length, "
         "81 for the 7B); longer videos are sampled through a sliding window",
     )
-    group.add_argument("--fps", type=int, help="frames per second written and told to the model (default: its own)")
+    group.add_argument(
+        "--fps", type=int, help="frames per second written and told to the model (default: its own)"
+    )
 
 
 def video_request_flags(args: argparse.Namespace) -> list[str]:
     """The video-only flags given, by name."""
-    return [flag for flag, value in (("--num-frames", args.num_frames), ("--fps", args.fps)) if value is not None]
+    return [
+        flag for flag, value in (("--num-frames", args.num_frames), ("--fps", args.fps)) if value is not None
+    ]
 
 
 def default_video_output(args: argparse.Namespace) -> None:
@@ -76,7 +80,12 @@ def video_writer(args: argparse.Namespace) -> VideoWriter:
 
 
 def generate_videos(
-    args: argparse.Namespace, pipe: Any, parts: PipelineParts, prompts: list[str], seeds: list[int], mine: list[int]
+    args: argparse.Namespace,
+    pipe: Any,
+    parts: PipelineParts,
+    prompts: list[str],
+    seeds: list[int],
+    mine: list[int],
 ) -> int:
     """Sample and write the videos of this rank (`mine`: indices into every prompt x seed)."""
     writer = video_writer(args)
@@ -108,7 +117,11 @@ def generate_videos(
             batch_seeds = [jobs[i][1] for i in indices]
             callback = stepwise_video_writer(args.stepwise_output_dir, pipe, indices, batch_seeds, shape.fps)
             result = pipe.generate_video(
-                [jobs[i][0] for i in indices], seeds=batch_seeds, image=args.image, callback=callback, **request
+                [jobs[i][0] for i in indices],
+                seeds=batch_seeds,
+                image=args.image,
+                callback=callback,
+                **request,
             )
             for row, index in enumerate(indices):
                 path = writer.write_video(index, result.uint8()[row], result.fps, result.parameters(row))

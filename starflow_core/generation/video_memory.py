@@ -41,6 +41,7 @@ from starflow_core.generation.resources import (
 from starflow_core.official.shapes import expected_weight_shapes
 from starflow_core.video.settings import latent_frames, sliding_window
 
+FLAN_T5_XL = T5Shape()  # google/flan-t5-xl, the 7B's text encoder
 WAN22_VAE_PARAMETERS = 704_688_668  # Wan-AI/Wan2.2-TI2V-5B-Diffusers vae/ (diffusers 0.42)
 WAN22_DECODER_BASE_DIM = 256
 # the streamed decode's peak above the weights: bytes per output pixel per decoder_base_dim channel,
@@ -137,7 +138,7 @@ def estimate_video_memory(
     config: FlowConfig,
     precision: Precision,
     shape: VideoShape,
-    t5: T5Shape | None = T5Shape(),
+    t5: T5Shape | None = FLAN_T5_XL,
     vae_parameters: int = WAN22_VAE_PARAMETERS,
     denoise: bool = True,
     decoder_base_dim: int = WAN22_DECODER_BASE_DIM,
@@ -194,7 +195,12 @@ def video_shape(release, num_frames, height, width, aspect_ratio, cfg, jacobi, b
 
 
 def check_video_memory(
-    release, precision: Precision, shape: VideoShape, denoise: bool, available: tuple[int, str], quantization: bool
+    release,
+    precision: Precision,
+    shape: VideoShape,
+    denoise: bool,
+    available: tuple[int, str],
+    quantization: bool,
 ) -> MemoryEstimate:
     """Raise InsufficientResourcesError (naming settings that fit) when the estimate exceeds `available`."""
     from starflow_core.generation.resource_check import InsufficientResourcesError, alternatives, describe
@@ -209,7 +215,9 @@ def check_video_memory(
         if fits(estimate_video_memory(release.config, candidate, shape, denoise=denoise), limit)
         for need in [estimate_video_memory(release.config, candidate, shape, denoise=denoise).peak]
     ]
-    advice = "; ".join(fitting[:2]) if fitting else "fewer --num-frames or a smaller size may fit (README table)"
+    advice = (
+        "; ".join(fitting[:2]) if fitting else "fewer --num-frames or a smaller size may fit (README table)"
+    )
     raise InsufficientResourcesError(
         f"{release.name} with {describe(precision)}, {shape.frames} frames of {shape.tokens_per_frame} "
         f"latent tokens, needs about {describe_estimate(estimate)}, and this machine has "

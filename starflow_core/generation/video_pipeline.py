@@ -138,7 +138,9 @@ class VideoPipelineBase:
             aspect_ratio=request.aspect_ratio,
         )
 
-    def video_conditions(self, wrapped: list[str], null: str, guided: bool) -> tuple[Array | None, Array | None]:
+    def video_conditions(
+        self, wrapped: list[str], null: str, guided: bool
+    ) -> tuple[Array | None, Array | None]:
         """(y, y_null): as `conditions`, but the guidance prompt is the wrapped "" (the official
         sample.py wraps the empty captions it appends with the others)."""
         config = self.config
@@ -162,7 +164,10 @@ class VideoPipelineBase:
         rows = np.stack([pixels] * len(seeds))
         latents = self.to_numpy_frame(self.encode_frame(self.frame_array(rows)))
         noise = np.stack(
-            [np.random.default_rng([int(seed), 1]).standard_normal(latents.shape[1:], np.float32) for seed in seeds]
+            [
+                np.random.default_rng([int(seed), 1]).standard_normal(latents.shape[1:], np.float32)
+                for seed in seeds
+            ]
         )
         return self.latent_frame_array(latents + self.config.noise_std * noise)
 
@@ -217,9 +222,15 @@ class VideoPipelineBase:
         first = self.first_frame(image, seeds, request) if image is not None else None
         factor, config = self.parts.vae_downsample, self.config
         noise = make_video_noise(
-            seeds, request.latent_frames, config.in_channels, request.height // factor, request.width // factor
+            seeds,
+            request.latent_frames,
+            config.in_channels,
+            request.height // factor,
+            request.width // factor,
         )
-        on_block = None if callback is None else (lambda index, state: callback(index, self.video_numpy(state)))
+        on_block = (
+            None if callback is None else (lambda index, state: callback(index, self.video_numpy(state)))
+        )
         latents, steps = self.sample_video(
             self.video_noise_array(noise), y, y_null, settings, first, request.window, progress, on_block
         )
@@ -275,4 +286,3 @@ def _resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
     resized = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
     resized = resized[..., None] if resized.ndim == 2 else resized
     return resized / 127.5 - 1.0
-

@@ -91,7 +91,9 @@ class Window:
     context: int
 
 
-def sliding_window(configured: int | None, trained_latent_frames: int, latent_frames_asked: int) -> Window | None:
+def sliding_window(
+    configured: int | None, trained_latent_frames: int, latent_frames_asked: int
+) -> Window | None:
     """The window a run samples with: the model's own local_attn_window when it has one; else,
     for more latent frames than the training clips held, a window of the training length with
     window - 1 frames of context (as the official sampler sets for a longer --target_length);
@@ -103,7 +105,9 @@ def sliding_window(configured: int | None, trained_latent_frames: int, latent_fr
     return Window(trained_latent_frames, trained_latent_frames - 1)
 
 
-def center_crop_box(height: int, width: int, target_h: int, target_w: int) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+def center_crop_box(
+    height: int, width: int, target_h: int, target_w: int
+) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
     """The official sample.py's image-to-video resize and crop: scale by
     max(target_h / height, target_w / width), size int(side * scale) each, then the centre
     target_h x target_w. Returns ((resized_h, resized_w), (left, top, right, bottom))."""

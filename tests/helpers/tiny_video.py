@@ -16,7 +16,9 @@ from .tiny_components import TINY_T5_CONFIG, make_tiny_t5_folder, randomize_
 from .tiny_pipeline import TINY_TEXT_FLOW, make_flow_folder
 
 # Wan2.2's layout at toy widths: 16x spatial (patch 2 x three halvings), 4x temporal, 4 latent channels
-TINY_WAN = dict(base_dim=8, decoder_base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], temperal_downsample=[False, True, True])
+TINY_WAN = dict(
+    base_dim=8, decoder_base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], temperal_downsample=[False, True, True]
+)
 # latent 4 x 4 x 4 per frame -> 64 x 64 pixels; frames ordered in time, frame-local shallow blocks
 TINY_VIDEO_FLOW = TINY_TEXT_FLOW.replace(
     img_size=4,
