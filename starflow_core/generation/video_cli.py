@@ -14,6 +14,7 @@ import numpy as np
 
 from starflow_core.extras import MissingExtraError, require
 from starflow_core.generation.edit_cli import EDIT_FLAGS
+from starflow_core.generation.images import to_uint8
 from starflow_core.generation.outputs import check_output_writable
 from starflow_core.generation.validation import check_image_count
 from starflow_core.sources import PipelineParts
@@ -147,9 +148,7 @@ def stepwise_video_writer(folder: Path | None, pipe: Any, indices: list[int], se
     def write(block_index: int, latents: np.ndarray) -> None:
         step = next(steps)
         frames = pipe.decode_video(pipe.video_noise_array(latents), False)
-        pixels = np.clip(np.round((frames + 1.0) * 127.5), 0, 255).astype(np.uint8)
-        if pixels.shape[-1] == 1:
-            pixels = np.repeat(pixels, 3, axis=-1)
+        pixels = to_uint8(frames)
         for video, index, seed in zip(pixels, indices, seeds, strict=True):
             path = Path(folder) / f"{index:04d}_seed{seed}_step{step}_block{block_index}.gif"
             write_video(path, video, fps, {})

@@ -40,8 +40,7 @@ class VideoGeneration:
 
     def uint8(self) -> np.ndarray:
         """(B, T, H, W, 3) uint8; grey videos repeated to RGB."""
-        pixels = to_uint8(self.frames)
-        return np.repeat(pixels, 3, axis=-1) if pixels.shape[-1] == 1 else pixels
+        return to_uint8(self.frames)
 
     def parameters(self, index: int) -> dict[str, Any]:
         """Everything needed to make video `index` again (its metadata and `--metadata` sidecar)."""
