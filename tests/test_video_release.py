@@ -52,6 +52,13 @@ def test_offline_the_release_fails_at_once_naming_every_file(tmp_path, monkeypat
         "hf download google/flan-t5-xl config.json spiece.model model.safetensors.index.json",
     ]
     assert "HF_HUB_OFFLINE is set" in message
+    listed = {line.split(":")[0].strip(): line.split(":", 1)[1].strip() for line in message.splitlines()[1:4]}
+    assert listed == {
+        "apple/starflow": "starflow-v_7B_t2v_caus_480p_v3.pth",
+        "Wan-AI/Wan2.2-TI2V-5B-Diffusers": "vae/config.json, vae/diffusion_pytorch_model.safetensors",
+        "google/flan-t5-xl": "config.json, spiece.model, the encoder weight shards that "
+        "model.safetensors.index.json lists (a run after this download names them)",
+    }
     assert hub.hub_offline()
 
 
