@@ -2,6 +2,7 @@
 
     config.py, presets.py   FlowConfig, the one model configuration, and named presets
     positions.py            RoPE angles (SPEC section 1), the same numbers for both twins
+    frames.py               what video adds: denoiser mask, denoising chunks, sampling windows
     official/               the official format: .pth reader, key tables, shapes, arguments, conversion
     generation/             settings, noise, sizes, prompts, images, results, the generate command line
     sources/                where a model comes from: pipeline folders, the Hub, official releases
@@ -12,7 +13,13 @@ It imports neither twin.
 """
 
 from .config import FlowConfig
-from .official.arguments import from_official_arguments, from_official_yaml, resolve_config
+from .official.arguments import (
+    OfficialVideoSettings,
+    from_official_arguments,
+    from_official_yaml,
+    read_official_video_settings,
+    resolve_config,
+)
 from .presets import PRESETS, preset
 
 __all__ = [
@@ -22,4 +29,6 @@ __all__ = [
     "from_official_arguments",
     "from_official_yaml",
     "resolve_config",
+    "OfficialVideoSettings",
+    "read_official_video_settings",
 ]

@@ -28,7 +28,7 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 # module -> installed names (pyproject [project.scripts]); the first is the command's name,
-# the others are the names of version 0.1.0, kept as aliases
+# the others are aliases (the names of version 0.1.0, and starflow-eval)
 COMMANDS = {
     "starflow_mlx.generate": ("starflow-mlx-generate", "starflow-generate"),
     "starflow_torch.generate": ("starflow-torch-generate", "starflow-sample"),
@@ -45,6 +45,10 @@ COMMANDS = {
     "starflow_core.generation.info": ("starflow-info",),  # framework-free: reads PNG metadata only
     "starflow_mlx.score": ("starflow-mlx-score",),
     "starflow_torch.score": ("starflow-torch-score",),
+    "starflow_mlx.sample_eval": ("starflow-mlx-sample-eval",),
+    "starflow_torch.sample_eval": ("starflow-torch-sample-eval",),
+    "starflow_mlx.eval": ("starflow-mlx-eval",),
+    "starflow_torch.eval": ("starflow-torch-eval", "starflow-eval"),  # short name: Inception is torch
 }
 
 # what a user's input, files or machine can cause; every such error names its fix (a missing

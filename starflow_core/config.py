@@ -195,6 +195,11 @@ class FlowConfig:
                 fail("local_attn_window", "must be a positive number of frames, or None")
             if not self.shallow_block_local:
                 fail("local_attn_window", "needs shallow_block_local (only the deep block spans frames)")
+            if not self.sos:
+                fail(
+                    "local_attn_window",
+                    "needs sos=True (each window starts from sos, as in the official sampler)",
+                )
         if self.top_block_channels is not None and self.top_block_channels <= 0:
             fail("top_block_channels", "must be a positive width, or None for channels")
         if (

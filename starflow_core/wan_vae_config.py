@@ -65,6 +65,9 @@ class WanVAEConfig:
     in_channels: int = 12
     out_channels: int = 12
     patch_size: int = 2
+    # Clip the decoded video to [-1, 1]: the released config.json says false, and the official
+    # code never clips (diffusers 0.42 has no such key and always clamps).
+    clip_output: bool = False
 
     def __post_init__(self) -> None:
         for name in ("dim_mult", "attn_scales", "temperal_downsample", "latents_mean", "latents_std"):
@@ -118,8 +121,13 @@ class WanVAEConfig:
         return 1 + (frames - 1) // self.temporal_factor
 
     def to_diffusers(self) -> dict[str, Any]:
-        """The diffusers ``AutoencoderKLWan`` config dict (lists, as its config.json stores them)."""
-        config = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        """The diffusers ``AutoencoderKLWan`` config dict (lists, as its config.json stores them),
+        less ``clip_output``, which the installed diffusers does not take."""
+        config = {
+            field.name: getattr(self, field.name)
+            for field in dataclasses.fields(self)
+            if field.name != "clip_output"
+        }
         config = {key: list(value) if isinstance(value, tuple) else value for key, value in config.items()}
         spatial = 2 ** (len(self.dim_mult) - 1)
         return {
@@ -149,8 +157,9 @@ class WanVAEConfig:
     @classmethod
     def from_official(cls, config: Mapping[str, Any], source: str = "config") -> WanVAEConfig:
         """From ``{"constructor": {dim, dec_dim, z_dim, ...}, "latents_mean", "latents_std",
-        "patch_size"}`` (the original ``WanVAE_`` arguments, as vectors/wan22_vae_tiny/config.json);
-        without latents_mean / latents_std, Wan2.2's (the official code's constants)."""
+        "patch_size"}`` (the original ``WanVAE_`` arguments, as the wan22_vae_tiny test vectors'
+        config.json). Arguments left out take the values the official loader (``video_vae2``)
+        gives them; latents_mean / latents_std left out are Wan2.2's (the official constants)."""
         config = dict(config)
         family = config.pop("family", "wan2.2-vae")
         if family != "wan2.2-vae":

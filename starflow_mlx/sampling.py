@@ -157,7 +157,7 @@ class _BlockSampler:
         self.cache_state = cache.state()
         mx.eval(self.sequence, self.cache_state)
         self.capacity = cache.capacity
-        self._compiled_steps: dict[tuple[int, int], object] = {}
+        self._compiled_steps: dict[tuple, object] = {}
 
     def _rope(self, cache_start: mx.array, length: int) -> Rope | None:
         """(cos, sin) rows for cache positions cache_start..cache_start+length-1, each (L, head_dim)."""
@@ -170,21 +170,44 @@ class _BlockSampler:
 
     def begin(self, window: SamplingWindow) -> None:
         """Start a window: its context tokens (sampled or known) fill the cache after the text,
-        as a fresh sequence [sos, x_context_start .. x_start-2] (official re-encoding)."""
+        as a fresh sequence [sos, x_context_start .. x_start-2] (official re-encoding), one
+        frame's worth of tokens at a time so the scratch stays a frame's."""
         self.base = window.context_start
         length = window.start - window.context_start
-        if length == 0:
-            return
-        rows, _, token_dim = self.sequence.shape
         sos = self.sequence[:, :1]
         inputs = mx.concatenate([sos, self.sequence[:, window.context_start + 1 : window.start]], axis=1)
-        cache = BlockCache.from_state(self.cache_state)
-        start = mx.array(self.txt_len, dtype=mx.int32)
-        cache.prepare_write(start, length, visible_positions(self.txt_len + length, self.capacity))
-        h = self.block.embed(inputs, window.context_start, self.cond.labels)
-        self.block.trunk(h, self._rope(start, length), cache, self.query_scale)
-        self.cache_state = cache.state()
-        mx.eval(self.cache_state)
+        for offset in range(0, length, self.frame_tokens):
+            piece = min(self.frame_tokens, length - offset)
+            key = ("encode", piece, visible_positions(self.txt_len + offset + piece, self.capacity))
+            compiled = self._compiled_steps.get(key)
+            if compiled is None:
+                compiled = mx.compile(functools.partial(self._encode, *key[1:]))
+                self._compiled_steps[key] = compiled
+            positions = (self.txt_len + offset, window.context_start + offset)
+            self.cache_state = list(
+                compiled(
+                    inputs[:, offset : offset + piece],
+                    *(mx.array(n, dtype=mx.int32) for n in positions),
+                    *self.cache_state,
+                )
+            )
+            mx.eval(self.cache_state)
+
+    def _encode(
+        self,
+        length: int,
+        visible: int,
+        inputs: mx.array,
+        cache_start: mx.array,
+        first: mx.array,
+        *cache_state,
+    ) -> list[mx.array]:
+        """Write the keys and values of `inputs` (B', L, C') at cache_start; the updated cache."""
+        cache = BlockCache.from_state(list(cache_state))
+        cache.prepare_write(cache_start, length, visible)
+        h = self.block.embed(inputs, first, self.cond.labels)
+        self.block.trunk(h, self._rope(cache_start, length), cache, self.query_scale)
+        return cache.state()
 
     def _step(
         self,

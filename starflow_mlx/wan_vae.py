@@ -145,7 +145,8 @@ def _torch_shape(name: str, shape: tuple[int, ...], config: WanVAEConfig) -> tup
 
 class AutoencoderKLWan(nn.Module):
     """``encode``: video (B, T, H, W, 3) in [-1, 1] -> normalised latents (B, T', H/16, W/16, z_dim);
-    ``decode``: normalised latents -> video, nominally in [-1, 1] (not clipped, as the official).
+    ``decode``: normalised latents -> video, nominally in [-1, 1] (not clipped, as the official,
+    unless the config's ``clip_output``).
 
     ``temporal_scale``: the official ``<vae>:<scale>`` suffix (``...-Diffusers:0.6`` for
     STARFlow-V): encode multiplies the latents of every latent frame after the first by it, decode
@@ -263,6 +264,8 @@ class AutoencoderKLWan(nn.Module):
             stop = 1 if start == 0 else start + chunk_frames
             out = self.decoder(self.post_quant_conv(z[:, start:stop]), cache)
             frames = unpatchify(out, self.config.patch_size).astype(mx.float32)
+            if self.config.clip_output:
+                frames = mx.clip(frames, -1.0, 1.0)
             mx.eval(frames, cache.arrays())
             yield frames
 

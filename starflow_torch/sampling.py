@@ -172,16 +172,20 @@ class _BlockSampler:
 
     def begin(self, window: SamplingWindow) -> None:
         """Start a window: its context tokens (sampled or known) fill the cache after the text,
-        as a fresh sequence [sos, x_context_start .. x_start-2] (official re-encoding)."""
+        as a fresh sequence [sos, x_context_start .. x_start-2] (official re-encoding), one
+        frame's worth of tokens at a time so the scratch stays a frame's."""
         self.base = window.context_start
         length = window.start - window.context_start
-        if length == 0:
-            return
         sos = self.sequence[:, :1]
         inputs = torch.cat([sos, self.sequence[:, window.context_start + 1 : window.start]], dim=1)
-        self.cache.prepare_write(self.txt_len, length)
-        h = self.block.embed(inputs, window.context_start, self.cond.labels)
-        self.block.trunk(h, self._rope(self.txt_len, length), self.cache, self.query_scale)
+        for offset in range(0, length, self.frame_tokens):
+            piece = min(self.frame_tokens, length - offset)
+            cache_start = self.txt_len + offset
+            self.cache.prepare_write(cache_start, piece)
+            h = self.block.embed(
+                inputs[:, offset : offset + piece], window.context_start + offset, self.cond.labels
+            )
+            self.block.trunk(h, self._rope(cache_start, piece), self.cache, self.query_scale)
 
     def step(self, first: int, length: int, read: int | None = None) -> torch.Tensor:
         """Run targets first..first+length-1 (one evaluation) from the inputs at `read` (default

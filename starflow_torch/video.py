@@ -42,28 +42,52 @@ def sample_block(
     config, block = model.config, model.blocks[index]
     p = config.patch_size
     h, w = shape[-2] // p, shape[-1] // p
-    txt_len = cond.text.shape[1] if (block.has_text and cond.text is not None) else 0
     B, L, C = tokens.shape
-    local = config.block_is_frame_local(index) and frames > 1
+    if config.block_is_frame_local(index) and frames > 1:
+        # B*T one-frame sequences, each sampled from scratch (also in image-to-video); with a
+        # window, that many frames at a time, so memory follows the window, not the length
+        group, frame = config.local_attn_window or frames, L // frames
+        per_frame, rope = tokens.reshape(B, frames, frame, C), model.rope(index, h, w, 0, tokens.device)
+        outputs, iterations = [], []
+        for start in range(0, frames, group):
+            part = per_frame[:, start : start + group]
+            count = part.shape[1]
+            out, part_iterations = _invert(block, part.reshape(B * count, frame, C), cond, rope, 1, None, None,
+                                           jacobi, progress)  # fmt: skip
+            outputs.append(out.reshape(B, count, frame, C))
+            iterations += part_iterations
+        _record(stats, iterations if jacobi else None, frame * len(outputs))  # one evaluation per group step
+        return torch.cat(outputs, dim=1).reshape(B, L, C)
+    txt_len = cond.text.shape[1] if (block.has_text and cond.text is not None) else 0
     windows = None
-    if local:  # B*T one-frame sequences, each sampled from scratch (also in image-to-video)
-        sequences, seq_frames = tokens.reshape(B * frames, L // frames, C), 1
+    if index == config.deep_block and config.local_attn_window and config.sos:
+        windows = sampling_windows(L, L // frames, config.local_attn_window, context_length)
+    rope_frames = frames if windows is None else min(frames, config.local_attn_window)  # cached frames
+    rope = model.rope(index, h, w, txt_len, tokens.device, rope_frames)
+    out, iterations = _invert(block, tokens, cond, rope, frames, prefix, windows, jacobi, progress)
+    _record(stats, iterations if jacobi else None, L)
+    return out
+
+
+def _invert(
+    block, sequences, cond, rope, frames, prefix, windows, jacobi, progress
+) -> tuple[torch.Tensor, list[int]]:
+    """One block's sampler over sequences (rows, tokens, C'): (data tokens, Jacobi iterations)."""
+    if jacobi is None:
+        return sample_block_sequential(block, sequences, cond, rope, progress, frames, prefix, windows), []
+    return sample_block_jacobi(
+        block, sequences, cond, rope, jacobi.block_size, jacobi.tol, jacobi.max_iter, progress,
+        frames, prefix, windows,
+    )  # fmt: skip
+
+
+def _record(stats: SamplingStats, iterations: list[int] | None, tokens: int) -> None:
+    """Jacobi: the block's iterations per chunk; sequential: one evaluation per token."""
+    if iterations is None:
+        stats.steps += tokens
     else:
-        sequences, seq_frames = tokens, frames
-        if index == config.deep_block and config.local_attn_window and config.sos:
-            windows = sampling_windows(L, L // frames, config.local_attn_window, context_length)
-    rope = model.rope(index, h, w, txt_len, tokens.device, seq_frames)
-    if jacobi is not None:
-        out, iterations = sample_block_jacobi(
-            block, sequences, cond, rope, jacobi.block_size, jacobi.tol, jacobi.max_iter, progress,
-            seq_frames, prefix, windows,
-        )  # fmt: skip
         stats.jacobi_iterations.append(iterations)
         stats.steps += sum(iterations)
-    else:
-        out = sample_block_sequential(block, sequences, cond, rope, progress, seq_frames, prefix, windows)
-        stats.steps += out.shape[1]
-    return out.reshape(B, L, C)
 
 
 def first_frame_prefixes(

@@ -36,7 +36,8 @@ WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
 class AutoencoderKLWan(diffusers.AutoencoderKLWan):
     """``encode``: video (B, T, 3, H, W) in [-1, 1] -> normalised latents (B, T', z_dim, H/16, W/16);
-    ``decode``: normalised latents -> video, nominally in [-1, 1] (not clipped, as the official).
+    ``decode``: normalised latents -> video, nominally in [-1, 1] (not clipped, as the official,
+    unless the config's ``clip_output``).
 
     ``temporal_scale``: the official ``<vae>:<scale>`` suffix (``...-Diffusers:0.6`` for
     STARFlow-V): encode multiplies the latents of every latent frame after the first by it, decode
@@ -44,6 +45,7 @@ class AutoencoderKLWan(diffusers.AutoencoderKLWan):
     """
 
     temporal_scale: float = 1.0
+    clip_output: bool = False  # the config key diffusers 0.42 does not take (WanVAEConfig.clip_output)
 
     # ----- loading ---------------------------------------------------------------------------
     @classmethod
@@ -98,11 +100,13 @@ class AutoencoderKLWan(diffusers.AutoencoderKLWan):
         order = sorted(weights, key=lambda key: weights[key].nbytes, reverse=True)  # largest first
         stream_into(model, ((key, weights.pop(key)) for key in order), dtype)
         model.temporal_scale = check_temporal_scale(temporal_scale)
+        model.clip_output = config.clip_output
         return model.eval()
 
     @property
     def wan_config(self) -> WanVAEConfig:
-        return WanVAEConfig.from_diffusers({key: self.config[key] for key in _CONFIG_FIELDS})
+        fields = {key: self.config[key] for key in _CONFIG_FIELDS if key != "clip_output"}
+        return WanVAEConfig.from_diffusers({**fields, "clip_output": self.clip_output})
 
     # ----- encode / decode ---------------------------------------------------------------------
     def encode(
@@ -139,7 +143,12 @@ class AutoencoderKLWan(diffusers.AutoencoderKLWan):
         latents = (mean - _per_channel(config.latents_mean, mean)) / _per_channel(config.latents_std, mean)
         if sample:
             std = torch.exp(0.5 * log_variance.clamp(-30.0, 20.0))
-            latents = latents + std * torch.randn(latents.shape, generator=generator, device=latents.device)
+            device = (
+                generator.device if generator is not None else latents.device
+            )  # the generator's own device
+            latents = latents + std * torch.randn(latents.shape, generator=generator, device=device).to(
+                latents.device
+            )
         return self._scale_time(latents, self.temporal_scale)
 
     def iter_decode(self, latents: torch.Tensor, chunk_frames: int = 1) -> Iterator[torch.Tensor]:
@@ -163,6 +172,8 @@ class AutoencoderKLWan(diffusers.AutoencoderKLWan):
                     first_chunk=start == 0,
                 )
                 frames = diffusers.models.autoencoders.autoencoder_kl_wan.unpatchify(out, config.patch_size)
+                if config.clip_output:
+                    frames = frames.clamp(-1.0, 1.0)
                 yield frames.float().transpose(1, 2)  # (B, t, 3, H, W)
         finally:
             self.clear_cache()

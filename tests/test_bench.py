@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.waiting import HANG_GUARD_S
 
 from starflow_core.bench.settings import (
     BenchSettings,
@@ -67,7 +68,7 @@ def test_driver_times_each_twin_in_its_own_process(tmp_path):
         "--out",
         str(tmp_path),
     ]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "bench.json").read_text())
     assert (tmp_path / "bench.png").stat().st_size > 0

@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from helpers.waiting import HANG_GUARD_S
 
 from starflow_mlx import blas
 
@@ -95,7 +96,7 @@ def run_python(code: str, env_extra: dict[str, str] | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("STARFLOW_BLAS", "STARFLOW_NO_BLAS")}
     env.update(env_extra or {})
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -104,13 +105,29 @@ def run_python(code: str, env_extra: dict[str, str] | None = None) -> dict:
 def run_fresh(
     env_extra: dict[str, str], setup: str = "import starflow_mlx; starflow_mlx.use_system_blas()"
 ) -> dict:
-    """`setup` in a new interpreter, then the BLAS status and a 1024 matmul's speed in MLX."""
+    """`setup` in a new interpreter, then the BLAS status and an MLX matmul's result: its bytes'
+    hash (each BLAS rounds in its own order, so the bits tell which library computed it) and its
+    sum. Which BLAS computes, not how fast: speed is benchmarks/gemm.py's (docs/blas.md)."""
     code = (
         f"import json\n{setup}\n"
-        "from starflow_mlx.blas import blas_status, measure_gemm_gflops\n"
-        "print(json.dumps({**blas_status(), 'gflops': measure_gemm_gflops(1024, repeats=2)}))\n"
+        "import hashlib\nimport mlx.core as mx, numpy as np\n"
+        "from starflow_mlx.blas import blas_status\n"
+        "rng = np.random.default_rng(0)\n"
+        "a, w = (mx.array(rng.standard_normal(s, dtype=np.float32)) for s in ((257, 300), (300, 513)))\n"
+        "out = np.array(a @ w)\n"
+        "print(json.dumps({**blas_status(), 'hash': hashlib.sha256(out.tobytes()).hexdigest(),"
+        " 'sum': float(out.astype(np.float64).sum())}))\n"
     )
     return run_python(code, env_extra)
+
+
+def assert_computed_by_openblas(ran: dict, bundled: dict) -> None:
+    assert ran["loaded"] and "openblas" in ran["library"], ran
+    assert not bundled["loaded"]
+    assert ran["hash"] != bundled["hash"], "the same bits: MLX's matmul did not go through OpenBLAS"
+    # the same product within fp32 rounding: the sums of 131,841 entries of size ~17 (300 products
+    # of unit normals) differ by 8e-5 (measured); 1e-2 is 100x that, another product thousands
+    assert abs(ran["sum"] - bundled["sum"]) <= 1e-2, (ran, bundled)
 
 
 needs_openblas = pytest.mark.skipif(
@@ -120,33 +137,26 @@ needs_openblas = pytest.mark.skipif(
 
 
 @needs_openblas
-def test_openblas_makes_mlx_matmul_faster() -> None:
-    with_openblas = run_fresh({})
-    bundled = run_fresh({"STARFLOW_NO_BLAS": "1"})
-    assert with_openblas["loaded"] and "openblas" in with_openblas["library"]
-    assert not bundled["loaded"]
-    # Measured ~35x on a shared 2-core VM; 3x leaves room for noisy neighbours.
-    assert with_openblas["gflops"] > 3 * bundled["gflops"], (with_openblas, bundled)
+def test_openblas_computes_mlx_matmuls() -> None:
+    """(about 35x faster: benchmarks/gemm.py, docs/blas.md; a test asserts no speed)"""
+    assert_computed_by_openblas(run_fresh({}), run_fresh({"STARFLOW_NO_BLAS": "1"}))
 
 
-# The probe: linear layers at the row counts sampling and training use, hashed, and the time
-# of 20 four-row products (the sampling step's shape, where OpenBLAS slowed torch down most).
+# The probe: linear layers at the row counts sampling and training use, hashed, and whether the
+# system OpenBLAS is mapped into the process (what made torch's few-row products 2x slower:
+# docs/blas.md; a test asserts the cause, not a speed).
 TORCH_PROBE = """
-import hashlib, json, time
+import hashlib, json, os
 import torch
+from starflow_mlx.blas import candidate_paths
 torch.manual_seed(0)
 digest = hashlib.sha256()
 for rows, n in ((4, 512), (64, 512), (257, 300), (512, 512)):
     a, w = torch.randn(rows, n), torch.randn(4 * n, n)
     digest.update(torch.nn.functional.linear(a, w).numpy().tobytes())
-a, w = torch.randn(4, 1024), torch.randn(4096, 1024)
-best = float("inf")
-for _ in range(30):
-    start = time.perf_counter()
-    for _ in range(20):
-        torch.nn.functional.linear(a, w)
-    best = min(best, time.perf_counter() - start)
-print(json.dumps({"hash": digest.hexdigest(), "seconds": best}))
+system = {os.path.realpath(path) for path in candidate_paths() if os.path.exists(path)}
+mapped = {line.split()[-1] for line in open("/proc/self/maps") if line.split()[-1].startswith("/")}
+print(json.dumps({"hash": digest.hexdigest(), "system_openblas": bool(system & mapped)}))
 """
 USE_MLX = (
     "import starflow_mlx, mlx.core as mx\n"
@@ -157,18 +167,14 @@ USE_MLX = (
 
 @needs_openblas
 def test_importing_and_using_starflow_mlx_leaves_torch_unchanged() -> None:
-    """Torch after `import starflow_mlx` and MLX work: bit-identical results, same speed."""
-    # interleaved, fastest of three processes each: a loaded machine slows single runs by 5x
-    runs = [(run_python(TORCH_PROBE), run_python(USE_MLX + TORCH_PROBE)) for _ in range(3)]
-    alone = min((pair[0] for pair in runs), key=lambda probe: probe["seconds"])
-    beside_mlx = min((pair[1] for pair in runs), key=lambda probe: probe["seconds"])
-    assert len({probe["hash"] for pair in runs for probe in pair}) == 1
+    """Torch after `import starflow_mlx` and MLX work: bit-identical results, and the system
+    OpenBLAS (whose global symbols slow torch down) is not even loaded."""
+    alone, beside_mlx = run_python(TORCH_PROBE), run_python(USE_MLX + TORCH_PROBE)
     switched = run_python("import starflow_mlx; starflow_mlx.use_system_blas()\n" + TORCH_PROBE)
     assert beside_mlx["hash"] == alone["hash"]
-    # Timing noise on a shared 2-core machine is about 10%; the global switch made this 2.1x slower.
-    assert beside_mlx["seconds"] < 1.5 * alone["seconds"], (alone, beside_mlx)
-    # the probe can tell: the explicit switch does change torch (why it is never implicit)
-    assert switched["hash"] != alone["hash"]
+    assert not alone["system_openblas"] and not beside_mlx["system_openblas"]
+    # the probe can tell: the explicit switch does load it and change torch (why it is never implicit)
+    assert switched["system_openblas"] and switched["hash"] != alone["hash"]
 
 
 def mlx_command_modules() -> list[str]:
@@ -203,7 +209,4 @@ def test_every_mlx_command_switches_blas_before_anything_else() -> None:
 @pytest.mark.parametrize("command", ["generate", "train"])
 def test_mlx_commands_run_on_openblas(command: str) -> None:
     bundled = run_fresh({"STARFLOW_NO_BLAS": "1"}, setup="import starflow_mlx")
-    ran = run_fresh({}, setup=f"import starflow_mlx.{command}")
-    assert ran["loaded"] and "openblas" in ran["library"], ran
-    assert not bundled["loaded"]
-    assert ran["gflops"] > 3 * bundled["gflops"], (ran, bundled)
+    assert_computed_by_openblas(run_fresh({}, setup=f"import starflow_mlx.{command}"), bundled)

@@ -14,6 +14,7 @@ from PIL import Image
 
 from starflow_core.generation.images import GRID_GAP, LABEL_WIDTH_MAX
 from tests.helpers.tiny_pipeline import make_nan_pipeline, make_tiny_pipeline
+from tests.helpers.waiting import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -40,7 +41,7 @@ def run(module: str, *args, tmp: Path, env: dict | None = None) -> subprocess.Co
         env=environment,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_GUARD_S,
     )
 
 

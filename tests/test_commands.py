@@ -12,11 +12,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from helpers.training import TARFLOW_TINY, make_class_folder, overrides
+from helpers.waiting import HANG_GUARD_S, wait_for
 
 from starflow_core.command_line import COMMANDS, command_name
 from starflow_core.generation import cli as generate_cli
@@ -37,6 +37,8 @@ SHOWN_DEFAULTS = {
     "convert": [],
     "info": [],
     "score": [],
+    "sample_eval": ["(default: 50000)", "(default: 1000)"],
+    "eval": ["(default: 3)"],
 }
 
 
@@ -47,7 +49,7 @@ def probe(calls: list[tuple[str, list[str]]]) -> list[dict]:
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_GUARD_S,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     return json.loads(completed.stdout.splitlines()[-1])
@@ -81,11 +83,44 @@ def user_errors(twin: str, tmp: Path) -> list[tuple[str, list[str], str]]:
         ],
         (f"starflow_{twin}.convert", ["flow", f"{missing}.pth", "-o", str(tmp / "c")], "no checkpoint"),
         (f"starflow_{twin}.memory_report", ["--work-dir", str(tmp / "w"), "--json"], "expected one argument"),
+        (
+            f"starflow_{twin}.sample_eval",
+            ["-n", "0", "-o", str(tmp / "s")],
+            "argument -n/--num-samples: must be >= 1",
+        ),
+        (
+            f"starflow_{twin}.sample_eval",
+            ["--prompt-file", missing, "-n", "2", "-o", str(tmp / "s")],
+            "this is a class model: samples are class-balanced; drop --prompt-file",
+        ),
+        (f"starflow_{twin}.eval", [missing], f"no such file or folder: {missing}"),
+        (
+            f"starflow_{twin}.eval",
+            [str(images_npz(tmp)), "--features", "digits", "--reference", f"{missing}.npz"],
+            f"no such file or folder: {missing}.npz",
+        ),
     ] + (
-        [("starflow_torch.memory_report", ["--device", "bogus"], "unknown --device 'bogus'")]
+        [
+            ("starflow_torch.memory_report", ["--device", "bogus"], "unknown --device 'bogus'"),
+            (
+                "starflow_torch.eval",
+                [str(images_npz(tmp)), "--weights", f"{missing}.pth"],
+                f"no Inception weights at {missing}.pth (expected weights-inception-2015-12-05-6726825d.pth from https://",
+            ),
+        ]
         if twin == "torch"
-        else []
+        else [("starflow_mlx.eval", [str(images_npz(tmp)), "--features", "inception"], "is a torch network")]
     )
+
+
+def images_npz(tmp: Path) -> Path:
+    """A tiny image set as ADM's evaluation suite stores one (arr_0: N, H, W, 3 uint8)."""
+    path = tmp / "images.npz"
+    if not path.is_file():
+        import numpy as np
+
+        np.savez(path, arr_0=np.zeros((4, 8, 8, 3), np.uint8))
+    return path
 
 
 @pytest.fixture(scope="module", params=["mlx", "torch"])
@@ -193,11 +228,9 @@ def test_ctrl_c_in_mlx_training_saves_and_exits_130(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 120
-    while not (run_dir / "log.jsonl").is_file() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.2)
+    wait_for(lambda: (run_dir / "log.jsonl").is_file(), process, "the first logged step")
     process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=120)
+    stdout, stderr = process.communicate(timeout=HANG_GUARD_S)
     assert process.returncode == 130, stderr[-2000:]
     assert "stopped at step" in stdout and (run_dir / "checkpoints" / "latest").is_file()
     last = [line for line in stderr.splitlines() if line.strip()][-1]

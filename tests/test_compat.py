@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.waiting import HANG_GUARD_S
 from safetensors import safe_open
 
 import starflow_mlx.pipeline as mlx_pipeline
@@ -42,7 +43,9 @@ def test_a_0_1_0_config_json_loads():
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD_S
+    )
 
 
 @pytest.mark.parametrize(

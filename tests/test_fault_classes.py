@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 import torch
 from helpers.fault_workspace import make_image_modes
-from helpers.tiny_pipeline import TINY_LABEL_FLOW
+from helpers.tiny_pipeline import TINY_LABEL_FLOW, make_flow_folder
 from helpers.training import TARFLOW_TINY, make_caption_folder, make_class_folder, overrides
 
 import starflow_mlx
 import starflow_torch
 from starflow_core.config import FlowConfig
 from starflow_core.generation.settings import GenerationSettings
+from starflow_core.sources.pipeline_folder import PipelineParts, write_pipeline_folder
 from starflow_core.staging import remove_stale_staging, staged_folder, staging_path
 from starflow_core.training.config import TrainConfig, load_run_config
 from starflow_core.training.files import LATEST_NAME, commit_checkpoint
@@ -66,6 +67,35 @@ def test_a_failed_staged_write_leaves_the_old_folder(tmp_path, monkeypatch):
         (staging / "keep.txt").write_text("new")
     assert (target / "keep.txt").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_existing_folder_is_refused_without_overwrite(tmp_path):
+    """The library functions themselves refuse an existing folder (the commands check first,
+    which would hide a check that looked at files only), and leave it and its parent as they were."""
+    target = tmp_path / "out"
+    (target / "sub").mkdir(parents=True)
+    (target / "sub" / "keep.txt").write_text("old")
+    linked = tmp_path / "linked"  # a symlink to a folder is an existing output too
+    linked.symlink_to(target, target_is_directory=True)
+    for existing in (target, linked):
+        before = sorted(p.name for p in tmp_path.iterdir())
+        refused = pytest.raises(FileExistsError, match="already exists; pass --overwrite")
+        with refused, staged_folder(existing) as staging:
+            (staging / "keep.txt").write_text("new")
+        assert tree(target) == {"sub/keep.txt": b"old"} and linked.resolve() == target
+        assert sorted(p.name for p in tmp_path.iterdir()) == before  # no staging folder left
+
+    flow = make_flow_folder(tmp_path / "parts" / "flow", TINY_LABEL_FLOW)
+    parts = PipelineParts(name="tiny", transformer=flow, labels=("a", "b", "c"))
+    with pytest.raises(FileExistsError, match="already exists"):
+        write_pipeline_folder(parts, target)
+    assert tree(target) == {"sub/keep.txt": b"old"}
+    written = write_pipeline_folder(parts, target, overwrite=True)  # and with overwrite, it is replaced
+    assert tree(target).keys() == {str(p.relative_to(target)) for p in written}
 
 
 def test_pruning_sorts_by_step_number_and_keeps_latest(tmp_path):

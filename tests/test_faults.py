@@ -28,6 +28,7 @@ from helpers.fault_scenarios import (
 )
 from helpers.fault_workspace import changes, judge, make_workspace, run_cli, snapshot
 from helpers.training import TARFLOW_TINY, make_class_folder, overrides
+from helpers.waiting import HANG_GUARD_S
 
 from starflow_core.training.config import load_run_config
 
@@ -47,7 +48,7 @@ def mlx_outcomes(ws) -> dict[str, dict]:
         cwd=Path(__file__).resolve().parents[1],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=HANG_GUARD_S,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     return json.loads(completed.stdout.splitlines()[-1])

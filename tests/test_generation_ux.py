@@ -17,6 +17,7 @@ import starflow_torch.pipeline as torch_pipeline
 from starflow_core.generation.record import read_parameters
 from starflow_core.generation.result import GeneratedImages
 from starflow_core.sources.releases import DEMO_FOLDER, DEMO_NAME
+from tests.helpers.tiny_components import make_tiny_vae_folder
 from tests.helpers.tiny_pipeline import make_label_pipeline, make_tiny_pipeline
 from tests.test_cli import pixels, run
 
@@ -126,6 +127,51 @@ def test_config_from_metadata_makes_the_same_pixels(folders, tmp_path):
     assert other.returncode == 0, other.stderr
     assert read_parameters(tmp_path / "other.png")["seed"] == 4
     assert np.abs(pixels(tmp_path / "other.png") - pixels(tmp_path / "cat.png")).max() > 10
+
+
+def test_every_setting_off_its_default_is_remade_from_metadata(folders, tmp_path):
+    """Each generation setting given a value other than its default (the tiny pipeline's: guidance
+    1.5, sequential, block 4, tol 1e-4, 16 iterations, 16x16, denoised, float32, no quantization)
+    comes back from the image: the same parameters and the same pixels. Two images: --no-denoise
+    leaves no place for a --decoder, and an image-to-image edit needs a source image."""
+    make_tiny_vae_folder(tmp_path / "decoder", seed=5)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), np.uint8)).save(
+        tmp_path / "source.png"
+    )
+    model = ["--model", folders["text"], "--quiet"]
+    cases = {
+        "sampling.png": [
+            "a photo of a dog", "--seed", 11, "--cfg", 3.5, "--jacobi", "--jacobi-block-size", 2,
+            "--jacobi-tol", 0.01, "--jacobi-max-iter", 3, "--aspect-ratio", "2:1", "--no-denoise",
+            "--dtype", "bfloat16", "--quantize", 8,
+        ],
+        "edit.png": [
+            "a photo of a dog", "--seed", 12, "--decoder", tmp_path / "decoder", "--quantize-text", 8,
+            "--image", "source.png", "--strength", 0.6, "--source-prompt", "a cat",
+        ],
+    }  # fmt: skip
+    for name, args in cases.items():
+        made = run("starflow_mlx.generate", *args, *model, "--output", name, tmp=tmp_path)
+        assert made.returncode == 0, made.stderr
+        again = run(
+            "starflow_mlx.generate", "--config-from-metadata", name, "--quiet", "--output", "again_" + name,
+            tmp=tmp_path,
+        )  # fmt: skip
+        assert again.returncode == 0, again.stderr
+        assert read_parameters(tmp_path / ("again_" + name)) == read_parameters(tmp_path / name)
+        np.testing.assert_array_equal(pixels(tmp_path / ("again_" + name)), pixels(tmp_path / name))
+    stored = read_parameters(tmp_path / "sampling.png")  # every setting above took effect
+    assert (stored["guidance"], stored["sampler"], stored["denoise"], stored["dtype"]) == (
+        3.5,
+        "jacobi",
+        "none",
+        "bfloat16",
+    )
+    assert (stored["jacobi_block_size"], stored["jacobi_tol"], stored["jacobi_max_iter"]) == (2, 0.01, 3)
+    assert stored["width"] > stored["height"] and stored["quantize"] == 8
+    stored = read_parameters(tmp_path / "edit.png")
+    assert (stored["denoise"], stored["text_quantize"], stored["strength"]) == ("decoder", 8, "0.6")
+    assert stored["decoder"] == str(tmp_path / "decoder") and stored["source_prompt"] == "a cat"
 
 
 def test_an_edit_is_remade_from_its_metadata(tmp_path):

@@ -25,6 +25,7 @@ from helpers.training import (
     overrides,
     read_log,
 )
+from helpers.waiting import HANG_GUARD_S
 from PIL import Image
 
 from starflow_core.training.config import load_run_config
@@ -157,7 +158,7 @@ def test_command_line_training_is_exact_on_openblas_with_two_threads(tmp_path):
             env=environment,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=HANG_GUARD_S,
         )
         assert completed.returncode == 0, completed.stderr[-3000:]
 
@@ -253,7 +254,7 @@ def test_command_line_errors_name_the_problem(tmp_path):
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=HANG_GUARD_S,
     )
     assert completed.returncode != 0
     assert "encode it first" in completed.stderr  # a latent model given an image folder

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from starflow_core.io import read_safetensors_header
+from starflow_core.official.arguments import resolve_config
 from starflow_core.official.pth_reader import (
     CheckpointFormatError,
     UnsafeCheckpointError,
@@ -348,3 +349,55 @@ def test_reader_never_imports_torch():
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# Every function that reads a .pth, in both twins (the commands go through these).
+def _pth_readers() -> dict:
+    from starflow_core.official.convert import convert_official_checkpoint
+    from starflow_mlx import StarFlow as MlxStarFlow
+    from starflow_mlx.checkpoint import read_official_state_dict as mlx_state_dict
+    from starflow_mlx.vae import read_weights as mlx_vae_weights
+    from starflow_torch import StarFlow as TorchStarFlow
+    from starflow_torch.checkpoint import read_official_state_dict as torch_state_dict
+    from starflow_torch.vae import read_weights as torch_vae_weights
+
+    config = FIXTURES / "tarflow_tiny" / "config.json"
+    return {
+        "read_pth_state_dict": read_pth_state_dict,
+        "iter_pth_tensors": lambda path: list(iter_pth_tensors(path)),
+        "list_pth_tensors": list_pth_tensors,
+        "stream_pth_to_safetensors": lambda path: stream_pth_to_safetensors(path, path.with_suffix(".st")),
+        "convert_official_checkpoint": lambda path: convert_official_checkpoint(
+            path, resolve_config(config), path.parent / "converted"
+        ),
+        "mlx read_official_state_dict": mlx_state_dict,
+        "mlx StarFlow.from_official": lambda path: MlxStarFlow.from_official(path, config),
+        "mlx vae read_weights": mlx_vae_weights,
+        "torch read_official_state_dict": torch_state_dict,
+        "torch StarFlow.from_official": lambda path: TorchStarFlow.from_official(path, config),
+        "torch vae read_weights": torch_vae_weights,
+    }
+
+
+def test_torch_globals_outside_the_table_are_refused_on_every_path(tmp_path: Path):
+    """Only the tensor-rebuilding globals are allowed: a torch function is code like any other
+    (torch.save writes files, torch.serialization.load reads another pickle), so a reader that
+    trusted the torch.* namespace would run it."""
+    marker = tmp_path / "payload_ran"
+    torch.save({"weight": torch.ones(2)}, tmp_path / "good.pth")
+    # protocol 0: GLOBAL torch.save, called as torch.save("x", marker); then torch.serialization.load
+    payloads = {
+        "torch.save": f"ctorch\nsave\n(Vx\nV{marker}\ntR.".encode(),
+        "torch.serialization.load": f"ctorch.serialization\nload\n(V{marker}\ntR.".encode(),
+    }
+    pickle.loads(payloads["torch.save"])  # the marker check means something: unrestricted, it runs
+    assert marker.exists()
+    marker.unlink()
+    for name, payload in payloads.items():
+        path = tmp_path / f"{name}.pth"
+        rewrite_record(tmp_path / "good.pth", path, "/data.pkl", payload)
+        for reader, read in _pth_readers().items():
+            # our reader names the global; torch.load(weights_only=True) names it too ("GLOBAL ...")
+            with pytest.raises((UnsafeCheckpointError, ValueError), match=name.replace(".", r"\.")):
+                read(path)
+            assert not marker.exists(), f"{reader} ran {name}"

@@ -16,7 +16,8 @@ from mlx.utils import tree_flatten
 from starflow_core.bench.settings import BenchSettings
 from starflow_core.bench.weights import build_random_folder
 from starflow_core.presets import preset
-from starflow_mlx import StarFlow
+from starflow_core.sources.pipeline_folder import PipelineParts
+from starflow_mlx import StarFlow, StarFlowPipeline
 
 GROUP_SIZE = 64
 
@@ -150,3 +151,24 @@ def test_variant_linears_follow_the_rule(tmp_path, data):
     quantized.save_pretrained(tmp_path / "q8")
     z_loaded, _ = StarFlow.from_pretrained(tmp_path / "q8")(x, y)
     assert np.array_equal(np.array(z_quant), np.array(z_loaded))
+
+
+def test_quantize_on_load_uses_the_requested_group_size(folder, data, tmp_path):
+    """from_pretrained(quantize=4, group_size=32) (not the default 64): the layers, the config and
+    the saved folder all say 32, and the numbers are those of quantizing after loading."""
+    x, y = data
+    loaded = StarFlow.from_pretrained(folder, quantize=4, group_size=32)
+    assert loaded.config.quantization == (4, 32)
+    layers = sum(len(block.attn_blocks) for block in loaded.blocks if hasattr(block, "attn_blocks"))
+    assert assert_quantized_as_requested(loaded, 4, 32) == 4 * layers
+    after = StarFlow.from_pretrained(folder).quantize(4, 32)
+    z_loaded, _ = loaded(x, y)
+    assert np.array_equal(np.array(z_loaded), np.array(after(x, y)[0]))  # the same rounding, exactly
+    loaded.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["quantization"] == [4, 32]
+    reloaded = StarFlow.from_pretrained(tmp_path)
+    assert assert_quantized_as_requested(reloaded, 4, 32) == 4 * layers
+    assert np.array_equal(np.array(reloaded(x, y)[0]), np.array(z_loaded))
+    # the pipeline passes the group size on to the flow it loads
+    pipe = StarFlowPipeline.from_pretrained(PipelineParts("tiny", folder), quantize=4, group_size=32)
+    assert assert_quantized_as_requested(pipe.flow, 4, 32) == 4 * layers

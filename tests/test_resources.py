@@ -4,6 +4,7 @@ the need and an option that fits) before anything is downloaded or written."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import huggingface_hub
 import pytest
+from helpers.waiting import HANG_GUARD_S
 
 import starflow_core.generation.resource_check as resource_check
 from starflow_core.generation import cli as generate_cli
@@ -44,7 +46,7 @@ def run_cli(module: str, *args, tmp: Path) -> subprocess.CompletedProcess:
         env=environment,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_GUARD_S,
     )
 
 
@@ -155,3 +157,61 @@ def test_run_shape_follows_the_flags():
     assert shape == RunShape(batch=3, tokens=16 * 32, pixels=128 * 256, guided=False, block_size=1)
     assert parser.parse_args([]).dtype == "auto"
     assert isinstance(args, argparse.Namespace)
+
+
+def test_the_memory_check_keeps_its_margin():
+    """The check asks for 10% above the estimated peak (allocator slack, the OS's share): a limit
+    between the estimate and the estimate + 10% is refused, and so is an option needing it."""
+    sizes = resource_check.model_sizes("starflow-3b-t2i-256")
+    shape, full, half = RunShape(batch=1), Precision("float32"), Precision("bfloat16")
+    peak = resource_check.estimate_run(sizes, full, shape, True).peak
+    check = lambda limit: resource_check.check_memory(sizes, full, shape, True, (limit, "test"), True)
+    assert check(math.ceil(peak * 1.1)).peak == peak  # exactly the margin: accepted
+    with pytest.raises(resource_check.InsufficientResourcesError, match="needs about 17.1 GB"):
+        check(int(peak * 1.05))  # above the estimate, inside the margin
+    # bfloat16 fits within 1.05x its need but not with the margin: not suggested, 4-bit is
+    half_peak = resource_check.estimate_run(sizes, half, shape, True).peak
+    with pytest.raises(resource_check.InsufficientResourcesError) as refused:
+        check(int(half_peak * 1.05))
+    assert "--dtype bfloat16 needs" not in str(refused.value)
+    assert "--dtype bfloat16 --quantize 8 needs" in str(refused.value)
+
+
+def test_first_run_disk_in_every_cache_state(tmp_path, monkeypatch):
+    """Nothing cached: the .pth and its conversion. The .pth only: its conversion. Both: neither.
+    (A conversion without its .pth cannot be matched to a checkpoint: both are counted.)"""
+    from helpers.tiny_pipeline import add_to_fake_hub
+
+    from starflow_core.sources.releases import CONVERTED, _converted_folder, first_run_disk
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("STARFLOW_MLX_CACHE", str(tmp_path / "converted"))
+    release = RELEASES["starflow-3b-t2i-256"]
+    pth_need = (f"{release.flow_repo} {release.flow_file}", flow_parameters(release.config) * 4)
+
+    def flow_needs(dtype: str) -> list[tuple[str, int]]:
+        return [(n.what, n.size) for n in first_run_disk(release, dtype) if "flow" in n.what]
+
+    converted = {dtype: (f"{CONVERTED} ({dtype})", flow_weight_bytes(release.config, dtype)) for dtype in
+                 ("float32", "bfloat16")}  # fmt: skip
+    assert flow_needs("bfloat16") == [pth_need, converted["bfloat16"]]  # nothing cached
+    (tmp_path / "weights.pth").write_bytes(b"stands in for the checkpoint")
+    snapshot = add_to_fake_hub(tmp_path / "hf", release.flow_repo, {release.flow_file: tmp_path / "weights.pth"},
+                               "c0ffee" * 6 + "c0ff")  # fmt: skip
+    pth = snapshot / release.flow_file
+    assert flow_needs("bfloat16") == [converted["bfloat16"]]  # the .pth only
+    assert flow_needs("float32") == [converted["float32"]]
+    folder = _converted_folder(release, pth, "bfloat16")
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    assert flow_needs("bfloat16") == [converted["bfloat16"]]  # half a conversion is no conversion
+    (folder / "model.safetensors").write_bytes(b"")
+    assert flow_needs("bfloat16") == []  # both
+    assert flow_needs("float32") == [converted["float32"]]  # a bf16 copy cannot serve float32
+    float32 = _converted_folder(release, pth, "float32")
+    float32.mkdir(parents=True)
+    (float32 / "config.json").write_text("{}")
+    (float32 / "model.safetensors").write_bytes(b"")
+    assert flow_needs("float32") == [] and flow_needs("float16") == []  # float32 serves every dtype
+    pth.unlink()  # a conversion whose .pth is gone
+    assert flow_needs("bfloat16") == [pth_need, converted["bfloat16"]]

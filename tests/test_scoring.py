@@ -23,6 +23,7 @@ import starflow_torch.pipeline as torch_pipeline
 from starflow_core.generation import score_cli
 from starflow_core.generation.precision import Precision
 from tests.helpers.tiny_pipeline import make_label_pipeline, make_tiny_pipeline, make_unconditional_pipeline
+from tests.helpers.waiting import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = {"text": ["a photo of a cat", ""], "labels": ["bird", ""], "unconditional": ["", ""]}
@@ -159,7 +160,9 @@ def test_score_modules_run_as_commands_and_agree(folders, images, tmp_path):
     for module in ("starflow_mlx.score", "starflow_torch.score"):
         argv = [sys.executable, "-m", module, *map(str, images[0]), "--model", str(folders["labels"])]
         argv += ["--label", "bird", "--json"]
-        done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S
+        )
         assert done.returncode == 0, done.stderr
         reports.append(json.loads(done.stdout))
     bits = [[row["bits_per_dim"] for row in report["images"]] for report in reports]

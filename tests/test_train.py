@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from helpers.training import (
     overrides,
     read_log,
 )
+from helpers.waiting import HANG_GUARD_S, wait_for
 from safetensors.torch import load_file
 
 from starflow_torch import StarFlow
@@ -109,7 +109,7 @@ def test_learning_rate_warms_up_then_decays_to_min_lr():
 
 
 # ----- processes ------------------------------------------------------------------------
-def torchrun(args: list[str], nproc: int, timeout: float = 120) -> None:
+def torchrun(args: list[str], nproc: int, timeout: float = HANG_GUARD_S) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     result = subprocess.run(
@@ -129,7 +129,10 @@ def set_args(items: list[str]) -> list[str]:
 
 def test_ddp_and_fsdp_match_one_process(tmp_path):
     data = make_class_folder(tmp_path / "images")
-    common = overrides(TARFLOW_TINY, data=str(data), steps=3, drop_label=0.25, ema_decay=0.5)
+    # two accumulation micro-steps: gradients must be exchanged on the last one only (with one,
+    # syncing on the "wrong" micro-step cannot show)
+    settings = dict(data=str(data), steps=3, grad_accum=2, drop_label=0.25, ema_decay=0.5)
+    common = overrides(TARFLOW_TINY, **settings)
     train(load_run_config(None, [*common, f"train.out_dir={tmp_path / 'one'}"]))
     reference = load_file(str(tmp_path / "one/checkpoints/step_00000003/model.safetensors"))
     reference_log = read_log(tmp_path / "one")
@@ -194,11 +197,9 @@ def test_sigterm_saves_and_resume_matches(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 60
-    while not (run_dir / "log.jsonl").is_file() and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for(lambda: (run_dir / "log.jsonl").is_file(), process, "the first logged step")
     process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=HANG_GUARD_S)
     # saved, then 130 (128 + SIGINT, what shells report for an interrupt): a scheduler or a
     # shell script must not take a stopped run for a finished one
     assert process.returncode == 130, stderr[-2000:]

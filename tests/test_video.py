@@ -93,13 +93,28 @@ def test_jacobi_sampling_follows_the_official_video_chunks(twin, monkeypatch):
     tol bounds the squared relative change of one iteration: 1e-12 leaves ~3e-6 (measured),
     where the default 1e-3 would leave ~4e-2 on this random model."""
     package = starflow_mlx if twin.name == "mlx" else starflow_torch
+    sampler, steps = package.sampling._BlockSampler, []
+    step = sampler.step
+
+    def recorded(self, first, length, read=None):
+        if self.frames > 1:  # the deep block (the shallow ones are frame-local)
+            steps.append((first, first if read is None else read))
+        return step(self, first, length, read)
+
+    monkeypatch.setattr(sampler, "step", recorded)
     stats = package.sampling.SamplingStats()
     options = dict(jacobi=True, block_size=4, tol=1e-12, max_iter=64)
-    np.testing.assert_allclose(
-        twin.sample("noise", stats=stats, **options), twin.io["sample_cfg"], atol=SAMPLE_TOL
-    )
+    got = twin.sample("noise", stats=stats, **options)
+    np.testing.assert_allclose(got, twin.io["sample_cfg"], atol=SAMPLE_TOL)
     deep = stats.jacobi_iterations[0]
     assert len(deep) == 25 and max(deep) < 64  # every chunk converged
+    # a chunk past the first frame starts from the frame before: its first iteration reads the
+    # inputs one frame (64 tokens) earlier, its later iterations its own
+    starts = [
+        call for call, before in zip(steps, [(None,), *steps[:-1]], strict=True) if call[0] != before[0]
+    ]
+    firsts = [*range(0, 68, 4), *range(68, 192, 16)]
+    assert starts == [(first, first - 64 if first > 64 else first) for first in firsts]
     stats = package.sampling.SamplingStats()
     got = twin.sample("noise_ti2v", first_frame=twin.array("first"), stats=stats, **options)
     np.testing.assert_allclose(got, twin.io["sample_ti2v"], atol=SAMPLE_TOL)

@@ -26,6 +26,7 @@ from starflow_core.official.arguments import (
 from starflow_core.official.convert import convert_official_checkpoint
 from starflow_core.official.shapes import expected_weight_shapes, official_buffer_shapes
 from starflow_core.presets import preset
+from starflow_core.video.prompts import TemplateFlags
 
 # The values of configs/starflow-v_7B_t2v_caus_480p.yaml (apple/ml-starflow).
 STARFLOW_V_7B_YAML = """\
@@ -117,6 +118,7 @@ def test_the_7b_video_settings_are_kept_for_the_pipeline(tmp_path):
     assert (settings.num_frames, settings.fps) == (81, 16)
     assert settings.fps_cond and settings.cond_noise_level and settings.mix_aspect
     assert settings.vae == "Wan-AI/Wan2.2-TI2V-5B-Diffusers" and settings.temporal_scale == 0.6
+    assert settings.template_flags() == TemplateFlags(fps_cond=True, cond_noise_level=True, mix_aspect=True)
     path.write_text(STARFLOW_V_7B_YAML.replace("- vid_size: '81:16'\n", ""))
     assert read_official_video_settings(path) is None  # an image YAML
     path.write_text(STARFLOW_V_7B_YAML.replace("'81:16'", "'81'"))

@@ -269,6 +269,12 @@ class OfficialVideoSettings:
     vae: str
     temporal_scale: float
 
+    def template_flags(self):
+        """The prompt template these settings call for (starflow_core.video.prompts)."""
+        from starflow_core.video.prompts import TemplateFlags
+
+        return TemplateFlags(self.fps_cond, self.cond_noise_level, self.mix_aspect)
+
 
 def read_official_video_settings(path: str | Path) -> OfficialVideoSettings | None:
     """The video settings of an official YAML, or None for an image YAML (no vid_size)."""

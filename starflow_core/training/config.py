@@ -33,6 +33,9 @@ PARALLEL_MODES = ("ddp", "fsdp")
 DATA_FORMATS = ("auto", "images", "latents")
 
 
+EVAL_FEATURES = ("digits", "inception")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Optimisation, data and bookkeeping settings (defaults follow the official train.py)."""
@@ -71,6 +74,15 @@ class TrainConfig:
     sample_guidance: float = 0.0
     vae: str | None = None  # AutoencoderKL folder, to decode latent samples
     text_encoder: str | None = None  # TextEncoder folder, for captioned image folders
+    # held-out evaluation every eval_every steps (0: never): exact bits/dim on eval_data (a
+    # folder like `data`), and FID against eval_reference statistics (an .npz with mu, sigma
+    # made by starflow-eval --save-statistics with the same eval_features) from eval_samples samples
+    eval_every: int = 0
+    eval_data: str | None = None
+    eval_batches: int = 0  # 0: one pass over eval_data
+    eval_reference: str | None = None
+    eval_features: str = "digits"  # digits (8x8 stand-in) or inception (torch twin)
+    eval_samples: int = 500
 
     def __post_init__(self) -> None:
         # wrong types (steps=abc, betas=0.9, lr=.inf) are errors naming the field; numeric strings
@@ -113,6 +125,18 @@ class TrainConfig:
                 fail(name, "must be >= 0" + (" (0 disables clipping)" if name == "grad_clip" else ""))
         if self.noise_std is not None and self.noise_std < 0:
             fail("noise_std", "must be >= 0")
+        self._validate_evaluation(fail)
+
+    def _validate_evaluation(self, fail) -> None:
+        for name in ("eval_every", "eval_batches", "eval_samples"):
+            if getattr(self, name) < 0:
+                fail(name, "must be >= 0")
+        if self.eval_features not in EVAL_FEATURES:
+            fail("eval_features", f"must be one of {EVAL_FEATURES}")
+        if self.eval_every and not (self.eval_data or self.eval_reference):
+            fail("eval_every", "set train.eval_data (held-out images or shards) and/or train.eval_reference")
+        if self.eval_reference and not self.eval_samples:
+            fail("eval_samples", "must be >= 2 to compute a FID against train.eval_reference")
 
     @property
     def micro_batch_size(self) -> int:

@@ -24,6 +24,7 @@ from mlx.utils import tree_flatten, tree_map
 
 from starflow_core.extras import require
 from starflow_core.training.config import RunConfig
+from starflow_core.training.evaluation import is_due
 from starflow_core.training.files import reading_checkpoint
 from starflow_core.training.guards import CorruptImages, check_resume_data, non_finite_weights_error
 from starflow_core.training.run_folder import claim_run_folder
@@ -32,6 +33,7 @@ from starflow_core.training.schedule import Progress, StopSignal
 from ..data import ImageFolderDataset, batch_stream
 from ..model import StarFlow
 from . import state
+from .evaluation import HeldOutEvaluation
 from .inputs import InputBuilder, build_dataset, sample_conditions
 from .objective import FlowObjective, bits_per_dim_from_loss, learning_rate
 from .progress import JsonlLog, plot_loss_curve, sample_grid, save_png
@@ -106,6 +108,11 @@ class Trainer:
             self._restore(resume_dir)
         self.log = JsonlLog(self.out_dir / "log.jsonl", self.progress.step if resume_dir else None)
         self.vae = self._load_component("vae", self.train.vae)
+        pixel_space = isinstance(self.dataset, ImageFolderDataset)
+        resume_step = self.progress.step if resume_dir else None
+        self.evaluation = HeldOutEvaluation.create(
+            run, self.out_dir, text_encoder, self.vae, pixel_space, resume_step
+        )
 
     # ----- setup ------------------------------------------------------------------------
     def _initial_model(self, resume_dir: Path | None) -> StarFlow:
@@ -173,6 +180,9 @@ class Trainer:
                 self.log.write(metrics)
             if self.train.sample_every and p.step % self.train.sample_every == 0:
                 self.save_samples()
+            if is_due(self.train, p.step):  # held-out bits/dim and FID, on the weights samples use
+                weights = self.ema if self.ema is not None else self.model.trainable_parameters()
+                self.evaluation(weights, p.step, self.log.records())
             if p.step % self.train.save_every == 0 or p.step == self.train.steps or stopping:
                 result.checkpoint = self.save()
             if stopping:

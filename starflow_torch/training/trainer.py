@@ -25,6 +25,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from starflow_core.io import read_safetensors_header
 from starflow_core.training.config import RunConfig
+from starflow_core.training.evaluation import is_due
 from starflow_core.training.files import reading_checkpoint
 from starflow_core.training.guards import CorruptImages, check_resume_data, non_finite_weights_error
 from starflow_core.training.run_folder import claim_run_folder
@@ -33,6 +34,7 @@ from starflow_core.training.schedule import StopSignal
 from ..data import ImageFolderDataset, batch_stream
 from ..model import StarFlow
 from . import parallel, state
+from .evaluation import HeldOutEvaluation
 from .inputs import InputBuilder, build_dataset, sample_conditions
 from .objective import FlowObjective, bits_per_dim_from_loss, learning_rate
 from .progress import JsonlLog, plot_loss_curve, sample_grid, save_png
@@ -119,6 +121,13 @@ class Trainer:
         if info.is_main:
             self.log = JsonlLog(self.out_dir / "log.jsonl", self.progress.step if resume_dir else None)
         self.vae = self._load_component("vae", self.train.vae) if info.is_main else None
+        self.evaluation = None  # the main process evaluates
+        if info.is_main:
+            pixel_space = isinstance(self.dataset, ImageFolderDataset)
+            resume_step = self.progress.step if resume_dir else None
+            self.evaluation = HeldOutEvaluation.create(
+                run, self.out_dir, text_encoder, self.vae, pixel_space, resume_step, info.device
+            )
 
     # ----- setup ------------------------------------------------------------------------
     def _initial_model(self, resume_dir: Path | None) -> StarFlow:
@@ -218,6 +227,8 @@ class Trainer:
                     self.log.write(metrics)
             if self.train.sample_every and p.step % self.train.sample_every == 0:
                 self.save_samples()
+            if is_due(self.train, p.step):  # held-out bits/dim and FID, on the weights samples use
+                self.evaluate()
             if p.step % self.train.save_every == 0 or p.step == self.train.steps or stopping:
                 result.checkpoint = self.save()
             if stopping:
@@ -338,6 +349,11 @@ class Trainer:
         if self.info.distributed:
             torch.distributed.barrier()
         return path
+
+    def evaluate(self) -> None:
+        model_state, ema_state = self._full_states()  # collectives: every process calls this
+        if self.info.is_main:
+            self.evaluation(ema_state or model_state, self.progress.step, self.log.records())
 
     def save_samples(self) -> None:
         model_state, ema_state = self._full_states()

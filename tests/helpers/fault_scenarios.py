@@ -11,10 +11,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from .fault_workspace import Outcome, Result, changes, environment, judge, run_cli, snapshot
+from .waiting import HANG_GUARD_S, logged_steps, wait_for
 
 
 def train_args(ws: Path, out: str, *extra: str) -> list[str]:
@@ -138,11 +138,12 @@ def second_trainer(ws: Path, twin: str, in_process: bool = False) -> list[Outcom
         [
             sys.executable,
             "-c",
-            "import fcntl, os, sys, time\nf = open(sys.argv[1], 'a+')\n"
+            "import fcntl, os, sys\nf = open(sys.argv[1], 'a+')\n"
             "fcntl.flock(f, fcntl.LOCK_EX)\nf.write(str(os.getpid())); f.flush(); print('held', flush=True)\n"
-            "time.sleep(600)",
+            "sys.stdin.read()",  # holds the lock until killed, or until this test's process is gone
             str(out / ".lock"),
         ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -176,7 +177,7 @@ def disk_full(ws: Path, twin: str) -> list[Outcome]:
         env=environment(ws),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_GUARD_S,
         preexec_fn=limit_files,
     )
     result = Result(completed.returncode, completed.stdout, completed.stderr)
@@ -218,12 +219,10 @@ def signal_to_process_group(ws: Path) -> list[Outcome]:
         text=True,
         start_new_session=True,
     )
-    deadline = time.monotonic() + 120
-    while not (out / "log.jsonl").is_file() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.0)  # a few steps, with workers started for a new epoch
+    # 10 steps of batch 1 over 8 images: the workers of a second epoch have started
+    wait_for(lambda: logged_steps(out / "log.jsonl") >= 10, process, "10 logged steps")
     os.killpg(process.pid, signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=120)
+    stdout, stderr = process.communicate(timeout=HANG_GUARD_S)
     result = Result(process.returncode, stdout, stderr)
     saved = (
         []
@@ -261,11 +260,10 @@ def interrupted_generate(ws: Path, twin: str) -> list[Outcome]:
         # Ctrl-C's default action even when the suite runs in a background job (which ignores SIGINT)
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    deadline = time.monotonic() + 120
-    while not (out.is_dir() and any(out.glob("*.png"))) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # images are written whole under a temporary name, then renamed: a .png is a complete one
+    wait_for(lambda: out.is_dir() and any(out.glob("*.png")), process, "the first image")
     process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=120)
+    stdout, stderr = process.communicate(timeout=HANG_GUARD_S)
     result = Result(process.returncode, stdout, stderr)
     partial = [f"left {p.name}" for p in out.iterdir() if not p.name.endswith(".png")] if out.is_dir() else []
     return [judge("generate-ctrl-c", twin, result, 130, "complete image(s) were written", partial)]

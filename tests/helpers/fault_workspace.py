@@ -30,6 +30,7 @@ from starflow_core.config import FlowConfig
 from .tiny_components import make_tiny_vae_folder
 from .tiny_pipeline import TINY_LABEL_FLOW, TINY_SETTINGS, make_flow_folder, make_label_pipeline
 from .training import TARFLOW_TINY, make_class_folder
+from .waiting import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[2]
 OFFICIAL = ROOT / "tests" / "fixtures" / "starflow_tiny"
@@ -216,7 +217,7 @@ def run_cli(twin: str, command: str, args: list[str], ws: Path, in_process: bool
         env=environment(ws),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_GUARD_S,
     )
     return Result(completed.returncode, completed.stdout, completed.stderr)
 
