@@ -131,3 +131,19 @@ def test_label_video_model_takes_class_names_and_no_vae(folders, tmp_path):
     ]  # fmt: skip
     again = ours.save(tmp_path / "digits.gif")
     assert again[0].name == "digits_0000_seed3_1.gif"  # never overwritten
+
+
+def test_the_deep_block_progress_bar_counts_frames(folders, monkeypatch):
+    from starflow_mlx import sampling
+
+    bars = []
+    real = sampling.tqdm
+
+    def spy(*args, **kwargs):
+        bars.append((kwargs.get("desc"), kwargs.get("unit"), kwargs.get("unit_scale")))
+        return real(*args, **{**kwargs, "disable": True})
+
+    monkeypatch.setattr(sampling, "tqdm", spy)
+    mlx_pipe(folders["text"]).generate_video("a red fox", seeds=[0], num_frames=5, progress=True)
+    # the deep block (2) spans frames: 16 tokens a 64x64 frame; frame-local blocks run one frame each
+    assert bars == [("block 2", " frame", 1 / 16), ("block 1", None, None), ("block 0", None, None)]

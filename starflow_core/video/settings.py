@@ -117,3 +117,11 @@ def center_crop_box(
     top = int(round((resized_h - target_h) / 2.0))  # torchvision CenterCrop's rounding
     left = int(round((resized_w - target_w) / 2.0))
     return (resized_h, resized_w), (left, top, left + target_w, top + target_h)
+
+
+def progress_units(frames: int, frame_tokens: int) -> dict[str, Any]:
+    """tqdm arguments for a block's sampling bar: a video's counts frames (tokens shown divided by
+    the tokens of a frame: 3.5/21 frame), an image's tokens."""
+    if frames <= 1:
+        return {}
+    return {"unit": " frame", "unit_scale": 1 / frame_tokens}
