@@ -215,12 +215,43 @@ def check_video_memory(
         if fits(estimate_video_memory(release.config, candidate, shape, denoise=denoise), limit)
         for need in [estimate_video_memory(release.config, candidate, shape, denoise=denoise).peak]
     ]
-    advice = (
-        "; ".join(fitting[:2]) if fitting else "fewer --num-frames or a smaller size may fit (README table)"
-    )
+    advice = "; ".join(fitting[:2]) or shorter_advice(release, precision, shape, denoise, limit, quantization)
     raise InsufficientResourcesError(
         f"{release.name} with {describe(precision)}, {shape.frames} frames of {shape.tokens_per_frame} "
         f"latent tokens, needs about {describe_estimate(estimate)}, and this machine has "
         f"{format_bytes(limit)} ({where}): {advice}. Nothing was downloaded or loaded; "
         "--no-resource-check runs it anyway"
     )
+
+
+def shorter_advice(
+    release, precision: Precision, shape: VideoShape, denoise: bool, limit: int, quantization: bool
+) -> str:
+    """The longest shorter video at this size (4k + 1 frames) that fits with these settings or
+    smaller ones, with the learned denoiser if possible; or that none does."""
+    from starflow_core.generation.resource_check import alternatives
+
+    options = [("", precision), *alternatives(precision, quantization)]
+    for skip_denoise in [False, True] if denoise else [True]:
+        for frames in (65, 49, 33, 17, 9, 5):
+            if frames >= shape.frames:
+                continue
+            frames_latent = latent_frames(frames, 4)
+            smaller = dataclasses.replace(
+                shape,
+                frames=frames,
+                latent_frames=frames_latent,
+                cached_frames=min(shape.cached_frames, frames_latent),
+            )
+            for flags, candidate in options:
+                need = estimate_video_memory(
+                    release.config, candidate, smaller, denoise=not skip_denoise
+                ).peak
+                if need * SAFETY <= limit:
+                    words = [
+                        f"--num-frames {frames}",
+                        flags,
+                        "--no-denoise" if skip_denoise and denoise else "",
+                    ]
+                    return f"{' '.join(w for w in words if w)} needs about {format_bytes(need)}"
+    return "no length at this size fits; try a smaller --height/--width (README table)"
