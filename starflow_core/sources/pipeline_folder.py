@@ -7,6 +7,11 @@
     tokenizer/              spiece.model (+ tokenizer.json ...) for that encoder
     decoder/                optional: a VAE whose decoder was fine-tuned on noisy latents
 
+Video models: vae/ may be the Wan2.2 VAE (diffusers AutoencoderKLWan, 16x spatial, 4x temporal),
+and model_index.json's "video" holds the clip length, rate, prompt template flags and VAE
+temporal scale (starflow_core.video.settings.VideoDefaults), e.g. {"num_frames": 9, "fps": 8,
+"fps_cond": false, "cond_noise_level": false, "mix_aspect": false, "temporal_scale": 1.0}.
+
 `PipelineParts` is where each part lives on disk, whatever the source (a local folder,
 the Hub snapshots of an official release); both twins load from it.
 """
