@@ -70,11 +70,15 @@ def test_text_to_video_writes_remakes_and_never_overwrites(folders, tmp_path):
 
 def test_the_torch_command_takes_the_same_flags(folders, tmp_path):
     done = run(
-        "starflow_torch.generate", "a red fox", "--model", folders["video"], "--num-frames", "5", "--seed", "1",
-        "-o", "frames", "--quiet", tmp=tmp_path,
+        "starflow_torch.generate", "a red fox", "--model", folders["video"], "--num-frames", "5", "--fps", "8",
+        "--seed", "1", "2", "-o", "fox.mp4", "--quiet", tmp=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert len(sorted((tmp_path / "frames").glob("*.png"))) == 5  # a folder of frames
+    for seed in (1, 2):  # several videos: <stem>_<index>_seed<S>.mp4, H.264 through PyAV
+        video = read_video(tmp_path / f"fox_000{seed - 1}_seed{seed}.mp4")
+        assert video.frames.shape == (5, 64, 64, 3) and video.fps == 8
+        parameters = json.loads(video.metadata["parameters"])
+        assert (parameters["seed"], parameters["framework"], parameters["num_frames"]) == (seed, "torch", 5)
 
 
 @pytest.mark.parametrize(
