@@ -151,8 +151,8 @@ def build_parser(module: str, description: str, torch: bool = False) -> argparse
         type=Path,
         default=Path("starflow.png"),
         help="image file (its suffix .png, .jpg, .jpeg or .webp picks the format) or folder (a name "
-        "without a suffix); video models: .mp4, .gif, .webp or a folder of PNG frames (default "
-        "starflow.mp4); an existing file is kept and the new one named <stem>_1, _2, ...",
+        "without a suffix); video models: .mp4, .gif, .webp or a folder of PNG frames (starflow.mp4 "
+        "when not given); an existing file is kept and the new one named <stem>_1, _2, ...",
     )
     add_output_arguments(parser)
     parser.add_argument("--grid", action="store_true", help="write one grid image instead of one per image")
