@@ -69,9 +69,14 @@ def test_text_to_video_writes_remakes_and_never_overwrites(folders, tmp_path):
 
 
 def test_the_torch_command_takes_the_same_flags(folders, tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(
+        tmp_path / "frame.png"
+    )
     done = run(
         "starflow_torch.generate", "a red fox", "--model", folders["video"], "--num-frames", "5", "--fps", "8",
-        "--seed", "1", "2", "-o", "fox.mp4", "--quiet", tmp=tmp_path,
+        "--seed", "1", "2", "-o", "fox.mp4", "--quiet", "--image", "frame.png", "--aspect-ratio", "1:1", tmp=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     for seed in (1, 2):  # several videos: <stem>_<index>_seed<S>.mp4, H.264 through PyAV
@@ -79,6 +84,7 @@ def test_the_torch_command_takes_the_same_flags(folders, tmp_path):
         assert video.frames.shape == (5, 64, 64, 3) and video.fps == 8
         parameters = json.loads(video.metadata["parameters"])
         assert (parameters["seed"], parameters["framework"], parameters["num_frames"]) == (seed, "torch", 5)
+        assert (parameters["image"], parameters["aspect_ratio"]) == ("frame.png", "1:1")  # image-to-video
 
 
 @pytest.mark.parametrize(

@@ -291,7 +291,8 @@ def check_resources(args: argparse.Namespace, backend: Backend, sizes: ModelSize
 # ----- the run -----------------------------------------------------------------------------
 def run(args: argparse.Namespace, backend: Backend) -> int:
     fill_from_metadata(args)
-    check_edit_flags(args)
+    if args.model is None or not makes_video(args):  # a video's --image is its first frame
+        check_edit_flags(args)
     if args.model is None:
         if not (DEMO_FOLDER / "model_index.json").is_file():
             raise FileNotFoundError(
@@ -299,7 +300,7 @@ def run(args: argparse.Namespace, backend: Backend) -> int:
                 "pass --model starflow-3b-t2i-256 (or a pipeline folder) and a prompt"
             )
         args.model = str(DEMO_FOLDER)
-        args.grid = True  # the demo shows one row per prompt, one column per seed
+        args.grid = not video_request_flags(args)  # the demo shows one row per prompt, one column per seed
         if not args.seed:
             args.seed = [0]
         if args.n_images is None and len(args.seed) == 1:
