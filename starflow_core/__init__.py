@@ -8,6 +8,7 @@
     sources/                where a model comes from: pipeline folders, the Hub, official releases
     training/               run files, schedule, checkpoint files, image folders, the train command line
     convert.py              the conversion command (python -m starflow_core.convert)
+    validation.py           every structured file read, checked for shape (FileFormatError names the file)
 
 It imports neither twin.
 """
@@ -21,8 +22,10 @@ from .official.arguments import (
     resolve_config,
 )
 from .presets import PRESETS, preset
+from .validation import FileFormatError
 
 __all__ = [
+    "FileFormatError",
     "FlowConfig",
     "PRESETS",
     "preset",

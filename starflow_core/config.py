@@ -17,6 +17,7 @@ from typing import Any
 from starflow_core.field_types import check_field_types
 from starflow_core.io import atomic_write_text
 from starflow_core.positions import TEXT_ROPE_FREQUENCIES
+from starflow_core.validation import read_json_object, refuse_special_file
 
 FAMILIES = ("starflow", "tarflow")
 
@@ -390,12 +391,7 @@ class FlowConfig:
 
 def read_json_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    refuse_special_file(path, "the config")
     if not path.is_file():
         raise FileNotFoundError(f"no config file at {path}")
-    try:
-        values = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
-    if not isinstance(values, dict):
-        raise ValueError(f"{path} must hold a JSON object of configuration fields")
-    return values
+    return read_json_object(path, "fix the file or convert the model again")

@@ -35,6 +35,7 @@ from starflow_core.sources.pipeline_folder import (
     FLOW_CONFIG,
     FLOW_WEIGHTS,
     PipelineParts,
+    check_part_files,
     fill_pipeline_folder,
 )
 from starflow_core.sources.resolve import resolve
@@ -190,6 +191,7 @@ def inputs_of(args: argparse.Namespace) -> tuple[list[Path | None], PipelinePart
             flow_config(args, source)  # a missing or broken --config fails here, not after writing
         return [source, args.config], None
     parts = described_parts(args)
+    check_part_files(parts)  # a damaged weights file is refused, not hard-linked into a "done" folder
     if args.quantize is not None:
         check_flow_folder(parts.transformer, args)
     model = Path(args.model)

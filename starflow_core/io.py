@@ -14,6 +14,8 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from starflow_core.validation import check_safetensors_header, parse_json, refuse_special_file
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -44,36 +46,23 @@ def atomic_write_json(path: str | Path, values: Mapping) -> None:
 
 
 def read_safetensors_header(path: str | Path) -> dict:
-    """Return the JSON header of a safetensors file, raising a clear error if it is damaged."""
+    """Return the JSON header of a safetensors file, checked against the format (every tensor
+    with a known dtype and data_offsets that fit its shape and the file), or a clear error."""
     path = Path(path)
+    refuse_special_file(path, "the weights file")
     if not path.is_file():
         raise FileNotFoundError(f"no weights file at {path}")
+    fix = "re-download or re-convert it"
     size = path.stat().st_size
     with open(path, "rb") as handle:
         prefix = handle.read(8)
         if len(prefix) < 8:
-            raise ValueError(
-                f"{path} is not a safetensors file (only {size} bytes); re-download or re-convert it"
-            )
+            raise ValueError(f"{path} is not a safetensors file (only {size} bytes); {fix}")
         header_len = int.from_bytes(prefix, "little")
         if header_len <= 0 or header_len > size - 8:
-            raise ValueError(
-                f"{path} is truncated or corrupt (bad header length); re-download or re-convert it"
-            )
-        try:
-            header = json.loads(handle.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(
-                f"{path} has a corrupt safetensors header ({err}); re-download or re-convert it"
-            ) from err
-    data_len = size - 8 - header_len
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if end > data_len:
-        raise ValueError(
-            f"{path} is truncated: the header describes {end} bytes of tensor data but the file holds "
-            f"{data_len}; re-download or re-convert it"
-        )
-    return header
+            raise ValueError(f"{path} is truncated or corrupt (bad header length); {fix}")
+        header = parse_json(handle.read(header_len), f"{path}: the safetensors header", fix)
+    return check_safetensors_header(header, path, size - 8 - header_len, fix)
 
 
 def safetensors_shapes(header: Mapping) -> dict[str, tuple[int, ...]]:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from starflow_core import convert
+from starflow_core.validation import refuse_float16_overflow
 
 
 def resave(folder: Path, out: Path, dtype: str | None, bits: int | None, group_size: int) -> None:
@@ -29,6 +30,12 @@ def resave(folder: Path, out: Path, dtype: str | None, bits: int | None, group_s
     model = StarFlow.from_pretrained(
         folder, dtype=getattr(mx, dtype) if dtype else None, quantize=bits, group_size=group_size
     )
+    if dtype == "float16":  # cast as it loaded: a value float16 cannot hold is now inf
+        from mlx.utils import tree_flatten
+
+        for name, value in tree_flatten(model.parameters()):
+            if mx.issubdtype(value.dtype, mx.floating) and mx.isinf(value).any().item():
+                refuse_float16_overflow(folder, name)
     model.save_pretrained(out)
 
 

@@ -10,7 +10,6 @@ by the input builder.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from starflow_core.training.image_folders import (
     epoch_batches,
     shard_fingerprint,
 )
+from starflow_core.validation import read_shard_index
 
 __all__ = [
     "SHARD_INDEX",
@@ -76,7 +76,7 @@ class LatentShardDataset:
                 "python -m starflow_mlx.encode_dataset"
             )
         self.folder = folder
-        self.index = json.loads(index_path.read_text())
+        self.index = read_shard_index(index_path)
         self.shards = self.index["shards"]
         if not self.shards or sum(s["count"] for s in self.shards) == 0:
             raise ValueError(f"{folder} holds no encoded samples")

@@ -14,7 +14,6 @@ What makes T5 differ from a textbook transformer (all followed here):
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -26,6 +25,7 @@ from mlx.utils import tree_flatten
 
 from starflow_core.io import read_safetensors_header, safetensors_shapes
 from starflow_core.sources.t5_files import encoder_tensor_names, encoder_weight_files
+from starflow_core.validation import read_json_object
 
 CONFIG_NAME = "config.json"
 
@@ -280,7 +280,7 @@ class T5Encoder(nn.Module):
         config_path = folder / CONFIG_NAME
         if not config_path.is_file():
             raise FileNotFoundError(f"T5 config not found: {config_path}")
-        config = T5Config.from_hf(json.loads(config_path.read_text()), source=str(config_path))
+        config = T5Config.from_hf(read_json_object(config_path, "download it again"), source=str(config_path))
         if quantize is not None and quantize not in (4, 8):
             raise ValueError(f"T5 quantization must be 4 or 8 bits, got {quantize}")
         model = cls(config)  # lazy: never materialised, every parameter is replaced below

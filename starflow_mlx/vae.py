@@ -15,7 +15,6 @@ the weight dtype, so float16 / bfloat16 models do not overflow there.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from starflow_core.official.keys import vae_key_to_diffusers
+from starflow_core.validation import read_vae_config
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -394,11 +394,7 @@ class AutoencoderKL(nn.Module):
         """
         folder = Path(folder)
         config_path = folder / CONFIG_NAME
-        if not config_path.is_file():
-            raise FileNotFoundError(f"VAE config not found: {config_path}")
-        config = AutoencoderKLConfig.from_diffusers(
-            json.loads(config_path.read_text()), source=str(config_path)
-        )
+        config = AutoencoderKLConfig.from_diffusers(read_vae_config(config_path), source=str(config_path))
         weights_path = Path(weights_file) if weights_file is not None else folder / WEIGHTS_NAME
         if not weights_path.is_file():
             raise FileNotFoundError(f"VAE weights not found: {weights_path}")

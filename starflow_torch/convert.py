@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from starflow_core import convert
+from starflow_core.validation import FLOAT16_MAX, refuse_float16_overflow
 
 
 def resave(folder: Path, out: Path, dtype: str | None, bits: int | None, group_size: int) -> None:
@@ -26,6 +27,11 @@ def resave(folder: Path, out: Path, dtype: str | None, bits: int | None, group_s
     from .model import StarFlow
 
     model = StarFlow.from_pretrained(folder)
+    if dtype == "float16":
+        for name, tensor in model.state_dict().items():
+            largest = float(tensor.abs().max()) if tensor.is_floating_point() and tensor.numel() else 0.0
+            if largest > FLOAT16_MAX:
+                refuse_float16_overflow(folder, name, largest)
     model.save_pretrained(out, dtype=getattr(torch, dtype) if dtype else None)
 
 

@@ -8,7 +8,6 @@ Sampler that gives each process its share of every global batch.
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +28,7 @@ from starflow_core.training.image_folders import (
     nearest_bucket,
     shard_fingerprint,
 )
+from starflow_core.validation import read_shard_index
 
 __all__ = [
     "ASPECT_RATIOS",
@@ -87,7 +87,7 @@ class LatentShardDataset(torch.utils.data.Dataset):
                 f"{folder} has no {SHARD_INDEX}; run python -m starflow_torch.encode_dataset"
             )
         self.folder = folder
-        self.index = json.loads(index_path.read_text())
+        self.index = read_shard_index(index_path)
         self.shards = self.index["shards"]
         if not self.shards or sum(s["count"] for s in self.shards) == 0:
             raise ValueError(f"{folder} holds no encoded samples")

@@ -15,6 +15,7 @@ import diffusers
 import torch
 
 from starflow_core.official.keys import vae_key_to_diffusers
+from starflow_core.validation import read_vae_config
 
 from .checkpoint import read_official_state_dict, read_safetensors_mapped
 
@@ -76,8 +77,7 @@ class AutoencoderKL(diffusers.AutoencoderKL):
         """
         folder = Path(folder)
         config_path = folder / CONFIG_NAME
-        if not config_path.is_file():
-            raise FileNotFoundError(f"VAE config not found: {config_path}")
+        read_vae_config(config_path)  # every field of the right type, or a message naming the file
         weights_path = Path(weights_file) if weights_file is not None else folder / WEIGHTS_NAME
         if not weights_path.is_file():
             raise FileNotFoundError(f"VAE weights not found: {weights_path}")

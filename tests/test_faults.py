@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.fault_cases import CASES, cuda_cases, run_case
+from helpers.fault_files import damaged_checkpoint_files, edit_stepwise, first_checkpoint_fails
 from helpers.fault_scenarios import (
     damaged_checkpoint,
     disk_full,
@@ -73,6 +74,24 @@ SCENARIO_NAMES = {
     ],
     damaged_checkpoint: ["train-truncated-state", "train-damaged-log-line"],
     second_trainer: ["train-second-trainer", "train-after-holder-killed"],
+    damaged_checkpoint_files: [
+        f"checkpoint-{name}"
+        for name in (
+            "run-json-invalid",
+            "run-json-not-utf8",
+            "run-json-a-list",
+            "run-json-without-model",
+            "data-json-invalid",
+            "data-json-a-list",
+            "state-progress-a-list",
+            "state-progress-a-string",
+        )
+    ],
+    first_checkpoint_fails: [
+        "train-first-checkpoint-fails",
+        "train-same-command-after-first-checkpoint-failed",
+    ],
+    edit_stepwise: ["edit-stepwise-output"],
 }
 
 
@@ -94,6 +113,24 @@ def test_a_used_run_folder_is_refused_and_debris_is_removed(twin, ws, request):
 @pytest.mark.parametrize("twin", ["mlx", "torch"])
 def test_a_damaged_checkpoint_offers_the_previous_one(twin, ws, request):
     problems = scenario_problems(damaged_checkpoint, twin, ws, request)
+    assert not any(problems.values()), problems
+
+
+@pytest.mark.parametrize("twin", ["mlx", "torch"])
+def test_every_damaged_checkpoint_file_offers_the_previous_checkpoint(twin, ws, request):
+    problems = scenario_problems(damaged_checkpoint_files, twin, ws, request)
+    assert not any(problems.values()), problems
+
+
+@pytest.mark.parametrize("twin", ["mlx", "torch"])
+def test_a_failed_first_checkpoint_leaves_nothing_that_blocks_the_same_command(twin, ws, request):
+    problems = scenario_problems(first_checkpoint_fails, twin, ws, request)
+    assert not any(problems.values()), problems
+
+
+@pytest.mark.parametrize("twin", ["mlx", "torch"])
+def test_an_edit_writes_its_stepwise_images(twin, ws, request):
+    problems = scenario_problems(edit_stepwise, twin, ws, request)
     assert not any(problems.values()), problems
 
 

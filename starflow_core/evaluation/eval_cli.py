@@ -39,6 +39,7 @@ from starflow_core.generation.scoring import score_images
 from starflow_core.sources import resolve
 from starflow_core.sources.releases import DEMO_FOLDER
 from starflow_core.training.image_folders import SHARD_INDEX
+from starflow_core.validation import read_shard_index
 from starflow_core.version import package_version
 
 FEATURES = ("inception", "digits")
@@ -197,7 +198,7 @@ def latent_bits_per_dim(args: argparse.Namespace, backend: EvalBackend) -> dict:
     under their labels or text features, at the clean latents (as scoring.py measures)."""
     from safetensors.numpy import load_file
 
-    index = json.loads((args.samples / SHARD_INDEX).read_text())
+    index = read_shard_index(args.samples / SHARD_INDEX)
     folder = flow_folder(args.model)
     score = backend.latent_scorer(folder, args)
     bits = []

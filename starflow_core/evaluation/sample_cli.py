@@ -28,6 +28,7 @@ from starflow_core.generation.cli import Backend
 from starflow_core.generation.precision import DTYPE_CHOICES, QUANTIZE_BITS
 from starflow_core.sources import resolve
 from starflow_core.sources.releases import DEMO_FOLDER
+from starflow_core.validation import read_text
 from starflow_core.version import package_version
 
 DEFAULT_COUNT = 50_000  # FID-50K, the count published ImageNet FIDs use
@@ -81,7 +82,7 @@ def plan_for(args: argparse.Namespace, parts) -> sample_sets.SamplePlan:
                 "this is a text model: give --prompt-file (one prompt per line, e.g. COCO captions)"
             )
         try:
-            lines = args.prompt_file.read_text(encoding="utf-8").splitlines()
+            lines = read_text(args.prompt_file, "--prompt-file").splitlines()  # not a FIFO, UTF-8
         except OSError as err:
             raise ValueError(f"cannot read --prompt-file {args.prompt_file}: {err.strerror or err}") from err
         conditions, labels = tuple(line.strip() for line in lines if line.strip()), False

@@ -68,6 +68,7 @@ from starflow_core.sources import PipelineParts, resolve
 from starflow_core.sources.pipeline_folder import read_pipeline_folder
 from starflow_core.sources.releases import DEMO_FOLDER, release_by_name
 from starflow_core.staging import removing_new_empty_folders
+from starflow_core.validation import read_text
 
 PRECOMPUTED_PROMPTS = 64  # up to this many distinct prompts are encoded before the flow loads
 __all__ = ["EXIT_USAGE", "Backend", "build_parser", "main", "run"]
@@ -178,7 +179,7 @@ def read_prompts(args: argparse.Namespace, parts: PipelineParts) -> list[str]:
     prompts = list(args.prompts) + list(args.prompt)
     if args.prompt_file is not None:
         try:
-            lines = args.prompt_file.read_text(encoding="utf-8").splitlines()
+            lines = read_text(args.prompt_file, "--prompt-file").splitlines()  # not a FIFO, UTF-8
         except OSError as err:
             raise ValueError(f"cannot read --prompt-file {args.prompt_file}: {err.strerror or err}") from err
         from_file = [line.strip() for line in lines if line.strip()]
@@ -278,8 +279,8 @@ def check_resources(args: argparse.Namespace, backend: Backend, sizes: ModelSize
     precision = backend.precision(args)
     shape = run_shape(args, sizes, jobs)
     if args.memory_limit is not None:
-        if args.memory_limit <= 0:
-            raise ValueError(f"--memory-limit must be > 0 GB, got {args.memory_limit}")
+        if not 0 < args.memory_limit < float("inf"):  # nan and inf too
+            raise ValueError(f"--memory-limit must be a finite number > 0 GB, got {args.memory_limit}")
         available = (int(args.memory_limit * GB), "--memory-limit")
     else:
         available = backend.memory(args)

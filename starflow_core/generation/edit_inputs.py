@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from starflow_core.validation import refuse_special_file
+
 MASK_THRESHOLD = 0.5
 
 
@@ -39,12 +41,15 @@ def _open_image(source: str | Path):
     from PIL import Image, UnidentifiedImageError
 
     path = Path(source)
+    refuse_special_file(path, "the image")
     try:
         with Image.open(path) as image:
             image.load()
             return image.copy()
     except FileNotFoundError:
         raise ValueError(f"image file {path} does not exist") from None
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"image {path} is refused as a decompression bomb ({err})") from None
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"cannot read image {path}: not a readable image file ({err})") from None
 
@@ -52,8 +57,12 @@ def _open_image(source: str | Path):
 def _pil_to_array(image, mode: str, what: str) -> np.ndarray:
     """A PIL image -> uint8 (H, W, C) in `mode` ("L" or "RGB"), converting with a warning."""
     if image.mode != mode:
-        try:
-            converted = image.convert(mode)
+        from starflow_core.training.image_folders import UnreadableImageError, to_8bit
+
+        try:  # as training reads images: 16-bit scaled, transparency onto white, 32-bit refused
+            converted = to_8bit(image, 1 if mode == "L" else 3)
+        except UnreadableImageError as err:
+            raise ValueError(f"{what} {err}") from None
         except ValueError as err:
             raise ValueError(
                 f"{what} has the PIL mode {image.mode!r}, which cannot be converted to {mode}"

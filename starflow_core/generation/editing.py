@@ -177,14 +177,14 @@ def edit(
         noise = np.where(regenerate > 0, fresh, noise)
         noise = pipe.noise_array(np.ascontiguousarray(noise.transpose(0, 3, 1, 2)))  # as generate's noise
         sampled, count = pipe.sample_flow(noise, y, y_null, settings, progress, on_block)
-        check_finite(pipe.to_numpy(sampled), seeds, "flow samples")
+        check_finite(pipe.to_numpy(sampled), seeds, "flow samples", settings.guidance)
         latents, steps = paste(sampled), steps + count
 
     mode = pipe.denoise_mode(denoise) if strength > 0 else "none"
     if mode == "score":
         latents = paste(pipe.denoise(latents, y, strength * pipe.config.noise_std))
     decoded = pipe.to_numpy(pipe.decode(latents, use_decoder=mode == "decoder"))
-    check_finite(decoded, seeds, "decoded images")
+    check_finite(decoded, seeds, "decoded images", settings.guidance)
     if request.masks is not None:  # the known pixels are the input's (exact for pixel models already)
         decoded = np.where(request.masks[..., None] > 0, decoded, images)
     return _result(

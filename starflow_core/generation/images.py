@@ -91,11 +91,17 @@ def _label_strip(labels: Sequence[str], cell_height: int, gap: int) -> np.ndarra
 
 
 def _fit(text: str, font, width: int) -> str:
-    if font.getlength(text) <= width:
+    """`text`, or its longest prefix + "..." that is at most `width` pixels wide. Time linear in
+    the text (a 100,000-character prompt): no glyph is narrower than a pixel, so at most `width`
+    characters are measured, and the prefix is found by bisection."""
+    if len(text) <= width and font.getlength(text) <= width:
         return text
-    while text and font.getlength(text + "...") > width:
-        text = text[:-1]
-    return text + "..."
+    text = text[: width + 1]  # a longer text is cut anyway
+    low, high = 0, len(text) + 1  # text[:low] + "..." fits; text[:high] + "..." (nearly always) not
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if font.getlength(text[:middle] + "...") <= width else (low, middle)
+    return text[:low] + "..."
 
 
 def save_png(path: Path, pixels: np.ndarray, metadata: dict[str, str]) -> None:
@@ -131,6 +137,8 @@ def read_image_metadata(path: str | Path) -> dict[str, str]:
             description = image.getexif().get(EXIF_IMAGE_DESCRIPTION)
     except UnidentifiedImageError:
         raise ValueError(f"{path} is not an image PIL can read (PNG, JPEG or WebP)") from None
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"image {path} is refused as a decompression bomb ({err})") from None
     if not description:
         return {}
     try:

@@ -7,6 +7,7 @@ MLX and PyTorch whatever else is in the batch.
 from __future__ import annotations
 
 import math
+import numbers
 import secrets
 import warnings
 from collections.abc import Sequence
@@ -39,7 +40,12 @@ def parse_aspect_ratio(ratio: str) -> float:
         raise ValueError(f"aspect ratio must look like W:H (e.g. 16:9), got {ratio!r}") from None
     if not (math.isfinite(width) and math.isfinite(height)) or width <= 0 or height <= 0:
         raise ValueError(f"aspect ratio sides must be finite numbers > 0 (e.g. 16:9), got {ratio!r}")
-    return width / height
+    quotient = width / height
+    if not math.isfinite(quotient) or quotient <= 0 or not math.isfinite(1 / quotient):
+        raise ValueError(
+            f"aspect ratio {ratio!r} is W/H = {quotient:g}, which cannot make an image; use e.g. 16:9"
+        )
+    return quotient
 
 
 def _nearest_multiple(value: float, multiple: int) -> int:
@@ -68,6 +74,8 @@ def snap_size(height: int, width: int, multiple: int) -> tuple[int, int]:
 def check_size(height: int, width: int, multiple: int, why: str) -> None:
     """Raise a ValueError naming the nearest valid sizes if height or width is not a multiple."""
     for name, value in (("height", height), ("width", width)):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+            raise ValueError(f"{name} must be a whole number of pixels, got {value!r}")
         if value <= 0 or value % multiple:
             low = max(multiple, value // multiple * multiple)
             raise ValueError(
@@ -77,12 +85,22 @@ def check_size(height: int, width: int, multiple: int, why: str) -> None:
 
 
 # ----- prompts, seeds, labels ----------------------------------------------------------
+def _is_seed(value: object) -> bool:
+    """A whole number (Python or numpy), not a bool, float or string."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def batch_prompts_and_seeds(
     prompts: str | Sequence[str], seeds: int | Sequence[int]
 ) -> tuple[list[str], list[int]]:
     """Pair prompts with seeds; a single prompt or a single seed is repeated to match the other."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    seeds = [seeds] if isinstance(seeds, int) else [int(s) for s in seeds]
+    seeds = [seeds] if _is_seed(seeds) else seeds
+    if isinstance(seeds, str | bytes) or not all(_is_seed(s) for s in seeds):
+        raise ValueError(f"seeds must be an integer or a list of integers, got {seeds!r:.80}")
+    seeds = [int(s) for s in seeds]
+    if any(s < 0 for s in seeds):
+        raise ValueError(f"seeds must be >= 0, got {[s for s in seeds if s < 0]}")
     if not prompts or not seeds:
         raise ValueError("need at least one prompt and one seed")
     if len(prompts) == 1:

@@ -249,29 +249,25 @@ class PipelineBase:
         settings = self.parts.sampling.merged(
             guidance=guidance, jacobi=jacobi, block_size=block_size, tol=tol, max_iter=max_iter
         )
-        if image is not None or mask_image is not None or strength is not None or source_prompt is not None:
-            request = editing.prepare_request(
-                self, len(prompts), image, strength, mask_image, source_prompt, inpaint_rounds, height, width
-            )
-            return editing.edit(self, prompts, seeds, settings, request, denoise, progress)
         on_block = None if callback is None else (lambda index, state: callback(index, self.to_numpy(state)))
         if image is not None or mask_image is not None or strength is not None or source_prompt is not None:
             request = editing.prepare_request(
                 self, len(prompts), image, strength, mask_image, source_prompt, inpaint_rounds, height, width
             )
             return editing.edit(self, prompts, seeds, settings, request, denoise, progress, on_block, drawn)
-        height, width = height or self.default_size, width or self.default_size
+        height = self.default_size if height is None else height  # 0 is an error, not "not given"
+        width = self.default_size if width is None else width
         self.check_size(height, width)
         factor = self.parts.vae_downsample
         y, y_null = self.conditions(prompts, settings.guidance > 0)
         noise = make_noise(seeds, self.config.in_channels, height // factor, width // factor)
         latents, steps = self.sample_flow(self.noise_array(noise), y, y_null, settings, progress, on_block)
-        check_finite(self.to_numpy(latents), seeds, "flow samples")
+        check_finite(self.to_numpy(latents), seeds, "flow samples", settings.guidance)
         mode = self.denoise_mode(denoise)
         if mode == "score":
             latents = self.denoise(latents, y)
         images = self.to_numpy(self.decode(latents, use_decoder=mode == "decoder"))
-        check_finite(images, seeds, "decoded images")
+        check_finite(images, seeds, "decoded images", settings.guidance)
         return Generation(
             model=self.parts.name,
             prompts=prompts,

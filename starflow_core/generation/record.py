@@ -16,6 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from starflow_core.generation.images import read_image_metadata
+from starflow_core.validation import (
+    FileFormatError,
+    expect,
+    field,
+    parse_json,
+    read_text,
+    refuse_special_file,
+)
 from starflow_core.video.files import read_video_metadata, video_format
 
 PARAMETERS_KEY = "parameters"
@@ -84,10 +92,11 @@ def parameters_json(parameters: dict[str, Any]) -> str:
 def read_parameters(path: str | Path) -> dict[str, Any]:
     """The parameters of an image or video written by this project, or of its JSON sidecar."""
     path = Path(path)
+    refuse_special_file(path, "the image")
     if not (path.is_file() or path.is_dir()):
         raise FileNotFoundError(f"no such file: {path}")
     if path.is_file() and path.suffix.lower() == ".json":
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path, "the sidecar")
     else:
         video = path.is_dir() or video_format(path) in ("MP4", "GIF", "WEBP")
         metadata = read_video_metadata(path) if video else read_image_metadata(path)
@@ -98,13 +107,55 @@ def read_parameters(path: str | Path) -> dict[str, Any]:
                 "before 0.2, or its metadata was stripped); give an image or video written by starflow "
                 "generate or its .json sidecar"
             )
-    try:
-        parameters = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: its generation parameters are not valid JSON ({err})") from err
-    missing = [key for key in ("model", "guidance", "sampler", "height", "width") if key not in parameters]
-    if not isinstance(parameters, dict) or missing:
-        raise ValueError(f"{path}: not STARFlow generation parameters (missing {missing})")
+    return check_parameters(parse_json(text, f"{path}: its generation parameters", _FIX), str(path))
+
+
+_FIX = "give an image or video written by starflow generate or its .json sidecar, unedited"
+# key -> kind (starflow_core.validation), for the keys that making the image again reads
+_REQUIRED = {
+    "model": "string",
+    "guidance": "number",
+    "sampler": "string",
+    "height": "integer",
+    "width": "integer",
+}
+_OPTIONAL = {
+    "jacobi_block_size": "integer",
+    "jacobi_tol": "number",
+    "jacobi_max_iter": "integer",
+    "denoise": "string",
+    "decoder": "string",
+    "dtype": "string",
+    "quantize": "integer",
+    "text_quantize": "integer",
+    "image": "string",
+    "strength": "numeric",  # an edit's entries are recorded as the strings of its PNG text
+    "mask": "string",
+    "inpaint_rounds": "numeric",
+    "source_prompt": "string",
+    "num_frames": "integer",
+    "fps": "number",
+}
+
+
+def check_parameters(parameters: Any, source: str) -> dict[str, Any]:
+    """Generation parameters checked for shape: every key a command reads of the right type, a
+    prompt and a seed (or as many prompts as seeds, for a grid)."""
+    expect(parameters, "object", f"{source}: its generation parameters", _FIX)
+    for key, kind in _REQUIRED.items():
+        field(parameters, key, kind, source, _FIX)
+    for key, kind in _OPTIONAL.items():
+        field(parameters, key, kind, source, _FIX, default=None, nullable=True)
+    if "prompts" in parameters:
+        prompts = field(parameters, "prompts", "strings", source, _FIX)
+        seeds = field(parameters, "seeds", "integers", source, _FIX)
+        if len(prompts) != len(seeds) or not prompts:
+            raise FileFormatError(
+                f"{source} holds {len(prompts)} prompts but {len(seeds)} seeds (one per image); {_FIX}"
+            )
+    else:
+        field(parameters, "prompt", "string", source, _FIX)
+        field(parameters, "seed", "integer", source, _FIX)
     return parameters
 
 

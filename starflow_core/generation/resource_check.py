@@ -10,7 +10,6 @@ has and the options that would fit; nothing has been downloaded or written by th
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from starflow_core.sources.releases import (
     first_run_disk,
     release_by_name,
 )
+from starflow_core.validation import read_json_object
 
 
 class InsufficientResourcesError(ValueError):
@@ -74,7 +74,7 @@ def model_sizes(source: str) -> ModelSizes | None:
 def parts_sizes(parts: PipelineParts) -> ModelSizes:
     t5 = None
     if parts.text_encoder is not None:
-        t5 = T5Shape.from_hf(json.loads((parts.text_encoder / "config.json").read_text()))
+        t5 = T5Shape.from_hf(read_json_object(parts.text_encoder / "config.json", "convert the model again"))
     parameters = 0
     if parts.vae is not None:
         weights = next(iter(sorted(parts.vae.glob("*.safetensors"))), None)

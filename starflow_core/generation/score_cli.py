@@ -24,6 +24,7 @@ from starflow_core.generation.inputs import prompts_to_labels
 from starflow_core.generation.precision import DTYPE_CHOICES, QUANTIZE_BITS, TEXT_QUANTIZE_BITS, Precision
 from starflow_core.generation.resource_check import check_disk
 from starflow_core.generation.scoring import Scores, score_images
+from starflow_core.generation.validation import check_size_limit
 from starflow_core.sources import PipelineParts, resolve
 from starflow_core.sources.releases import DEMO_FOLDER, release_by_name
 
@@ -67,6 +68,12 @@ def build_parser(module: str, description: str, torch: bool = False) -> argparse
         "--no-resource-check",
         action="store_true",
         help="download even if the disk check says it will not fit",
+    )
+    parser.add_argument(
+        "--no-size-limit",
+        action="store_true",
+        help="score images with sides beyond 4x the model's training size (slow: time grows with the "
+        "square of the pixel count)",
     )
     return parser
 
@@ -154,6 +161,12 @@ def run(args: argparse.Namespace, load: Loader, precision_of: PrecisionOf) -> in
         images = read_images(
             args.images, parts.image_channels, parts.vae_downsample * parts.flow_config.patch_size
         )
+    trained = parts.flow_config.img_size * parts.vae_downsample
+    for path, image in zip(args.images, images, strict=True):  # as generate bounds --height/--width
+        try:
+            check_size_limit(*image.shape[:2], trained, args.no_size_limit)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
     pipe = load(parts, args)
     with warnings.catch_warnings():  # the images were read (and any resize announced) above
         warnings.simplefilter("ignore")

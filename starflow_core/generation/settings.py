@@ -56,10 +56,19 @@ class GenerationSettings:
 
 
 # ----- pixels ---------------------------------------------------------------------------
-def check_finite(samples: np.ndarray, seeds: Sequence[int], what: str) -> None:
+GUIDANCE_USUAL = 100.0  # beyond this a non-finite sample is blamed on the guidance (usual: 0 to ~10)
+
+
+def check_finite(samples: np.ndarray, seeds: Sequence[int], what: str, guidance: float = 0.0) -> None:
     bad = [seed for seed, row in zip(seeds, samples, strict=True) if not np.isfinite(row).all()]
-    if bad:
+    if not bad:
+        return
+    if abs(guidance) > GUIDANCE_USUAL:
         raise NonFiniteSampleError(
-            f"{what} for seed(s) {bad} contain NaN or inf; nothing was written. Check the model weights "
-            "(re-convert them) or use a wider --dtype (float32)"
+            f"{what} for seed(s) {bad} contain NaN or inf; nothing was written. The guidance {guidance:g} "
+            "is far beyond the usual range (0 to about 10) and overflows: lower --cfg"
         )
+    raise NonFiniteSampleError(
+        f"{what} for seed(s) {bad} contain NaN or inf; nothing was written. Check the model weights "
+        "(re-convert them) or use a wider --dtype (float32)"
+    )

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from starflow_core.config import VAE_DOWNSAMPLE, FlowConfig, read_json_config
+from starflow_core.validation import expect, load_yaml, read_text
 
 # FlowConfig fields that official configurations can set (ours only: family, quantization).
 FLOW_FIELDS = frozenset(f.name for f in dataclasses.fields(FlowConfig)) - {"family", "quantization"}
@@ -177,20 +178,20 @@ TRAIN_PARSER_FLAGS = (
 
 
 def _parse_yaml_arguments(path: Path) -> dict[str, Any]:
-    from starflow_core.extras import require
-
-    yaml = require("yaml", f"reading the official YAML {path}")
-
-    document = yaml.safe_load(path.read_text())
+    fix = "give an official configs/*.yaml of apple/ml-starflow (an 'arguments:' list of key: value entries)"
+    document = load_yaml(read_text(path, "the official config"), str(path), fix)
     entries = document.get("arguments", document) if isinstance(document, dict) else document
     values: dict[str, Any] = {}
     if isinstance(entries, list):
-        for entry in entries:
-            values.update(entry)
+        for number, entry in enumerate(entries, start=1):
+            values.update(expect(entry, "object", f"{path}: argument entry {number}", fix))
     elif isinstance(entries, dict):
         values.update(entries)
     else:
         raise ValueError(f"{path}: expected an 'arguments:' list of key: value entries")
+    not_named = [key for key in values if not isinstance(key, str)]
+    if not_named:
+        raise ValueError(f"{path}: argument names must be strings, not {not_named}; {fix}")
     return values
 
 

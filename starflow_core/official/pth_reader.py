@@ -31,6 +31,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from starflow_core.validation import refuse_float16_overflow
+
 __all__ = [
     "CheckpointFormatError",
     "StorageRef",
@@ -208,6 +210,11 @@ class _TensorUnpickler(pickle.Unpickler):
         return ref
 
 
+# a record (data.pkl, byteorder) read whole may inflate to at most this, or twice the file's size:
+# torch stores records uncompressed, and the pickle of a 3B model's state_dict is under 1 MB
+MAX_RECORD_BYTES = 64 * 2**20
+
+
 class _Archive:
     """An open torch zip checkpoint: its unpickled object and its storage records."""
 
@@ -228,6 +235,13 @@ class _Archive:
         self._zip.close()
 
     def _read_record(self, name: str) -> bytes:
+        inflated = self._zip.getinfo(self._prefix + name).file_size
+        limit = max(MAX_RECORD_BYTES, 2 * self.path.stat().st_size)
+        if inflated > limit:  # a zip bomb: torch stores its records uncompressed
+            raise CheckpointFormatError(
+                f"{self.path}: its record {name} would inflate to {inflated:,} bytes from a file of "
+                f"{self.path.stat().st_size:,}; refused before reading (not a checkpoint torch wrote)"
+            )
         try:
             return self._zip.read(self._prefix + name)
         except (zipfile.BadZipFile, OSError, EOFError) as err:
@@ -388,7 +402,10 @@ def iter_pth_tensors(
         for name, info in _select_state_dict(archive.load_object(), key, archive.path).items():
             array = archive.read_tensor(info)
             if dtype is not None and info.dtype in FLOAT_DTYPES and info.dtype != dtype:
-                yield name, convert_float_array(array, info.dtype, dtype)
+                converted = convert_float_array(array, info.dtype, dtype)
+                if dtype == "float16" and np.isinf(converted).sum() > np.isinf(array).sum():
+                    refuse_float16_overflow(archive.path, name)
+                yield name, converted
             else:
                 yield name, _c_order(array)
 

@@ -24,6 +24,7 @@ from starflow_core.official.pth_reader import (
     _select_state_dict,
     convert_float_array,
 )
+from starflow_core.validation import FLOAT16_MAX, refuse_float16_overflow
 
 
 def stream_pth_to_safetensors(
@@ -65,7 +66,10 @@ def stream_pth_to_safetensors(
         with atomic_path(out_path) as tmp, open(tmp, "wb") as handle:
             handle.write(len(header).to_bytes(8, "little") + header)
             for name, out_dtype in plan.values():
-                _write_tensor(handle, archive.read_tensor(infos[name]), infos[name].dtype, out_dtype)
+                array = archive.read_tensor(infos[name])
+                if out_dtype == "float16" and infos[name].dtype != "float16":
+                    check_float16_range(array, infos[name].dtype, archive.path, name)
+                _write_tensor(handle, array, infos[name].dtype, out_dtype)
             written = handle.tell() - 8 - len(header)
             assert written == data_size, f"wrote {written} data bytes, header promised {data_size}"
     return list(plan), dropped
@@ -112,6 +116,15 @@ def _safetensors_header(
     header = json.dumps(entries, separators=(",", ":")).encode()
     header += b" " * (-len(header) % 8)  # safetensors aligns the data section to 8 bytes
     return header, offset
+
+
+def check_float16_range(array: np.ndarray, dtype: str, source: Path, name: str) -> None:
+    """Refuse a tensor with finite values float16 cannot hold (they would be written as inf)."""
+    values = convert_float_array(array, dtype, "float32") if dtype == "bfloat16" else array
+    finite = np.abs(values[np.isfinite(values)]) if values.size else values
+    largest = float(finite.max()) if finite.size else 0.0
+    if largest > FLOAT16_MAX:
+        refuse_float16_overflow(source, name, largest)
 
 
 def _write_tensor(handle: BinaryIO, array: np.ndarray, source: str, target: str) -> None:

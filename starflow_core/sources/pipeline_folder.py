@@ -19,7 +19,6 @@ the Hub snapshots of an official release); both twins load from it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 from pathlib import Path
@@ -27,8 +26,9 @@ from typing import Any
 
 from starflow_core.config import FlowConfig
 from starflow_core.generation.settings import GenerationSettings
-from starflow_core.io import atomic_write_json
+from starflow_core.io import atomic_write_json, read_safetensors_header
 from starflow_core.staging import check_output_apart, staged_folder
+from starflow_core.validation import field, read_json, read_json_object, read_vae_config
 from starflow_core.version import package_version
 from starflow_core.video.settings import VideoDefaults
 from starflow_core.wan_vae_config import WanVAEConfig
@@ -73,7 +73,8 @@ class PipelineParts:
         return FlowConfig.load(self.transformer / FLOW_CONFIG)
 
     def _vae_config(self) -> dict[str, Any]:
-        return json.loads((self.vae / "config.json").read_text())
+        """The VAE's config.json as it is (a JSON object; each reader checks its own fields)."""
+        return read_json_object(self.vae / "config.json", "fix the file or download the VAE again")
 
     @property
     def video_vae(self) -> bool:
@@ -91,9 +92,9 @@ class PipelineParts:
         patch size x 2 per down block but the last), 1 without one."""
         if self.vae is None:
             return 1
-        config = self._vae_config()
-        if config.get("_class_name") == WAN_VAE_CLASS:
-            return WanVAEConfig.from_diffusers(config, str(self.vae)).spatial_factor
+        if self.video_vae:
+            return WanVAEConfig.from_diffusers(self._vae_config(), str(self.vae)).spatial_factor
+        config = read_vae_config(self.vae / "config.json")
         return 2 ** (len(config.get("block_out_channels", (128, 256, 512, 512))) - 1)
 
     @property
@@ -110,7 +111,7 @@ class PipelineParts:
             return self.flow_config.in_channels
         if self.video_vae:
             return 3  # RGB video; the Wan VAE's in_channels counts its 2x2 patches
-        return int(self._vae_config().get("in_channels", 3))
+        return read_vae_config(self.vae / "config.json").get("in_channels", 3)
 
     def with_decoder(self, decoder: str | Path | None) -> PipelineParts:
         if decoder is None:
@@ -146,8 +147,10 @@ class PipelineParts:
                 "but the pipeline has no vae/"
             )
         if self.vae is not None:
-            vae_config = self._vae_config()
-            latent = vae_config.get("z_dim" if self.video_vae else "latent_channels", 4)
+            if self.video_vae:
+                latent = WanVAEConfig.from_diffusers(self._vae_config(), str(self.vae)).z_dim
+            else:
+                latent = read_vae_config(self.vae / "config.json").get("latent_channels", 4)
             if latent != config.in_channels:
                 raise ValueError(
                     f"{self.name}: the VAE has {latent} latent channels, "
@@ -189,32 +192,39 @@ def read_pipeline_folder(folder: str | Path) -> PipelineParts:
             f"{folder} is neither a pipeline folder ({MODEL_INDEX}) nor a flow folder "
             f"({FLOW_CONFIG} + {FLOW_WEIGHTS}); build one with starflow-convert"
         )
-    try:
-        index = json.loads(index_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{index_path} is not valid JSON: {err}") from err
+    fix = "fix it, or build the folder again with starflow-convert pipeline"
+    index = read_json_object(index_path, fix)
     unknown = sorted(set(index) - _INDEX_KEYS - set(COMPONENT_CLASSES))
     if unknown:
         raise ValueError(f"{index_path}: unknown keys {unknown}")
     transformer = _component(index, folder, "transformer")
     if transformer is None:
         raise ValueError(f"{index_path} names no transformer")
-    labels = index.get("labels")
+    source = str(index_path)
+    labels = field(index, "labels", "strings", source, fix, default=None, nullable=True)
     parts = PipelineParts(
-        name=index.get("name") or folder.name,
+        name=field(index, "name", "string", source, fix, default=None, nullable=True) or folder.name,
         transformer=transformer,
         vae=_component(index, folder, "vae"),
         text_encoder=_component(index, folder, "text_encoder"),
         tokenizer=_component(index, folder, "tokenizer"),
         decoder=_component(index, folder, "decoder"),
-        sampling=GenerationSettings.from_dict(index.get("sampling") or {}),
+        sampling=GenerationSettings.from_dict(
+            field(index, "sampling", "object", source, fix, default=None, nullable=True) or {}
+        ),
         labels=tuple(labels) if labels else None,
-        default_prompts=tuple(index.get("default_prompts") or ()),
+        default_prompts=tuple(
+            field(index, "default_prompts", "strings", source, fix, default=[], nullable=True) or ()
+        ),
         source=str(folder.resolve()),
-        video=VideoDefaults.from_dict(index["video"]) if index.get("video") else None,
+        video=_video_defaults(field(index, "video", "object", source, fix, default=None, nullable=True)),
     )
     parts.check()
     return parts
+
+
+def _video_defaults(values: dict[str, Any] | None) -> VideoDefaults | None:
+    return VideoDefaults.from_dict(values) if values else None
 
 
 def model_index(parts: PipelineParts) -> dict[str, Any]:
@@ -261,6 +271,20 @@ def _component_files(name: str, folder: Path) -> list[Path]:
     return files
 
 
+def check_part_files(parts: PipelineParts) -> None:
+    """Every file a pipeline folder would get is what it claims to be: safetensors headers that
+    fit their files, JSON that parses (headers only: cheap for gigabytes of weights)."""
+    for name in COMPONENT_CLASSES:
+        source = getattr(parts, name)
+        if source is None or not Path(source).is_dir():
+            continue
+        for file in _component_files(name, Path(source)):
+            if file.suffix == ".safetensors":
+                read_safetensors_header(file)
+            elif file.suffix == ".json":
+                read_json(file, f"fix it, or convert the {name} again")
+
+
 def write_pipeline_folder(parts: PipelineParts, out: str | Path, overwrite: bool = False) -> list[Path]:
     """Assemble `parts` into a pipeline folder at `out` (files hard-linked or copied); returns the
     files written. Refuses an existing `out` unless overwrite, and an `out` that is or holds one of
@@ -268,6 +292,7 @@ def write_pipeline_folder(parts: PipelineParts, out: str | Path, overwrite: bool
     out = Path(out)
     parts.check()
     check_output_apart(out, [getattr(parts, name) for name in COMPONENT_CLASSES])
+    check_part_files(parts)
     with staged_folder(out, overwrite=overwrite) as staging:
         return fill_pipeline_folder(parts, staging, out)
 

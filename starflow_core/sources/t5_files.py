@@ -8,9 +8,10 @@ read, and inside them only the encoder tensors.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+from starflow_core.validation import read_json_object
 
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
@@ -25,7 +26,7 @@ def is_encoder_tensor(name: str) -> bool:
 def encoder_shards(index: Mapping) -> list[str]:
     """Shard file names (sorted) that the index maps at least one encoder tensor to."""
     weight_map = index.get("weight_map")
-    if not isinstance(weight_map, dict):
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise ValueError(f"a T5 {WEIGHTS_INDEX_NAME} must hold a 'weight_map' object")
     return sorted({shard for name, shard in weight_map.items() if is_encoder_tensor(name)})
 
@@ -41,7 +42,7 @@ def encoder_weight_files(folder: str | Path) -> list[Path]:
         raise FileNotFoundError(
             f"T5 weights not found in {folder}: expected {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} (safetensors)"
         )
-    paths = [folder / name for name in encoder_shards(json.loads(index_path.read_text()))]
+    paths = [folder / name for name in encoder_shards(read_json_object(index_path, "download it again"))]
     for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"T5 weight shard {path} listed in {index_path} is missing")

@@ -14,15 +14,14 @@ Unknown keys are an error in both sections.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from starflow_core.config import FlowConfig
-from starflow_core.extras import require
 from starflow_core.field_types import check_field_types
 from starflow_core.presets import preset
+from starflow_core.validation import field, load_yaml, parse_json, read_text
 
 NOISE_TYPES = ("gaussian", "uniform")
 
@@ -187,43 +186,42 @@ def read_run_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no run config at {path}")
-    text = path.read_text()
+    text = read_text(path, "the run file")
+    fix = "a run file is a mapping with 'model' and 'train' sections (docs/training.md)"
     if path.suffix == ".json":
-        try:
-            document = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from err
-        return check_run_document(path, document)
-    yaml = require("yaml", f"reading the YAML run file {path}")
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path} is not valid YAML: {err}") from err
-    return check_run_document(path, document)
+        return check_run_document(path, parse_json(text, str(path), fix))
+    return check_run_document(path, load_yaml(text, str(path), fix))
 
 
 def check_run_document(path: Path, document: Any) -> dict[str, Any]:
     """A parsed run file: a mapping with only `model` and `train` sections."""
     if not isinstance(document, dict):
         raise ValueError(f"{path}: expected a mapping with 'model' and 'train' sections")
-    unknown = sorted(set(document) - {"model", "train"})
+    unknown = sorted(set(document) - {"model", "train"}, key=str)
     if unknown:
         raise ValueError(f"{path}: unknown top-level keys {unknown}; expected 'model' and 'train'")
+    fix = "the train section maps setting names to values (docs/training.md)"
+    field(document, "train", "object", str(path), fix, default=None, nullable=True)
     return document
 
 
 def apply_overrides(document: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply `section.key=value` strings (values parsed as YAML: 1e-4, true, [1, 2])."""
     out = {"model": document.get("model", {}), "train": dict(document.get("train") or {})}
-    yaml = require("yaml", "reading --set values") if overrides else None
     for item in overrides:
         key, sep, raw = item.partition("=")
         section, dot, field = key.strip().partition(".")
         if not sep or not dot or section not in ("model", "train") or not field:
             raise ValueError(f"override {item!r} must look like train.lr=1e-4 or model.channels=64")
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = (
+            load_yaml(raw, f"--set {item}", "quote the value, or write it as YAML") if raw.strip() else None
+        )
         if section == "model":
             model = out["model"]
+            if not isinstance(model, str | Mapping):
+                raise ValueError(
+                    f"the model section must be a preset name or a mapping, got {type(model).__name__}"
+                )
             model = {"preset": model} if isinstance(model, str) else dict(model)
             model[field] = value
             out["model"] = model

@@ -37,6 +37,7 @@ import numpy as np
 from starflow_core.command_line import one_line
 from starflow_core.config import FlowConfig
 from starflow_core.io import atomic_path, atomic_write_json, atomic_write_text
+from starflow_core.validation import field, read_json_object, read_text
 
 RUN_NAME = "run.json"
 DATA_NAME = "data.json"  # the fingerprint of the data set a checkpoint was trained on
@@ -104,7 +105,8 @@ def commit_checkpoint(
             f"the previous checkpoint {root / previous} is intact; free space and continue from it "
             f"with --resume {out_dir}"
             if previous
-            else "no earlier checkpoint exists"
+            else "no earlier checkpoint exists, so the run's files are removed: free space and run the same "
+            "command again"
         )
         raise CheckpointWriteError(
             f"could not write the checkpoint of step {step} in {root} ({err.strerror or err}); {kept}"
@@ -145,13 +147,31 @@ class DamagedCheckpointError(ValueError):
     """A checkpoint's files cannot be read (truncated, corrupt)."""
 
 
+def read_checkpoint_json(folder: Path, name: str) -> dict[str, Any]:
+    """run.json or data.json of checkpoint `folder`: a JSON object, or a DamagedCheckpointError
+    offering the previous checkpoint."""
+    with reading_checkpoint(folder):
+        return read_json_object(folder / name, "the checkpoint is damaged")
+
+
 @contextlib.contextmanager
 def reading_checkpoint(folder: Path) -> Iterator[None]:
     """Turn a failure to read the files of checkpoint `folder` into an error offering the
     previous intact checkpoint of the same run."""
     try:
         yield
-    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+    except DamagedCheckpointError:
+        raise
+    except (
+        OSError,
+        ValueError,
+        RuntimeError,
+        EOFError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        KeyError,  # a saved structure missing a part the reader needs
+        TypeError,
+    ) as err:
         step = step_of(folder)
         others = [p for p in saved_checkpoints(folder.parent) if step is not None and step_of(p) < step]
         fix = (
@@ -169,7 +189,7 @@ def resolve_checkpoint(path: str | Path, state_name: str) -> Path:
     for root in (path / "checkpoints", path):
         latest = root / LATEST_NAME
         if latest.is_file():
-            path = root / latest.read_text().strip()
+            path = root / read_text(latest, "the checkpoint pointer").strip()
             break
     if not (path / state_name).is_file():
         other = TORCH_STATE_NAME if state_name == MLX_STATE_NAME else MLX_STATE_NAME
@@ -188,8 +208,11 @@ def resolve_checkpoint(path: str | Path, state_name: str) -> Path:
 
 def check_resume_compatible(folder: Path, config: FlowConfig, train: dict[str, Any]) -> None:
     """Raise a ValueError naming every setting that prevents continuing the saved run exactly."""
-    saved = json.loads((folder / RUN_NAME).read_text())
-    saved_model = FlowConfig.from_dict(saved["model"]).to_dict()
+    saved = read_checkpoint_json(folder, RUN_NAME)
+    with reading_checkpoint(folder):
+        for section in ("model", "train"):
+            field(saved, section, "object", str(folder / RUN_NAME), "the checkpoint is damaged")
+        saved_model = FlowConfig.from_dict(saved["model"]).to_dict()
     problems = [
         f"model.{key}: checkpoint {saved_model[key]!r}, now {value!r}"
         for key, value in config.to_dict().items()

@@ -10,13 +10,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from starflow_core.training.files import DATA_NAME, LATEST_NAME
+from starflow_core.training.files import DATA_NAME, LATEST_NAME, read_checkpoint_json
 from starflow_core.training.schedule import Progress
 
 MAX_CORRUPT_FRACTION = 0.5  # of the images read so far; more means the data set itself is broken
@@ -84,7 +83,7 @@ def check_resume_data(folder: Path, data: dict[str, Any], allow_change: bool) ->
     path = folder / DATA_NAME
     if allow_change or not path.is_file():  # checkpoints of older versions carry no fingerprint
         return
-    saved = json.loads(path.read_text())
+    saved = read_checkpoint_json(folder, DATA_NAME)
     if saved.get("digest") == data.get("digest"):
         return  # the same files (the folder may have moved)
     raise ValueError(

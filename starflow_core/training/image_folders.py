@@ -28,6 +28,7 @@ from PIL import Image
 
 from starflow_core.command_line import one_line
 from starflow_core.training.config import conditioning_of
+from starflow_core.validation import refuse_special_file
 
 SHARD_INDEX = "index.json"  # the index of a folder of encoded latent shards
 SHARD_INDEX_FORMAT = 1
@@ -103,6 +104,8 @@ class ImageFolder:
             raise ValueError(f"conditioning must be text, label or none, got {conditioning!r}")
         if not self.files:
             raise ValueError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}); nothing to train on")
+        for path in self.files:  # a FIFO or device would block a reader, or never end
+            refuse_special_file(path, "the image")
         self.buckets = [self._bucket_of(path) if buckets else "1:1" for path in self.files]
 
     @staticmethod

@@ -19,8 +19,6 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from starflow_core.staging import removing_new_empty_folders
-
 try:
     import fcntl
 except ImportError:  # not on Windows; the lock is then skipped (MLX needs macOS or Linux anyway)
@@ -79,6 +77,27 @@ def run_lock(out: Path) -> Iterator[None]:
         handle.close()  # closing releases the lock
 
 
+def make_folders(out: Path) -> list[Path]:
+    """Create `out` and its missing parents one by one; the folders this process made, deepest
+    first. Of two trainers starting at the same instant only one makes each folder (mkdir is
+    atomic), so only that one may remove it again. Errors are left to prepare_out_dir."""
+    missing = []
+    for folder in (out, *out.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    made = []
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        except OSError:
+            break
+        made.append(folder)
+    return made[::-1]
+
+
 def checkpoint_names(out: Path) -> list[str]:
     root = out / "checkpoints"
     if not root.is_dir():
@@ -122,19 +141,48 @@ def remove_write_debris(out: Path) -> list[Path]:
     return removed
 
 
+def remove_unresumable_run(out: Path) -> None:
+    """What a fresh run that ended without a single checkpoint wrote (its log, loss curve, samples,
+    an empty checkpoints/): nothing can resume it, and these files would refuse the same command."""
+    if checkpoint_names(out):
+        return
+    for name in (LOG_NAME, "loss.png", "samples", "checkpoints"):
+        path = out / name
+        with contextlib.suppress(OSError):
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def claim_run_folder(
     out_dir: str | Path, resume: str | Path | None, resolve: Callable[[str | Path], Path]
 ) -> Iterator[Path | None]:
     """Lock the run folder for this trainer, check and clean it, for the duration of the run;
     yields the checkpoint to resume from (`resolve(resume)`, read under the lock so that a run
-    being written by another trainer is reported as busy). A folder created here for a run
-    that fails before writing anything is removed again."""
-    with removing_new_empty_folders(out_dir, also=[LOCK_NAME]):
-        out = prepare_out_dir(out_dir)
+    being written by another trainer is reported as busy). A fresh run that fails before its
+    first checkpoint is written removes what it wrote, and the folders it made for the run."""
+    out = Path(out_dir)
+    made = make_folders(out)
+    locked = fresh = False
+    try:
+        prepare_out_dir(out)
         with run_lock(out):
+            locked = True
             resume_dir = resolve(resume) if resume is not None else None
             check_fresh_or_resuming(out, resume_dir)
+            fresh = resume_dir is None  # and the folder holds no run: check_fresh_or_resuming said so
             for path in remove_write_debris(out):
                 print(f"removed {path}, left by an interrupted write")
-            yield resume_dir
+            try:
+                yield resume_dir
+            except BaseException:
+                if fresh:
+                    remove_unresumable_run(out)
+                raise
+    except BaseException:
+        if locked and made:  # never the lock or folder of another trainer that won the lock
+            with contextlib.suppress(OSError):
+                (out / LOCK_NAME).unlink()
+        for folder in made:  # deepest first; rmdir removes only empty folders
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise

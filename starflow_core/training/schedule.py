@@ -23,6 +23,23 @@ class Progress:
     def to_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
 
+    @classmethod
+    def from_dict(cls, values: object, source: str) -> Progress:
+        """The counters saved in a checkpoint: an object of non-negative integers, no other keys."""
+        from starflow_core.validation import FileFormatError, describe, expect
+
+        fix = "the checkpoint is damaged"
+        expect(values, "object", f"{source}: progress", fix)
+        names = {f.name for f in dataclasses.fields(cls)}
+        wrong = [
+            f"{key}={describe(value)}"
+            for key, value in values.items()
+            if key not in names or not isinstance(value, int) or isinstance(value, bool) or value < 0
+        ]
+        if wrong:
+            raise FileFormatError(f"{source}: progress counters {', '.join(wrong)} are not valid; {fix}")
+        return cls(**values)
+
 
 def micro_step_seed(seed: int, micro_step: int) -> int:
     """The seed of one micro-step's noise and condition dropout (63 bits).

@@ -16,6 +16,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
 from starflow_core.config import FlowConfig
+from starflow_core.io import read_safetensors_header
 from starflow_core.training.files import (
     MLX_STATE_NAME,
     check_resume_compatible,
@@ -24,6 +25,7 @@ from starflow_core.training.files import (
 )
 from starflow_core.training.files import resolve_checkpoint as resolve_checkpoint_of
 from starflow_core.training.schedule import Progress
+from starflow_core.validation import parse_json
 
 from ..checkpoint import write_safetensors
 from ..model import StarFlow
@@ -83,12 +85,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def load_training_state(folder: Path) -> tuple[Progress, dict]:
     """(progress counters, optimizer state tree) of a checkpoint folder."""
-    tensors, metadata = mx.load(str(folder / STATE_NAME), return_metadata=True)
+    path = folder / STATE_NAME
+    read_safetensors_header(path)  # every entry checked: a clear error for a damaged file
+    tensors, metadata = mx.load(str(path), return_metadata=True)
     if metadata.get("format") != str(STATE_FORMAT):
-        raise ValueError(
-            f"{folder / STATE_NAME} has format {metadata.get('format')}, expected {STATE_FORMAT}"
-        )
-    progress = Progress(**json.loads(metadata["progress"]))
+        raise ValueError(f"{path} has format {metadata.get('format')}, expected {STATE_FORMAT}")
+    saved = parse_json(metadata.get("progress", ""), f"{path}: progress", "the checkpoint is damaged")
+    progress = Progress.from_dict(saved, str(path))
     prefix = "optimizer."
     optimizer_state = tree_unflatten(
         [(name[len(prefix) :], value) for name, value in tensors.items() if name.startswith(prefix)]

@@ -24,6 +24,7 @@ from starflow_core.training.files import (
 )
 from starflow_core.training.files import resolve_checkpoint as resolve_checkpoint_of
 from starflow_core.training.schedule import Progress
+from starflow_core.validation import expect, field
 
 from ..model import StarFlow
 
@@ -92,9 +93,20 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load_training_state(folder: Path) -> dict[str, Any]:
-    state = torch.load(folder / STATE_NAME, map_location="cpu", weights_only=True)
+    """The saved training state, checked for shape (the trainer reads every part of it)."""
+    path = folder / STATE_NAME
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    fix = "the checkpoint is damaged"
+    expect(state, "object", str(path), fix)
     if state.get("format") != STATE_FORMAT:
-        raise ValueError(f"{folder / STATE_NAME} has format {state.get('format')}, expected {STATE_FORMAT}")
+        raise ValueError(f"{path} has format {state.get('format')}, expected {STATE_FORMAT}")
+    state["progress"] = Progress.from_dict(state.get("progress"), str(path)).to_dict()
+    optimizer = field(state, "optimizer", "object", str(path), fix)
+    field(optimizer, "state", "object", f"{path}: optimizer", fix)
+    field(optimizer, "param_groups", "list", f"{path}: optimizer", fix)
+    rng = field(state, "rng", "list", str(path), fix)
+    if not rng or not all(isinstance(r, dict) and {"python", "numpy", "torch"} <= set(r) for r in rng):
+        raise ValueError(f"{path}: the saved random number generator states are damaged")
     return state
 
 

@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .fault_files import FILE_CASES, damaged_checkpoint_files, edit_stepwise, first_checkpoint_fails
 from .fault_scenarios import damaged_checkpoint, scenarios, second_trainer, used_folder
 from .fault_workspace import Outcome, changes, judge, make_workspace, run_cli, snapshot
 
@@ -198,6 +199,8 @@ CASES = [
     _train("train-every-image-corrupt", "could not be decoded", "--set", "train.data={ws}/broken_images"),
     _train("train-resume-from-nowhere", "no training checkpoint", "--resume", "{ws}/nowhere"),
 ]
+# damaged and hand-edited structured files, special files (fault_files.py)
+CASES += [Case(*case) for case in FILE_CASES]
 
 
 def cuda_cases() -> list[Case]:
@@ -222,7 +225,14 @@ def mlx_cases_here(ws: Path) -> dict[str, dict]:
     """Every case of the MLX twin and its scenarios that need no signals, the commands called
     in this process (a process of its own: they switch BLAS); outcome fields by name."""
     outcomes = [run_case(case, "mlx", ws, in_process=True) for case in CASES if "mlx" in case.twins]
-    for scenario in (used_folder, damaged_checkpoint, second_trainer):
+    for scenario in (
+        used_folder,
+        damaged_checkpoint,
+        second_trainer,
+        damaged_checkpoint_files,
+        first_checkpoint_fails,
+        edit_stepwise,
+    ):
         outcomes += scenario(ws, "mlx", in_process=True)
     return {outcome.name: dataclasses.asdict(outcome) for outcome in outcomes}
 

@@ -270,7 +270,12 @@ def interrupted_generate(ws: Path, twin: str) -> list[Outcome]:
 
 
 def scenarios(ws: Path, twin: str) -> list[Outcome]:
+    from .fault_files import damaged_checkpoint_files, edit_stepwise, first_checkpoint_fails
+
     outcomes = used_folder(ws, twin) + damaged_checkpoint(ws, twin) + second_trainer(ws, twin)
+    outcomes += (
+        damaged_checkpoint_files(ws, twin) + first_checkpoint_fails(ws, twin) + edit_stepwise(ws, twin)
+    )
     outcomes += disk_full(ws, twin) + interrupted_generate(ws, twin)
     if twin == "torch":
         outcomes += signal_to_process_group(ws)

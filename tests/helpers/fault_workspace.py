@@ -27,6 +27,7 @@ from PIL import Image
 
 from starflow_core.config import FlowConfig
 
+from .fault_files import make_file_faults
 from .tiny_components import make_tiny_vae_folder
 from .tiny_pipeline import TINY_LABEL_FLOW, TINY_SETTINGS, make_flow_folder, make_label_pipeline
 from .training import TARFLOW_TINY, make_class_folder
@@ -38,7 +39,7 @@ OFFICIAL = ROOT / "tests" / "fixtures" / "starflow_tiny"
 MODULES = {
     twin: {
         command: f"starflow_{twin}.{command}"
-        for command in ("convert", "generate", "train", "encode_dataset", "score")
+        for command in ("convert", "generate", "train", "encode_dataset", "score", "info")
     }
     for twin in ("mlx", "torch")
 }
@@ -103,7 +104,7 @@ def make_workspace(ws: Path) -> Path:
         ),
     }
     (ws / "run.json").write_text(json.dumps(run))
-    return ws
+    return make_file_faults(ws)
 
 
 def edit_copy(source: Path, target: Path, file: str, keys: tuple[str, ...], value) -> None:
