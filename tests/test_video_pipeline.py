@@ -114,7 +114,9 @@ def test_latent_frames_and_windows():
     with pytest.raises(ValueError, match=r"4k \+ 1.*got 80; try 77 or 81"):
         latent_frames(80, 4)
     assert sliding_window(None, 21, 21) is None
-    assert sliding_window(None, 21, 41).frames == 21 and sliding_window(None, 21, 41).context == 20
+    # the official sampler's --context_length default (16) for the 7B's 21-frame window
+    assert sliding_window(None, 21, 41).frames == 21 and sliding_window(None, 21, 41).context == 16
+    assert sliding_window(None, 9, 17).context == 8  # a window of 9 can re-encode at most 8
     assert sliding_window(8, 21, 5).frames == 8  # the model's own window wins
 
 

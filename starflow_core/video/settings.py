@@ -82,6 +82,10 @@ def make_video_noise(seeds: Sequence[int], frames: int, channels: int, height: i
     return np.stack(rows)
 
 
+# The official sampler's --context_length default: the frames re-encoded when the window slides.
+OFFICIAL_CONTEXT_FRAMES = 16
+
+
 @dataclasses.dataclass(frozen=True)
 class Window:
     """The deep block's sliding window for a video longer than training (official sample.py
@@ -95,14 +99,16 @@ def sliding_window(
     configured: int | None, trained_latent_frames: int, latent_frames_asked: int
 ) -> Window | None:
     """The window a run samples with: the model's own local_attn_window when it has one; else,
-    for more latent frames than the training clips held, a window of the training length with
-    window - 1 frames of context (as the official sampler sets for a longer --target_length);
-    None when the whole video fits."""
+    for more latent frames than the training clips held, a window of the training length (as the
+    official sampler sets for a longer --target_length); None when the whole video fits.
+
+    The context re-encoded when the window slides is the official sampler's default of 16
+    frames (the 7B: window 21, context 16), fewer where the window holds fewer than 17."""
     if configured:
-        return Window(configured, configured - 1)
+        return Window(configured, min(OFFICIAL_CONTEXT_FRAMES, configured - 1))
     if latent_frames_asked <= trained_latent_frames:
         return None
-    return Window(trained_latent_frames, trained_latent_frames - 1)
+    return Window(trained_latent_frames, min(OFFICIAL_CONTEXT_FRAMES, trained_latent_frames - 1))
 
 
 def center_crop_box(
