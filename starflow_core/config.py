@@ -78,7 +78,7 @@ class FlowConfig:
     hf_style_rope: bool = False  # RoPE rotates dims (i, i + head_dim/2), not (2i, 2i+1)
     pt_seq_len: int | None = None
     sos: bool = False
-    txt_size: int = 0
+    txt_size: int = 0  # text tokens; > 0 with txt_dim=0: no text, but the 3-D RoPE (official)
     txt_dim: int = 0
     cond_top_only: bool = False
     use_softplus: bool = False
@@ -143,9 +143,11 @@ class FlowConfig:
             fail("layers_per_block", "the last (deep) block needs at least one layer")
         if self.txt_size < 0 or self.txt_dim < 0 or self.num_classes < 0:
             fail("txt_size", "txt_size, txt_dim and num_classes must be >= 0")
-        if (self.txt_dim > 0) != (self.txt_size > 0) and self.family == "starflow":
+        if self.txt_dim > 0 and self.txt_size == 0 and self.family == "starflow":
             fail(
-                "txt_dim", f"text conditioning needs both txt_size and txt_dim > 0 (txt_size={self.txt_size})"
+                "txt_dim",
+                f"text conditioning needs txt_size > 0 text tokens (txt_size={self.txt_size}); "
+                "txt_size > 0 with txt_dim=0 is a model without text (its RoPE keeps the third coordinate)",
             )
         if self.cond_top_only and self.txt_size == 0:
             fail("cond_top_only", "needs txt_size > 0")

@@ -39,7 +39,7 @@ def rope_angles(
     """Angles (txt_len + height*width, head_dim) float32, each pair (2j, 2j+1) sharing angle j,
     or with halves=True, each pair (j, j + head_dim/2).
 
-    three_d: the model is text-conditioned (txt_size > 0), so every block, with or
+    three_d: the model has txt_size > 0 (text tokens, or with txt_dim 0 no text), so every block, with or
     without text, uses 3D positions; txt_len is the number of text tokens this block
     attends to (0 for blocks without text). With head_dim 16 the row and column get no
     frequency: the 8 text frequencies fill the head. frames: the grid repeats once per frame

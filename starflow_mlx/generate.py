@@ -2,6 +2,8 @@
 
     python -m starflow_mlx.generate "a film still of a cat playing piano" \
         --model starflow-3b-t2i-256 --seed 0 1 --cfg 3.6 --jacobi --output cat.png
+    python -m starflow_mlx.generate "a red fox running in the snow" --model starflow-v-7b-t2v-480p \
+        --num-frames 81 --fps 16 --aspect-ratio 16:9 --quantize 8 -o fox.mp4
 
 With no arguments it runs the embedded demo model. All flags: --help.
 """
@@ -23,6 +25,7 @@ from starflow_core.generation.resources import physical_memory
 from starflow_core.sources.pipeline_folder import PipelineParts
 
 from .pipeline import StarFlowPipeline, auto_dtype
+from .video_pipeline import StarFlowVideoPipeline
 
 
 def precision(args: argparse.Namespace) -> Precision:
@@ -35,6 +38,17 @@ def load_pipeline(parts: PipelineParts, args: argparse.Namespace) -> StarFlowPip
         parts,
         dtype=chosen.dtype,
         decoder=args.decoder,
+        quantize=chosen.quantize,
+        text_quantize=chosen.text_quantize,
+        strict=args.strict,
+    )
+
+
+def load_video_pipeline(parts: PipelineParts, args: argparse.Namespace) -> StarFlowVideoPipeline:
+    chosen = precision(args)
+    return StarFlowVideoPipeline.from_pretrained(
+        parts,
+        dtype=chosen.dtype,
         quantize=chosen.quantize,
         text_quantize=chosen.text_quantize,
         strict=args.strict,
@@ -56,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     mx.reset_peak_memory()
     backend = generate_cli.Backend(
         load=load_pipeline,
+        load_video=load_video_pipeline,
         peak_memory=mx.get_peak_memory,
         precision=precision,
         memory=available_memory,

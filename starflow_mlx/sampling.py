@@ -20,6 +20,7 @@ import mlx.core as mx
 from tqdm.auto import tqdm
 
 from starflow_core.frames import SamplingWindow
+from starflow_core.video.settings import progress_units
 
 from .flow_block import FlowBlock, Rope
 from .flow_math import guide_linear, guide_scale_shift, scale_and_log_scale, to_data, to_noise
@@ -294,7 +295,7 @@ def sample_block_sequential(
     sampler = _BlockSampler(block, noise, cond, rope, frames, prefix, windows)
     bar = tqdm(
         total=sampler.num_targets, disable=not progress, desc=f"block {block.index}", leave=False,
-        delay=PROGRESS_DELAY,
+        delay=PROGRESS_DELAY, **progress_units(sampler.frames, sampler.frame_tokens),
     )  # fmt: skip
     bar.update(sampler.windows[0].start)
     for window in sampler.windows:
@@ -333,7 +334,7 @@ def sample_block_jacobi(
     iterations = []
     bar = tqdm(
         total=sampler.num_targets, disable=not progress, desc=f"block {block.index} (Jacobi)",
-        leave=False, delay=PROGRESS_DELAY,
+        leave=False, delay=PROGRESS_DELAY, **progress_units(sampler.frames, sampler.frame_tokens),
     )  # fmt: skip
     bar.update(sampler.windows[0].start)
     for window in sampler.windows:

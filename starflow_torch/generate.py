@@ -112,6 +112,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             parts, dtype=precision(args).dtype, decoder=args.decoder, device=device, strict=args.strict
         )
 
+    def load_video_pipeline(parts: PipelineParts, args: argparse.Namespace):
+        from .video_pipeline import StarFlowVideoPipeline
+
+        device = choose_device(args.device, local_rank)
+        check_dtype_on_device(args.dtype, device)
+        return StarFlowVideoPipeline.from_pretrained(
+            parts, dtype=precision(args).dtype, device=device, strict=args.strict
+        )
+
     def available_memory(args: argparse.Namespace) -> tuple[int, str]:
         import torch
 
@@ -124,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     backend = generate_cli.Backend(
         load=load_pipeline,
+        load_video=load_video_pipeline,
         peak_memory=peak_memory,
         arrays_name="CUDA tensors",
         precision=precision,

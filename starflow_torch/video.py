@@ -45,8 +45,11 @@ def sample_block(
     B, L, C = tokens.shape
     if config.block_is_frame_local(index) and frames > 1:
         # B*T one-frame sequences, each sampled from scratch (also in image-to-video); with a
-        # window, that many frames at a time, so memory follows the window, not the length
-        group, frame = config.local_attn_window or frames, L // frames
+        # window, sequential sampling takes that many frames at a time, so memory follows the
+        # window, not the length. Jacobi takes all frames at once: the official stopping rule
+        # averages each chunk's change over every frame, so groups would stop differently.
+        group = frames if jacobi is not None else (config.local_attn_window or frames)
+        frame = L // frames
         per_frame, rope = tokens.reshape(B, frames, frame, C), model.rope(index, h, w, 0, tokens.device)
         outputs, iterations = [], []
         for start in range(0, frames, group):

@@ -69,7 +69,7 @@ def test_round_trip_and_unknown_keys(tmp_path):
         ({"layers_per_block": (1, 2)}, "layers_per_block"),
         ({"seq_order": "T2B"}, "seq_order"),
         ({"norm_type": "group_norm"}, "norm_type"),
-        ({"txt_dim": 0}, "txt_dim"),
+        ({"txt_size": 0}, "txt_dim"),  # text features need text tokens (txt_dim=0 alone: no text)
         # RoPE: 2D needs head_dim % 4 == 0; with text 8 frequencies go to the text position
         ({"head_dim": 12, "channels": 48}, "head_dim"),
         ({"head_dim": 8, "channels": 64}, "head_dim"),

@@ -176,11 +176,18 @@ def test_the_writer_names_videos_by_index_and_seed_and_keeps_sidecars_with_them(
         VideoWriter(tmp_path / "fox.jpg", total=1).check()
 
 
-def test_config_from_metadata_of_a_video_on_an_image_command_says_so(tmp_path):
+def test_config_from_metadata_of_a_video_fills_the_video_flags(tmp_path):
+    """The generate command makes videos too: a video's parameters become its video flags
+    (tests/test_video_cli.py remakes the same frames from them end to end)."""
     from starflow_core.generation.cli import build_parser
     from starflow_core.generation.output_cli import fill_from_metadata
 
     path = write_video(tmp_path / "fox.gif", few_colours(), 16, flat_metadata(video_parameters()))
     args = build_parser("starflow_mlx.generate", "test").parse_args(["--config-from-metadata", str(path)])
-    with pytest.raises(ValueError, match=r"fox.gif is a video \(num frames 10\); this command makes images"):
-        fill_from_metadata(args)
+    fill_from_metadata(args)
+    assert (args.num_frames, args.fps, args.aspect_ratio, args.prompt) == (10, 16, "16:9", ["a fox é"])
+    given = build_parser("starflow_mlx.generate", "test").parse_args(
+        ["--config-from-metadata", str(path), "--num-frames", "21"]
+    )
+    fill_from_metadata(given)
+    assert (given.num_frames, given.fps) == (21, 16)  # flags given replace the stored ones

@@ -55,9 +55,20 @@ from starflow_core.generation.validation import (
     check_image_count,
     check_size_limit,
 )
+from starflow_core.generation.video_cli import (
+    add_video_arguments,
+    check_video_flags,
+    default_video_output,
+    generate_videos,
+    is_video_output,
+    video_request_flags,
+    video_writer,
+)
+from starflow_core.generation.video_memory import check_video_memory, video_shape
 from starflow_core.generation.writer import ImageWriter
 from starflow_core.sources import PipelineParts, resolve
-from starflow_core.sources.releases import DEMO_FOLDER, DEMO_NAME
+from starflow_core.sources.pipeline_folder import read_pipeline_folder
+from starflow_core.sources.releases import DEMO_FOLDER, DEMO_NAME, release_by_name
 from starflow_core.staging import removing_new_empty_folders
 from starflow_core.validation import read_text
 
@@ -77,6 +88,7 @@ class Backend:
     arrays_name: str = "MLX arrays"  # what peak_memory measures, as the summary line says it
     rank: int = 0
     world_size: int = 1
+    load_video: Callable[[PipelineParts, argparse.Namespace], Any] | None = None  # -> StarFlowVideoPipeline
 
 
 def build_parser(module: str, description: str, torch: bool = False) -> argparse.ArgumentParser:
@@ -175,7 +187,8 @@ def build_parser(module: str, description: str, torch: bool = False) -> argparse
         type=Path,
         default=Path("starflow.png"),
         help="image file (its suffix .png, .jpg, .jpeg or .webp picks the format) or folder (a name "
-        "without a suffix); an existing file is kept and the new one named <stem>_1, _2, ...",
+        "without a suffix); video models: .mp4, .gif, .webp or a folder of PNG frames (starflow.mp4 "
+        "when not given); an existing file is kept and the new one named <stem>_1, _2, ...",
     )
     add_output_arguments(parser)
     parser.add_argument("--grid", action="store_true", help="write one grid image instead of one per image")
@@ -192,6 +205,7 @@ def build_parser(module: str, description: str, torch: bool = False) -> argparse
         help=f"allow sides beyond {MAX_SIDE_FACTOR}x the model's training size",
     )
     add_edit_arguments(parser)
+    add_video_arguments(parser)
     return parser
 
 
@@ -336,7 +350,8 @@ def is_main_job(args: argparse.Namespace) -> bool:
 
 def run(args: argparse.Namespace, backend: Backend) -> int:
     fill_from_metadata(args)
-    check_edit_flags(args)
+    if args.model is None or not makes_video(args):  # a video's --image is its first frame
+        check_edit_flags(args)
     if args.model is None:
         if not (DEMO_FOLDER / "model_index.json").is_file():
             raise FileNotFoundError(
@@ -344,7 +359,7 @@ def run(args: argparse.Namespace, backend: Backend) -> int:
                 "pass --model starflow-3b-t2i-256 (or a pipeline folder) and a prompt"
             )
         args.model = DEMO_NAME
-        if is_main_job(args):  # no prompt, seed or image: the demo grid, a row per digit, seeds 0-7
+        if is_main_job(args) and not video_request_flags(args):  # the demo grid: a row per digit
             args.grid, args.seed, args.n_images = True, [0], 8
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -352,7 +367,59 @@ def run(args: argparse.Namespace, backend: Backend) -> int:
         return generate(args, backend)
 
 
+def makes_video(args: argparse.Namespace) -> bool:
+    """Whether this run makes videos, known before anything is downloaded: video flags, a video-only
+    output suffix, or a video release or pipeline folder (a Hub repo: told once it is resolved)."""
+    if video_request_flags(args) or is_video_output(args.output):
+        return True
+    release = release_by_name(args.model)
+    if release is not None:
+        return release.video is not None
+    folder = Path(args.model).expanduser()
+    if (folder / "model_index.json").is_file():
+        return read_pipeline_folder(folder).is_video
+    return False
+
+
+def run_video(args: argparse.Namespace, backend: Backend, parts: PipelineParts | None = None) -> int:
+    """The video path: flags and output checked, memory and disk checked, then the videos."""
+    check_video_flags(args)
+    default_video_output(args)
+    video_writer(args)  # the suffix, PyAV for .mp4 and the folder, before any download
+    if parts is None:
+        if not args.no_resource_check:
+            check_video_resources(args, backend)
+        parts = resolve(args.model, dtype=backend.precision(args).dtype, strict=args.strict)
+    if not parts.is_video:
+        given = video_request_flags(args) or [f"--output {args.output}"]
+        raise ValueError(f"{parts.name} makes images, not videos; drop {', '.join(given)}")
+    if backend.world_size > 1 and not args.seed:
+        raise ValueError("give --seed under torchrun: each rank would draw its own random seeds")
+    prompts, seeds = read_prompts(args, parts), read_seeds(args)
+    jobs = [(p, s) for p in prompts for s in seeds]
+    mine = rank_share(jobs, backend.rank, backend.world_size)
+    pipe = backend.load_video(parts, args)
+    return generate_videos(args, pipe, parts, prompts, seeds, mine)
+
+
+def check_video_resources(args: argparse.Namespace, backend: Backend) -> None:
+    """Memory (the video formula) and first-run disk of a video release, before any download."""
+    release = release_by_name(args.model)
+    if release is None or release.video is None:
+        return
+    available = (int(args.memory_limit * GB), "--memory-limit") if args.memory_limit else backend.memory(args)
+    shape = video_shape(
+        release, args.num_frames, args.height, args.width, args.aspect_ratio, args.cfg, args.jacobi
+    )
+    check_video_memory(
+        release, backend.precision(args), shape, not args.no_denoise, available, backend.quantization
+    )
+    check_disk(release, backend.precision(args))
+
+
 def generate(args: argparse.Namespace, backend: Backend) -> int:
+    if makes_video(args):
+        return run_video(args, backend)
     writer = ImageWriter(
         args.output,
         total=0,
@@ -370,8 +437,9 @@ def generate(args: argparse.Namespace, backend: Backend) -> int:
     if backend.world_size > 1 and not args.seed:  # the ranks must share one list of jobs
         raise ValueError("give --seed under torchrun: each rank would draw its own random seeds")
     parts = resolve(args.model, dtype=backend.precision(args).dtype, strict=args.strict)
-    if parts.description:  # a training run: which checkpoint, and EMA or model weights
-        print(f"weights: {parts.description}")
+        args.model = DEMO_NAME
+        if is_main_job(args) and not video_request_flags(args):  # the demo grid: a row per digit
+            args.grid, args.seed, args.n_images = True, [0], 8
     prompts, seeds = read_prompts(args, parts), read_seeds(args)
     jobs = make_jobs(args, prompts, seeds, defaults=not given_prompts(args))
     check_image_count(len(prompts), max(1, len(jobs) // len(prompts)), args.max_images)

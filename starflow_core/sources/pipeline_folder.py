@@ -7,6 +7,11 @@
     tokenizer/              spiece.model (+ tokenizer.json ...) for that encoder
     decoder/                optional: a VAE whose decoder was fine-tuned on noisy latents
 
+Video models: vae/ may be the Wan2.2 VAE (diffusers AutoencoderKLWan, 16x spatial, 4x temporal),
+and model_index.json's "video" holds the clip length, rate, prompt template flags and VAE
+temporal scale (starflow_core.video.settings.VideoDefaults), e.g. {"num_frames": 9, "fps": 8,
+"fps_cond": false, "cond_noise_level": false, "mix_aspect": false, "temporal_scale": 1.0}.
+
 `PipelineParts` is where each part lives on disk, whatever the source (a local folder,
 the Hub snapshots of an official release); both twins load from it.
 """
@@ -25,6 +30,8 @@ from starflow_core.io import atomic_write_json, read_safetensors_header
 from starflow_core.staging import check_output_apart, staged_folder
 from starflow_core.validation import field, read_json, read_json_object, read_vae_config
 from starflow_core.version import package_version
+from starflow_core.video.settings import VideoDefaults
+from starflow_core.wan_vae_config import WanVAEConfig
 
 MODEL_INDEX = "model_index.json"
 FLOW_CONFIG = "config.json"
@@ -37,7 +44,8 @@ COMPONENT_CLASSES = {
     "tokenizer": ["transformers", "T5Tokenizer"],
     "decoder": ["diffusers", "AutoencoderKL"],
 }
-_INDEX_KEYS = {"_class_name", "_starflow_version", "name", "sampling", "labels", "default_prompts"}
+_INDEX_KEYS = {"_class_name", "_starflow_version", "name", "sampling", "labels", "default_prompts", "video"}
+WAN_VAE_CLASS = "AutoencoderKLWan"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +65,8 @@ class PipelineParts:
     # what loads these parts again by name (release name, Hub repo id, absolute folder path);
     # written into image metadata as "model". None: not known (parts built by hand)
     source: str | None = None
+    # a video model's clip length, rate, prompt template and VAE temporal scale (model_index "video")
+    video: VideoDefaults | None = None
     # which weights these are, when that is worth saying (a training run's checkpoint and EMA)
     description: str | None = None
 
@@ -64,19 +74,45 @@ class PipelineParts:
     def flow_config(self) -> FlowConfig:
         return FlowConfig.load(self.transformer / FLOW_CONFIG)
 
+    def _vae_config(self) -> dict[str, Any]:
+        """The VAE's config.json as it is (a JSON object; each reader checks its own fields)."""
+        return read_json_object(self.vae / "config.json", "fix the file or download the VAE again")
+
+    @property
+    def video_vae(self) -> bool:
+        """Whether the VAE is the Wan2.2 video VAE (diffusers AutoencoderKLWan)."""
+        return self.vae is not None and self._vae_config().get("_class_name") == WAN_VAE_CLASS
+
+    @property
+    def is_video(self) -> bool:
+        """A video model: one with video defaults, a video VAE or frames ordered in time."""
+        return self.video is not None or self.video_vae or self.flow_config.temporal_causal > 0
+
     @property
     def vae_downsample(self) -> int:
-        """Pixels per latent pixel: 2^(len(block_out_channels) - 1) of the VAE, 1 without one."""
+        """Pixels per latent pixel: 2^(len(block_out_channels) - 1) of the VAE (the Wan VAE:
+        patch size x 2 per down block but the last), 1 without one."""
         if self.vae is None:
             return 1
+        if self.video_vae:
+            return WanVAEConfig.from_diffusers(self._vae_config(), str(self.vae)).spatial_factor
         config = read_vae_config(self.vae / "config.json")
         return 2 ** (len(config.get("block_out_channels", (128, 256, 512, 512))) - 1)
+
+    @property
+    def vae_temporal_downsample(self) -> int:
+        """Frames per latent frame after the first (the Wan VAE: 4); 1 for image VAEs and pixels."""
+        if not self.video_vae:
+            return 1
+        return WanVAEConfig.from_diffusers(self._vae_config(), str(self.vae)).temporal_factor
 
     @property
     def image_channels(self) -> int:
         """Channels of the images: the VAE's input channels, or the flow's for pixel models."""
         if self.vae is None:
             return self.flow_config.in_channels
+        if self.video_vae:
+            return 3  # RGB video; the Wan VAE's in_channels counts its 2x2 patches
         return read_vae_config(self.vae / "config.json").get("in_channels", 3)
 
     def with_decoder(self, decoder: str | Path | None) -> PipelineParts:
@@ -113,7 +149,10 @@ class PipelineParts:
                 "but the pipeline has no vae/"
             )
         if self.vae is not None:
-            latent = read_vae_config(self.vae / "config.json").get("latent_channels", 4)
+            if self.video_vae:
+                latent = WanVAEConfig.from_diffusers(self._vae_config(), str(self.vae)).z_dim
+            else:
+                latent = read_vae_config(self.vae / "config.json").get("latent_channels", 4)
             if latent != config.in_channels:
                 raise ValueError(
                     f"{self.name}: the VAE has {latent} latent channels, "
@@ -180,9 +219,14 @@ def read_pipeline_folder(folder: str | Path) -> PipelineParts:
             field(index, "default_prompts", "strings", source, fix, default=[], nullable=True) or ()
         ),
         source=str(folder.resolve()),
+        video=_video_defaults(field(index, "video", "object", source, fix, default=None, nullable=True)),
     )
     parts.check()
     return parts
+
+
+def _video_defaults(values: dict[str, Any] | None) -> VideoDefaults | None:
+    return VideoDefaults.from_dict(values) if values else None
 
 
 def model_index(parts: PipelineParts) -> dict[str, Any]:
@@ -196,6 +240,8 @@ def model_index(parts: PipelineParts) -> dict[str, Any]:
     index["sampling"] = dataclasses.asdict(parts.sampling)
     index["labels"] = list(parts.labels) if parts.labels else None
     index["default_prompts"] = list(parts.default_prompts)
+    if parts.video is not None:
+        index["video"] = parts.video.to_dict()
     return index
 
 

@@ -24,6 +24,13 @@ from starflow_core.sources.hub import (
     text_encoder_snapshot,
 )
 from starflow_core.sources.pipeline_folder import FLOW_CONFIG, FLOW_WEIGHTS, PipelineParts
+from starflow_core.video.settings import VideoDefaults
+
+# The video values of configs/starflow-v_7B_t2v_caus_480p.yaml (its flow values: the preset):
+# vid_size '81:16', fps_cond 1, cond_noise_level 1, mix_aspect 1, vae 'Wan-AI/Wan2.2-TI2V-5B-Diffusers:0.6'
+STARFLOW_V_7B_VIDEO = VideoDefaults(
+    num_frames=81, fps=16, fps_cond=True, cond_noise_level=True, mix_aspect=True, temporal_scale=0.6
+)
 
 # The embedded demo model (package data): a class-conditional STARFlow on 8x8 digits.
 DEMO_NAME = "starflow-digits-demo"
@@ -47,6 +54,15 @@ class OfficialRelease:
     # first files, picks the ones holding encoder tensors). The .pth is fp32, sized from config.
     vae_download_bytes: int = 0
     text_download_bytes: int = 0
+    # the VAE's files in its repo (a diffusers pipeline repo keeps it under vae/)
+    vae_files: tuple[str, ...] = VAE_PATTERNS
+    # video releases: clip length, rate, prompt template and the VAE's temporal scale (official YAML)
+    video: VideoDefaults | None = None
+
+    @property
+    def vae_folder(self) -> str:
+        """The VAE's folder inside its repo's snapshot ("" for the repo root)."""
+        return str(Path(self.vae_files[0]).parent).replace(".", "", 1) if self.vae_files else ""
 
 
 RELEASES: dict[str, OfficialRelease] = {
@@ -63,10 +79,30 @@ RELEASES: dict[str, OfficialRelease] = {
         vae_download_bytes=335_000_000,  # 83.7M fp32 parameters
         text_download_bytes=11_400_000_000,  # both flan-t5-xl shards, decoder included
     ),
+    # STARFlow-V 7B: the file name the official README and scripts/test_sample_video.sh load, the
+    # official YAML's values (preset and STARFLOW_V_7B_VIDEO) and the sampling settings of
+    # test_sample_video.sh (cfg 3.5, Jacobi, threshold
+    # 0.001, block size 32, 81 frames at 16 fps, 16:9)
+    "starflow-v-7b-t2v-480p": OfficialRelease(
+        name="starflow-v-7b-t2v-480p",
+        flow_repo="apple/starflow",
+        flow_file="starflow-v_7B_t2v_caus_480p_v3.pth",
+        config=preset("starflow-v-7b-t2v-480p"),
+        vae_repo="Wan-AI/Wan2.2-TI2V-5B-Diffusers",
+        text_repo="google/flan-t5-xl",
+        sampling=GenerationSettings(guidance=3.5, jacobi=True, block_size=32, tol=1e-3, max_iter=32),
+        default_prompts=("a corgi dog looks at the camera",),
+        vae_download_bytes=2_820_000_000,  # 704.7M fp32 parameters
+        text_download_bytes=11_400_000_000,
+        vae_files=("vae/config.json", "vae/diffusion_pytorch_model.safetensors"),
+        video=STARFLOW_V_7B_VIDEO,
+    ),
 }
 
 
 ALIASES = {
+    "starflow-v-7b": "starflow-v-7b-t2v-480p",
+    "starflow-v_7B_t2v_caus_480p_v3": "starflow-v-7b-t2v-480p",
     "starflow-3b": "starflow-3b-t2i-256",
     "starflow_3B_t2i_256x256": "starflow-3b-t2i-256",
     "apple/starflow": "starflow-3b-t2i-256",
@@ -125,9 +161,9 @@ def missing_release_files(release: OfficialRelease) -> dict[str, tuple[list[str]
             download_command(release.flow_repo, [release.flow_file]),
         )
     if release.vae_repo:
-        files = [name for name in VAE_PATTERNS if cached_file(release.vae_repo, name) is None]
+        files = [name for name in release.vae_files if cached_file(release.vae_repo, name) is None]
         if files:
-            missing[release.vae_repo] = (files, download_command(release.vae_repo, VAE_PATTERNS))
+            missing[release.vae_repo] = (files, download_command(release.vae_repo, release.vae_files))
     if release.text_repo:
         repo, required = release.text_repo, ["config.json", "spiece.model"]
         files = [name for name in required if cached_file(repo, name) is None]
@@ -180,7 +216,7 @@ def resolve_release(release: OfficialRelease, dtype: str = "float32", strict: bo
     flow = cached_official_flow(release, hub_file(release.flow_repo, release.flow_file), dtype, strict)
     vae = text = None
     if release.vae_repo:
-        vae = hub_snapshot(release.vae_repo, VAE_PATTERNS, VAE_PATTERNS)
+        vae = hub_snapshot(release.vae_repo, release.vae_files, release.vae_files) / release.vae_folder
     if release.text_repo:
         text = text_encoder_snapshot(release.text_repo)
     parts = PipelineParts(
@@ -191,6 +227,8 @@ def resolve_release(release: OfficialRelease, dtype: str = "float32", strict: bo
         tokenizer=text,
         sampling=release.sampling,
         default_prompts=release.default_prompts,
+        source=release.name,
+        video=release.video,
     )
     parts.check()
     return parts
@@ -223,7 +261,7 @@ def first_run_disk(release: OfficialRelease, dtype: str) -> list[DiskNeed]:
     if pth is None or converted_flow(release, pth, dtype) is None:
         size = flow_weight_bytes(release.config, dtype)
         needs.append(DiskNeed(f"{CONVERTED} ({dtype})", size, conversion_cache_dir()))
-    if release.vae_repo and cached_file(release.vae_repo, VAE_PATTERNS[-1]) is None:
+    if release.vae_repo and cached_file(release.vae_repo, release.vae_files[-1]) is None:
         needs.append(DiskNeed(release.vae_repo, release.vae_download_bytes, hub))
     if release.text_repo and not _text_encoder_cached(release.text_repo):
         needs.append(

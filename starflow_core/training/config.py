@@ -74,6 +74,16 @@ class TrainConfig:
     sample_guidance: float = 0.0
     vae: str | None = None  # AutoencoderKL folder, to decode latent samples
     text_encoder: str | None = None  # TextEncoder folder, for captioned image folders
+    # ----- video (starflow_core.training.video_objective); num_frames 0 trains on images
+    num_frames: int = 0  # frames per training clip, read from a folder of clips
+    fps: float | None = None  # frames per second to read clips at (None: each clip's own rate)
+    drop_image: float = 0.0  # official drop_image: probability a micro-batch loses its first frame
+    denoiser_lr: float = 1e-4  # the learned self-denoiser's own AdamW (official: fixed 1e-4 -> 1e-6)
+    denoiser_min_lr: float = 1e-6
+    # the official prompt templates of captioned training data (starflow_core.video.prompts)
+    fps_cond: bool = False  # "A video with {fps} fps:" around each caption (the clip's rate)
+    cond_noise_level: bool = False  # "Noise Level {n}:" in front, and the loss weighted by noise_std / 0.3
+    mix_aspect: bool = False  # "in a {w:h} aspect ratio." after (the batch's bucket)
     # held-out evaluation every eval_every steps (0: never): exact bits/dim on eval_data (a
     # folder like `data`), and FID against eval_reference statistics (an .npz with mu, sigma
     # made by starflow-eval --save-statistics with the same eval_features) from eval_samples samples
@@ -125,6 +135,19 @@ class TrainConfig:
                 fail(name, "must be >= 0" + (" (0 disables clipping)" if name == "grad_clip" else ""))
         if self.noise_std is not None and self.noise_std < 0:
             fail("noise_std", "must be >= 0")
+        if self.num_frames < 0:
+            fail("num_frames", "must be >= 0 (0 trains on images)")
+        if self.fps is not None and not self.fps > 0:
+            fail("fps", "must be > 0 (or None: each clip's own rate)")
+        if not 0 <= self.drop_image < 1:
+            fail("drop_image", "must be in [0, 1)")
+        if self.drop_image > 0 and self.num_frames < 2:
+            fail("drop_image", "drops the first frame of a clip: it needs train.num_frames >= 2")
+        for name in ("fps_cond", "cond_noise_level", "mix_aspect"):
+            if getattr(self, name) and not self.text_encoder:
+                fail(name, "wraps captions in the official prompt template: it needs train.text_encoder")
+        if not 0 < self.denoiser_min_lr <= self.denoiser_lr:
+            fail("denoiser_min_lr", f"must be in (0, denoiser_lr={self.denoiser_lr}]")
         self._validate_evaluation(fail)
 
     def _validate_evaluation(self, fail) -> None:

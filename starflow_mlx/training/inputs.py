@@ -10,7 +10,13 @@ import numpy as np
 
 from starflow_core.config import FlowConfig
 from starflow_core.training.config import TrainConfig, conditioning_of
-from starflow_core.training.image_folders import check_class_count, check_latent_channels, training_data_kind
+from starflow_core.training.image_folders import (
+    check_class_count,
+    check_latent_channels,
+    nearest_bucket,
+    training_data_kind,
+)
+from starflow_core.training.video_objective import check_video_run, drops_first_frame, training_prompts
 
 from ..data import ImageFolderDataset, LatentShardDataset, SampleRef
 from .objective import augment, drop_mask, micro_step_keys
@@ -20,6 +26,8 @@ __all__ = ["InputBuilder", "ModelInputs", "build_dataset", "sample_conditions"]
 
 def build_dataset(config: FlowConfig, train: TrainConfig):
     folder = Path(train.data)
+    if train.num_frames:
+        return build_video_dataset(config, train)
     if training_data_kind(config, train) == "latents":
         dataset = LatentShardDataset(folder)
         check_latent_channels(dataset.index, folder, config.in_channels)
@@ -32,9 +40,39 @@ def build_dataset(config: FlowConfig, train: TrainConfig):
     return dataset
 
 
+def build_video_dataset(config: FlowConfig, train: TrainConfig):
+    """A folder of clips (starflow_core.training.video_folders) of train.num_frames frames."""
+    from ..video_data import VideoFolderDataset
+
+    check_video_run(config, train)
+    dataset = VideoFolderDataset(
+        train.data,
+        conditioning_of(config),
+        train.image_size or config.img_size,
+        config.patch_size,
+        train.num_frames,
+        train.fps,
+        train.buckets,
+        channels=config.in_channels,
+    )
+    check_class_count(dataset, config.num_classes)
+    return dataset
+
+
+def batch_stream(dataset, train: TrainConfig, epoch: int, start: int):
+    """The loader of the dataset's kind (clips or images / latents), from (epoch, start)."""
+    if train.num_frames:
+        from ..video_data import batch_stream as video_batch_stream
+
+        return video_batch_stream(dataset, train, epoch, start)
+    from ..data import batch_stream as image_batch_stream
+
+    return image_batch_stream(dataset, train, epoch, start)
+
+
 @dataclass
 class ModelInputs:
-    x: mx.array  # (B, H, W, C), augmented
+    x: mx.array  # (B, H, W, C) or a video (B, T, H, W, C), augmented
     y: mx.array | None
     weight: float  # 0 when every image of the batch failed to decode
 
@@ -52,23 +90,31 @@ class InputBuilder:
         self.null_text = mx.array(null_text) if null_text is not None else None
 
     def __call__(self, batch: dict, micro_step: int) -> ModelInputs:
-        x = mx.array(batch["image"] if "image" in batch else batch["latent"])
+        x = mx.array(next(batch[key] for key in ("video", "image", "latent") if key in batch))
         rows = mx.array(batch["slot"].astype(np.int32))
         global_rows = self.train.micro_batch_size
         noise_key, drop_key = micro_step_keys(self.train.seed, micro_step)
         x = augment(x, rows, global_rows, noise_key, self.train.noise_type, self.noise_std)
+        extend = x.ndim == 5 and drops_first_frame(self.train.seed, micro_step, self.train.drop_image)
+        if extend:  # official drop_image: after the noise, the whole micro-batch
+            x = x[:, 1:]
         dropped = drop_mask(rows, global_rows, drop_key, self.train.drop_label)
-        return ModelInputs(x, self.conditions(batch, dropped), 1.0 if batch["valid"] else 0.0)
+        return ModelInputs(x, self.conditions(batch, dropped, extend), 1.0 if batch["valid"] else 0.0)
 
-    def conditions(self, batch: dict, dropped: mx.array) -> mx.array | None:
+    def conditions(self, batch: dict, dropped: mx.array, extend: bool = False) -> mx.array | None:
         if "label" in batch:
             return mx.where(dropped, -1, mx.array(batch["label"].astype(np.int32)))
         if "text_features" in batch:
             features = mx.array(batch["text_features"])
             return mx.where(dropped[:, None, None], mx.broadcast_to(self.null_text, features.shape), features)
-        if isinstance(self.dataset, ImageFolderDataset) and self.dataset.conditioning == "text":
+        if getattr(self.dataset, "conditioning", None) == "text" and hasattr(self.dataset, "text_of"):
             texts = [self.dataset.text_of(int(i)) for i in batch["index"]]
-            prompts = ["" if drop else text for text, drop in zip(texts, dropped.tolist(), strict=True)]
+            fps = batch["fps"].tolist() if "fps" in batch else None
+            height, width = batch["video" if "video" in batch else "image"].shape[-3:-1]
+            aspect = nearest_bucket(width, height)  # the batch's bucket (official get_batch_modes)
+            prompts = training_prompts(
+                texts, dropped.tolist(), extend, self.train, self.noise_std, fps, aspect
+            )
             return self.text_encoder.encode(prompts, self.config.txt_size).astype(mx.float32)
         return None
 

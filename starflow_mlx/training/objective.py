@@ -16,11 +16,13 @@ from __future__ import annotations
 import mlx.core as mx
 
 from starflow_core.training.schedule import bits_per_dim_from_loss, learning_rate, micro_step_seed
+from starflow_core.training.video_objective import DENOISER_KEY
 
 from ..model import StarFlow
 
 __all__ = [
     "FlowObjective",
+    "StepGradients",
     "augment",
     "bits_per_dim_from_loss",
     "drop_mask",
@@ -58,35 +60,74 @@ class FlowObjective:
     They differ by the latent-norm regulariser; the first is what gets differentiated.
     """
 
-    def __init__(self, latent_norm_reg: float = 0.0):
+    def __init__(self, latent_norm_reg: float = 0.0, weight: float = 1.0):
         self.latent_norm_reg = latent_norm_reg
+        self.weight = weight  # official `weights` of get_loss (noise_std / 0.3 with cond_noise_level)
 
     def __call__(self, model: StarFlow, x: mx.array, y: mx.array | None) -> tuple[mx.array, mx.array]:
         if self.latent_norm_reg == 0:
-            loss = model.loss(x, y)
+            loss = model.loss(x, y) if self.weight == 1 else self.weight * model.loss(x, y)
             return loss, mx.stop_gradient(loss)
         z, block_logdets, block_inputs = forward_by_block(model, x, y)
-        flow_loss = official_loss(z, block_logdets)
+        flow_loss = self.weight * official_loss(z, block_logdets)
         regulariser = sum(mx.mean(mx.square(tokens.astype(mx.float32))) for tokens in block_inputs)
         return flow_loss + self.latent_norm_reg * regulariser, mx.stop_gradient(flow_loss)
+
+
+def denoiser_loss(model: StarFlow, x: mx.array, y: mx.array | None, score: mx.array) -> mx.array:
+    """The learned self-denoiser's regression on the score of x (official F.mse_loss, mean)."""
+    return mx.mean(mx.square(model.learned_denoise(x, y).astype(mx.float32) - score))
+
+
+class StepGradients:
+    """(x, y) -> (loss, flow loss, denoiser loss, flow gradients, denoiser gradients) of one micro-batch.
+
+    The flow's gradients leave out the learned self-denoiser (it has its own optimizer). With a
+    denoiser, the same pass also gives d loss / d x, whose score numel(x) * noise_std * d loss / d x
+    is the denoiser's target (starflow_core.training.video_objective); without one the denoiser
+    loss is 0 and its gradients None.
+    """
+
+    def __init__(self, model: StarFlow, objective: FlowObjective, noise_std: float):
+        self.model, self.objective, self.noise_std = model, objective, noise_std
+        self.with_denoiser = model.config.learnable_self_denoiser
+        self._flow = mx.value_and_grad(self._flow_loss, argnums=(0, 1) if self.with_denoiser else 0)
+        self._denoiser = mx.value_and_grad(self._denoiser_loss)
+
+    def _flow_loss(self, params: dict, x: mx.array, y: mx.array | None) -> tuple[mx.array, mx.array]:
+        self.model.update(params)
+        return self.objective(self.model, x, y)
+
+    def _denoiser_loss(self, params: dict, x: mx.array, y: mx.array | None, score: mx.array) -> mx.array:
+        self.model.learnable_self_denoiser.update(params)
+        return denoiser_loss(self.model, x, y, score)
+
+    def __call__(self, x: mx.array, y: mx.array | None):
+        params = self.model.trainable_parameters()
+        flow_params = {k: v for k, v in params.items() if k != DENOISER_KEY}
+        if not self.with_denoiser:
+            (loss, flow_loss), grads = self._flow(flow_params, x, y)
+            return loss, flow_loss, mx.array(0.0), grads, {}
+        (loss, flow_loss), (grads, x_grad) = self._flow(flow_params, x, y)
+        score = mx.stop_gradient(x_grad * (x.size * self.noise_std))
+        den_loss, den_grads = self._denoiser(params[DENOISER_KEY], x, y, score)
+        return loss, flow_loss, den_loss, grads, den_grads
 
 
 def forward_by_block(
     model: StarFlow, x: mx.array, y: mx.array | None
 ) -> tuple[mx.array, list[mx.array], list[mx.array]]:
-    """Run the flow one block at a time: z tokens, per-block logdet (B,) and each block's input."""
-    B, H, W, _ = x.shape
-    p = model.config.patch_size
+    """Run the flow one block at a time on an image or a video: z tokens, per-block logdet (B,)
+    and each block's input tokens."""
+    B = x.shape[0]
     text, labels = model.text_features(y, B), model.class_labels(y, B)
-    tokens = model.patchify(x)
+    tokens, frames = model.tokens(x)
     logdets, inputs = [], []
-    for i, block in enumerate(model.blocks):
+    for i in range(len(model.blocks)):
         if model.is_identity(i):
             continue
         inputs.append(tokens)
-        txt_len = text.shape[1] if text is not None else 0
-        rope = model.rope(i, H // p, W // p, txt_len)
-        tokens, logdet = block(tokens, text if block.has_text else None, rope, labels)
+        tokens, logdet = model.forward_block(i, tokens, frames, x.shape, text, labels)
         logdets.append(logdet)
     return tokens, logdets, inputs
 

@@ -38,11 +38,16 @@ def sample_grid(
     seed: int,
     pixel_space: bool,
     vae=None,
+    frames: int = 0,
 ) -> np.ndarray:
-    """Sample `count` images at the training resolution from fixed noise; one grid image."""
+    """Sample `count` images (or videos of `frames` frames, each a row of its frames) at the
+    training resolution from fixed noise; one grid image."""
     config = model.config
     size = config.img_size
-    noise = mx.random.normal((count, size, size, config.in_channels), key=mx.random.key(seed))
+    shape = (count, frames) if frames else (count,)
+    noise = mx.random.normal((*shape, size, size, config.in_channels), key=mx.random.key(seed))
     use_guidance = guidance if conditions is not None else 0.0
     samples = model.sample(noise, conditions, null_conditions, guidance=use_guidance)
+    if frames:
+        samples, rows = samples.reshape(count * frames, *samples.shape[2:]), count
     return grid(to_uint8_images(samples, pixel_space, vae), rows)

@@ -32,11 +32,13 @@ from ..model import StarFlow
 
 STATE_NAME = MLX_STATE_NAME
 STATE_FORMAT = 1
+DENOISER_PREFIX = "denoiser_optimizer."
 
 __all__ = [
     "Progress",
     "check_resume_compatible",
     "checkpoint_dir",
+    "load_denoiser_optimizer_state",
     "load_training_state",
     "resolve_checkpoint",
     "save_checkpoint",
@@ -60,9 +62,15 @@ def save_checkpoint(
     progress: Progress,
     keep: int,
     data: dict[str, Any] | None = None,
+    denoiser_optimizer_state: dict | None = None,
 ) -> Path:
-    """Write a complete checkpoint folder, point `latest` at it, prune old ones."""
+    """Write a complete checkpoint folder, point `latest` at it, prune old ones (the learned
+    self-denoiser's optimizer, when the model has one, beside the flow's)."""
     tensors = {f"optimizer.{name}": value for name, value in tree_flatten(optimizer_state)}
+    if denoiser_optimizer_state is not None:
+        tensors.update(
+            {f"{DENOISER_PREFIX}{name}": value for name, value in tree_flatten(denoiser_optimizer_state)}
+        )
     metadata = {
         "format": str(STATE_FORMAT),
         "progress": json.dumps(progress.to_dict()),
@@ -84,7 +92,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load_training_state(folder: Path) -> tuple[Progress, dict]:
-    """(progress counters, optimizer state tree) of a checkpoint folder."""
+    """(progress counters, the flow's optimizer state tree) of a checkpoint folder."""
     path = folder / STATE_NAME
     read_safetensors_header(path)  # every entry checked: a clear error for a damaged file
     tensors, metadata = mx.load(str(path), return_metadata=True)
@@ -97,3 +105,14 @@ def load_training_state(folder: Path) -> tuple[Progress, dict]:
         [(name[len(prefix) :], value) for name, value in tensors.items() if name.startswith(prefix)]
     )
     return progress, optimizer_state
+
+
+def load_denoiser_optimizer_state(folder: Path) -> dict:
+    """The learned self-denoiser's optimizer state tree of a checkpoint folder."""
+    tensors = mx.load(str(folder / STATE_NAME))
+    state = [
+        (name[len(DENOISER_PREFIX) :], v) for name, v in tensors.items() if name.startswith(DENOISER_PREFIX)
+    ]
+    if not state:
+        raise ValueError(f"{folder / STATE_NAME} holds no optimizer state of the learned self-denoiser")
+    return tree_unflatten(state)

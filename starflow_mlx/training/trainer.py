@@ -29,13 +29,19 @@ from starflow_core.training.files import reading_checkpoint
 from starflow_core.training.guards import CorruptImages, check_resume_data, non_finite_weights_error
 from starflow_core.training.run_folder import claim_run_folder
 from starflow_core.training.schedule import Progress, StopSignal, ema_decay_at
+from starflow_core.training.video_objective import (
+    DENOISER_BETAS,
+    DENOISER_KEY,
+    DENOISER_WEIGHT_DECAY,
+    loss_weight,
+)
 
-from ..data import ImageFolderDataset, batch_stream
+from ..data import ImageFolderDataset
 from ..model import StarFlow
 from . import state
 from .evaluation import HeldOutEvaluation
-from .inputs import InputBuilder, build_dataset, sample_conditions
-from .objective import FlowObjective, bits_per_dim_from_loss, learning_rate
+from .inputs import InputBuilder, batch_stream, build_dataset, sample_conditions
+from .objective import FlowObjective, StepGradients, bits_per_dim_from_loss, learning_rate
 from .progress import JsonlLog, plot_loss_curve, sample_grid, save_png
 
 
@@ -85,14 +91,16 @@ class Trainer:
         self.inputs = InputBuilder(self.config, self.train, self.dataset, text_encoder)
 
         self.model = self._initial_model(resume_dir)
-        self.objective = FlowObjective(self.train.latent_norm_reg)
-        loss_and_grad = nn.value_and_grad(self.model, self.objective)
-        self.loss_and_grad = lambda x, y: loss_and_grad(self.model, x, y)
+        self.objective = FlowObjective(
+            self.train.latent_norm_reg, loss_weight(self.train, self.inputs.noise_std)
+        )
+        step_gradients = StepGradients(self.model, self.objective, self.inputs.noise_std)
+        self.loss_and_grad = step_gradients
         if not (self.config.family == "tarflow" and self.config.num_classes):
             # compiled: 1.5x faster per step on the digits model on CPU, retraced when shapes
             # change. Not for TARFlow class models: their label range check reads the labels.
             self.loss_and_grad = mx.compile(
-                self.loss_and_grad, inputs=self.model.state, outputs=self.model.state
+                lambda x, y: step_gradients(x, y), inputs=self.model.state, outputs=self.model.state
             )
         self.optimizer = optim.AdamW(
             learning_rate=self.train.lr,
@@ -100,7 +108,16 @@ class Trainer:
             weight_decay=self.train.weight_decay,
             bias_correction=True,
         )
-        self.optimizer.init(self.model.trainable_parameters())
+        self.optimizer.init(self.flow_parameters())
+        self.denoiser_optimizer = None
+        if self.config.learnable_self_denoiser:  # official: its own AdamW
+            self.denoiser_optimizer = optim.AdamW(
+                learning_rate=self.train.denoiser_lr,
+                betas=list(DENOISER_BETAS),
+                weight_decay=DENOISER_WEIGHT_DECAY,
+                bias_correction=True,
+            )
+            self.denoiser_optimizer.init(self.model.learnable_self_denoiser.trainable_parameters())
         self.ema = None
         if self.train.ema_decay > 0:
             self.ema = tree_map(lambda p: p.astype(mx.float32), self.model.trainable_parameters())
@@ -115,6 +132,10 @@ class Trainer:
         )
 
     # ----- setup ------------------------------------------------------------------------
+    def flow_parameters(self) -> dict:
+        """The trainable parameters the flow's optimizer updates (all but the denoiser's)."""
+        return {k: v for k, v in self.model.trainable_parameters().items() if k != DENOISER_KEY}
+
     def _initial_model(self, resume_dir: Path | None) -> StarFlow:
         if resume_dir is not None:
             with reading_checkpoint(resume_dir):
@@ -145,6 +166,8 @@ class Trainer:
         with reading_checkpoint(folder):
             self.progress, optimizer_state = state.load_training_state(folder)
             self.optimizer.state = optimizer_state
+            if self.denoiser_optimizer is not None:
+                self.denoiser_optimizer.state = state.load_denoiser_optimizer_state(folder)
             if self.ema is not None:
                 ema_model = StarFlow.from_pretrained(folder / "ema", dtype=mx.float32)
                 self.ema = ema_model.trainable_parameters()
@@ -198,7 +221,8 @@ class Trainer:
         p, train = self.progress, self.train
         lr = learning_rate(p.step, train.lr, train.min_lr, train.warmup_steps, train.steps)
         self.optimizer.learning_rate = lr
-        grads_sum, loss_sum, flow_loss_sum, corrupt, valid, unreadable = None, 0.0, 0.0, 0, 0.0, []
+        grads_sum, den_grads_sum, corrupt, valid, unreadable = None, None, 0, 0.0, []
+        loss_sum, flow_loss_sum, den_loss_sum = 0.0, 0.0, 0.0
         for _ in range(train.grad_accum):
             p.epoch, p.batch_in_epoch, batch = next(stream)
             corrupt += batch["corrupt"]
@@ -206,21 +230,31 @@ class Trainer:
             inputs = self.inputs(batch, p.micro_step)
             valid += inputs.weight
             p.micro_step += 1
-            (loss, flow_loss), grads = self.loss_and_grad(inputs.x, inputs.y)
+            loss, flow_loss, den_loss, grads, den_grads = self.loss_and_grad(inputs.x, inputs.y)
             scale = inputs.weight / train.grad_accum
-            grads = tree_map(lambda g, s=scale: g * s, grads)
-            grads_sum = grads if grads_sum is None else tree_map(mx.add, grads_sum, grads)
-            mx.eval(loss, flow_loss, grads_sum)
+            grads_sum = accumulate(grads_sum, grads, scale)
+            den_grads_sum = accumulate(den_grads_sum, den_grads, scale)
+            mx.eval(loss, flow_loss, den_loss, grads_sum, den_grads_sum)
             loss_sum += loss.item() * inputs.weight
             flow_loss_sum += flow_loss.item() * inputs.weight
+            den_loss_sum += den_loss.item() * inputs.weight
         # a clip of 0 disables clipping; the norm is still measured and logged
         grads_sum, grad_norm = optim.clip_grad_norm(grads_sum, train.grad_clip or math.inf)
-        grad_norm = grad_norm.item()
+        grad_norm, den_norm = grad_norm.item(), 0.0
+        if den_grads_sum is not None:  # clipped on its own, as the official trainer does
+            den_grads_sum, den_norm = optim.clip_grad_norm(den_grads_sum, train.grad_clip or math.inf)
+            den_norm = den_norm.item()
         loss_mean, flow_loss_mean = loss_sum / train.grad_accum, flow_loss_sum / train.grad_accum
-        if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)) or valid == 0:
+        finite = all(math.isfinite(v) for v in (loss_sum, grad_norm, den_loss_sum, den_norm))
+        if not finite or valid == 0:
             p.skipped_steps += 1  # the NaN/inf guard, or no readable image: no update from this step
         else:
             self.optimizer.update(self.model, grads_sum)
+            if self.denoiser_optimizer is not None:
+                self.denoiser_optimizer.learning_rate = learning_rate(
+                    p.step, train.denoiser_lr, train.denoiser_min_lr, train.warmup_steps, train.steps
+                )
+                self.denoiser_optimizer.update(self.model.learnable_self_denoiser, den_grads_sum)
             if not weights_are_finite(self.model):  # checked before the EMA or a checkpoint sees them
                 raise non_finite_weights_error(p.step + 1, lr, grad_norm, self.out_dir)
             if self.ema is not None:
@@ -230,12 +264,13 @@ class Trainer:
                     self.ema,
                     self.model.trainable_parameters(),
                 )
-            mx.eval(self.model.parameters(), self.optimizer.state, self.ema)
+            optimizer_states = [o.state for o in (self.optimizer, self.denoiser_optimizer) if o is not None]
+            mx.eval(self.model.parameters(), optimizer_states, self.ema)
         p.step += 1
         p.corrupt_images += corrupt
         p.samples_seen += train.batch_size
         self.corrupt.after_step(p, unreadable)
-        return {
+        metrics = {
             "step": p.step,
             "loss": loss_mean,
             "flow_loss": flow_loss_mean,
@@ -245,6 +280,10 @@ class Trainer:
             "skipped_steps": p.skipped_steps,
             "corrupt_images": p.corrupt_images,
         }
+        if self.denoiser_optimizer is not None:
+            metrics["denoiser_loss"] = den_loss_sum / train.grad_accum
+            metrics["denoiser_grad_norm"] = den_norm
+        return metrics
 
     # ----- outputs ----------------------------------------------------------------------
     def save(self) -> Path:
@@ -258,6 +297,7 @@ class Trainer:
             self.progress,
             self.train.keep_checkpoints,
             self.data_fingerprint,
+            self.denoiser_optimizer.state if self.denoiser_optimizer is not None else None,
         )
         plot_loss_curve(self.log.records(), self.out_dir / "loss.png")
         return path
@@ -277,11 +317,20 @@ class Trainer:
             rows,
             self.train.sample_guidance,
             self.train.seed,
-            pixel_space,
+            pixel_space or self.train.num_frames > 0,  # clips are pixels
             self.vae,
+            self.train.num_frames,
         )
         text = {"step": str(self.progress.step), "config": json.dumps(self.run_config.to_dict())}
         save_png(image, self.out_dir / "samples" / f"step_{self.progress.step:08d}.png", text)
+
+
+def accumulate(total: dict | None, grads: dict | None, scale: float) -> dict | None:
+    """total + scale * grads over gradient trees (total None: nothing yet; grads {}: none)."""
+    if not grads:
+        return total
+    grads = tree_map(lambda g: g * scale, grads)
+    return grads if total is None else tree_map(mx.add, total, grads)
 
 
 def weights_are_finite(model: nn.Module) -> bool:

@@ -9,7 +9,13 @@ import torch
 
 from starflow_core.config import FlowConfig
 from starflow_core.training.config import TrainConfig, conditioning_of
-from starflow_core.training.image_folders import check_class_count, check_latent_channels, training_data_kind
+from starflow_core.training.image_folders import (
+    check_class_count,
+    check_latent_channels,
+    nearest_bucket,
+    training_data_kind,
+)
+from starflow_core.training.video_objective import check_video_run, drops_first_frame, training_prompts
 
 from ..data import (
     ImageFolderDataset,
@@ -21,6 +27,8 @@ from .objective import augment, drop_mask, micro_step_generator
 
 def build_dataset(config: FlowConfig, train: TrainConfig) -> torch.utils.data.Dataset:
     folder = Path(train.data)
+    if train.num_frames:
+        return build_video_dataset(config, train)
     if training_data_kind(config, train) == "latents":
         dataset = LatentShardDataset(folder)
         check_latent_channels(dataset.index, folder, config.in_channels)
@@ -33,9 +41,39 @@ def build_dataset(config: FlowConfig, train: TrainConfig) -> torch.utils.data.Da
     return dataset
 
 
+def build_video_dataset(config: FlowConfig, train: TrainConfig) -> torch.utils.data.Dataset:
+    """A folder of clips (starflow_core.training.video_folders) of train.num_frames frames."""
+    from ..video_data import VideoFolderDataset
+
+    check_video_run(config, train)
+    dataset = VideoFolderDataset(
+        train.data,
+        conditioning_of(config),
+        train.image_size or config.img_size,
+        config.patch_size,
+        train.num_frames,
+        train.fps,
+        train.buckets,
+        channels=config.in_channels,
+    )
+    check_class_count(dataset, config.num_classes)
+    return dataset
+
+
+def batch_stream(dataset, train: TrainConfig, epoch: int, start: int, rank: int = 0, world_size: int = 1):
+    """The loader of the dataset's kind (clips or images / latents), from (epoch, start)."""
+    if train.num_frames:
+        from ..video_data import batch_stream as video_batch_stream
+
+        return video_batch_stream(dataset, train, epoch, start, rank, world_size)
+    from ..data import batch_stream as image_batch_stream
+
+    return image_batch_stream(dataset, train, epoch, start, rank, world_size)
+
+
 @dataclass
 class ModelInputs:
-    x: torch.Tensor  # (B, C, H, W), augmented
+    x: torch.Tensor  # (B, C, H, W) or a video (B, T, C, H, W), augmented
     y: torch.Tensor | None
     weight: float  # 0 when every image of this process's share failed to decode
 
@@ -49,29 +87,36 @@ class InputBuilder:
         self.config = config
         self.train = train
         self.device = device
+        self.dataset = dataset
         self.text_encoder = text_encoder
         self.noise_std = train.noise_std if train.noise_std is not None else config.noise_std
         self.null_text = getattr(dataset, "null_text", None)
 
     def __call__(self, batch: dict, micro_step: int) -> ModelInputs:
-        x = (batch["image"] if "image" in batch else batch["latent"]).to(self.device)
+        x = next(batch[key] for key in ("video", "image", "latent") if key in batch).to(self.device)
         rows = batch["slot"]
         global_rows = self.train.micro_batch_size
         generator = micro_step_generator(self.train.seed, micro_step)
         x = augment(x, rows, global_rows, generator, self.train.noise_type, self.noise_std)
+        extend = x.dim() == 5 and drops_first_frame(self.train.seed, micro_step, self.train.drop_image)
+        if extend:  # official drop_image: after the noise, the whole micro-batch
+            x = x[:, 1:]
         dropped = drop_mask(rows, global_rows, generator, self.train.drop_label)
-        return ModelInputs(x, self.conditions(batch, dropped), 1.0 if batch["valid"] else 0.0)
+        return ModelInputs(x, self.conditions(batch, dropped, extend), 1.0 if batch["valid"] else 0.0)
 
-    def conditions(self, batch: dict, dropped: torch.Tensor) -> torch.Tensor | None:
+    def conditions(self, batch: dict, dropped: torch.Tensor, extend: bool = False) -> torch.Tensor | None:
         if "label" in batch:
             return torch.where(dropped, -1, batch["label"]).to(self.device)
         if "text_features" in batch:
             null = self.null_text.expand_as(batch["text_features"])
             return torch.where(dropped[:, None, None], null, batch["text_features"]).to(self.device)
         if "text" in batch:
-            prompts = [
-                "" if drop else text for text, drop in zip(batch["text"], dropped.tolist(), strict=True)
-            ]
+            fps = batch["fps"].tolist() if "fps" in batch else None
+            height, width = batch["video" if "video" in batch else "image"].shape[-2:]
+            aspect = nearest_bucket(width, height)  # the batch's bucket (official get_batch_modes)
+            prompts = training_prompts(
+                batch["text"], dropped.tolist(), extend, self.train, self.noise_std, fps, aspect
+            )
             with torch.no_grad():
                 return self.text_encoder.encode(prompts, self.config.txt_size).float().to(self.device)
         return None

@@ -22,6 +22,7 @@ from ..model import StarFlow
 
 __all__ = [
     "FlowObjective",
+    "TrainingObjective",
     "augment",
     "bits_per_dim_from_loss",
     "drop_mask",
@@ -64,37 +65,67 @@ class FlowObjective(nn.Module):
     differ by the latent-norm regulariser.
     """
 
-    def __init__(self, model: StarFlow, latent_norm_reg: float = 0.0):
+    def __init__(self, model: StarFlow, latent_norm_reg: float = 0.0, weight: float = 1.0):
         super().__init__()
         self.model = model
         self.latent_norm_reg = latent_norm_reg
+        self.weight = weight  # official `weights` of get_loss (noise_std / 0.3 with cond_noise_level)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.latent_norm_reg == 0:
-            loss = self.model.loss(x, y)
+            loss = self.model.loss(x, y) if self.weight == 1 else self.weight * self.model.loss(x, y)
             return loss, loss.detach()
         z, block_logdets, block_inputs = forward_by_block(self.model, x, y)
-        flow_loss = official_loss(z, block_logdets)
+        flow_loss = self.weight * official_loss(z, block_logdets)
         regulariser = torch.stack([tokens.float().square().mean() for tokens in block_inputs]).sum()
         return flow_loss + self.latent_norm_reg * regulariser, flow_loss.detach()
+
+
+class TrainingObjective(FlowObjective):
+    """forward(x, y) -> (loss, the flow loss alone (detached), the denoiser loss): the flow's
+    objective and, for a model with a learned self-denoiser, the denoiser's, in one forward so
+    that DDP / FSDP reduce both gradients in one backward of loss + denoiser loss (the two
+    losses reach disjoint parameters, so each gets exactly its own gradient).
+
+    The denoiser's target is the score of the noisy input, numel(x) * noise_std * d loss / d x
+    (starflow_core.training.video_objective), taken here by torch.autograd.grad; without a
+    denoiser the denoiser loss is 0.
+    """
+
+    def __init__(
+        self, model: StarFlow, latent_norm_reg: float = 0.0, noise_std: float = 0.0, weight: float = 1.0
+    ):
+        super().__init__(model, latent_norm_reg, weight)
+        self.noise_std = noise_std
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not self.model.config.learnable_self_denoiser:
+            loss, flow_loss = super().forward(x, y)
+            return loss, flow_loss, torch.zeros((), device=loss.device)
+        x = x.detach().requires_grad_(True)
+        loss, flow_loss = super().forward(x, y)
+        (x_grad,) = torch.autograd.grad(loss, x, retain_graph=True)
+        score = x_grad.detach().float() * (x.numel() * self.noise_std)
+        prediction = self.model.learned_denoise(x.detach(), y)
+        return loss, flow_loss, (prediction.float() - score).square().mean()
 
 
 def forward_by_block(
     model: StarFlow, x: torch.Tensor, y: torch.Tensor | None
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-    """Run the flow one block at a time: z tokens, per-block logdet (B,) and each block's input."""
-    B, _, H, W = x.shape
-    p = model.config.patch_size
+    """Run the flow one block at a time on an image or a video: z tokens, per-block logdet (B,)
+    and each block's input tokens."""
+    B = x.shape[0]
     text, labels = model.text_features(y, B), model.class_labels(y, B)
-    tokens = model.patchify(x)
+    tokens, frames = model.tokens(x)
     logdets, inputs = [], []
-    for i, block in enumerate(model.blocks):
+    for i in range(len(model.blocks)):
         if model.is_identity(i):
             continue
         inputs.append(tokens)
-        txt_len = text.shape[1] if text is not None else 0
-        rope = model.rope(i, H // p, W // p, txt_len, x.device)
-        tokens, logdet = block(tokens, text if block.has_text else None, rope, labels)
+        tokens, logdet = model.forward_block(i, tokens, frames, x.shape, text, labels)
         logdets.append(logdet)
     return tokens, logdets, inputs
 

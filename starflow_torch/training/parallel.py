@@ -1,8 +1,8 @@
 """Processes and parallelism: single process, DDP, or FSDP2, plus the EMA of the weights.
 
 Under torchrun (RANK / WORLD_SIZE set) the process group uses nccl on CUDA and gloo
-on CPU. FSDP2 shards every transformer layer (`attn_blocks[i]`), every FlowBlock and
-the objective (the root), with bf16 parameters on CUDA only. Gradient checkpointing
+on CPU. FSDP2 shards every transformer layer (`attn_blocks[i]`), every FlowBlock, the
+learned self-denoiser and the objective (the root), with bf16 parameters on CUDA only. Gradient checkpointing
 wraps each transformer layer with torch.utils.checkpoint through the composable
 `checkpoint` API, which keeps the module (and weight) names unchanged.
 """
@@ -97,6 +97,13 @@ def wrap(objective: nn.Module, mode: str, info: ProcessInfo, bf16: bool) -> nn.M
             for layer in block.attn_blocks:
                 fully_shard(layer, mesh=mesh, mp_policy=policy)
             fully_shard(block, mesh=mesh, mp_policy=policy)
+    denoiser = getattr(objective.model, "learnable_self_denoiser", None)
+    if denoiser is not None:
+        # its own unit: it runs after the objective's inner gradient pass (TrainingObjective),
+        # which ends with the root's parameters resharded
+        for layer in denoiser.attn_blocks:
+            fully_shard(layer, mesh=mesh, mp_policy=policy)
+        fully_shard(denoiser, mesh=mesh, mp_policy=policy)
     fully_shard(objective, mesh=mesh, mp_policy=policy)
     return objective
 

@@ -37,16 +37,21 @@ def sample_grid(
     seed: int,
     pixel_space: bool,
     vae=None,
+    frames: int = 0,
 ) -> np.ndarray:
-    """Sample `count` images at the training resolution from fixed noise; one grid image."""
+    """Sample `count` images (or videos of `frames` frames, each a row of its frames) at the
+    training resolution from fixed noise; one grid image."""
     config = model.config
     size = config.img_size
-    noise = torch.randn(count, config.in_channels, size, size, generator=torch.Generator().manual_seed(seed))
+    shape = (count, frames) if frames else (count,)
+    noise = torch.randn(*shape, config.in_channels, size, size, generator=torch.Generator().manual_seed(seed))
     device = next(model.parameters()).device
     y = conditions.to(device) if conditions is not None else None
     y_null = null_conditions.to(device) if null_conditions is not None else None
     use_guidance = guidance if y is not None else 0.0
     samples = model.sample(noise.to(device), y, y_null, guidance=use_guidance)
+    if frames:
+        samples, rows = samples.reshape(count * frames, *samples.shape[2:]), count
     return grid(to_uint8_images(samples, pixel_space, vae), rows)
 
 

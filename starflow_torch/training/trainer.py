@@ -30,13 +30,19 @@ from starflow_core.training.files import reading_checkpoint
 from starflow_core.training.guards import CorruptImages, check_resume_data, non_finite_weights_error
 from starflow_core.training.run_folder import claim_run_folder
 from starflow_core.training.schedule import StopSignal, ema_decay_at
+from starflow_core.training.video_objective import (
+    DENOISER_BETAS,
+    DENOISER_WEIGHT_DECAY,
+    is_denoiser_parameter,
+    loss_weight,
+)
 
-from ..data import ImageFolderDataset, batch_stream
+from ..data import ImageFolderDataset
 from ..model import StarFlow
 from . import parallel, state
 from .evaluation import HeldOutEvaluation
-from .inputs import InputBuilder, build_dataset, sample_conditions
-from .objective import FlowObjective, bits_per_dim_from_loss, learning_rate
+from .inputs import InputBuilder, batch_stream, build_dataset, sample_conditions
+from .objective import TrainingObjective, bits_per_dim_from_loss, learning_rate
 from .progress import JsonlLog, plot_loss_curve, sample_grid, save_png
 
 
@@ -100,13 +106,23 @@ class Trainer:
         model = self._initial_model(resume_dir)
         if self.train.gradient_checkpointing:
             parallel.enable_gradient_checkpointing(model)
-        self.objective = parallel.wrap(
-            FlowObjective(model, self.train.latent_norm_reg), self.train.parallel, info, self.train.bf16
-        )
-        params = list(parallel.model_parameters(self.objective).values())
+        weight = loss_weight(self.train, self.inputs.noise_std)
+        objective = TrainingObjective(model, self.train.latent_norm_reg, self.inputs.noise_std, weight)
+        self.objective = parallel.wrap(objective, self.train.parallel, info, self.train.bf16)
         self.optimizer = torch.optim.AdamW(
-            params, lr=self.train.lr, betas=self.train.betas, weight_decay=self.train.weight_decay
+            self.flow_parameters(),
+            lr=self.train.lr,
+            betas=self.train.betas,
+            weight_decay=self.train.weight_decay,
         )
+        self.denoiser_optimizer = None
+        if self.config.learnable_self_denoiser:  # official: its own AdamW
+            self.denoiser_optimizer = torch.optim.AdamW(
+                self.denoiser_parameters(),
+                lr=self.train.denoiser_lr,
+                betas=DENOISER_BETAS,
+                weight_decay=DENOISER_WEIGHT_DECAY,
+            )
         self.ema = None
         if self.train.ema_decay > 0:
             self.ema = parallel.EMA(parallel.model_parameters(self.objective), self.train.ema_decay)
@@ -130,6 +146,15 @@ class Trainer:
             )
 
     # ----- setup ------------------------------------------------------------------------
+    def flow_parameters(self) -> list[torch.nn.Parameter]:
+        """What the flow's optimizer updates: every parameter but the learned self-denoiser's."""
+        named = parallel.model_parameters(self.objective).items()
+        return [p for name, p in named if not is_denoiser_parameter(name)]
+
+    def denoiser_parameters(self) -> list[torch.nn.Parameter]:
+        named = parallel.model_parameters(self.objective).items()
+        return [p for name, p in named if is_denoiser_parameter(name)]
+
     def _initial_model(self, resume_dir: Path | None) -> StarFlow:
         if resume_dir is not None:
             with reading_checkpoint(resume_dir):
@@ -166,6 +191,13 @@ class Trainer:
                 optim_state_dict=saved["optimizer"],
                 options=StateDictOptions(full_state_dict=True),
             )
+            if self.denoiser_optimizer is not None:
+                set_optimizer_state_dict(
+                    self.objective,
+                    self.denoiser_optimizer,
+                    optim_state_dict=saved["denoiser_optimizer"],
+                    options=StateDictOptions(full_state_dict=True),
+                )
             if self.ema is not None:
                 from safetensors.torch import load_file
 
@@ -252,7 +284,14 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, flow_loss_sum, corrupt, valid, unreadable = 0.0, 0.0, 0, 0.0, []
+        if self.denoiser_optimizer is not None:
+            den_lr = learning_rate(
+                p.step, train.denoiser_lr, train.denoiser_min_lr, train.warmup_steps, train.steps
+            )
+            for group in self.denoiser_optimizer.param_groups:
+                group["lr"] = den_lr
+            self.denoiser_optimizer.zero_grad(set_to_none=True)
+        loss_sum, flow_loss_sum, den_loss_sum, corrupt, valid, unreadable = 0.0, 0.0, 0.0, 0, 0.0, []
         for micro in range(train.grad_accum):
             p.epoch, p.batch_in_epoch, batch = next(stream)
             corrupt += batch["corrupt"]
@@ -261,26 +300,29 @@ class Trainer:
             valid += inputs.weight
             p.micro_step += 1
             with parallel.gradient_sync(self.objective, micro == train.grad_accum - 1), self.autocast:
-                loss, flow_loss = self.objective(inputs.x, inputs.y)
-                (loss * (inputs.weight / train.grad_accum)).backward()
+                loss, flow_loss, den_loss = self.objective(inputs.x, inputs.y)
+                # the two losses reach disjoint parameters: one backward gives each its gradient
+                ((loss + den_loss) * (inputs.weight / train.grad_accum)).backward()
             loss_sum += loss.item() * inputs.weight
             flow_loss_sum += flow_loss.item() * inputs.weight
-        params = list(parallel.model_parameters(self.objective).values())
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            params, train.grad_clip if train.grad_clip > 0 else math.inf
-        )
-        grad_norm = (
-            float(parallel.full_tensor(grad_norm)) if hasattr(grad_norm, "full_tensor") else float(grad_norm)
-        )
-        values = [loss_sum, flow_loss_sum, float(not math.isfinite(loss_sum)), float(corrupt), valid]
+            den_loss_sum += den_loss.item() * inputs.weight
+        grad_norm = self._clip(self.flow_parameters())
+        den_norm = self._clip(self.denoiser_parameters()) if self.denoiser_optimizer is not None else 0.0
+        non_finite = float(not (math.isfinite(loss_sum) and math.isfinite(den_loss_sum)))
+        values = [loss_sum, flow_loss_sum, non_finite, float(corrupt), valid, den_loss_sum]
         totals = parallel.all_reduce_sum(torch.tensor(values, dtype=torch.float64), self.info)
-        loss_mean, flow_loss_mean = (float(t) / (train.grad_accum * self.info.world_size) for t in totals[:2])
-        if totals[2] > 0 or not math.isfinite(grad_norm) or totals[4] == 0:
+        steps_summed = train.grad_accum * self.info.world_size
+        loss_mean, flow_loss_mean = (float(t) / steps_summed for t in totals[:2])
+        if totals[2] > 0 or not (math.isfinite(grad_norm) and math.isfinite(den_norm)) or totals[4] == 0:
             # the NaN/inf guard, or no readable image in the global batch: no update from this step
             self.optimizer.zero_grad(set_to_none=True)
+            if self.denoiser_optimizer is not None:
+                self.denoiser_optimizer.zero_grad(set_to_none=True)
             p.skipped_steps += 1
         else:
             self.optimizer.step()
+            if self.denoiser_optimizer is not None:
+                self.denoiser_optimizer.step()
             if not self._weights_are_finite():  # checked before the EMA or a checkpoint sees them
                 raise non_finite_weights_error(p.step + 1, lr, grad_norm, self.out_dir)
             if self.ema is not None:
@@ -289,7 +331,7 @@ class Trainer:
         p.corrupt_images += int(totals[3])
         p.samples_seen += train.batch_size
         self.corrupt.after_step(p, unreadable)
-        return {
+        metrics = {
             "step": p.step,
             "loss": loss_mean,
             "flow_loss": flow_loss_mean,
@@ -299,6 +341,16 @@ class Trainer:
             "skipped_steps": p.skipped_steps,
             "corrupt_images": p.corrupt_images,
         }
+        if self.denoiser_optimizer is not None:
+            metrics["denoiser_loss"] = float(totals[5]) / steps_summed
+            metrics["denoiser_grad_norm"] = den_norm
+        return metrics
+
+    def _clip(self, params: list[torch.nn.Parameter]) -> float:
+        """Clip the gradient of `params` to train.grad_clip (0: not clipped); its norm before."""
+        clip = self.train.grad_clip if self.train.grad_clip > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        return float(parallel.full_tensor(norm)) if hasattr(norm, "full_tensor") else float(norm)
 
     def _weights_are_finite(self) -> bool:
         """Every process's parameters (its shards under FSDP) are finite."""
@@ -318,9 +370,11 @@ class Trainer:
 
     def save(self) -> Path | None:
         model_state, ema_state = self._full_states()
-        optimizer_state = get_optimizer_state_dict(
-            self.objective, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-        )
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        optimizer_state = get_optimizer_state_dict(self.objective, self.optimizer, options=options)
+        den_state = None
+        if self.denoiser_optimizer is not None:
+            den_state = get_optimizer_state_dict(self.objective, self.denoiser_optimizer, options=options)
         rng = [state.rng_state()]
         if self.info.distributed:
             rng = [None] * self.info.world_size
@@ -335,6 +389,8 @@ class Trainer:
                 "rng": rng,
                 "world_size": self.info.world_size,
             }
+            if den_state is not None:
+                training_state["denoiser_optimizer"] = den_state
             path = state.save_checkpoint(
                 self.out_dir,
                 self.config,
@@ -375,8 +431,9 @@ class Trainer:
             rows,
             self.train.sample_guidance,
             self.train.seed,
-            pixel_space,
+            pixel_space or self.train.num_frames > 0,  # clips are pixels
             self.vae,
+            self.train.num_frames,
         )
         text = {"step": str(self.progress.step), "config": json.dumps(self.run_config.to_dict())}
         save_png(image, self.out_dir / "samples" / f"step_{self.progress.step:08d}.png", text)
