@@ -26,10 +26,12 @@ from starflow_core.generation.edit_cli import (
 from starflow_core.generation.inputs import (
     aspect_ratio_size,
     check_size,
-    combine_prompts_and_seeds,
-    draw_seeds,
+    given_prompts,
+    is_main_job,
+    make_jobs,
     parse_aspect_ratio,
     rank_share,
+    read_seeds,
     snap_size,
 )
 from starflow_core.generation.output_cli import (
@@ -210,10 +212,6 @@ def build_parser(module: str, description: str, torch: bool = False) -> argparse
 
 
 # ----- requests ---------------------------------------------------------------------------
-def given_prompts(args: argparse.Namespace) -> bool:
-    return bool(args.prompts or args.prompt or args.prompt_file)
-
-
 def read_prompts(args: argparse.Namespace, parts: PipelineParts) -> list[str]:
     prompts = list(args.prompts) + list(args.prompt)
     if args.prompt_file is not None:
@@ -234,29 +232,6 @@ def read_prompts(args: argparse.Namespace, parts: PipelineParts) -> list[str]:
         else:
             raise ValueError("give a prompt (positional, --prompt or --prompt-file)")
     return prompts
-
-
-def read_seeds(args: argparse.Namespace) -> list[int]:
-    """The seeds given, or one drawn at random (said, so an image worth keeping can be made again)."""
-    if args.n_images is not None and args.n_images < 1:
-        raise ValueError(f"--n-images must be >= 1, got {args.n_images}")
-    if args.seed:
-        return list(args.seed)
-    first = draw_seeds(1)[0]
-    count = args.n_images or 1
-    again = f"--seed {first}" + (f" --n-images {count}" if count > 1 else "")
-    drawn = " ".join(str(first + i) for i in range(count))
-    print(f"seed(s) drawn at random: {drawn} ({again} repeats them)")
-    return [first]
-
-
-def make_jobs(args: argparse.Namespace, prompts: list[str], seeds: list[int], defaults: bool) -> list:
-    """(prompt, seed) of every image (starflow_core.generation.inputs.combine_prompts_and_seeds, as
-    in the API); the model's default prompts, not given by the user, each take every seed."""
-    n_images = args.n_images
-    if n_images is None and defaults and len(seeds) > 1:
-        n_images = len(seeds)
-    return list(zip(*combine_prompts_and_seeds(prompts, seeds, n_images), strict=True))
 
 
 def image_size(args: argparse.Namespace, parts: PipelineParts) -> tuple[int, int]:
@@ -340,14 +315,6 @@ def check_resources(args: argparse.Namespace, backend: Backend, sizes: ModelSize
 
 
 # ----- the run -----------------------------------------------------------------------------
-def is_main_job(args: argparse.Namespace) -> bool:
-    """No prompt, seed, image count or image given: the demo grid (scripts/demo.sh). Anything
-    else without --model runs the demo model as any other model (one file per image, seeds
-    drawn at random when none are given)."""
-    asked = (args.prompts, args.prompt, args.prompt_file, args.seed, args.n_images, args.image)
-    return not any(value not in (None, []) for value in asked)
-
-
 def run(args: argparse.Namespace, backend: Backend) -> int:
     fill_from_metadata(args)
     if args.model is None or not makes_video(args):  # a video's --image is its first frame
@@ -437,9 +404,10 @@ def generate(args: argparse.Namespace, backend: Backend) -> int:
     if backend.world_size > 1 and not args.seed:  # the ranks must share one list of jobs
         raise ValueError("give --seed under torchrun: each rank would draw its own random seeds")
     parts = resolve(args.model, dtype=backend.precision(args).dtype, strict=args.strict)
-        args.model = DEMO_NAME
-        if is_main_job(args) and not video_request_flags(args):  # the demo grid: a row per digit
-            args.grid, args.seed, args.n_images = True, [0], 8
+    if parts.is_video:  # a Hub repo holding a video pipeline
+        return run_video(args, backend, parts)
+    if parts.description:  # a training run: which checkpoint, and EMA or model weights
+        print(f"weights: {parts.description}")
     prompts, seeds = read_prompts(args, parts), read_seeds(args)
     jobs = make_jobs(args, prompts, seeds, defaults=not given_prompts(args))
     check_image_count(len(prompts), max(1, len(jobs) // len(prompts)), args.max_images)

@@ -172,3 +172,39 @@ def rank_share(items: Sequence[Any], rank: int, world_size: int) -> list[int]:
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world size {world_size}")
     return list(range(rank, len(items), world_size))
+
+
+# ----- the command line's requests --------------------------------------------------------
+def given_prompts(args: Any) -> bool:
+    return bool(args.prompts or args.prompt or args.prompt_file)
+
+
+def read_seeds(args: Any) -> list[int]:
+    """The seeds given, or one drawn at random (said, so an image worth keeping can be made again)."""
+    if args.n_images is not None and args.n_images < 1:
+        raise ValueError(f"--n-images must be >= 1, got {args.n_images}")
+    if args.seed:
+        return list(args.seed)
+    first = draw_seeds(1)[0]
+    count = args.n_images or 1
+    again = f"--seed {first}" + (f" --n-images {count}" if count > 1 else "")
+    drawn = " ".join(str(first + i) for i in range(count))
+    print(f"seed(s) drawn at random: {drawn} ({again} repeats them)")
+    return [first]
+
+
+def make_jobs(args: Any, prompts: list[str], seeds: list[int], defaults: bool) -> list:
+    """(prompt, seed) of every image (starflow_core.generation.inputs.combine_prompts_and_seeds, as
+    in the API); the model's default prompts, not given by the user, each take every seed."""
+    n_images = args.n_images
+    if n_images is None and defaults and len(seeds) > 1:
+        n_images = len(seeds)
+    return list(zip(*combine_prompts_and_seeds(prompts, seeds, n_images), strict=True))
+
+
+def is_main_job(args: Any) -> bool:
+    """No prompt, seed, image count or image given: the demo grid (scripts/demo.sh). Anything
+    else without --model runs the demo model as any other model (one file per image, seeds
+    drawn at random when none are given)."""
+    asked = (args.prompts, args.prompt, args.prompt_file, args.seed, args.n_images, args.image)
+    return not any(value not in (None, []) for value in asked)
