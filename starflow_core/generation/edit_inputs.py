@@ -132,7 +132,7 @@ def undo_enlargement(array: np.ndarray, native: tuple[int, int] | None) -> tuple
         if -(-VIEWING_SIDE // min(height // factor, width // factor)) != factor:
             continue
         shrunk = _blocks_shrunk(array, factor)
-        if shrunk is not None:
+        if shrunk is not None and shrunk.min() != shrunk.max():  # one flat colour says nothing
             return shrunk, factor
     return array, 1
 
