@@ -52,10 +52,17 @@ REDUCED = FlowConfig(
 )
 
 
+SHAPES = ((6, 8, False), (11, 8, False), (6, 8, True), (11, 12, True))
+CHUNKED_SCORE_BYTES = 64 * 2**10
+
+
 def measure(
-    config: FlowConfig, frames: int, side: int, jacobi: bool, dtype=mx.float32
+    config: FlowConfig, frames: int, side: int, jacobi: bool, dtype=mx.float32, score_bytes: int | None = None
 ) -> dict[str, tuple[int, int]]:
-    """{phase: (measured bytes above the weights, estimated bytes)} for one shape."""
+    """{phase: (measured bytes above the weights, estimated bytes)} for one shape; score_bytes:
+    the denoiser attention's budget of float32 scores per chunk of query rows (default
+    starflow_core.frames.DENOISER_SCORE_BYTES, which these shapes fit whole)."""
+    import starflow_core.frames
     from starflow_mlx import video
     from starflow_mlx.model import StarFlow
 
@@ -81,7 +88,12 @@ def measure(
     mx.clear_cache()
     base = mx.get_active_memory()
     mx.reset_peak_memory()
-    mx.eval(video.denoise_video(model, out, y, frames))
+    budget = starflow_core.frames.DENOISER_SCORE_BYTES
+    starflow_core.frames.DENOISER_SCORE_BYTES = budget if score_bytes is None else score_bytes
+    try:
+        mx.eval(video.denoise_video(model, out, y, frames))
+    finally:
+        starflow_core.frames.DENOISER_SCORE_BYTES = budget
     denoised = mx.get_peak_memory() - base
     dtype_name = {mx.float32: "float32", mx.bfloat16: "bfloat16"}[dtype]
     return {
@@ -89,7 +101,7 @@ def measure(
             sampled,
             video_kv_cache_bytes(config, shape, dtype_name) + video_step_bytes(config, shape),
         ),
-        "denoise": (denoised, video_denoise_bytes(config, shape, dtype_name)),
+        "denoise": (denoised, video_denoise_bytes(config, shape, dtype_name, score_bytes)),
     }
 
 
@@ -122,10 +134,22 @@ def main() -> None:
     if parser.parse_args().table:
         table()
         return
-    for frames, side, jacobi in ((6, 8, False), (11, 8, False), (6, 8, True), (11, 12, True)):
-        for phase, (measured, estimated) in measure(REDUCED, frames, side, jacobi).items():
+    runs = [(frames, side, jacobi, None) for frames, side, jacobi in SHAPES]
+    # the denoiser's attention in chunks of query rows, as the 7B's runs it (64 KiB of scores:
+    # 5 rows of 2 heads x 1,600 keys, where the 7B's 512 MiB is 83 rows of 33,646)
+    runs += [(frames, side, False, CHUNKED_SCORE_BYTES) for frames, side, _ in SHAPES[:2]] + [
+        (11, 12, False, CHUNKED_SCORE_BYTES)
+    ]
+    for frames, side, jacobi, score_bytes in runs:
+        for phase, (measured, estimated) in measure(
+            REDUCED, frames, side, jacobi, score_bytes=score_bytes
+        ).items():
+            if score_bytes and phase != "denoise":
+                continue
+            run = "jacobi" if jacobi else "sequential"
+            attention = "chunked" if score_bytes else "whole"
             print(
-                f"{frames:3d} latent frames {side}x{side} {'jacobi' if jacobi else 'sequential':10s} {phase:8s} "
+                f"{frames:3d} latent frames {side}x{side} {run:10s} {phase:8s} {attention:8s}"
                 f"measured {measured / 2**20:8.1f} MiB  estimated {estimated / 2**20:8.1f} MiB  "
                 f"ratio {estimated / measured:.2f}"
             )

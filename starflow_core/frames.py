@@ -23,6 +23,17 @@ import numpy as np
 DENOISER_STEP = 0.3
 # Frames seen without a denoiser_window (the official default: effectively unbounded).
 UNBOUNDED_WINDOW = 10000
+# The denoiser attends over the whole (windowed) video with a mask, so its attention runs in
+# chunks of query rows, one after another, each chunk's float32 scores (B, heads, rows, S) at most
+# this many bytes (the 7B at 81 frames of 480x848: 83 rows of 33,646 keys, instead of all 33,646).
+DENOISER_SCORE_BYTES = 512 * 2**20
+
+
+def query_chunk_rows(batch: int, heads: int, keys: int, score_bytes: int | None = None) -> int:
+    """Query rows per chunk of a masked attention: float32 scores (batch, heads, rows, keys) of
+    at most score_bytes (default DENOISER_SCORE_BYTES, read at the call), at least one row."""
+    score_bytes = DENOISER_SCORE_BYTES if score_bytes is None else score_bytes
+    return max(1, score_bytes // (batch * heads * keys * 4))
 
 
 def denoiser_attention_mask(

@@ -37,10 +37,17 @@ class LearnedDenoiser(nn.Module):
         self.proj_out.weight = mx.zeros_like(self.proj_out.weight)  # a fresh denoiser predicts zero
 
     def __call__(
-        self, tokens: mx.array, text: mx.array | None, rope: Rope | None, mask: mx.array | None
+        self,
+        tokens: mx.array,
+        text: mx.array | None,
+        rope: Rope | None,
+        mask: mx.array | None,
+        evaluate: bool = False,
     ) -> mx.array:
         """tokens (B, L, C') -> predicted noise direction (B, L, C'); text (B, txt_len, txt_dim)
-        when conditional; mask (txt_len + L, txt_len + L) bool or None (all see all)."""
+        when conditional; mask (txt_len + L, txt_len + L) bool or None (all see all). A mask's
+        attention runs in chunks of query rows (layers.attention_in_query_chunks), each evaluated
+        before the next with evaluate (inference: not inside mx.compile)."""
         h = self.proj_in(tokens.astype(self.proj_in.weight.dtype))
         txt_len = 0
         if self.has_text:
@@ -48,7 +55,7 @@ class LearnedDenoiser(nn.Module):
             txt_len = t.shape[1]
             h = mx.concatenate([t, h], axis=1)
         for layer in self.attn_blocks:
-            h = layer(h, rope, mask=mask)
+            h = layer(h, rope, mask=mask, evaluate=evaluate)
         h = h[:, txt_len:]
         if self.config.use_final_norm:
             h = self.final_norm(h)

@@ -17,6 +17,7 @@ import mlx.nn as nn
 import numpy as np
 
 from starflow_core.config import FlowConfig
+from starflow_core.frames import query_chunk_rows
 
 from .blas import blas_status
 from .kv_cache import LayerCache
@@ -292,6 +293,41 @@ def causal_attention_in_head_groups(q: mx.array, k: mx.array, v: mx.array, scale
     return in_order(attend, [q, k, v], [1, 1, 1], [query_groups, kv_groups, kv_groups], 1)
 
 
+def attention_in_query_chunks(
+    q: mx.array,
+    k: mx.array,
+    v: mx.array,
+    mask: mx.array,
+    scale: float,
+    rows: int | None = None,
+    evaluate: bool = False,
+) -> mx.array:
+    """softmax(q k^T scale | mask) v with q (B, nh, L, hd), k / v (B, nkv, S, hd), mask (L, S) bool,
+    in chunks of `rows` query rows (default: float32 scores of at most DENOISER_SCORE_BYTES per
+    chunk, starflow_core.frames.query_chunk_rows), one chunk after another: the scores alive are a
+    chunk's (B, nh, rows, S), not (B, nh, L, S). Every row's softmax still sees all S keys, so the
+    numbers are the whole attention's.
+
+    The order is mx.depends (each chunk waits for the previous one's output), which a gradient
+    and mx.compile keep; MLX may still encode a few chunks ahead of the computation, so with
+    evaluate (inference, not inside mx.compile) each chunk is also evaluated before the next is
+    built, and the bound holds exactly."""
+    length = q.shape[2]
+    rows = rows or query_chunk_rows(q.shape[0], q.shape[1], k.shape[2])
+    if rows >= length:
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+    outputs = []
+    for start in range(0, length, rows):
+        part = q[:, :, start : start + rows]
+        if outputs:  # after the previous chunk, so its scores are gone before these are made
+            part = mx.depends(part, outputs[-1])
+        rows_mask = mask[start : start + rows]
+        outputs.append(mx.fast.scaled_dot_product_attention(part, k, v, scale=scale, mask=rows_mask))
+        if evaluate:
+            mx.eval(outputs[-1])
+    return mx.concatenate(outputs, axis=2)
+
+
 class Attention(nn.Module):
     """Causal self-attention with the official options: grouped key/value heads (num_kv_heads),
     per-head RMSNorm of queries and keys before RoPE (use_qk_norm), RMSNorm of the output
@@ -320,6 +356,7 @@ class Attention(nn.Module):
         query_scale: mx.array | None = None,
         recompute: bool = False,
         mask: mx.array | str | None = "causal",
+        evaluate: bool = False,
     ) -> mx.array:
         """x (B, L, C); rope = (cos, sin) for these L positions, each (L, head_dim).
 
@@ -328,7 +365,8 @@ class Attention(nn.Module):
         L new keys/values are written at the cache's position `start` and the queries
         attend to a fixed-size prefix of the cache through its mask (positions <= their
         own). query_scale (B, 1, 1, 1) divides the logits per sample: the inverse
-        attention temperature.
+        attention temperature. An array mask runs in chunks of query rows
+        (attention_in_query_chunks; evaluate: each chunk evaluated before the next, for inference).
         """
         B, L, _ = x.shape
         nh = self.num_heads
@@ -341,7 +379,9 @@ class Attention(nn.Module):
         if query_scale is not None:
             q = q * query_scale.astype(q.dtype)
         scale = self.head_dim**-0.5
-        if cache is None:
+        if cache is None and isinstance(mask, mx.array):  # the learned denoiser's mask over a whole video
+            out = attention_in_query_chunks(q, k, v, mask, scale, evaluate=evaluate)
+        elif cache is None:
             out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
         else:
             keys, values = cache.write(k, v)  # (B, nkv, visible, hd)
@@ -434,12 +474,13 @@ class TransformerLayer(nn.Module):
         query_scale: mx.array | None = None,
         recompute: bool = False,
         mask: mx.array | str | None = "causal",
+        evaluate: bool = False,
     ) -> mx.array:
         """recompute (no cache): attention and MLP are each recomputed on their own in the
         backward pass, so a gradient holds one of them at a time (see FlowBlock.trunk).
-        mask: the attention mask without a cache (see Attention)."""
+        mask, evaluate: the attention mask without a cache and how it runs (see Attention)."""
         if recompute and isinstance(mask, str):  # pieces one at a time, each recomputed in the gradient
             x = x + self.attention(x, rope, recompute=True)
             return x + in_order(self.mlp, [x], [1], [position_pieces(x.shape[1])], 1)
-        x = x + self.attention(x, rope, cache, query_scale, mask=mask)
+        x = x + self.attention(x, rope, cache, query_scale, mask=mask, evaluate=evaluate)
         return x + self.mlp(x)

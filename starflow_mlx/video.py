@@ -130,8 +130,10 @@ def first_frame_prefixes(
     return prefixes
 
 
-def learned_denoise(model, x: mx.array, y: mx.array | None) -> mx.array:
-    """The learned self-denoiser's output for x (B, H, W, C) or (B, T, H, W, C), same shape."""
+def learned_denoise(model, x: mx.array, y: mx.array | None, evaluate: bool = False) -> mx.array:
+    """The learned self-denoiser's output for x (B, H, W, C) or (B, T, H, W, C), same shape.
+    evaluate (inference, not inside mx.compile): the masked attention's chunks of query rows are
+    evaluated one by one, so its scores peak at one chunk's (layers.attention_in_query_chunks)."""
     config = model.config
     if not config.learnable_self_denoiser:
         raise ValueError(
@@ -149,7 +151,8 @@ def learned_denoise(model, x: mx.array, y: mx.array | None) -> mx.array:
         mask = mx.array(
             denoiser_attention_mask(txt_len, frames, h * w, config.temporal_causal, config.denoiser_window)
         )
-    out = model.learnable_self_denoiser(tokens, text, model.rope_table(h, w, txt_len, frames), mask)
+    rope = model.rope_table(h, w, txt_len, frames)
+    out = model.learnable_self_denoiser(tokens, text, rope, mask, evaluate)
     return model.from_tokens(out, x.shape).astype(x.dtype)
 
 
@@ -158,12 +161,12 @@ def denoise_video(model, x: mx.array, y: mx.array | None, chunk_frames: int | No
     chunk_frames frames (default local_attn_window; the whole video without one) overlapping by
     denoiser_window, each chunk reading the frames the chunks before it already denoised."""
     if x.ndim == 4:
-        return (x.astype(mx.float32) - DENOISER_STEP * learned_denoise(model, x, y)).astype(x.dtype)
+        return (x.astype(mx.float32) - DENOISER_STEP * learned_denoise(model, x, y, True)).astype(x.dtype)
     chunk_frames = chunk_frames or model.config.local_attn_window
     out = x.astype(mx.float32)
     for chunk in denoising_chunks(x.shape[1], chunk_frames, model.config.denoiser_window):
         frames = out[:, chunk.start : chunk.stop]
-        denoised = frames - DENOISER_STEP * learned_denoise(model, frames, y).astype(mx.float32)
+        denoised = frames - DENOISER_STEP * learned_denoise(model, frames, y, True).astype(mx.float32)
         keep = chunk.keep_from - chunk.start
         out = mx.concatenate([out[:, : chunk.keep_from], denoised[:, keep:], out[:, chunk.stop :]], axis=1)
     return out.astype(x.dtype)

@@ -28,6 +28,7 @@ import dataclasses
 import math
 
 from starflow_core.config import FlowConfig
+from starflow_core.frames import query_chunk_rows
 from starflow_core.generation.precision import DTYPE_BYTES, Precision
 from starflow_core.generation.resources import (
     SAFETY,
@@ -119,14 +120,24 @@ def video_step_bytes(config: FlowConfig, shape: VideoShape) -> int:
     return rows * shape.chunk * (10 * hidden * 4 + 3 * deep.query_heads * positions * 4)
 
 
-def video_denoise_bytes(config: FlowConfig, shape: VideoShape, dtype: str) -> int:
-    """The learned denoiser on one video's chunk of frames (forward only): the attention mask and
-    scores over all its positions (float32), and a few (positions, hidden) arrays."""
+def video_denoise_bytes(
+    config: FlowConfig, shape: VideoShape, dtype: str, score_bytes: int | None = None
+) -> int:
+    """The learned denoiser on one video's chunk of frames (forward only): its attention mask
+    (positions x positions bool), one chunk of query rows' scores in the model's dtype (batch, heads,
+    rows, positions; rows from starflow_core.frames.query_chunk_rows under score_bytes, default
+    DENOISER_SCORE_BYTES, all positions when they fit) and a quarter more, and about ten
+    (positions, hidden) arrays, half in the model's dtype and half in float32 (the norms run in
+    float32). Fitted to MLX CPU at reduced shapes (benchmarks/video_memory.py): float32 1.02
+    whole / 0.98 chunked of the measured, bfloat16 1.12 / 1.08 (11 latent frames of 12x12)."""
     if not config.learnable_self_denoiser:
         return 0
     positions = shape.cached_frames * shape.tokens_per_frame + config.txt_size
     heads = config.query_heads
-    return int(positions * positions * 4 * (1 + heads) + 10 * positions * config.mlp_width * 4)
+    rows = min(positions, query_chunk_rows(shape.batch, heads, positions, score_bytes))
+    scores = 5 * shape.batch * heads * rows * positions * DTYPE_BYTES[dtype] // 4
+    hidden = 10 * shape.batch * positions * config.mlp_width * (DTYPE_BYTES[dtype] + 4) // 2
+    return int(positions * positions + scores + hidden)
 
 
 def wan_decode_bytes(pixels: int, decoder_base_dim: int = WAN22_DECODER_BASE_DIM) -> int:
