@@ -182,6 +182,10 @@ class Trainer:
             self._loop(stream, stop, stop_at_step, result, bar)
         finally:
             bar.close()  # ends the bar's line, so an error message starts on a line of its own
+            # the data workers stop here, not at interpreter exit: there multiprocessing's exit
+            # handler SIGTERMs them, which they ignore (stop signals belong to this process),
+            # and then waits for them forever
+            stream.close()
         return result
 
     def _loop(self, stream, stop: StopSignal, stop_at_step: int | None, result: TrainResult, bar) -> None:
