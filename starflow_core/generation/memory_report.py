@@ -29,7 +29,7 @@ from starflow_core.generation.resources import (
     estimate_memory,
     format_bytes,
 )
-from starflow_core.io import atomic_path
+from starflow_core.io import atomic_path, atomic_write_text
 from starflow_core.official.pth_reader import convert_float_array
 from starflow_core.presets import preset
 
@@ -132,10 +132,11 @@ def write_t5_folder(folder: Path, t5: T5Shape | None = None) -> None:
     t5 = t5 or T5Shape()
     folder.mkdir(parents=True, exist_ok=True)
     config = dict(T5_CONFIG_JSON, num_layers=t5.num_layers)
-    (folder / "config.json").write_text(json.dumps(config))
+    # weights first: a full disk then leaves no config.json announcing weights that are not there
     write_random_safetensors(
         folder / "model.safetensors", t5.weight_shapes(), "float32", t5_scale(t5), seed=1
     )
+    atomic_write_text(folder / "config.json", json.dumps(config))
 
 
 def t5_scale(t5: T5Shape) -> Callable[[str], float]:
@@ -159,8 +160,9 @@ def write_flow_folder(folder: Path, config: FlowConfig, dtype: str) -> None:
     from starflow_core.official.shapes import expected_weight_shapes
 
     folder.mkdir(parents=True, exist_ok=True)
-    config.save(folder / "config.json")
+    # weights first: a full disk then leaves no config.json announcing weights that are not there
     write_random_safetensors(folder / "model.safetensors", expected_weight_shapes(config), dtype, flow_scale)
+    config.save(folder / "config.json")
 
 
 # ----- results and tables ----------------------------------------------------------------------
