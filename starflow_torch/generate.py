@@ -90,6 +90,13 @@ def peak_memory() -> int | None:
     return None
 
 
+def run_precision(args: argparse.Namespace, local_rank: int) -> Precision:
+    """The dtype a run computes in (--dtype on the device it runs on), for every torch command."""
+    from .pipeline import auto_dtype  # diffusers and transformers: seconds, so not for --help
+
+    return Precision(auto_dtype(args.dtype, choose_device(args.device, local_rank)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = generate_cli.build_parser(
         "starflow_torch.generate", "Generate images with STARFlow (PyTorch).", torch=True
@@ -97,9 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rank, world_size, local_rank = distributed_rank()
 
     def precision(args: argparse.Namespace) -> Precision:
-        from .pipeline import auto_dtype  # diffusers and transformers: seconds, so not for --help
-
-        return Precision(auto_dtype(args.dtype, choose_device(args.device, local_rank)))
+        return run_precision(args, local_rank)
 
     def load_pipeline(parts: PipelineParts, args: argparse.Namespace):
         from .pipeline import StarFlowPipeline

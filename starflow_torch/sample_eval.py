@@ -19,7 +19,7 @@ from starflow_core.generation.precision import Precision
 from starflow_core.generation.resources import physical_memory
 from starflow_core.sources.pipeline_folder import PipelineParts
 
-from .generate import check_dtype_on_device, choose_device, distributed_rank, peak_memory
+from .generate import check_dtype_on_device, choose_device, distributed_rank, peak_memory, run_precision
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,9 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rank, world_size, local_rank = distributed_rank()
 
     def precision(args: argparse.Namespace) -> Precision:
-        from .pipeline import auto_dtype  # diffusers and transformers: seconds, so not for --help
-
-        return Precision(auto_dtype(args.dtype, choose_device(args.device, local_rank)))
+        return run_precision(args, local_rank)
 
     def load_pipeline(parts: PipelineParts, args: argparse.Namespace):
         from .pipeline import StarFlowPipeline

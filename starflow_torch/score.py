@@ -17,13 +17,11 @@ from starflow_core.generation import score_cli
 from starflow_core.generation.precision import Precision
 from starflow_core.sources.pipeline_folder import PipelineParts
 
-from .generate import check_dtype_on_device, choose_device, use_cpu_threads
+from .generate import check_dtype_on_device, choose_device, run_precision, use_cpu_threads
 
 
 def precision(args: argparse.Namespace) -> Precision:
-    from .pipeline import auto_dtype  # torch, diffusers, transformers: after the arguments are read
-
-    return Precision(auto_dtype(args.dtype, choose_device(args.device, local_rank=0)))
+    return run_precision(args, local_rank=0)
 
 
 def load_pipeline(parts: PipelineParts, args: argparse.Namespace):
