@@ -1,4 +1,4 @@
-"""Issue 12 at the library level: the classes of fault behind the command-line cases of
+"""Faults at the library level: the classes of fault behind the command-line cases of
 tests/test_faults.py (staging and swaps, pruning, labels, image modes, metadata, config types,
 non-finite updates, unreadable images, failed writes), each broken on purpose once to see it fail.
 """

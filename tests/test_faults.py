@@ -1,4 +1,4 @@
-"""Issue 12: bad input and faults lose nothing, print no traceback and make no silent nonsense.
+"""Bad input and faults lose nothing, print no traceback and make no silent nonsense.
 
 The command-line cases (tests/helpers/fault_cases.py; run it as a module for the tally) and
 the multi-step scenarios (fault_scenarios.py) of both twins: the torch twin's commands run in

@@ -55,7 +55,7 @@ def test_weight_bytes_of_the_3b_release():
     config = preset("starflow-3b-t2i-256")
     assert flow_parameters(config) == 3_858_281_544
     assert flow_weight_bytes(config, "bfloat16") == 2 * 3_858_281_544
-    assert t5_weight_bytes(T5Shape(), "float32") == 4 * 1_223_527_424  # 4.9 GB, as the issue counts
+    assert t5_weight_bytes(T5Shape(), "float32") == 4 * 1_223_527_424  # 4.9 GB
     four_bit = flow_weight_bytes(config, "bfloat16", quantize=4)
     assert 0.27 < four_bit / flow_weight_bytes(config, "bfloat16") < 0.29  # 4.5 bits a weight + proj_*
 

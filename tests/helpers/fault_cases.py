@@ -1,4 +1,4 @@
-"""The adversarial cases of issue 12: bad input and faults on every command line, in both twins.
+"""The adversarial cases: bad input and faults on every command line, in both twins.
 
 Each `Case` is one bad command: it must exit with `code` (2: a user error, one line on stderr
 containing `expect`, never a traceback) and leave the workspace exactly as it was (nothing
@@ -161,7 +161,7 @@ CASES = [
     _gen("generate-config-value-of-wrong-type", "FlowConfig.channels='128'", model="bad_config"),
     _gen("generate-refused-pickle-decoder", "refused", "--decoder", "{ws}/evil.pth", model="latent"),
     _gen("generate-device-bogus", "unknown --device 'bogus'", "--device", "bogus", twins=("torch",)),
-    # ----- editing and scoring (issue 15): refused before any weights load, nothing written
+    # ----- editing and scoring: refused before any weights load, nothing written
     _gen("generate-mask-without-image", "give --image PATH", "--mask", IMAGE),
     _gen("generate-strength-above-one", "strength must be in [0, 1]", "--image", IMAGE, "--strength", "1.5"),
     _gen("generate-unreadable-image", "not a readable image", "--image", BROKEN_IMAGE),

@@ -1,4 +1,4 @@
-"""The faults of issue 12 that take more than one command: a run already in the folder, a second
+"""The faults that take more than one command: a run already in the folder, a second
 trainer, a damaged checkpoint, a failed checkpoint write, a signal to the process group, Ctrl-C.
 Each returns the Outcomes of its steps (fault_workspace.judge); fault_cases.py runs them all.
 """
