@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from starflow_core.command_line import EXIT_USAGE, HelpWithDefaults, command_parser, run_command
+from starflow_core.command_line import EXIT_USAGE, HelpWithDefaults, command_parser, positive_int, run_command
 from starflow_core.config import FlowConfig
 from starflow_core.generation.inputs import prompts_to_labels
 from starflow_core.official.arguments import from_official_yaml, resolve_config
@@ -40,6 +40,7 @@ from starflow_core.sources.pipeline_folder import (
 )
 from starflow_core.sources.resolve import resolve
 from starflow_core.staging import check_output_apart, staged_folder
+from starflow_core.video.settings import VideoDefaults
 
 __all__ = ["EXIT_USAGE", "build_parser", "main", "run"]
 DTYPES = ("float32", "bfloat16", "float16")
@@ -78,6 +79,12 @@ def build_parser(module: str = "starflow_mlx.convert") -> argparse.ArgumentParse
     pipeline.add_argument("--labels", nargs="+", help="class names of a label model, in label order")
     pipeline.add_argument("--default-prompts", nargs="+", help="what generate samples when given no prompt")
     pipeline.add_argument("--guidance", type=float, help="default guidance (model_index.json sampling)")
+    pipeline.add_argument(
+        "--num-frames", type=positive_int, help="a video model's default clip length (model_index.json video)"
+    )
+    pipeline.add_argument(
+        "--fps", type=positive_int, help="a video model's default frame rate (model_index.json video)"
+    )
     add_output_arguments(pipeline)
     return parser
 
@@ -160,12 +167,28 @@ def described_parts(args: argparse.Namespace) -> PipelineParts:
         labels=tuple(args.labels) if args.labels else parts.labels,
         default_prompts=tuple(args.default_prompts) if args.default_prompts else parts.default_prompts,
         sampling=parts.sampling.merged(guidance=args.guidance),
+        video=video_defaults(args, parts),
     )
     parts.check()
     config = parts.flow_config
     if parts.default_prompts and config.num_classes:
         prompts_to_labels(parts.default_prompts, config.num_classes, parts.labels)  # names a bad prompt
     return parts
+
+
+def video_defaults(args: argparse.Namespace, parts: PipelineParts) -> VideoDefaults | None:
+    """The source's video defaults with --num-frames / --fps in place of its own; a model that
+    names no clip length or rate yet needs both."""
+    given = {k: v for k, v in (("num_frames", args.num_frames), ("fps", args.fps)) if v is not None}
+    if not given:
+        return parts.video
+    if not parts.is_video:
+        raise ValueError(f"--num-frames and --fps describe a video model; {args.model} is an image model")
+    if parts.video is None and len(given) < 2:
+        raise ValueError(
+            f"{args.model} names no clip length or frame rate yet: give both --num-frames and --fps"
+        )
+    return dataclasses.replace(parts.video or VideoDefaults(**given), **given)
 
 
 def convert_pipeline(args: argparse.Namespace, resave: Resaver, parts: PipelineParts, staging: Path) -> None:

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import FIXTURES, load_vectors, max_relative_error
+from helpers.tiny_pipeline import TINY_LABEL_FLOW, make_flow_folder
+from helpers.tiny_video import TINY_LABEL_VIDEO_FLOW
 
 from starflow_core.config import FlowConfig
 from starflow_core.official.arguments import (
@@ -234,3 +236,25 @@ def test_mlx_quantization_covers_the_deep_block_and_the_denoiser(tmp_path, bits)
         max_relative_error(np.asarray(reloaded.learned_denoise(x, y)), np.asarray(denoised_full))
         < denoiser_tol
     )
+
+
+def test_convert_pipeline_gives_a_video_model_its_clip_length_and_rate(tmp_path):
+    """`convert pipeline --num-frames --fps` writes model_index.json's "video" entry (the
+    length `generate` makes by default); a model without one needs both; an image model none."""
+    from starflow_core.sources.pipeline_folder import read_pipeline_folder
+    from starflow_mlx.convert import main as convert
+
+    make_flow_folder(tmp_path / "video_flow", TINY_LABEL_VIDEO_FLOW, seed=5)
+    make_flow_folder(tmp_path / "image_flow", TINY_LABEL_FLOW, seed=5)
+    base = ["pipeline", "--model", str(tmp_path / "video_flow"), "-o"]
+    assert convert([*base, str(tmp_path / "a"), "--num-frames", "6"]) == 2  # no rate yet
+    assert not (tmp_path / "a").exists()
+    assert convert([*base, str(tmp_path / "b"), "--num-frames", "6", "--fps", "12"]) == 0
+    assert read_pipeline_folder(tmp_path / "b").video.to_dict()["num_frames"] == 6
+    # a pipeline that has both takes either alone
+    assert convert(["pipeline", "--model", str(tmp_path / "b"), "-o", str(tmp_path / "c"), "--fps", "4"]) == 0
+    video = read_pipeline_folder(tmp_path / "c").video
+    assert (video.num_frames, video.fps) == (6, 4)
+    image = ["pipeline", "--model", str(tmp_path / "image_flow"), "-o", str(tmp_path / "d")]
+    assert convert([*image, "--num-frames", "6", "--fps", "12"]) == 2
+    assert not (tmp_path / "d").exists()
