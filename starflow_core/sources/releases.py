@@ -32,9 +32,14 @@ STARFLOW_V_7B_VIDEO = VideoDefaults(
     num_frames=81, fps=16, fps_cond=True, cond_noise_level=True, mix_aspect=True, temporal_scale=0.6
 )
 
-# The embedded demo model (package data): a class-conditional STARFlow on 8x8 digits.
+# The embedded demo models (package data): a class-conditional STARFlow on 8x8 digits, and a
+# label-conditioned STARFlow-V on 8-frame clips of those digits moving over a 16x16 canvas.
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEMO_NAME = "starflow-digits-demo"
-DEMO_FOLDER = Path(__file__).resolve().parents[1] / "assets" / "demo"
+DEMO_FOLDER = ASSETS / "demo"
+VIDEO_DEMO_NAME = "starflow-moving-digits-demo"
+VIDEO_DEMO_FOLDER = ASSETS / "moving_digits_demo"
+EMBEDDED = {DEMO_NAME: DEMO_FOLDER, VIDEO_DEMO_NAME: VIDEO_DEMO_FOLDER}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,13 +14,22 @@ from starflow_core.sources.hub import PIPELINE_PATTERNS, hub_snapshot
 from starflow_core.sources.pipeline_folder import PipelineParts, read_pipeline_folder
 from starflow_core.sources.releases import (
     ALIASES,
-    DEMO_FOLDER,
-    DEMO_NAME,
+    EMBEDDED,
     RELEASES,
     release_by_name,
     resolve_release,
 )
 from starflow_core.sources.run_checkpoint import run_parts
+
+
+def embedded_parts(name: str) -> PipelineParts:
+    """An embedded demo model (package data) by name; a clear error where the package lacks it."""
+    folder = EMBEDDED[name]
+    if not (folder / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"the embedded model {name} is not installed ({folder} is missing); reinstall the package"
+        )
+    return dataclasses.replace(read_pipeline_folder(folder), source=name)
 
 
 def _looks_like_repo_id(source: str) -> bool:
@@ -52,11 +61,12 @@ def resolve(
     if path.exists():
         if not path.is_dir():
             raise ValueError(f"{path} is a file; --model takes a pipeline folder (convert a .pth first)")
-        if path.resolve() == DEMO_FOLDER.resolve():  # named so metadata loads on any installation
-            return dataclasses.replace(read_pipeline_folder(path), source=DEMO_NAME)
+        for name, folder in EMBEDDED.items():
+            if path.resolve() == folder.resolve():  # named so metadata loads on any installation
+                return dataclasses.replace(read_pipeline_folder(path), source=name)
         return read_pipeline_folder(path)
-    if str(source) == DEMO_NAME:
-        return dataclasses.replace(read_pipeline_folder(DEMO_FOLDER), source=DEMO_NAME)
+    if str(source) in EMBEDDED:
+        return embedded_parts(str(source))
     release = release_by_name(str(source))
     if release is not None:
         if flow_config is not None:
@@ -67,5 +77,5 @@ def resolve(
         return dataclasses.replace(read_pipeline_folder(folder), source=str(source))
     raise ValueError(
         f"unknown model {str(source)!r}: not an existing folder, not a release name "
-        f"({', '.join(sorted(RELEASES) + sorted(ALIASES) + [DEMO_NAME])}) and not a Hub repo id (owner/name)"
+        f"({', '.join(sorted(RELEASES) + sorted(ALIASES) + sorted(EMBEDDED))}) and not a Hub repo id (owner/name)"
     )
