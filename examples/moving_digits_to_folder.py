@@ -3,7 +3,7 @@
     python examples/moving_digits_to_folder.py runs/moving_digits      # train/, test/, preview.gif
 
 Each clip is one of scikit-learn's 8x8 digits moving over a 16x16 dark canvas at a constant
-velocity (up to 2 pixels a frame along each axis), bouncing off the edges
+velocity (up to --max-speed pixels a frame along each axis, 2 by default), bouncing off the edges
 (starflow_core.digits_video). train/ draws its digits from the training split of
 starflow_core.digits, test/ from the held-out split. Grey levels 0..16 become pixels
 round(level * 255 / 16), as examples/digits_to_folder.py writes the still digits; GIF keeps
@@ -19,7 +19,13 @@ from pathlib import Path
 
 from starflow_core.command_line import positive_int
 from starflow_core.digits import load_digits_split
-from starflow_core.digits_video import DEFAULT_FRAMES, moving_digits, preview_frames, write_clip_folder
+from starflow_core.digits_video import (
+    DEFAULT_FRAMES,
+    MAX_SPEED,
+    moving_digits,
+    preview_frames,
+    write_clip_folder,
+)
 from starflow_core.video.files import VIDEO_FORMATS, write_video
 
 
@@ -29,6 +35,9 @@ def main() -> int:
     parser.add_argument("--train-clips", type=positive_int, default=5000, help="clips in train/")
     parser.add_argument("--test-clips", type=positive_int, default=1000, help="clips in test/")
     parser.add_argument("--frames", type=positive_int, default=DEFAULT_FRAMES, help="frames per clip (>= 2)")
+    parser.add_argument(
+        "--max-speed", type=positive_int, default=MAX_SPEED, help="pixels a frame along each axis, at most"
+    )
     parser.add_argument("--fps", type=float, default=8.0, help="frames per second stored in each clip")
     parser.add_argument(
         "--format",
@@ -50,7 +59,7 @@ def main() -> int:
         ("train", split.train_images, split.train_labels, args.train_clips, args.seed),
         ("test", split.test_images, split.test_labels, args.test_clips, args.seed + 1),
     ):
-        clips = moving_digits(digits, labels, count, seed, frames=args.frames)
+        clips = moving_digits(digits, labels, count, seed, frames=args.frames, max_speed=args.max_speed)
         write_clip_folder(args.out / name, clips, fps=args.fps, suffix=suffix)
         if name == "train":
             preview = write_video(args.out / "preview.gif", preview_frames(clips), args.fps)
