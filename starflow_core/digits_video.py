@@ -147,11 +147,11 @@ def digit_corners(frames: np.ndarray) -> np.ndarray:
     return np.stack(np.divmod(flat, TRAVEL + 1), axis=-1).reshape(*shape, 2)
 
 
-def cut_digits(clips: np.ndarray) -> np.ndarray:
-    """The 8x8 digit of every frame (N, T, 16, 16) -> (N * T, 8, 8), cut at `digit_corners`, for
-    a classifier of still digits (starflow_core.digits.fit_classifier / classify)."""
+def cut_digits(clips: np.ndarray, shift: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """The 8x8 digit of every frame (N, T, 16, 16) -> (N * T, 8, 8), cut at `digit_corners`
+    moved by `shift` (rows, columns; kept on the canvas), for a classifier of still digits."""
     frames = np.asarray(clips, np.float32).reshape(-1, CANVAS, CANVAS)
-    corners = digit_corners(frames)
+    corners = np.clip(digit_corners(frames) + np.asarray(shift), 0, TRAVEL)
     return np.stack(
         [frame[r : r + DIGIT, c : c + DIGIT] for frame, (r, c) in zip(frames, corners, strict=True)]
     )
@@ -177,11 +177,28 @@ def fit_frame_classifier(split, clips: int = 1000, seed: int = 0):
     return classifier
 
 
-def classify_frames(classifier, clips: np.ndarray) -> np.ndarray:
-    """(N, T) digit read in every frame of clips (N, T, 16, 16)."""
+# Where the ink box is ambiguous (a digit narrower than 8 px, faint ink around a generated one)
+# the most-ink window can sit a pixel off the digit, and a classifier of still digits then
+# misreads a plain digit; frames are read at the window around it the classifier is surest of.
+CUT_SEARCH = tuple((row, col) for row in (-1, 0, 1) for col in (-1, 0, 1))
+
+
+def classify_frames(classifier, clips: np.ndarray, search: bool = True) -> np.ndarray:
+    """(N, T) digit read in every frame of clips (N, T, 16, 16): at the 8x8 window of
+    `digit_corners` and, with `search`, at the windows one pixel around it, keeping the class the
+    classifier's decision function rates highest over all of them."""
     clips = np.asarray(clips, np.float32)
-    frames = cut_digits(clips)
-    return classifier.predict(to_levels(frames).reshape(len(frames), -1)).reshape(clips.shape[:2])
+    best, read = None, None
+    for shift in CUT_SEARCH if search else ((0, 0),):
+        frames = to_levels(cut_digits(clips, shift)).reshape(-1, DIGIT * DIGIT)
+        scores = classifier.decision_function(frames)
+        top, label = scores.max(axis=1), classifier.classes_[scores.argmax(axis=1)]
+        if best is None:
+            best, read = top, label
+        else:
+            better = top > best
+            best, read = np.where(better, top, best), np.where(better, label, read)
+    return read.reshape(clips.shape[:2])
 
 
 def write_clip_folder(

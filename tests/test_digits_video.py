@@ -114,3 +114,22 @@ def test_bad_settings_and_uint8_frames(split):
     pixels = to_uint8_frames(clips)
     assert pixels.dtype == np.uint8 and pixels.min() == 0 and pixels.max() <= 255
     np.testing.assert_allclose(pixels / 255 * 2 - 1, clips, atol=1 / 255)  # one level is 255/16
+
+
+def test_frames_are_read_at_the_surest_window_around_the_ink_box(split):
+    """Faint ink beside a digit moves the most-ink window off the digit; reading the windows one
+    pixel around it keeps the digit readable, where the single window misreads it."""
+    test = moving_digits(split.test_images, split.test_labels, count=100, seed=2, frames=8)
+    classifier = fit_frame_classifier(split, clips=300, seed=0)
+    smudged = test.clips.copy()
+    rows, cols = test.corners[..., 0], test.corners[..., 1]
+    for n in range(len(smudged)):
+        for t in range(smudged.shape[1]):
+            r, c = rows[n, t], cols[n, t]
+            side = c + DIGIT if c + DIGIT < CANVAS else c - 1  # the column beside the box
+            smudged[n, t, r : r + DIGIT, side] = -0.4  # grey level ~5 of 16
+    truth = test.labels[:, None]
+    single = np.mean(classify_frames(classifier, smudged, search=False) == truth)
+    searched = np.mean(classify_frames(classifier, smudged) == truth)
+    assert searched > 0.9 and searched > single + 0.05, (searched, single)
+    assert np.mean(classify_frames(classifier, smudged) == np.roll(test.labels, 1)[:, None]) < 0.3
