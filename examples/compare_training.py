@@ -81,7 +81,7 @@ def measure_model(run: dict, split, classifier, per_class: int) -> dict:
     return {"held_out_bits_per_dim": bpd, "accuracy_by_guidance": accuracy}
 
 
-def plot(runs: list[dict], window: int, summary: dict, path: Path) -> None:
+def plot(runs: list[dict], window: int, summary: dict, path: Path, recipe: str = "digits") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,7 +99,7 @@ def plot(runs: list[dict], window: int, summary: dict, path: Path) -> None:
     axis.set_xlabel("step")
     axis.set_ylabel(f"loss (nats/dim, mean of {window} logged steps)")
     axis.set_title(
-        f"digits recipe: twin gap {summary['twin_gap_rms']:.4f} vs seed noise {summary['seed_noise_rms']:.4f} (RMS)"
+        f"{recipe} recipe: twin gap {summary['twin_gap_rms']:.4f} vs seed noise {summary['seed_noise_rms']:.4f} (RMS)"
     )
     axis.grid(alpha=0.3)
     axis.legend()
