@@ -104,8 +104,9 @@ def check_contents(wheel: Path) -> None:
         n for n in names - wanted if not n.startswith("starflow_mlx-") and "/__pycache__/" not in n
     )
     problems += [f"{wheel.name} holds {name}, which is not a package file" for name in extra]
-    if not any(name.startswith("starflow_core/assets/demo/") for name in names):
-        problems.append(f"{wheel.name} lacks the demo model starflow_core/assets/demo/")
+    for folder in ("demo", "moving_digits_demo"):
+        if f"starflow_core/assets/{folder}/transformer/model.safetensors" not in names:
+            problems.append(f"{wheel.name} lacks the demo model starflow_core/assets/{folder}/")
     fail(problems)
 
 
@@ -186,6 +187,12 @@ def check_installed(venv: Path, place: Path, scripts: list[str]) -> None:
     if job.returncode != 0 or not (place / "starflow.png").is_file():
         problems.append(
             f"starflow-mlx-generate (the main job) failed ({job.returncode}): {job.stderr[-1500:]}"
+        )
+    video = [str(venv / "bin" / "starflow-mlx-generate"), "3", "--model", "starflow-moving-digits-demo"]
+    job = run([*video, "--quiet", "--seed", "0", "-o", "three.gif"], cwd=place, timeout=600)
+    if job.returncode != 0 or not (place / "three.gif").is_file():
+        problems.append(
+            f"the embedded video demo failed from the wheel ({job.returncode}): {job.stderr[-1500:]}"
         )
     fail(problems)
 
