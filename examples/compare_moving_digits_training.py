@@ -64,7 +64,9 @@ def main() -> None:
     for run in runs:
         pipe = StarFlowVideoPipeline.from_pretrained(run["checkpoint"] / "ema")
         _, t2v = text_to_video(pipe, classifier, args.per_class, seed=0, guidance=args.guidance, frames=8)
-        _, i2v = image_to_video(pipe, classifier, split, args.i2v, labelled=True, seed=0, frames=8)
+        _, i2v = image_to_video(
+            pipe, classifier, split, args.i2v, labelled=True, seed=0, frames=8, guidance=args.guidance
+        )
         last = run["steps"] > run["steps"][-1] - 200
         summary["runs"][run["name"]] = {
             "twin": run["twin"],

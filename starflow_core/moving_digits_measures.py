@@ -86,11 +86,18 @@ def given_frames(split, count: int, seed: int, frames: int = DEFAULT_FRAMES):
 
 
 def image_to_video(
-    pipe, classifier, split, count: int, labelled: bool, seed: int = 0, frames: int | None = None
+    pipe,
+    classifier,
+    split,
+    count: int,
+    labelled: bool,
+    seed: int = 0,
+    frames: int | None = None,
+    guidance: float | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """(clips (count, T, 16, 16) with the given frame first, figures) of image-to-video from the
-    first frames of `count` held-out clips, under their labels (default guidance) or the null
-    label (no guidance)."""
+    first frames of `count` held-out clips, under their labels (at `guidance`, default: the
+    pipeline's) or the null label (no guidance)."""
     from PIL import Image
 
     given = given_frames(split, count, seed + 1, frames or DEFAULT_FRAMES)
@@ -100,7 +107,7 @@ def image_to_video(
         result = pipe.generate_video(
             str(label) if labelled else "",
             seeds=seed + index,
-            guidance=None if labelled else 0.0,
+            guidance=guidance if labelled else 0.0,
             num_frames=frames,
             image=Image.fromarray(picture).convert("RGB"),
         )
