@@ -18,12 +18,10 @@ pipeline at one guidance, so only training differs.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 from pathlib import Path
 
-import numpy as np
-from compare_training import curve_gap, plot, read_run
+from compare_training import curve_summary, read_run, run_record, write_summary
 
 from starflow_core.digits import load_digits_split
 from starflow_core.digits_video import fit_frame_classifier
@@ -41,11 +39,7 @@ def main() -> None:
     args = parser.parse_args()
 
     runs = [read_run(folder) for folder in args.runs]
-    same, across = [], []
-    for a, b in itertools.combinations(runs, 2):
-        (same if a["twin"] == b["twin"] else across).append(curve_gap(a, b, args.window))
-    if not same or not across:
-        raise SystemExit("give at least two seeds of one twin and one run of the other")
+    summary = {**curve_summary(runs, args.window), "guidance": args.guidance, "runs": {}}
     import starflow_mlx
 
     starflow_mlx.use_system_blas()  # this script owns its process and samples with MLX only
@@ -53,36 +47,15 @@ def main() -> None:
 
     split = load_digits_split()
     classifier = fit_frame_classifier(split)
-    summary = {
-        "seed_noise_rms": float(np.mean(same)),
-        "twin_gap_rms": float(np.mean(across)),
-        "pairs_same_twin": same,
-        "pairs_across_twins": across,
-        "guidance": args.guidance,
-        "runs": {},
-    }
     for run in runs:
         pipe = StarFlowVideoPipeline.from_pretrained(run["checkpoint"] / "ema")
         _, t2v = text_to_video(pipe, classifier, args.per_class, seed=0, guidance=args.guidance, frames=8)
         _, i2v = image_to_video(
             pipe, classifier, split, args.i2v, labelled=True, seed=0, frames=8, guidance=args.guidance
         )
-        last = run["steps"] > run["steps"][-1] - 200
-        summary["runs"][run["name"]] = {
-            "twin": run["twin"],
-            "seed": run["seed"],
-            "final_loss_last_200_steps": float(run["loss"][last].mean()),
-            "text_to_video": t2v,
-            "image_to_video": i2v,
-        }
+        summary["runs"][run["name"]] = {**run_record(run), "text_to_video": t2v, "image_to_video": i2v}
         print(run["name"], json.dumps(summary["runs"][run["name"]]))
-    print(
-        f"loss-curve RMS gap: across twins {summary['twin_gap_rms']:.4f}, same twin {summary['seed_noise_rms']:.4f}"
-    )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot(runs, args.window, summary, args.out, recipe="moving-digits")
-    print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')}")
+    write_summary(runs, args.window, summary, args.out, recipe="moving-digits")
 
 
 if __name__ == "__main__":

@@ -112,6 +112,42 @@ def plot(runs: list[dict], window: int, summary: dict, path: Path, recipe: str =
     save_png(image, png, {"summary": json.dumps(summary)})
 
 
+def curve_summary(runs: list[dict], window: int) -> dict:
+    """Loss-curve gaps of every pair of runs: same twin (seed noise) and across twins."""
+    same, across = [], []
+    for a, b in itertools.combinations(runs, 2):
+        (same if a["twin"] == b["twin"] else across).append(curve_gap(a, b, window))
+    if not same or not across:
+        raise SystemExit("give at least two seeds of one twin and one run of the other")
+    return {
+        "seed_noise_rms": float(np.mean(same)),
+        "twin_gap_rms": float(np.mean(across)),
+        "pairs_same_twin": same,
+        "pairs_across_twins": across,
+    }
+
+
+def run_record(run: dict) -> dict:
+    """A run's twin, seed and mean loss over its last 200 steps."""
+    last = run["steps"] > run["steps"][-1] - 200
+    return {
+        "twin": run["twin"],
+        "seed": run["seed"],
+        "final_loss_last_200_steps": float(run["loss"][last].mean()),
+    }
+
+
+def write_summary(runs: list[dict], window: int, summary: dict, out: Path, recipe: str = "digits") -> None:
+    """Print the gaps, write out.json and the loss-curve plot out.png."""
+    print(
+        f"loss-curve RMS gap: across twins {summary['twin_gap_rms']:.4f}, same twin {summary['seed_noise_rms']:.4f}"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot(runs, window, summary, out, recipe)
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+", help="run folders (out_dir of each training run)")
@@ -121,39 +157,19 @@ def main() -> None:
     args = parser.parse_args()
 
     runs = [read_run(folder) for folder in args.runs]
-    same, across = [], []
-    for a, b in itertools.combinations(runs, 2):
-        (same if a["twin"] == b["twin"] else across).append(curve_gap(a, b, args.window))
-    if not same or not across:
-        raise SystemExit("give at least two seeds of one twin and one run of the other")
+    summary = {**curve_summary(runs, args.window), "runs": {}}
     import starflow_mlx
 
     starflow_mlx.use_system_blas()  # this script owns its process and samples with MLX only
     split = load_digits_split(seed=0)
     classifier = fit_classifier(split)
-    summary = {
-        "seed_noise_rms": float(np.mean(same)),
-        "twin_gap_rms": float(np.mean(across)),
-        "pairs_same_twin": same,
-        "pairs_across_twins": across,
-        "runs": {},
-    }
     for run in runs:
-        last = run["steps"] > run["steps"][-1] - 200
         summary["runs"][run["name"]] = {
-            "twin": run["twin"],
-            "seed": run["seed"],
-            "final_loss_last_200_steps": float(run["loss"][last].mean()),
+            **run_record(run),
             **measure_model(run, split, classifier, args.per_class),
         }
         print(run["name"], json.dumps(summary["runs"][run["name"]]))
-    print(
-        f"loss-curve RMS gap: across twins {summary['twin_gap_rms']:.4f}, same twin {summary['seed_noise_rms']:.4f}"
-    )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot(runs, args.window, summary, args.out)
-    print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')}")
+    write_summary(runs, args.window, summary, args.out)
 
 
 if __name__ == "__main__":
