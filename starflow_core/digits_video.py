@@ -151,7 +151,12 @@ def cut_digits(clips: np.ndarray, shift: tuple[int, int] = (0, 0)) -> np.ndarray
     """The 8x8 digit of every frame (N, T, 16, 16) -> (N * T, 8, 8), cut at `digit_corners`
     moved by `shift` (rows, columns; kept on the canvas), for a classifier of still digits."""
     frames = np.asarray(clips, np.float32).reshape(-1, CANVAS, CANVAS)
-    corners = np.clip(digit_corners(frames) + np.asarray(shift), 0, TRAVEL)
+    return _cut(frames, digit_corners(frames), shift)
+
+
+def _cut(frames: np.ndarray, corners: np.ndarray, shift: tuple[int, int]) -> np.ndarray:
+    """(N, 8, 8) windows of frames (N, 16, 16) at corners (N, 2) moved by shift, kept on the canvas."""
+    corners = np.clip(corners + np.asarray(shift), 0, TRAVEL)
     return np.stack(
         [frame[r : r + DIGIT, c : c + DIGIT] for frame, (r, c) in zip(frames, corners, strict=True)]
     )
@@ -188,17 +193,15 @@ def classify_frames(classifier, clips: np.ndarray, search: bool = True) -> np.nd
     `digit_corners` and, with `search`, at the windows one pixel around it, keeping the class the
     classifier's decision function rates highest over all of them."""
     clips = np.asarray(clips, np.float32)
-    best, read = None, None
-    for shift in CUT_SEARCH if search else ((0, 0),):
-        frames = to_levels(cut_digits(clips, shift)).reshape(-1, DIGIT * DIGIT)
-        scores = classifier.decision_function(frames)
-        top, label = scores.max(axis=1), classifier.classes_[scores.argmax(axis=1)]
-        if best is None:
-            best, read = top, label
-        else:
-            better = top > best
-            best, read = np.where(better, top, best), np.where(better, label, read)
-    return read.reshape(clips.shape[:2])
+    frames = clips.reshape(-1, CANVAS, CANVAS)
+    corners = digit_corners(frames)
+    scores = np.stack(
+        [
+            classifier.decision_function(to_levels(_cut(frames, corners, shift)).reshape(len(frames), -1))
+            for shift in (CUT_SEARCH if search else ((0, 0),))
+        ]
+    )  # (windows, frames, classes): the class rated highest in any window wins
+    return classifier.classes_[scores.max(axis=0).argmax(axis=1)].reshape(clips.shape[:2])
 
 
 def write_clip_folder(
